@@ -1,0 +1,32 @@
+# Two commands a newcomer needs: `make demo` and `make test`. Both build the
+# virtualenv from scratch when it is missing, so they work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast bench bench-e2e clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m deft.tools.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q tests -m "not slow"
+
+bench: $(STAMP)
+	$(PY) -m pytest -q benchmarks --benchmark-only --benchmark-columns=min,median,ops
+
+bench-e2e: $(STAMP)
+	$(PY) benchmarks/e2e_rates.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

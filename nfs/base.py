@@ -1,0 +1,228 @@
+"""The NF programming model: a pure class, a per-flow state table, a context.
+
+An NF sees one batch of packet records at a time (numpy structured array, see
+``deft.runtime.dataplane.packet``), in per-flow stamp order, and:
+
+* sets ``batch["verdict"]`` (FORWARD or DROP) for every packet,
+* may rewrite ``batch["frame"]`` in place (addresses, ports, checksums),
+* reads and writes per-flow state only through the ``FlowTable`` it is given.
+
+It owns no socket, no shared memory, no clock and no randomness: time and
+random numbers come from the ``Context`` (derived from the packets' stamps and
+ingress timestamps), so a secondary that replays the same packets from the
+same state computes the same outputs. Instance-wide structures (a NAT's free
+port pool) must be derivable from the flow table: ``rebuild`` recomputes them
+after state has been imported on another instance.
+
+Work on the batch with numpy; per-packet Python loops belong only on the
+rare path (a flow's first packet).
+
+Example, a per-flow byte counter::
+
+    class ByteCounter(NetworkFunction):
+        name = "bytecounter"
+        state_dtype = np.dtype([("bytes", "<u8")])
+        counters = ("packets",)
+
+        def process(self, batch, rows, new_rows, table, ctx):
+            np.add.at(table.state["bytes"], rows, batch["frame_len"])
+            self.stats["packets"] += len(batch)
+            return np.zeros(len(batch), np.uint8)          # all FORWARD
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from deft.runtime.params import Params, int_to_ipv4, ipv4_to_int  # re-exported for NF authors
+
+__all__ = ["Context", "FlowTable", "NetworkFunction", "Params", "int_to_ipv4", "ipv4_to_int"]
+
+
+class Context:
+    """What an NF may know beyond its packets and its state.
+
+    ``now_ns`` is the newest ingress timestamp of the batch being processed:
+    time moves with the packets, so a replay on another instance sees the same
+    clock. ``random_u32`` hashes stamps (or any integer keys) with the
+    instance's seed: deterministic, and the same on primary and secondary.
+    """
+
+    def __init__(self, instance_index: int = 0, instance_count: int = 1, seed: int = 0):
+        self.instance_index = instance_index
+        self.instance_count = instance_count
+        self.seed = seed
+        self.now_ns = 0
+
+    def random_u32(self, keys: np.ndarray) -> np.ndarray:
+        """Deterministic pseudo-random uint32 per key (splitmix64 finaliser)."""
+        with np.errstate(over="ignore"):
+            z = keys.astype(np.uint64) + np.uint64((self.seed * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            z = z ^ (z >> np.uint64(31))
+        return (z & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+
+
+class FlowTable:
+    """Per-flow state of one NF instance: a row per flow in a numpy structured array.
+
+    ``rows_for(flow_ids)`` maps a batch's flow ids to row numbers, creating rows
+    (zeroed state) for flows not seen before. The table remembers which flows
+    changed since ``take_changes()`` was last called: every row handed out by
+    ``rows_for`` and every row passed to ``mark_changed`` counts as changed,
+    and removed flows are reported separately. That is exactly what a state
+    clock needs to carry to a secondary.
+    """
+
+    def __init__(self, state_dtype: np.dtype, capacity: int = 1024):
+        self.state_dtype = np.dtype(state_dtype)
+        self.state = np.zeros(capacity, dtype=self.state_dtype)
+        self.flow_ids = np.zeros(capacity, dtype=np.uint64)
+        self.live = np.zeros(capacity, dtype=bool)
+        self._changed = np.zeros(capacity, dtype=bool)
+        self._removed: list[int] = []
+        self._index: dict[int, int] = {}
+        self._free: list[int] = list(range(capacity - 1, -1, -1))
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, flow_id: int) -> bool:
+        return int(flow_id) in self._index
+
+    def row_of(self, flow_id: int) -> int:
+        """Row of one flow, or -1."""
+        return self._index.get(int(flow_id), -1)
+
+    def rows_for(self, flow_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows for a batch of flow ids, and the rows created by this call (unique, ascending)."""
+        get = self._index.get
+        ids = flow_ids.tolist()
+        rows = [get(f, -1) for f in ids]
+        new_rows: list[int] = []
+        if -1 in rows:
+            for i, f in enumerate(ids):
+                if rows[i] == -1:
+                    row = get(f, -1)
+                    if row == -1:
+                        row = self._insert(f)
+                        new_rows.append(row)
+                    rows[i] = row
+        out = np.array(rows, dtype=np.int64)
+        self._changed[out] = True
+        return out, np.array(sorted(new_rows), dtype=np.int64)
+
+    def _insert(self, flow_id: int) -> int:
+        if not self._free:
+            self._grow()
+        row = self._free.pop()
+        self._index[flow_id] = row
+        self.flow_ids[row] = flow_id
+        self.live[row] = True
+        self.state[row] = np.zeros((), dtype=self.state_dtype)
+        return row
+
+    def _grow(self) -> None:
+        old = len(self.state)
+        new = old * 2
+        for name in ("state", "flow_ids", "live", "_changed"):
+            arr = getattr(self, name)
+            grown = np.zeros(new, dtype=arr.dtype)
+            grown[:old] = arr
+            setattr(self, name, grown)
+        self._free.extend(range(new - 1, old - 1, -1))
+
+    def mark_changed(self, rows: np.ndarray) -> None:
+        self._changed[rows] = True
+
+    def remove(self, rows: np.ndarray) -> None:
+        """Forget flows (their state is zeroed and their rows reused)."""
+        for row in np.unique(rows).tolist():
+            if not self.live[row]:
+                continue
+            flow_id = int(self.flow_ids[row])
+            del self._index[flow_id]
+            self.live[row] = False
+            self._changed[row] = False
+            self.state[row] = np.zeros((), dtype=self.state_dtype)
+            self._removed.append(flow_id)
+            self._free.append(row)
+
+    def take_changes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(changed flows as export records, removed flow ids) since the last call."""
+        rows = np.flatnonzero(self._changed & self.live)
+        self._changed[:] = False
+        removed = np.array(self._removed, dtype=np.uint64)
+        self._removed = []
+        return self.export_rows(rows), removed
+
+    def export_dtype(self) -> np.dtype:
+        return np.dtype([("flow_id", "<u8"), ("state", self.state_dtype)])
+
+    def export_rows(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty(len(rows), dtype=self.export_dtype())
+        out["flow_id"] = self.flow_ids[rows]
+        out["state"] = self.state[rows]
+        return out
+
+    def export_flows(self, flow_ids: np.ndarray) -> np.ndarray:
+        rows = np.array([self._index[int(f)] for f in flow_ids.tolist() if int(f) in self._index], dtype=np.int64)
+        return self.export_rows(rows)
+
+    def import_records(self, records: np.ndarray, removed: np.ndarray | None = None) -> None:
+        """Apply exported records (insert or overwrite) and removals, as a secondary does."""
+        if removed is not None and len(removed):
+            rows = [self._index[int(f)] for f in removed.tolist() if int(f) in self._index]
+            self.remove(np.array(rows, dtype=np.int64))
+            self._removed = []
+        if len(records):
+            rows, _ = self.rows_for(records["flow_id"])
+            self.state[rows] = records["state"]
+            self._changed[rows] = False
+
+    def live_rows(self) -> np.ndarray:
+        return np.flatnonzero(self.live)
+
+
+class NetworkFunction:
+    """Base class of every NF; subclasses set the class attributes and ``process``.
+
+    Class attributes:
+      name          the ``[nf] kind`` that selects this NF
+      state_dtype   numpy dtype of one flow's state (replicated as is)
+      counters      names of the NF's own counters (drops by reason, translations...)
+    """
+
+    name: ClassVar[str] = ""
+    state_dtype: ClassVar[np.dtype] = np.dtype([("unused", "u1")])
+    counters: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, params: Params, ctx: Context):
+        self.ctx = ctx
+        self.stats: dict[str, int] = dict.fromkeys(self.counters, 0)
+
+    def new_table(self, capacity: int = 1024) -> FlowTable:
+        return FlowTable(self.state_dtype, capacity)
+
+    def process(
+        self,
+        batch: np.ndarray,
+        rows: np.ndarray,
+        new_rows: np.ndarray,
+        table: FlowTable,
+        ctx: Context,
+    ) -> np.ndarray:
+        """Process a batch in per-flow stamp order; return the verdict per packet (uint8).
+
+        batch     packet records, writable; rewrite frames in place
+        rows      the flow table row of each packet
+        new_rows  rows created for this batch (flows seen for the first time)
+        """
+        raise NotImplementedError
+
+    def rebuild(self, table: FlowTable) -> None:
+        """Recompute instance-wide structures from the table (after a state import)."""

@@ -1,0 +1,192 @@
+"""Node configuration: TOML in, frozen dataclasses out, validated at start.
+
+Every problem is a ConfigError whose message names the file, the section and
+key, and what was wrong, e.g.::
+
+    node1.toml: [nf] batch_size: must be >= 1, got 0
+
+Unknown sections and keys are refused too: a typo must not silently become a
+default. The NF's own ``[nf.params]`` are validated by the NF class itself
+(see ``deft.nfs``), at load time as well, so a bad parameter stops the node
+before any process starts.
+
+Reference (defaults in brackets)::
+
+    [node]
+    id = "node1"                          # required; names shared memory: /dev/shm/deft.<id>.*
+    control = "tcp://127.0.0.1:7101"      # ZMQ ROUTER for deft-ctl
+
+    [ingress]
+    listen = "udp://127.0.0.1:4789"       # udp://HOST:PORT (VXLAN), shm://NAME (local ring), pcap://PATH
+    stamping_units = 1                    # stamping unit processes
+    buckets = 4096                        # flow table buckets (hash mod B)
+    ring_slots = 4096                     # slots of each ingress -> unit ring (power of two)
+    rcvbuf = 8388608                      # SO_RCVBUF of the VXLAN socket, bytes
+    flow_idle_s = 300                     # stamper forgets flows idle this long
+
+    [egress]
+    send_to = "udp://127.0.0.1:4790"      # udp://HOST:PORT (VXLAN) or shm://NAME
+    ring_slots = 4096                     # slots of each worker -> egress ring
+
+    [nf]
+    kind = "nat"                          # flowcounter | nat | loadbalancer | firewall
+    instances = 2                         # NF worker processes on this node
+    batch_size = 64                       # output buffer: release when this many are processed...
+    flush_us = 200                        # ...or when this long passed since the first one
+    buffer_batches = 32                   # input buffer = buffer_batches x batch_size packets
+    restart = true                        # supervisor restarts a worker that dies
+
+    [nf.params]                           # the NF's own parameters
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from deft.runtime.errors import ConfigError
+from deft.runtime.params import Params
+
+_NODE_ID = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+_SECTIONS = {"node", "ingress", "egress", "nf"}
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeSection:
+    id: str
+    control: str
+
+
+@dataclasses.dataclass(frozen=True)
+class IngressSection:
+    listen: str
+    stamping_units: int
+    buckets: int
+    ring_slots: int
+    rcvbuf: int
+    flow_idle_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class EgressSection:
+    send_to: str
+    ring_slots: int
+
+
+@dataclasses.dataclass(frozen=True)
+class NfSection:
+    kind: str
+    instances: int
+    batch_size: int
+    buffer_batches: int
+    flush_us: int
+    restart: bool
+    params: dict[str, Any]
+
+    @property
+    def input_capacity(self) -> int:
+        """Packets an instance may hold before processing (ring + pending list)."""
+        return self.batch_size * self.buffer_batches
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeConfig:
+    source: str
+    node: NodeSection
+    ingress: IngressSection
+    egress: EgressSection
+    nf: NfSection
+
+    def nf_params(self) -> Params:
+        return Params(self.nf.params, self.source, "nf.params")
+
+
+def _power_of_two(p: Params, key: str, default: int) -> int:
+    value = p.int(key, default, min=2, max=1 << 20)
+    if value & (value - 1):
+        raise p.error(key, f"must be a power of two, got {value}")
+    return value
+
+
+def _section(raw: dict, name: str, source: str) -> Params:
+    value = raw.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: [{name}] must be a table")
+    return Params({k: v for k, v in value.items() if not (name == "nf" and k == "params")}, source, name)
+
+
+def parse_config(raw: dict, source: str = "<config>") -> NodeConfig:
+    unknown = sorted(set(raw) - _SECTIONS)
+    if unknown:
+        raise ConfigError(f"{source}: [{unknown[0]}]: unknown section (known: {', '.join(sorted(_SECTIONS))})")
+
+    p = _section(raw, "node", source)
+    node_id = p.str("id")
+    if not _NODE_ID.match(node_id):
+        raise p.error("id", f"use 1-40 letters, digits, '_' or '-', got {node_id!r}")
+    node = NodeSection(id=node_id, control=p.url("control", ("tcp", "ipc"), "tcp://127.0.0.1:7101"))
+    p.check_unknown()
+
+    p = _section(raw, "ingress", source)
+    ingress = IngressSection(
+        listen=p.url("listen", ("udp", "shm", "pcap"), "udp://127.0.0.1:4789"),
+        stamping_units=p.int("stamping_units", 1, min=1, max=16),
+        buckets=p.int("buckets", 4096, min=1, max=1 << 20),
+        ring_slots=_power_of_two(p, "ring_slots", 4096),
+        rcvbuf=p.int("rcvbuf", 8 << 20, min=0),
+        flow_idle_s=p.float("flow_idle_s", 300.0, min=0.001),
+    )
+    p.check_unknown()
+
+    p = _section(raw, "egress", source)
+    egress = EgressSection(
+        send_to=p.url("send_to", ("udp", "shm"), "udp://127.0.0.1:4790"),
+        ring_slots=_power_of_two(p, "ring_slots", 4096),
+    )
+    p.check_unknown()
+
+    p = _section(raw, "nf", source)
+    params = raw.get("nf", {}).get("params", {})
+    if not isinstance(params, dict):
+        raise ConfigError(f"{source}: [nf.params] must be a table")
+    nf = NfSection(
+        kind=p.str("kind"),
+        instances=p.int("instances", 1, min=1, max=64),
+        batch_size=p.int("batch_size", 64, min=1, max=4096),
+        buffer_batches=p.int("buffer_batches", 32, min=1, max=1024),
+        flush_us=p.int("flush_us", 200, min=0, max=10_000_000),
+        restart=p.bool("restart", True),
+        params=params,
+    )
+    p.check_unknown()
+    config = NodeConfig(source=source, node=node, ingress=ingress, egress=egress, nf=nf)
+    _check_nf(config)
+    return config
+
+
+def _check_nf(config: NodeConfig) -> None:
+    """Build the NF once so that its parameters are validated before anything starts."""
+    from deft.nfs import Context, make_nf  # the NF layer sits above config; import late
+
+    try:
+        make_nf(config.nf.kind, config.nf_params(), Context(0, config.nf.instances))
+    except ConfigError as exc:
+        if str(exc).startswith(config.source):
+            raise
+        raise ConfigError(f"{config.source}: {exc}") from None
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(raw, str(path))

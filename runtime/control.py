@@ -1,0 +1,57 @@
+"""The node's control endpoint: a ROUTER socket answering JSON requests from deft-ctl.
+
+Request: one frame of JSON ``{"cmd": "status"}`` (from a DEALER; a REQ's empty
+delimiter frame is accepted too). Reply: the same envelope, then one JSON
+frame; ``{"ok": false, "error": "..."}`` for anything malformed. A garbage
+frame is counted and answered, never fatal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import orjson
+import zmq
+
+from deft.runtime.sockets import make_socket
+
+Handler = Callable[[dict], dict]
+
+
+class ControlServer:
+    def __init__(self, ctx: zmq.Context, endpoint: str, handlers: dict[str, Handler], log):
+        self.sock = make_socket(ctx, zmq.ROUTER, bind=endpoint)
+        self.handlers = handlers
+        self.log = log
+        self.bad_requests = 0
+
+    def handle_one(self) -> None:
+        frames = self.sock.recv_multipart(zmq.NOBLOCK)
+        if len(frames) < 2:
+            self.bad_requests += 1
+            return
+        envelope, payload = frames[:-1], frames[-1]
+        reply = self._dispatch(payload)
+        self.sock.send_multipart(envelope + [orjson.dumps(reply, option=orjson.OPT_SERIALIZE_NUMPY)])
+
+    def _dispatch(self, payload: bytes) -> dict:
+        try:
+            request = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            self.bad_requests += 1
+            return {"ok": False, "error": "request is not JSON"}
+        if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+            self.bad_requests += 1
+            return {"ok": False, "error": 'request must be an object with a string "cmd"'}
+        handler = self.handlers.get(request["cmd"])
+        if handler is None:
+            self.bad_requests += 1
+            return {"ok": False, "error": f"unknown cmd {request['cmd']!r}; known: {sorted(self.handlers)}"}
+        try:
+            return {"ok": True, **handler(request)}
+        except (KeyError, ValueError, TypeError) as exc:
+            self.bad_requests += 1
+            return {"ok": False, "error": f"{request['cmd']}: {exc}"}
+
+    def close(self) -> None:
+        self.sock.close()

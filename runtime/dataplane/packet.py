@@ -1,0 +1,109 @@
+"""The packet record: one fixed-size slot of every ring, viewed as numpy.
+
+A record carries the stamp, the ingress timestamp, the VNI, the parsed header
+fields and the inner Ethernet frame. Header fields are parsed once at ingress
+(vectorised, see ``parse.py``) so that no later stage touches raw bytes to
+find them. Addresses and ports are host-order integers.
+
+Layout rules: the header part is 64 bytes and the frame starts at offset 64,
+so the frame bytes of a batch are one strided 2-D block (``batch["frame"]``,
+shape ``(n, MAX_FRAME)``). The record size is fixed at 1600 bytes.
+
+Flow key: flows are bidirectional (the "symmetric 5-tuple" of cloud gateway
+load balancers), so both directions of a connection share one flow id, one
+seq space and one NF instance. ``direction`` is 0 when the packet goes from
+the lower (ip, port) endpoint to the higher one, 1 otherwise; NFs that care
+about the initiator record its direction in their per-flow state.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MAX_FRAME = 1518          # inner Ethernet frame without FCS, room for one VLAN tag
+RECORD_SIZE = 1600
+HEADER_SIZE = 64
+
+ETH_HLEN = 14
+ETHERTYPE_IPV4 = 0x0800
+IPPROTO_ICMP = 1
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+
+# TCP flag bits (byte 13 of the TCP header)
+TCP_FIN = 0x01
+TCP_SYN = 0x02
+TCP_RST = 0x04
+TCP_PSH = 0x08
+TCP_ACK = 0x10
+
+# verdicts an NF returns per packet
+FORWARD = 0
+DROP = 1
+
+PACKET_DTYPE = np.dtype(
+    {
+        "names": [
+            "flow_id", "seq", "ts_ns", "key_hash", "vni",
+            "src_ip", "dst_ip", "src_port", "dst_port",
+            "frame_len", "l4_off", "proto", "tcp_flags", "direction", "verdict",
+            "frame",
+        ],
+        "formats": [
+            "<u8", "<u8", "<u8", "<u4", "<u4",
+            "<u4", "<u4", "<u2", "<u2",
+            "<u2", "<u2", "u1", "u1", "u1", "u1",
+            ("u1", (MAX_FRAME,)),
+        ],
+        "offsets": [
+            0, 8, 16, 24, 28,
+            32, 36, 40, 42,
+            44, 46, 48, 49, 50, 51,
+            HEADER_SIZE,
+        ],
+        "itemsize": RECORD_SIZE,
+    }
+)
+"""Record fields:
+
+flow_id, seq   the stamp; flow ids come from a stamping unit's disjoint id space,
+               seq counts the flow's packets from 1
+ts_ns          ingress timestamp (CLOCK_MONOTONIC ns); also the NF's notion of now,
+               so replay on a secondary sees the same time
+key_hash       hash of the symmetric 5-tuple; bucket = key_hash % n_buckets
+vni            VXLAN network identifier, preserved on egress
+src_ip..dst_port  inner IPv4 header and L4 ports (0 for ICMP), host order
+frame_len      bytes of ``frame`` in use
+l4_off         offset of the L4 header inside ``frame`` (14 + IHL*4)
+proto          IP protocol number
+tcp_flags      TCP flags byte (0 for non-TCP)
+direction      0: lower endpoint -> higher endpoint, 1: the other way
+verdict        FORWARD or DROP, set by the NF
+frame          the inner Ethernet frame
+"""
+
+
+def empty_batch(n: int) -> np.ndarray:
+    """A zeroed array of ``n`` packet records."""
+    return np.zeros(n, dtype=PACKET_DTYPE)
+
+
+def copy_records(dst: np.ndarray, src: np.ndarray) -> None:
+    """Copy records, moving only the frame bytes in use (not all 1518 per slot).
+
+    Small packets are the common case; copying whole slots would spend most of
+    the memory bandwidth on padding.
+    """
+    n = len(src)
+    if n == 0:
+        return
+    if len(dst) != n:
+        raise ValueError(f"copy_records: dst has {len(dst)} slots, src has {n}")
+    if not (src.flags.c_contiguous and dst.flags.c_contiguous):
+        dst[...] = src
+        return
+    width = HEADER_SIZE + int(src["frame_len"].max())
+    # Both sides as (n, RECORD_SIZE) bytes: one strided copy of header + used frame bytes.
+    dst.view(np.uint8).reshape(n, RECORD_SIZE)[:, :width] = (
+        src.view(np.uint8).reshape(n, RECORD_SIZE)[:, :width]
+    )

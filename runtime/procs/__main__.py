@@ -1,0 +1,44 @@
+"""Entry point of a node process: ``python -m deft.runtime.procs ROLE --config PATH --index N``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from deft.runtime.config import load_config
+from deft.runtime.errors import DeftError
+from deft.runtime.procs.common import StopFlag, die_with_parent, setup_logging
+from deft.runtime.topology import Topology
+
+ROLES = ("ingress", "unit", "worker", "egress")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="deft-proc")
+    parser.add_argument("role", choices=ROLES)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--restarted", action="store_true", help="started again after a crash")
+    args = parser.parse_args(argv)
+    die_with_parent()
+    stop = StopFlag()
+    log = setup_logging(f"{args.role}{args.index if args.role in ('unit', 'worker') else ''}")
+    try:
+        topo = Topology(load_config(args.config))
+        if args.role == "ingress":
+            from deft.runtime.procs.ingress import run
+        elif args.role == "unit":
+            from deft.runtime.procs.unit import run
+        elif args.role == "worker":
+            from deft.runtime.procs.worker import run
+        else:
+            from deft.runtime.procs.egress import run
+        run(topo, args.index, stop, log, restarted=args.restarted)
+    except DeftError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""What every node process does the same way: die with the supervisor, stop on SIGTERM, log."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when the supervisor dies (node failure = all of it)."""
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the heartbeat/parent check below still ends us
+    if os.getppid() != parent or parent == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+class StopFlag:
+    """Set by SIGTERM or SIGINT; loops check it between batches."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        signal.signal(signal.SIGTERM, self._set)
+        signal.signal(signal.SIGINT, self._set)
+
+    def _set(self, signum, frame) -> None:
+        self.stopping = True
+
+    def __bool__(self) -> bool:
+        return self.stopping
+
+
+def setup_logging(role: str) -> logging.Logger:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=os.environ.get("DEFT_LOG_LEVEL", "INFO"),
+        format=f"%(asctime)s {role}[%(process)d] %(levelname)s %(message)s",
+    )
+    return logging.getLogger(f"deft.{role}")

@@ -1,0 +1,104 @@
+"""POSIX shared memory and semaphores with DEFT's naming and clean-up rules.
+
+Every name is ``/deft.<node_id>.<what>``. The supervisor is the one process
+that creates segments; on start it removes whatever a crashed predecessor with
+the same node id left behind (``cleanup_node``), and on exit it unlinks what it
+made. Other processes only attach.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+
+import posix_ipc
+
+from deft.runtime.errors import RingError
+
+SHM_DIR = "/dev/shm"
+_SAFE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def shm_name(node_id: str, what: str) -> str:
+    name = f"deft.{node_id}.{what}"
+    if not _SAFE.match(name) or len(name) > 200:
+        raise RingError(f"unusable shared-memory name {name!r} (letters, digits, '_', '.', '-' only)")
+    return "/" + name
+
+
+def create_segment(name: str, size: int) -> mmap.mmap:
+    """Create (replacing any stale one) and map a zero-filled segment."""
+    try:
+        posix_ipc.unlink_shared_memory(name)
+    except posix_ipc.ExistentialError:
+        pass
+    try:
+        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, size=size)
+    except (posix_ipc.Error, OSError) as exc:
+        raise RingError(f"cannot create shared memory {name}: {exc}") from exc
+    try:
+        return mmap.mmap(shm.fd, size)
+    finally:
+        shm.close_fd()
+
+
+def attach_segment(name: str) -> mmap.mmap:
+    try:
+        shm = posix_ipc.SharedMemory(name)
+    except posix_ipc.ExistentialError as exc:
+        raise RingError(f"shared memory {name} does not exist (is the supervisor running?)") from exc
+    try:
+        return mmap.mmap(shm.fd, shm.size)
+    finally:
+        shm.close_fd()
+
+
+def unlink_segment(name: str) -> None:
+    try:
+        posix_ipc.unlink_shared_memory(name)
+    except posix_ipc.ExistentialError:
+        pass
+
+
+def create_semaphore(name: str) -> posix_ipc.Semaphore:
+    try:
+        posix_ipc.unlink_semaphore(name)
+    except posix_ipc.ExistentialError:
+        pass
+    return posix_ipc.Semaphore(name, posix_ipc.O_CREX, initial_value=0)
+
+
+def attach_semaphore(name: str) -> posix_ipc.Semaphore:
+    try:
+        return posix_ipc.Semaphore(name)
+    except posix_ipc.ExistentialError as exc:
+        raise RingError(f"semaphore {name} does not exist (is the supervisor running?)") from exc
+
+
+def unlink_semaphore(name: str) -> None:
+    try:
+        posix_ipc.unlink_semaphore(name)
+    except posix_ipc.ExistentialError:
+        pass
+
+
+def leftovers(node_id: str) -> list[str]:
+    """Names in /dev/shm that belong to ``node_id`` (segments and semaphores)."""
+    prefix = f"deft.{node_id}."
+    try:
+        entries = os.listdir(SHM_DIR)
+    except FileNotFoundError:
+        return []
+    return sorted(e for e in entries if e.startswith(prefix) or e.startswith("sem." + prefix))
+
+
+def cleanup_node(node_id: str) -> list[str]:
+    """Remove every segment and semaphore of ``node_id``; return what was removed."""
+    removed = leftovers(node_id)
+    for entry in removed:
+        if entry.startswith("sem."):
+            unlink_semaphore("/" + entry[4:])
+        else:
+            unlink_segment("/" + entry)
+    return removed

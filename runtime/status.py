@@ -1,0 +1,63 @@
+"""What ``deft-ctl status`` shows: assembled from counter blocks and rings, no worker asked."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from deft.runtime.dataplane.parse import DROP_REASONS
+
+
+def _ring_info(sup, name: str) -> dict:
+    ring = sup.rings[name]
+    return {"name": name, "occupancy": len(ring), "slots": ring.n_slots, "pushed": ring.pushed}
+
+
+def node_status(sup) -> dict:
+    topo, cfg = sup.topo, sup.config
+    children = {c.key: c for c in sup.children}
+
+    def proc_info(key: str) -> dict:
+        c = children.get(key)
+        return {"pid": c.pid if c else None, "alive": bool(c and c.alive), "restarts": c.restarts if c else 0}
+
+    ing = sup.stats["ingress"].as_dict()
+    instances = []
+    for i in topo.instances:
+        counters = sup.stats[f"nf{i}"].as_dict()
+        instances.append({
+            "id": f"{topo.node_id}/nf{i}",
+            "index": i,
+            "kind": cfg.nf.kind,
+            "role": "primary",
+            "peer": None,
+            **proc_info(f"worker{i}"),
+            "counters": {k: v for k, v in counters.items() if not k.startswith("nf.")},
+            "nf_counters": {k[3:]: v for k, v in counters.items() if k.startswith("nf.")},
+            "input_rings": [_ring_info(sup, topo.nf_ring(i, u)) for u in topo.units],
+            "egress_ring": _ring_info(sup, topo.egress_ring(i)),
+            "buckets": int((sup.rules.instance_of == i).sum()),
+        })
+    return {
+        "node": {
+            "id": topo.node_id,
+            "pid": os.getpid(),
+            "config": sup.config_path,
+            "uptime_s": round(time.time() - sup.started, 3),
+            "control": cfg.node.control,
+            "control_bad_requests": sup.control.bad_requests if sup.control else 0,
+        },
+        "ingress": {
+            "listen": cfg.ingress.listen,
+            **proc_info("ingress"),
+            "counters": {k: v for k, v in ing.items() if not k.startswith("drop_")},
+            "drops": {r: ing[f"drop_{r}"] for r in DROP_REASONS},
+            "unit_rings": [_ring_info(sup, topo.unit_ring(u)) for u in topo.units],
+        },
+        "units": [{"index": u, **proc_info(f"unit{u}"), "counters": sup.stats[f"unit{u}"].as_dict()}
+                  for u in topo.units],
+        "instances": instances,
+        "egress": {"send_to": cfg.egress.send_to, **proc_info("egress"),
+                   "counters": sup.stats["egress"].as_dict()},
+        "flow_rules": {"epoch": sup.rules.epoch, "buckets": sup.rules.n_buckets},
+    }

@@ -1,0 +1,208 @@
+"""The node supervisor: owns the node's shared memory, starts and watches its processes.
+
+Start: remove what a crashed predecessor with the same node id left in
+/dev/shm, create every ring, doorbell, counter block and the flow rules
+(``deft.runtime.topology`` names them), then start the egress sender, the NF
+workers, the stamping units and the ingress, consumers first so no producer
+finds a ring without a reader.
+
+Run: one poll loop over the control socket; every 20 ms it reaps children and
+restarts any that died (counted per process). Stop (SIGTERM/SIGINT): SIGTERM
+to every child, SIGKILL after a grace period, then unlink all shared memory.
+Children die with the supervisor (PR_SET_PDEATHSIG), so a SIGKILLed
+supervisor takes its node down whole; the next start cleans the leftovers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import zmq
+
+from deft.runtime.config import NodeConfig
+from deft.runtime.control import ControlServer
+from deft.runtime.dataplane.flowrules import FlowRules
+from deft.runtime.dataplane.packet import PACKET_DTYPE
+from deft.runtime.errors import DeftError
+from deft.runtime.params import split_host_port
+from deft.runtime.procs import egress, ingress, unit, worker
+from deft.runtime.ring import Doorbell, Ring, cleanup_node
+from deft.runtime.stats import CounterBlock
+from deft.runtime.topology import Topology
+
+RESTART_BACKOFF_S = 0.2
+STOP_GRACE_S = 3.0
+
+
+@dataclasses.dataclass
+class Child:
+    role: str
+    index: int
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    died_at: float = 0.0
+    last_exit: int | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.role}{self.index}" if self.role in ("unit", "worker") else self.role
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class Supervisor:
+    def __init__(self, config: NodeConfig, config_path: str, stop, log):
+        self.config = config
+        self.config_path = os.path.abspath(config_path)
+        self.topo = Topology(config)
+        self.stop = stop
+        self.log = log
+        self.started = time.time()
+        self.rings: dict[str, Ring] = {}
+        self.bells: list[Doorbell] = []
+        self.stats: dict[str, CounterBlock] = {}
+        self.rules: FlowRules | None = None
+        self.children: list[Child] = []
+        self.zctx = zmq.Context()
+        self.control: ControlServer | None = None
+
+    # -- shared memory ------------------------------------------------------
+    def create_shared(self) -> None:
+        topo, cfg = self.topo, self.config
+        removed = cleanup_node(topo.node_id)
+        if removed:
+            self.log.warning("removed %d leftover shared-memory objects of node %s", len(removed), topo.node_id)
+        for u in topo.units:
+            self._ring(topo.unit_ring(u), cfg.ingress.ring_slots)
+            self.bells.append(Doorbell.create(topo.unit_bell(u)))
+            self.stats[f"unit{u}"] = CounterBlock.create(topo.stats(f"unit{u}"), unit.COUNTERS)
+        for i in topo.instances:
+            for u in topo.units:
+                self._ring(topo.nf_ring(i, u), topo.nf_ring_slots())
+            self._ring(topo.egress_ring(i), cfg.egress.ring_slots)
+            self.bells.append(Doorbell.create(topo.nf_bell(i)))
+            self.stats[f"nf{i}"] = CounterBlock.create(topo.stats(f"nf{i}"), worker.counter_names(cfg.nf.kind))
+        self.bells.append(Doorbell.create(topo.egress_bell()))
+        self.bells.append(Doorbell.create(topo.ingress_bell()))
+        self.stats["ingress"] = CounterBlock.create(topo.stats("ingress"), ingress.COUNTERS)
+        self.stats["egress"] = CounterBlock.create(topo.stats("egress"), egress.COUNTERS)
+        self.rules = FlowRules.create(topo.rules(), cfg.ingress.buckets, cfg.nf.instances)
+        if cfg.ingress.listen.startswith("shm://"):
+            self._ring(topo.shm_input(), 1 << 14)
+        if cfg.egress.send_to.startswith("shm://"):
+            self._ring(topo.shm_output(), 1 << 14)
+
+    def _ring(self, name: str, slots: int) -> None:
+        self.rings[name] = Ring.create(name, PACKET_DTYPE, slots)
+
+    def close_shared(self) -> None:
+        for ring in self.rings.values():
+            ring.close()
+        for bell in self.bells:
+            bell.close()
+        for block in self.stats.values():
+            block.close()
+        if self.rules:
+            self.rules.close()
+        cleanup_node(self.topo.node_id)  # belt and braces: nothing of ours may stay in /dev/shm
+
+    # -- processes ----------------------------------------------------------
+    def spawn(self, child: Child) -> None:
+        cmd = [sys.executable, "-m", "deft.runtime.procs", child.role,
+               "--config", self.config_path, "--index", str(child.index)]
+        if child.restarts:
+            cmd.append("--restarted")
+        child.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+        self.log.info("started %s pid %d", child.key, child.proc.pid)
+
+    def start_children(self) -> None:
+        self.children = [Child("egress", 0)]
+        self.children += [Child("worker", i) for i in self.topo.instances]
+        self.children += [Child("unit", u) for u in self.topo.units]
+        self.children.append(Child("ingress", 0))
+        for child in self.children:
+            self.spawn(child)
+
+    def reap_and_restart(self) -> None:
+        now = time.monotonic()
+        for child in self.children:
+            if child.proc is None or child.proc.poll() is None:
+                continue
+            if child.died_at == 0.0:
+                child.last_exit = child.proc.returncode
+                child.died_at = now
+                self.log.warning("%s (pid %d) exited with %s", child.key, child.proc.pid, child.last_exit)
+            if child.role == "worker" and not self.config.nf.restart:
+                continue
+            if now - child.died_at >= RESTART_BACKOFF_S:
+                child.restarts += 1
+                child.died_at = 0.0
+                self.spawn(child)
+
+    def stop_children(self) -> None:
+        for child in self.children:
+            if child.alive:
+                child.proc.terminate()
+        deadline = time.monotonic() + STOP_GRACE_S
+        for child in self.children:
+            if child.proc is None:
+                continue
+            try:
+                child.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
+                child.proc.wait()
+
+    def check_ports(self) -> None:
+        """Fail at start, with the key named, if the ingress port cannot be bound."""
+        listen = self.config.ingress.listen
+        if not listen.startswith("udp://"):
+            return
+        host, port = split_host_port(listen.partition("://")[2])
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise DeftError(f"{self.config.source}: [ingress] listen {listen}: {exc.strerror}") from None
+        finally:
+            probe.close()
+
+    # -- run ------------------------------------------------------------------
+    def run(self) -> None:
+        from deft.runtime.status import node_status
+
+        self.create_shared()
+        try:
+            self.check_ports()
+            try:
+                self.control = ControlServer(self.zctx, self.config.node.control,
+                                             {"status": lambda req: node_status(self)}, self.log)
+            except zmq.ZMQError as exc:
+                raise DeftError(f"{self.config.source}: [node] control {self.config.node.control}: {exc}") from None
+            self.start_children()
+            self.log.info("node %s up: control %s, ingress %s, egress %s", self.topo.node_id,
+                          self.config.node.control, self.config.ingress.listen, self.config.egress.send_to)
+            poller = zmq.Poller()
+            poller.register(self.control.sock, zmq.POLLIN)
+            while not self.stop:
+                if poller.poll(20):
+                    self.control.handle_one()
+                self.reap_and_restart()
+        finally:
+            self.stop_children()
+            if self.control:
+                self.control.close()
+            self.zctx.term()
+            self.close_shared()
+            self.log.info("node %s stopped", self.topo.node_id)

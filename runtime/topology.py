@@ -1,0 +1,83 @@
+"""Names and shapes of one node's shared objects, derived from the config alone.
+
+The supervisor creates everything listed here; every other process attaches
+by the same names, so no process needs to be told a name at run time.
+
+  ingress --(ring in.u<u>)--> stamping unit u --(ring nf<i>.u<u>)--> NF worker i
+  NF worker i --(ring out.nf<i>)--> egress sender
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from deft.runtime.config import NodeConfig
+from deft.runtime.ring.shm import shm_name
+
+
+def _next_pow2(n: int) -> int:
+    p = 1
+    while p < n:
+        p <<= 1
+    return p
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    config: NodeConfig
+
+    @property
+    def node_id(self) -> str:
+        return self.config.node.id
+
+    def _name(self, what: str) -> str:
+        return shm_name(self.node_id, what)
+
+    @property
+    def units(self) -> range:
+        return range(self.config.ingress.stamping_units)
+
+    @property
+    def instances(self) -> range:
+        return range(self.config.nf.instances)
+
+    # rings
+    def unit_ring(self, u: int) -> str:
+        return self._name(f"in.u{u}")
+
+    def nf_ring(self, i: int, u: int) -> str:
+        return self._name(f"nf{i}.u{u}")
+
+    def egress_ring(self, i: int) -> str:
+        return self._name(f"out.nf{i}")
+
+    def nf_ring_slots(self) -> int:
+        """Each unit's ring into an instance holds the instance's whole input buffer."""
+        return _next_pow2(self.config.nf.input_capacity)
+
+    # shm input/output for local benchmarks
+    def shm_input(self) -> str:
+        return self._name("shmin." + self.config.ingress.listen.partition("://")[2])
+
+    def shm_output(self) -> str:
+        return self._name("shmout." + self.config.egress.send_to.partition("://")[2])
+
+    # doorbells (one per consumer)
+    def unit_bell(self, u: int) -> str:
+        return self._name(f"bell.u{u}")
+
+    def nf_bell(self, i: int) -> str:
+        return self._name(f"bell.nf{i}")
+
+    def egress_bell(self) -> str:
+        return self._name("bell.egress")
+
+    def ingress_bell(self) -> str:
+        return self._name("bell.ingress")
+
+    # flow rules and counters
+    def rules(self) -> str:
+        return self._name("rules")
+
+    def stats(self, role: str) -> str:
+        return self._name(f"stats.{role}")

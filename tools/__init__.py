@@ -1,0 +1,1 @@
+"""Command-line tools: deft-ctl, deft-trafficgen, the demo."""

@@ -1,0 +1,95 @@
+"""deft-ctl: talk to a node's control endpoint.
+
+Synopsis::
+
+    deft-ctl --node tcp://127.0.0.1:7101 status [--json]
+
+``status`` shows the node id, the pid of the supervisor and of every process,
+per-instance counters (received, processed, released, pending, drops by
+reason), ring occupancy and the ingress drop counters by reason. ``--json``
+prints the raw reply for scripts. Exit code 1 when the node does not answer
+within ``--timeout-ms``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import orjson
+import zmq
+
+from deft.runtime.sockets import make_socket
+
+
+class NoAnswer(Exception):
+    pass
+
+
+def query(control_addr: str, request: dict, timeout_ms: int = 2000) -> dict:
+    """Send one JSON request to a control endpoint and return the decoded reply."""
+    ctx = zmq.Context.instance()
+    sock = make_socket(ctx, zmq.DEALER, connect=control_addr)
+    try:
+        sock.send(orjson.dumps(request))
+        if not sock.poll(timeout_ms, zmq.POLLIN):
+            raise NoAnswer(f"{control_addr}: no answer within {timeout_ms} ms")
+        return orjson.loads(sock.recv())
+    finally:
+        sock.close()
+
+
+def _fmt_counters(counters: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in counters.items() if v)
+
+
+def render_status(st: dict) -> str:
+    node = st["node"]
+    lines = [f"node {node['id']}  supervisor pid {node['pid']}  up {node['uptime_s']:.1f}s  control {node['control']}"]
+    ing = st["ingress"]
+    lines.append(f"ingress {ing['listen']}  pid {ing['pid']}  {_fmt_counters(ing['counters'])}")
+    drops = {k: v for k, v in ing["drops"].items() if v}
+    lines.append(f"  ingress drops: {_fmt_counters(drops) if drops else 'none'}")
+    for ring in ing["unit_rings"]:
+        lines.append(f"  ring {ring['name']}: {ring['occupancy']}/{ring['slots']}")
+    for u in st["units"]:
+        lines.append(f"unit {u['index']}  pid {u['pid']}  restarts {u['restarts']}  {_fmt_counters(u['counters'])}")
+    for inst in st["instances"]:
+        state = "up" if inst["alive"] else "DOWN"
+        lines.append(f"instance {inst['id']} ({inst['kind']}, {inst['role']})  pid {inst['pid']} {state}  "
+                     f"restarts {inst['restarts']}  buckets {inst['buckets']}")
+        lines.append(f"  {_fmt_counters(inst['counters'])}")
+        if inst["nf_counters"]:
+            lines.append(f"  nf: {_fmt_counters(inst['nf_counters'])}")
+        rings = ", ".join(f"{r['occupancy']}/{r['slots']}" for r in inst["input_rings"])
+        lines.append(f"  input rings {rings}  egress ring {inst['egress_ring']['occupancy']}/{inst['egress_ring']['slots']}")
+    eg = st["egress"]
+    lines.append(f"egress {eg['send_to']}  pid {eg['pid']}  {_fmt_counters(eg['counters'])}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="deft-ctl", description="Query and steer DEFT nodes.")
+    parser.add_argument("--node", default="tcp://127.0.0.1:7101", help="node control endpoint")
+    parser.add_argument("--timeout-ms", type=int, default=2000)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_status = sub.add_parser("status", help="show processes, counters and rings")
+    p_status.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        reply = query(args.node, {"cmd": args.cmd}, args.timeout_ms)
+    except NoAnswer as exc:
+        print(f"deft-ctl: {exc}", file=sys.stderr)
+        return 1
+    if not reply.get("ok"):
+        print(f"deft-ctl: {reply.get('error')}", file=sys.stderr)
+        return 1
+    if args.json:
+        sys.stdout.write(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(render_status(reply))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
