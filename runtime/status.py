@@ -19,7 +19,10 @@ def node_status(sup) -> dict:
 
     def proc_info(key: str) -> dict:
         c = children.get(key)
-        return {"pid": c.pid if c else None, "alive": bool(c and c.alive), "restarts": c.restarts if c else 0}
+        ready = bool(c and c.alive and sup.stats[c.stats_key].get("ready"))
+        return {"pid": c.pid if c else None, "alive": bool(c and c.alive), "ready": ready,
+                "restarts": c.restarts if c else 0,
+                "last_exit": c.last_exit if c else None}
 
     ing = sup.stats["ingress"].as_dict()
     instances = []

@@ -53,6 +53,11 @@ class Child:
         return f"{self.role}{self.index}" if self.role in ("unit", "worker") else self.role
 
     @property
+    def stats_key(self) -> str:
+        """Name of the child's counter block (workers' blocks are named after their instance)."""
+        return f"nf{self.index}" if self.role == "worker" else self.key
+
+    @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
@@ -123,6 +128,7 @@ class Supervisor:
                "--config", self.config_path, "--index", str(child.index)]
         if child.restarts:
             cmd.append("--restarted")
+        self.stats[child.stats_key].set("ready", 0)  # the child sets it once it is attached and serving
         child.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
         self.log.info("started %s pid %d", child.key, child.proc.pid)
 

@@ -151,9 +151,27 @@ def parse_records_into(records: np.ndarray, out: np.ndarray, ts_ns: int, drops: 
                         records["vni"].copy(), out, ts_ns, drops)
 
 
+def _all_good(block: np.ndarray, frame_len: np.ndarray, e: int, vxlan: bool) -> bool:
+    """One combined check for the common case of a clean batch (about a third of the
+    numpy calls of ``classify``); only a batch that fails it is classified reason by reason."""
+    ip = e + ETH_HLEN
+    if vxlan and not (block[:, 0] & 0x08).all():
+        return False
+    vihl = block[:, ip]
+    proto = block[:, ip + 9]
+    total = (block[:, ip + 2].astype(np.int64) << 8) | block[:, ip + 3]
+    ok = ((frame_len >= ETH_HLEN + 28) & (frame_len <= MAX_FRAME) & (frame_len >= ETH_HLEN + total)
+          & (block[:, e + 12] == 0x08) & (block[:, e + 13] == 0x00)
+          & (vihl == 0x45) & ((block[:, ip + 6] & 0x3F) == 0) & (block[:, ip + 7] == 0)
+          & (((proto == IPPROTO_UDP) | (proto == IPPROTO_ICMP)) & (total >= 28)
+             | (proto == IPPROTO_TCP) & (total >= 40) & (block[:, ip + 32] >> 4 == 5)))
+    return bool(ok.all())
+
+
 def _parse_block(stage, frame_len, e, vxlan, vni, out, ts_ns, drops) -> int:
-    code = classify(stage, frame_len, e, vxlan)
-    if code.any():
+    # IHL 5 and a plain 20-byte TCP header are the fast path; anything else is classified in full
+    code = None if _all_good(stage, frame_len, e, vxlan) else classify(stage, frame_len, e, vxlan)
+    if code is not None and code.any():
         counts = np.bincount(code, minlength=len(DROP_REASONS) + 1)
         drops += counts[1:]
         good = np.flatnonzero(code == 0)

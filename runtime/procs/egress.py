@@ -20,7 +20,7 @@ from deft.runtime.topology import Topology
 
 BURST = 256
 VXLAN_HLEN = 8
-COUNTERS = ["sent", "send_errors", "bursts"]
+COUNTERS = ["ready", "sent", "send_errors", "bursts"]
 
 
 class UdpSink:
@@ -77,8 +77,9 @@ def run(topo: Topology, index: int, stop, log, restarted: bool = False) -> None:
     url = topo.config.egress.send_to
     sink = UdpSink(url) if url.startswith("udp://") else ShmSink(topo)
     v = stats.values
-    i_sent, i_err, i_bursts = (stats.index[c] for c in COUNTERS)
+    i_sent, i_err, i_bursts = (stats.index[c] for c in COUNTERS[1:])
     log.info("egress sending to %s", url)
+    stats.set("ready", 1)
     try:
         while not stop:
             moved = 0
@@ -94,6 +95,7 @@ def run(topo: Topology, index: int, stop, log, restarted: bool = False) -> None:
             if moved == 0:
                 bell.wait(0.1)
     finally:
+        stats.set("ready", 0)
         sink.close()
         for r in rings:
             r.close()

@@ -28,7 +28,7 @@ from deft.runtime.stats import CounterBlock
 from deft.runtime.topology import Topology
 
 BURST = 256
-COUNTERS = ["received", "accepted", "dropped", "unit_ring_full", "bursts"] + [f"drop_{r}" for r in DROP_REASONS]
+COUNTERS = ["ready", "received", "accepted", "dropped", "unit_ring_full", "bursts"] + [f"drop_{r}" for r in DROP_REASONS]
 
 
 class UdpSource:
@@ -130,9 +130,10 @@ def run(topo: Topology, index: int, stop, log, restarted: bool = False) -> None:
     out = np.zeros(BURST, dtype=PACKET_DTYPE)
     drops = np.zeros(len(DROP_REASONS), dtype=np.int64)
     values = stats.values
-    i_received, i_accepted, i_dropped, i_full, i_bursts = (stats.index[c] for c in COUNTERS[:5])
-    i_drop0 = stats.index[COUNTERS[5]]
+    i_received, i_accepted, i_dropped, i_full, i_bursts = (stats.index[c] for c in COUNTERS[1:6])
+    i_drop0 = stats.index[COUNTERS[6]]
     log.info("ingress listening on %s for %d stamping unit(s)", topo.config.ingress.listen, len(units))
+    stats.set("ready", 1)
     try:
         while not stop:
             n, k = source.read(out, drops, 100)
@@ -161,6 +162,7 @@ def run(topo: Topology, index: int, stop, log, restarted: bool = False) -> None:
                     bells[u].ring()
                     values[i_full] += len(part) - pushed
     finally:
+        stats.set("ready", 0)
         source.close()
         for r in rings:
             r.close()

@@ -20,7 +20,7 @@ from deft.runtime.stats import CounterBlock
 from deft.runtime.topology import Topology
 
 MAX_BATCH = 256
-COUNTERS = ["received", "stamped", "nf_ring_full", "new_flows", "flows", "expired"]
+COUNTERS = ["ready", "received", "stamped", "nf_ring_full", "new_flows", "flows", "expired"]
 
 
 def admit(instance: np.ndarray, rooms: list[int]) -> np.ndarray:
@@ -47,6 +47,7 @@ def run(topo: Topology, index: int, stop, log, restarted: bool = False) -> None:
     idle_ns = int(cfg.ingress.flow_idle_s * 1e9)
     next_expiry = time.monotonic() + 1.0
     log.info("stamping unit %d up (%d NF instance(s))", index, n_inst)
+    stats.set("ready", 1)
     try:
         while not stop:
             view = in_ring.peek(MAX_BATCH)
@@ -83,6 +84,7 @@ def run(topo: Topology, index: int, stop, log, restarted: bool = False) -> None:
             stats.add("stamped", len(batch))
             stats.set("new_flows", stamper.new_flows)
     finally:
+        stats.set("ready", 0)
         in_ring.close()
         for r in out_rings:
             r.close()

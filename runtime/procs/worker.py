@@ -33,7 +33,7 @@ from deft.runtime.stats import CounterBlock
 from deft.runtime.topology import Topology
 
 COUNTERS = [
-    "received", "processed", "released", "dropped_by_nf", "stale", "duplicate",
+    "ready", "received", "processed", "released", "dropped_by_nf", "stale", "duplicate",
     "pending_overflow", "pending", "batches", "egress_waits", "flows",
 ]
 
@@ -181,7 +181,9 @@ def counter_names(kind: str) -> list[str]:
 def run(topo: Topology, index: int, stop, log, restarted: bool = False) -> None:
     worker = Worker(topo, index, stop, log, restarted)
     log.info("NF worker %d (%s) up%s", index, topo.config.nf.kind, " after a restart" if restarted else "")
+    worker.stats.set("ready", 1)
     try:
         worker.run()
     finally:
+        worker.stats.set("ready", 0)
         worker.close()

@@ -1,0 +1,150 @@
+"""A real deft-node on loopback under deft-trafficgen: loss, order, garbage, a killed worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import orjson
+import pytest
+import zmq
+
+from deft.runtime.dataplane.frames import build_frame, ethernet_frame, ipv4_header, vxlan_wrap
+from deft.runtime.params import split_host_port
+
+from .conftest import run_trafficgen
+
+pytestmark = pytest.mark.slow
+
+
+def test_zero_loss_and_order_at_a_moderate_rate(start_node, tmp_path):
+    node = start_node(kind="nat", instances=2)
+    report = run_trafficgen(node, tmp_path, "--flows", "300", "--rate", "5000", "--packets", "15000",
+                            "--tcp-ratio", "0.5", "--node", node.control)
+    assert report["sent"] == 15000
+    assert (report["lost"], report["duplicated"], report["reordered"]) == (0, 0, 0)
+    st = node.status()
+    assert st["ingress"]["counters"]["accepted"] == 15000
+    assert sum(i["counters"]["released"] for i in st["instances"]) == 15000
+    assert all(i["counters"]["processed"] > 0 for i in st["instances"])  # both instances got flows
+    assert st["egress"]["counters"]["sent"] == 15000
+
+
+GARBAGE = {
+    "short_datagram": b"\x08\x00",
+    "vxlan_flag": b"\x00" * 8 + build_frame(1, 2, 17, 1, 2, b"x"),
+    "not_ipv4": vxlan_wrap(ethernet_frame(b"\x60" + b"\x00" * 39, ethertype=0x86DD), 9),
+    "fragment": vxlan_wrap(ethernet_frame(ipv4_header(1, 2, 17, 28, flags_frag=0x2000) + b"u" * 28), 9),
+    "unsupported_proto": vxlan_wrap(ethernet_frame(ipv4_header(1, 2, 47, 8) + b"g" * 8), 9),
+    "truncated_ip": vxlan_wrap(build_frame(1, 2, 17, 1, 2, b"x" * 20)[:30], 9),
+}
+
+
+def test_garbage_is_counted_and_does_not_disturb_good_packets(start_node, tmp_path):
+    node = start_node(kind="nat", instances=2)
+    host, port = split_host_port(node.ingress.partition("://")[2])
+    rounds = 50
+    stop = threading.Event()
+
+    def spray():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for _ in range(rounds):
+                for datagram in GARBAGE.values():
+                    s.sendto(datagram, (host, port))
+                time.sleep(0.02)
+        stop.set()
+
+    sprayer = threading.Thread(target=spray)
+    sprayer.start()
+    report = run_trafficgen(node, tmp_path, "--flows", "100", "--rate", "3000", "--packets", "6000")
+    sprayer.join()
+    assert (report["lost"], report["duplicated"], report["reordered"], report["foreign"]) == (0, 0, 0, 0)
+    drops = node.status()["ingress"]["drops"]
+    for reason in GARBAGE:
+        assert drops[reason] == rounds, (reason, drops)
+
+
+def test_killed_worker_is_reported_and_restarted(start_node, tmp_path):
+    node = start_node(kind="flowcounter", instances=2)
+    before = node.status()["instances"][0]
+    os.kill(before["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        inst = node.status()["instances"][0]
+        if inst["restarts"] == 1 and inst["ready"]:
+            break
+        time.sleep(0.05)
+    assert inst["restarts"] == 1 and inst["alive"] and inst["pid"] != before["pid"]
+    assert inst["last_exit"] == -signal.SIGKILL
+    # the restarted worker (state lost, as expected without replication) carries traffic again
+    report = run_trafficgen(node, tmp_path, "--flows", "100", "--rate", "3000", "--packets", "3000")
+    assert (report["lost"], report["reordered"]) == (0, 0)
+    assert node.status()["instances"][0]["counters"]["processed"] > 0
+
+
+def test_worker_killed_under_traffic_loses_only_what_it_held(start_node, tmp_path):
+    node = start_node(kind="nat", instances=2)
+    victim = node.status()["instances"][1]["pid"]
+    timer = threading.Timer(1.0, os.kill, (victim, signal.SIGKILL))
+    timer.start()
+    report = run_trafficgen(node, tmp_path, "--flows", "200", "--rate", "4000", "--packets", "12000")
+    timer.join()
+    st = node.status()
+    assert st["instances"][1]["restarts"] == 1
+    # without replication a crash loses at most what the worker held: its input ring and output buffer
+    held = 2048 + 64
+    assert report["lost"] <= held, report["lost"]
+    assert report["received"] >= 12000 - held
+    assert report["duplicated"] <= 64 + 256  # at most re-read of records it had not released from its ring
+
+
+def test_control_socket_survives_garbage_frames(start_node):
+    node = start_node(kind="flowcounter", instances=1)
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(node.control)
+    try:
+        for frame in [b"", b"\xff\xfe", b"[1,2]", b'{"cmd": 5}', b'{"cmd": "nope"}', os.urandom(100)]:
+            sock.send(frame)
+            assert sock.poll(3000)
+            reply = orjson.loads(sock.recv())
+            assert reply["ok"] is False and reply["error"]
+    finally:
+        sock.close()
+    st = node.status()
+    assert st["node"]["control_bad_requests"] == 6
+
+
+def test_ctl_status_json_lists_pids(start_node):
+    node = start_node(kind="flowcounter", instances=2)
+    out = subprocess.run([sys.executable, "-m", "deft.tools.ctl", "--node", node.control, "status", "--json"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    st = orjson.loads(out.stdout)
+    assert st["node"]["id"] == node.node_id and st["node"]["pid"] == node.proc.pid
+    assert [i["id"] for i in st["instances"]] == [f"{node.node_id}/nf0", f"{node.node_id}/nf1"]
+    assert all(i["pid"] and i["role"] == "primary" for i in st["instances"])
+    text = subprocess.run([sys.executable, "-m", "deft.tools.ctl", "--node", node.control, "status"],
+                          capture_output=True, text=True, timeout=30)
+    assert f"node {node.node_id}" in text.stdout
+
+
+def test_bad_config_exits_2_naming_the_key(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[node]\nid = "x"\n[nf]\nkind = "nat"\nbatch_size = -1\n[nf.params]\npublic_ip = "1.2.3.4"\n')
+    out = subprocess.run([sys.executable, "-m", "deft.runtime.node", "--config", str(path)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert "bad.toml: [nf] batch_size: must be >= 1, got -1" in out.stderr
+
+
+def test_ctl_reports_a_node_that_does_not_answer():
+    out = subprocess.run([sys.executable, "-m", "deft.tools.ctl", "--node", "tcp://127.0.0.1:9",
+                          "--timeout-ms", "300", "status"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "no answer" in out.stderr
