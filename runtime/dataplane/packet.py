@@ -88,22 +88,28 @@ def empty_batch(n: int) -> np.ndarray:
     return np.zeros(n, dtype=PACKET_DTYPE)
 
 
-def copy_records(dst: np.ndarray, src: np.ndarray) -> None:
-    """Copy records, moving only the frame bytes in use (not all 1518 per slot).
+def copy_records(dst: np.ndarray, src: np.ndarray, index: np.ndarray | None = None) -> None:
+    """``dst[:] = src`` (or ``src[index]``), moving only the frame bytes in use.
 
-    Small packets are the common case; copying whole slots would spend most of
-    the memory bandwidth on padding.
+    Small packets are the common case; copying whole 1600-byte slots (which a
+    plain ``src[mask]`` gather does) would spend most of the memory bandwidth
+    on padding. Both sides are seen as (n, RECORD_SIZE) bytes and only the
+    header plus the longest frame's bytes are copied.
     """
-    n = len(src)
+    n = len(src) if index is None else len(index)
     if n == 0:
         return
     if len(dst) != n:
         raise ValueError(f"copy_records: dst has {len(dst)} slots, src has {n}")
-    if not (src.flags.c_contiguous and dst.flags.c_contiguous):
-        dst[...] = src
+    if not (src.flags.c_contiguous and dst.flags.c_contiguous
+            and src.dtype.itemsize == RECORD_SIZE and dst.dtype.itemsize == RECORD_SIZE):
+        dst[...] = src if index is None else src[index]  # e.g. np.concatenate drops the dtype's padding
         return
-    width = HEADER_SIZE + int(src["frame_len"].max())
-    # Both sides as (n, RECORD_SIZE) bytes: one strided copy of header + used frame bytes.
-    dst.view(np.uint8).reshape(n, RECORD_SIZE)[:, :width] = (
-        src.view(np.uint8).reshape(n, RECORD_SIZE)[:, :width]
-    )
+    src_bytes = src.view(np.uint8).reshape(len(src), RECORD_SIZE)
+    dst_bytes = dst.view(np.uint8).reshape(n, RECORD_SIZE)
+    if index is None:
+        width = HEADER_SIZE + int(src["frame_len"].max())
+        dst_bytes[:, :width] = src_bytes[:, :width]
+    else:
+        width = HEADER_SIZE + int(src["frame_len"][index].max())
+        dst_bytes[:, :width] = src_bytes[index, :width]

@@ -91,8 +91,11 @@ class Stamper:
         # seq = last seq of the flow + rank of the packet among the flow's packets in this batch
         order = np.argsort(slots, kind="stable")
         sorted_slots = slots[order]
-        starts = np.r_[0, np.flatnonzero(sorted_slots[1:] != sorted_slots[:-1]) + 1]
-        counts = np.diff(np.r_[starts, n])
+        boundary = np.empty(n, dtype=bool)
+        boundary[0] = True
+        np.not_equal(sorted_slots[1:], sorted_slots[:-1], out=boundary[1:])
+        starts = np.flatnonzero(boundary)
+        counts = np.diff(starts, append=n)
         rank = np.arange(n) - np.repeat(starts, counts)
         seq = np.empty(n, dtype=np.uint64)
         seq[order] = self.last_seq[sorted_slots] + rank.astype(np.uint64) + np.uint64(1)

@@ -9,6 +9,7 @@ shm://NAME       records are pushed to a local ring (benchmarks)
 from __future__ import annotations
 
 import socket
+import time
 
 import numpy as np
 
@@ -59,11 +60,17 @@ class UdpSink:
 
 
 class ShmSink:
+    """Local output ring: waits for the reader (up to a second) rather than dropping."""
+
     def __init__(self, topo: Topology):
         self.ring = Ring.attach(topo.shm_output(), PACKET_DTYPE)
 
     def send(self, records: np.ndarray) -> tuple[int, int]:
         pushed = self.ring.push_some(records)
+        deadline = time.monotonic() + 1.0
+        while pushed < len(records) and time.monotonic() < deadline:
+            time.sleep(0.0001)
+            pushed += self.ring.push_some(records[pushed:])
         return pushed, len(records) - pushed
 
     def close(self) -> None:

@@ -45,6 +45,9 @@ class UdpSource:
         self.rows = [memoryview(self.stage[i]) for i in range(BURST)]
         self.lengths = np.zeros(BURST, dtype=np.int64)
 
+    # A socket cannot push back: read on, and count what the unit rings cannot take.
+    backpressure = False
+
     def read(self, out: np.ndarray, drops: np.ndarray, timeout_ms: int) -> tuple[int, int]:
         """(datagrams received, records parsed into out)."""
         recv_into = self.sock.recv_into
@@ -66,6 +69,9 @@ class UdpSource:
 
 
 class ShmSource:
+    # Records can wait in the input ring, so read only what the unit rings can take.
+    backpressure = True
+
     def __init__(self, topo: Topology):
         self.ring = Ring.attach(topo.shm_input(), PACKET_DTYPE)
         self.bell = Doorbell.attach(topo.ingress_bell())
@@ -87,6 +93,8 @@ class ShmSource:
 
 class PcapSource:
     """Replays a capture once; each record is parsed like a VXLAN-less shm record."""
+
+    backpressure = True
 
     def __init__(self, path: str):
         from deft.tools.pcap import read_pcap
@@ -136,7 +144,14 @@ def run(topo: Topology, index: int, stop, log, restarted: bool = False) -> None:
     stats.set("ready", 1)
     try:
         while not stop:
-            n, k = source.read(out, drops, 100)
+            if source.backpressure:
+                room = min(r.free() for r in rings)
+                if room == 0:
+                    time.sleep(0.0001)
+                    continue
+                n, k = source.read(out[:room], drops, 100)
+            else:
+                n, k = source.read(out, drops, 100)
             if n == 0:
                 continue
             values[i_received] += n
@@ -156,9 +171,9 @@ def run(topo: Topology, index: int, stop, log, restarted: bool = False) -> None:
                 continue
             which = unit_of(batch["key_hash"], len(rings))
             for u, ring in enumerate(rings):
-                part = batch[which == u]
+                part = np.flatnonzero(which == u)
                 if len(part):
-                    pushed = ring.push_some(part)
+                    pushed = ring.push_some(batch, part)
                     bells[u].ring()
                     values[i_full] += len(part) - pushed
     finally:

@@ -2,8 +2,11 @@
 
 The switch step reads the flow rules (bucket -> instance) from shared memory
 that the supervisor owns. Room in the instance rings is checked *before*
-stamping: a packet that cannot be handed on is dropped unstamped (counted as
-``nf_ring_full``), so the instance never waits for a seq that will not come.
+stamping: only the prefix of the batch that fits is stamped and handed on, the
+rest stays in the unit's input ring (counted as ``blocked``), so no stamped
+packet is ever dropped here and an instance never waits for a seq that will
+not come. When the unit falls behind, its input ring fills and the ingress
+drops (counted there as ``unit_ring_full``), before stamping.
 """
 
 from __future__ import annotations
@@ -20,17 +23,23 @@ from deft.runtime.stats import CounterBlock
 from deft.runtime.topology import Topology
 
 MAX_BATCH = 256
-COUNTERS = ["ready", "received", "stamped", "nf_ring_full", "new_flows", "flows", "expired"]
+COUNTERS = ["ready", "received", "stamped", "blocked", "new_flows", "flows", "expired"]
 
 
-def admit(instance: np.ndarray, rooms: list[int]) -> np.ndarray:
-    """Mask of packets that fit in their instance's ring (first come, first in)."""
-    keep = np.ones(len(instance), dtype=bool)
+def fitting_prefix(instance: np.ndarray, rooms: list[int]) -> int:
+    """Length of the longest prefix of the batch whose packets all fit in their instance's ring.
+
+    Taking a prefix (not a subset) keeps each flow's packets in arrival order,
+    and leaving the rest in the unit's own ring pushes back on the ingress
+    instead of dropping packets that were already stamped.
+    """
+    take = len(instance)
     for i, room in enumerate(rooms):
-        idx = np.flatnonzero(instance == i)
-        if len(idx) > room:
-            keep[idx[room:]] = False
-    return keep
+        if room < take:
+            pos = np.flatnonzero(instance[:take] == i)
+            if len(pos) > room:
+                take = int(pos[room])
+    return take
 
 
 def run(topo: Topology, index: int, stop, log, restarted: bool = False) -> None:
@@ -43,6 +52,8 @@ def run(topo: Topology, index: int, stop, log, restarted: bool = False) -> None:
     flow_rules = FlowRules.attach(topo.rules())
     rules = flow_rules.instance_of
     stats = CounterBlock.attach(topo.stats(f"unit{index}"))
+    v = stats.values
+    i_received, i_stamped, i_blocked = (stats.index[c] for c in ("received", "stamped", "blocked"))
     stamper = Stamper(index)
     idle_ns = int(cfg.ingress.flow_idle_s * 1e9)
     next_expiry = time.monotonic() + 1.0
@@ -57,33 +68,33 @@ def run(topo: Topology, index: int, stop, log, restarted: bool = False) -> None:
                 if time.monotonic() > next_expiry:
                     stats.add("expired", stamper.expire(time.monotonic_ns(), idle_ns))
                     stats.set("flows", len(stamper))
+                    stats.set("new_flows", stamper.new_flows)
                     next_expiry = time.monotonic() + 1.0
                 continue
             instance = rules[bucket_of(view["key_hash"], len(rules))]
-            rooms = [r.free() for r in out_rings]
-            if sum(rooms) >= n and (n_inst == 1 or all(
-                    np.count_nonzero(instance == i) <= rooms[i] for i in range(n_inst))):
-                batch = view
-            else:
-                keep = admit(instance, rooms)
-                batch = view[keep]
-                instance = instance[keep]
-                stats.add("nf_ring_full", n - len(batch))
+            take = fitting_prefix(instance, [r.free() for r in out_rings])
+            if take == 0:
+                v[i_blocked] += 1
+                time.sleep(0.0001)  # an NF instance is behind: let it run
+                continue
+            batch = view[:take]
             stamper.stamp(batch)
             if n_inst == 1:
                 out_rings[0].push_some(batch)
                 out_bells[0].ring()
             else:
+                instance = instance[:take]
                 for i in range(n_inst):
-                    part = batch[instance == i]
+                    part = np.flatnonzero(instance == i)
                     if len(part):
-                        out_rings[i].push_some(part)
+                        out_rings[i].push_some(batch, part)
                         out_bells[i].ring()
-            in_ring.release(n)
-            stats.add("received", n)
-            stats.add("stamped", len(batch))
-            stats.set("new_flows", stamper.new_flows)
+            in_ring.release(take)
+            v[i_received] += take
+            v[i_stamped] += take
     finally:
+        stats.set("flows", len(stamper))
+        stats.set("new_flows", stamper.new_flows)
         stats.set("ready", 0)
         in_ring.close()
         for r in out_rings:

@@ -85,6 +85,10 @@ class Worker:
         self.adopt_unknown = restarted
         self.out = OutputBuffer(cfg.nf.batch_size, capacity, cfg.nf.flush_us * 1000)
         self._next_input = 0
+        # counters live in plain ints and reach shared memory in one numpy write per batch
+        self.count = dict.fromkeys(COUNTERS[1:], 0)
+        self._published = [c for c in self.stats.fields if c != "ready"]
+        self._published_at = np.array([self.stats.index[c] for c in self._published], dtype=np.int64)
 
     def pull(self) -> int:
         """Move up to the output buffer's room from the input rings through the NF."""
@@ -108,14 +112,14 @@ class Worker:
         if self.adopt_unknown:
             self._adopt(arrived)
         ready = self.ordering.order(arrived)
-        self.stats.add("received", len(arrived))
+        self.count["received"] += len(arrived)
         if len(ready) == 0:
             return
         rows, new_rows = self.table.rows_for(ready["flow_id"])
         self.ctx.now_ns = int(ready["ts_ns"].max())
         ready["verdict"] = self.nf.process(ready, rows, new_rows, self.table, self.ctx)
         self.out.append(ready, time.monotonic_ns())
-        self.stats.add("processed", len(ready))
+        self.count["processed"] += len(ready)
 
     def _adopt(self, arrived: np.ndarray) -> None:
         ne = self.ordering.next_expected
@@ -125,30 +129,37 @@ class Worker:
 
     def release(self) -> None:
         batch = self.out.take()
-        forward = batch[batch["verdict"] == FORWARD]
-        self.push_egress(forward)
-        s = self.stats
-        s.add("released", len(forward))
-        s.add("dropped_by_nf", len(batch) - len(forward))
-        s.add("batches", 1)
-        o = self.ordering
-        s.set("stale", o.stale)
-        s.set("duplicate", o.duplicate)
-        s.set("pending_overflow", o.overflow)
-        s.set("pending", o.pending_count)
-        s.set("flows", len(self.table))
-        for name, value in self.nf.stats.items():
-            if f"nf.{name}" in s.index:
-                s.set(f"nf.{name}", value)
+        verdict = batch["verdict"]
+        forward = None if not verdict.any() else np.flatnonzero(verdict == FORWARD)
+        self.push_egress(batch, forward)
+        n_forward = len(batch) if forward is None else len(forward)
+        c = self.count
+        c["released"] += n_forward
+        c["dropped_by_nf"] += len(batch) - n_forward
+        c["batches"] += 1
+        self.publish()
 
-    def push_egress(self, records: np.ndarray) -> None:
-        """Hand a batch to the egress sender; wait (never drop) while its ring is full."""
+    def publish(self) -> None:
+        o, c = self.ordering, self.count
+        c["stale"], c["duplicate"], c["pending_overflow"] = o.stale, o.duplicate, o.overflow
+        c["pending"], c["flows"] = o.pending_count, len(self.table)
+        nf = self.nf.stats
+        self.stats.values[self._published_at] = [
+            c[name] if name in c else nf.get(name[3:], 0) for name in self._published
+        ]
+
+    def push_egress(self, records: np.ndarray, index: np.ndarray | None) -> None:
+        """Hand a batch (or ``records[index]``) to the egress sender; wait, never drop, while its ring is full."""
+        total = len(records) if index is None else len(index)
         done = 0
-        while done < len(records):
-            done += self.egress.push_some(records[done:])
+        while done < total:
+            if index is None:
+                done += self.egress.push_some(records[done:])
+            else:
+                done += self.egress.push_some(records, index[done:])
             self.egress_bell.ring()
-            if done < len(records):
-                self.stats.add("egress_waits", 1)
+            if done < total:
+                self.count["egress_waits"] += 1
                 if self.stop:
                     return
                 time.sleep(0.0002)

@@ -103,18 +103,24 @@ class Ring:
         return self._words[layout.W_HEAD]
 
     # -- producer side ------------------------------------------------------
-    def push_some(self, records: np.ndarray) -> int:
-        """Copy as many of ``records`` as fit; return how many were pushed."""
+    def push_some(self, records: np.ndarray, index: np.ndarray | None = None) -> int:
+        """Copy as many of ``records`` (or of ``records[index]``) as fit; return how many."""
         w = self._words
         tail = w[layout.W_TAIL]
-        n = min(len(records), self.n_slots - (tail - w[layout.W_HEAD]))
+        total = len(records) if index is None else len(index)
+        n = min(total, self.n_slots - (tail - w[layout.W_HEAD]))
         if n <= 0:
             return 0
         start = tail & self._mask
         first = min(n, self.n_slots - start)
-        copy_records(self.slots[start: start + first], records[:first])
-        if first < n:
-            copy_records(self.slots[: n - first], records[first:n])
+        if index is None:
+            copy_records(self.slots[start: start + first], records[:first])
+            if first < n:
+                copy_records(self.slots[: n - first], records[first:n])
+        else:
+            copy_records(self.slots[start: start + first], records, index[:first])
+            if first < n:
+                copy_records(self.slots[: n - first], records, index[first:n])
         w[layout.W_TAIL] = tail + n  # publish after the data is in place
         return n
 

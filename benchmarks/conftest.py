@@ -1,0 +1,1 @@
+"""Benchmarks are pytest-benchmark suites, run with `make bench`, never part of `make test`."""
