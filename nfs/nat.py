@@ -1,0 +1,238 @@
+"""nat: source NAT with per-flow port mappings.
+
+Synopsis
+    Packets leaving in the flow's initiator direction get their source address
+    rewritten to ``public_ip`` and their source port (ICMP echo: identifier) to
+    the port owned by the flow; IPv4 and L4 checksums are fixed incrementally.
+
+Params ([nf.params])
+    public_ip       required, dotted IPv4 address
+    port_range      [lo, hi], default [10000, 60999]; split into disjoint slices,
+                    one per instance (ctx.instance_index of ctx.instance_count),
+                    so two instances never hand out the same public port
+    idle_timeout_s  default 60; a flow silent for longer gives its port back
+
+State (per flow)
+    port      public port owned by the flow (0: none yet)
+    init_dir  direction of the flow's first packet (the one that gets translated)
+    last_ns   ingress timestamp of the flow's newest packet
+
+Counters
+    translated  packets rewritten
+    new_flows   port mappings created
+    expired     mappings ended by the idle timeout
+    no_port     packets dropped because the instance's port slice is exhausted
+
+Example
+    [nf]
+    kind = "nat"
+    [nf.params]
+    public_ip = "203.0.113.1"
+    port_range = [10000, 60999]
+    idle_timeout_s = 60
+
+Port choice. Ports held by live flows are taken; the rest of the slice is
+free. A new flow takes the first free port at or after ``ctx.random_u32(flow_id)``
+(cyclically); if none is free its packets are dropped (no_port) and the flow is
+not kept.
+
+Expiry. Time advances in ticks of idle_timeout_s / 8, taken from the packets'
+timestamps. When a batch's newest timestamp enters a new tick, every flow whose
+last packet is older than (tick start - timeout) and that has no packet in the
+batch is removed (``table.remove``) and its port is free again: a port comes
+back between 1 and 1.125 timeouts after the flow's last packet. A flow whose
+own packet arrives more than a timeout after its previous one chooses its port
+afresh, exactly as if it had been removed.
+
+Determinism. Everything above depends only on the table and the batch (a
+skipped expiry scan is one that would have found nothing), so a secondary that
+imported the table (``rebuild``) and replays the same batches makes the same
+choices. The free-port bitmap is rebuilt from the table; an established packet
+never touches it, a new flow costs one bitmap scan from its start, and an
+exhausted pool is detected in O(1).
+
+Reverse direction. Flow keys are symmetric and computed at ingress, so the
+reverse packets this NF sees still carry the private addresses (they belong to
+the same flow). They are forwarded unchanged. Inbound translation (packets
+addressed to public_ip:port back to the private endpoint) would need a lookup
+by public port, which the flow key does not provide: a known limitation.
+
+Other limits. ICMP flows are keyed by addresses only, so two concurrent echo
+sessions between the same hosts share one identifier mapping. A flow that
+migrates in from another instance keeps its port (outside this instance's
+slice, so this pool never hands it out); its old instance may reuse it once the
+flow's row is gone there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from deft.nfs.base import Context, FlowTable, NetworkFunction, Params
+from deft.nfs.checksum import rewrite_endpoint
+from deft.runtime.dataplane.packet import DROP
+
+_NS = 1_000_000_000
+_MAX_TIMEOUT_S = 366 * 86400      # keeps last_ns + timeout far inside uint64
+
+
+class Nat(NetworkFunction):
+    name = "nat"
+    state_dtype = np.dtype([("port", "<u2"), ("init_dir", "u1"), ("last_ns", "<u8")])
+    counters = ("translated", "new_flows", "expired", "no_port")
+
+    def __init__(self, params: Params, ctx: Context):
+        super().__init__(params, ctx)
+        self.public_ip = params.ipv4("public_ip")
+        lo, hi = _port_range(params, params.list("port_range", [10000, 60999]))
+        timeout = params.float("idle_timeout_s", 60)
+        if not 0 < timeout <= _MAX_TIMEOUT_S:
+            raise params.error("idle_timeout_s", f"must be > 0 and <= {_MAX_TIMEOUT_S}, got {timeout}")
+        self.timeout_ns = int(timeout * _NS)
+        # This instance's slice of [lo, hi]: contiguous, sizes differ by at most one.
+        total, count, i = hi - lo + 1, ctx.instance_count, ctx.instance_index
+        if not 0 <= i < count:
+            raise ValueError(f"nat: instance index {i} outside 0..{count - 1}")
+        if total < count:
+            raise params.error("port_range", f"{total} ports cannot be split across {count} instances")
+        size, extra = divmod(total, count)
+        self.port_lo = lo + i * size + min(i, extra)
+        self.n_ports = size + (1 if i < extra else 0)
+        self.tick_ns = max(self.timeout_ns // 8, 1)
+        # Instance-wide structures, derived from the table (see rebuild):
+        self._free = np.ones(self.n_ports, bool)     # port_lo + k is held by no live flow
+        self._n_free = self.n_ports
+        self._cutoff = -1                           # flows idle before this are already gone
+        self._table_len = 0                         # len(table) after our last batch
+
+    # ------------------------------------------------------------------ batch path
+
+    def process(self, batch, rows, new_rows, table, ctx):
+        n = len(batch)
+        verdict = np.zeros(n, np.uint8)
+        if n == 0:
+            return verdict
+        if len(table) != self._table_len + len(new_rows):
+            # Rows came or went behind our back (a state import, a migration): resync.
+            self.rebuild(table)
+        ts = batch["ts_ns"]
+        now = int(ts.max())          # == ctx.now_ns, but taken from the batch itself: replay-safe
+        cutoff = (now // self.tick_ns) * self.tick_ns - self.timeout_ns
+        if cutoff > self._cutoff:
+            self._expire(table, rows, cutoff)
+        st = table.state
+        port = st["port"][rows]
+        # A packet needs a (new) mapping if its flow has none, or has been idle too long.
+        # (unsigned: a timestamp older than last_ns, e.g. another ingress unit's clock, is no gap)
+        need = (port == 0) | (ts > st["last_ns"][rows] + np.uint64(self.timeout_ns))
+        dead = None
+        if need.any():
+            dead = self._assign(batch, rows, np.flatnonzero(need), table, ctx)
+            port = st["port"][rows]
+        ok = port != 0
+        all_ok = dead is None or bool(ok.all())
+        if not all_ok:
+            verdict[~ok] = DROP
+            self.stats["no_port"] += int(n - np.count_nonzero(ok))
+        # Per-flow packets come in stamp order, so the last write per row is the newest stamp.
+        if all_ok:
+            st["last_ns"][rows] = ts
+        else:
+            st["last_ns"][rows[ok]] = ts[ok]
+        fwd = batch["direction"] == st["init_dir"][rows]
+        if not all_ok:
+            fwd &= ok
+        idx = np.flatnonzero(fwd)
+        if len(idx):
+            rewrite_endpoint(batch, idx, "src", self.public_ip, port[idx], icmp_ident=True)
+            self.stats["translated"] += len(idx)
+        if dead:
+            table.remove(np.array(dead, np.int64))   # flows that never got a port
+        self._table_len = len(table)
+        batch["verdict"] = verdict
+        return verdict
+
+    # ------------------------------------------------------------------ rare path
+
+    def _expire(self, table: FlowTable, rows: np.ndarray, cutoff: int) -> None:
+        """Remove flows whose last packet is older than ``cutoff``, except those in this batch."""
+        self._cutoff = cutoff
+        if cutoff <= 0:
+            return
+        live = table.live_rows()
+        st = table.state
+        old = live[st["last_ns"][live] < np.uint64(cutoff)]
+        if len(old):
+            old = old[~np.isin(old, rows)]     # their own packets decide (see _assign)
+        if len(old):
+            self._release(st["port"][old])
+            table.remove(old)
+            self.stats["expired"] += len(old)
+
+    def _release(self, ports: np.ndarray) -> None:
+        k = ports.astype(np.int64) - self.port_lo
+        k = np.unique(k[(k >= 0) & (k < self.n_ports)])   # migrated-in flows' ports are not ours
+        self._n_free += int(np.count_nonzero(~self._free[k]))
+        self._free[k] = True
+
+    def _assign(self, batch, rows, need_idx, table, ctx) -> list[int] | None:
+        """Give a port to every flow that needs one, in order of first appearance.
+
+        Returns the rows that got none (to be removed once the batch is done), or None.
+        """
+        st = table.state
+        uniq, first = np.unique(rows[need_idx], return_index=True)
+        order = np.argsort(first)
+        firsts = need_idx[first[order]]
+        starts = ctx.random_u32(batch["flow_id"][firsts]) % np.uint32(self.n_ports)
+        dead = []
+        for row, i, start in zip(uniq[order].tolist(), firsts.tolist(), starts.tolist()):
+            if st["port"][row]:
+                # Idle past the timeout: the old mapping ends, the flow chooses afresh.
+                self.stats["expired"] += 1
+                self._release(st["port"][row:row + 1])
+                st["port"][row] = 0
+            port = self._take(start)
+            if port == 0:
+                dead.append(row)
+                continue
+            t = int(batch["ts_ns"][i])
+            st["port"][row] = port
+            st["init_dir"][row] = batch["direction"][i]
+            st["last_ns"][row] = t
+            self.stats["new_flows"] += 1
+        return dead or None
+
+    def _take(self, start: int) -> int:
+        """Take the first free port at or after slot ``start``, cyclically; 0 if none."""
+        if self._n_free == 0:
+            return 0
+        free = self._free
+        k = start + int(free[start:].argmax())      # argmax stops at the first True
+        if not free[k]:
+            k = int(free[:start].argmax()) if start else 0
+            if not free[k]:                          # cannot happen while _n_free is right
+                self._n_free = 0
+                return 0
+        free[k] = False
+        self._n_free -= 1
+        return self.port_lo + k
+
+    def rebuild(self, table: FlowTable) -> None:
+        """Recompute the free ports from the table (after a state import)."""
+        live = table.live_rows()
+        k = table.state["port"][live].astype(np.int64) - self.port_lo
+        self._free.fill(True)
+        self._free[k[(k >= 0) & (k < self.n_ports)]] = False   # port 0 rows fall out here too
+        self._n_free = int(np.count_nonzero(self._free))
+        self._cutoff = -1                 # scan at the next batch: finds nothing, or what is due
+        self._table_len = len(table)
+
+
+def _port_range(params: Params, value: list) -> tuple[int, int]:
+    if (len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+        raise params.error("port_range", f"expected [lo, hi] (two integers), got {value!r}")
+    lo, hi = value
+    if not 1 <= lo <= hi <= 65535:
+        raise params.error("port_range", f"need 1 <= lo <= hi <= 65535, got [{lo}, {hi}]")
+    return lo, hi
