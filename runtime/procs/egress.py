@@ -21,7 +21,32 @@ from deft.runtime.topology import Topology
 
 BURST = 256
 VXLAN_HLEN = 8
-COUNTERS = ["ready", "sent", "send_errors", "bursts"]
+COUNTERS = ["ready", "sent", "send_errors", "bursts", "node_latency_p50_us", "node_latency_p99_us"]
+LATENCY_WINDOW = 4096  # node-internal latency (ingress receive -> egress send) of the last packets
+
+
+class LatencyWindow:
+    """The last LATENCY_WINDOW ingress-to-egress delays, summarised for status every 100 ms."""
+
+    def __init__(self) -> None:
+        self.samples = np.zeros(LATENCY_WINDOW, dtype=np.int64)
+        self.n = 0
+        self.next_publish = 0
+
+    def add(self, ts_ns: np.ndarray, now_ns: int) -> None:
+        k = min(len(ts_ns), LATENCY_WINDOW)
+        pos = (self.n + np.arange(k)) % LATENCY_WINDOW
+        self.samples[pos] = now_ns - ts_ns[-k:].astype(np.int64)
+        self.n += k
+
+    def publish(self, stats: CounterBlock, now_ns: int) -> None:
+        if now_ns < self.next_publish or self.n == 0:
+            return
+        self.next_publish = now_ns + 100_000_000
+        window = self.samples[: min(self.n, LATENCY_WINDOW)]
+        p50, p99 = np.percentile(window, [50, 99])
+        stats.set("node_latency_p50_us", int(p50 // 1000))
+        stats.set("node_latency_p99_us", int(p99 // 1000))
 
 
 class UdpSink:
@@ -84,7 +109,8 @@ def run(topo: Topology, index: int, stop, log, restarted: bool = False) -> None:
     url = topo.config.egress.send_to
     sink = UdpSink(url) if url.startswith("udp://") else ShmSink(topo)
     v = stats.values
-    i_sent, i_err, i_bursts = (stats.index[c] for c in COUNTERS[1:])
+    i_sent, i_err, i_bursts = (stats.index[c] for c in COUNTERS[1:4])
+    latency = LatencyWindow()
     log.info("egress sending to %s", url)
     stats.set("ready", 1)
     try:
@@ -94,12 +120,15 @@ def run(topo: Topology, index: int, stop, log, restarted: bool = False) -> None:
                 view = ring.peek(BURST)
                 if len(view):
                     sent, errors = sink.send(view)
+                    now = time.monotonic_ns()
+                    latency.add(view["ts_ns"], now)
                     ring.release(len(view))
                     v[i_sent] += sent
                     v[i_err] += errors
                     v[i_bursts] += 1
                     moved += len(view)
             if moved == 0:
+                latency.publish(stats, time.monotonic_ns())
                 bell.wait(0.1)
     finally:
         stats.set("ready", 0)
