@@ -33,6 +33,7 @@ Reference (defaults in brackets)::
     instances = 2                         # NF worker processes on this node
     batch_size = 64                       # output buffer: release when this many are processed...
     flush_us = 200                        # ...or when this long passed since the first one
+    flush_on_idle = true                  # ...or as soon as the input rings are empty
     buffer_batches = 32                   # input buffer = buffer_batches x batch_size packets
     restart = true                        # supervisor restarts a worker that dies
 
@@ -83,6 +84,7 @@ class NfSection:
     batch_size: int
     buffer_batches: int
     flush_us: int
+    flush_on_idle: bool
     restart: bool
     params: dict[str, Any]
 
@@ -140,6 +142,10 @@ def parse_config(raw: dict, source: str = "<config>") -> NodeConfig:
         flow_idle_s=p.float("flow_idle_s", 300.0, min=0.001),
     )
     p.check_unknown()
+    if ingress.listen.startswith("pcap://"):
+        pcap_path = Path(ingress.listen[len("pcap://"):])
+        if not pcap_path.is_file():
+            raise p.error("listen", f"pcap file {str(pcap_path)!r} does not exist")
 
     p = _section(raw, "egress", source)
     egress = EgressSection(
@@ -158,6 +164,7 @@ def parse_config(raw: dict, source: str = "<config>") -> NodeConfig:
         batch_size=p.int("batch_size", 64, min=1, max=4096),
         buffer_batches=p.int("buffer_batches", 32, min=1, max=1024),
         flush_us=p.int("flush_us", 200, min=0, max=10_000_000),
+        flush_on_idle=p.bool("flush_on_idle", True),
         restart=p.bool("restart", True),
         params=params,
     )

@@ -35,7 +35,9 @@ from deft.runtime.ring import Doorbell, Ring, cleanup_node
 from deft.runtime.stats import CounterBlock
 from deft.runtime.topology import Topology
 
-RESTART_BACKOFF_S = 0.2
+RESTART_BACKOFF_S = 0.2     # first restart delay; doubles while a child keeps dying young
+RESTART_BACKOFF_MAX_S = 5.0
+HEALTHY_AFTER_S = 10.0      # a child that ran this long starts again from the first delay
 STOP_GRACE_S = 3.0
 
 
@@ -45,7 +47,9 @@ class Child:
     index: int
     proc: subprocess.Popen | None = None
     restarts: int = 0
+    started_at: float = 0.0
     died_at: float = 0.0
+    backoff: float = RESTART_BACKOFF_S
     last_exit: int | None = None
 
     @property
@@ -130,6 +134,7 @@ class Supervisor:
             cmd.append("--restarted")
         self.stats[child.stats_key].set("ready", 0)  # the child sets it once it is attached and serving
         child.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+        child.started_at = time.monotonic()
         self.log.info("started %s pid %d", child.key, child.proc.pid)
 
     def start_children(self) -> None:
@@ -148,10 +153,15 @@ class Supervisor:
             if child.died_at == 0.0:
                 child.last_exit = child.proc.returncode
                 child.died_at = now
-                self.log.warning("%s (pid %d) exited with %s", child.key, child.proc.pid, child.last_exit)
+                if now - child.started_at >= HEALTHY_AFTER_S:
+                    child.backoff = RESTART_BACKOFF_S
+                else:
+                    child.backoff = min(child.backoff * 2, RESTART_BACKOFF_MAX_S) if child.restarts else child.backoff
+                self.log.warning("%s (pid %d) exited with %s; restart in %.1f s", child.key, child.proc.pid,
+                                 child.last_exit, child.backoff)
             if child.role == "worker" and not self.config.nf.restart:
                 continue
-            if now - child.died_at >= RESTART_BACKOFF_S:
+            if now - child.died_at >= child.backoff:
                 child.restarts += 1
                 child.died_at = 0.0
                 self.spawn(child)

@@ -10,7 +10,12 @@ One process per NF instance (paper IV-B):
 3. The NF processes what is ready as one numpy batch against its flow table.
 4. The output buffer is released as one batch when it holds ``batch_size``
    packets or ``flush_us`` after its first packet went in (adaptive batching:
-   at low rates a packet waits at most ``flush_us``, not for 63 others).
+   at low rates a packet waits at most ``flush_us``, not for 63 others). With
+   ``flush_on_idle`` (the default) it is also released as soon as the input
+   rings are empty: waiting longer buys batching only if more packets are
+   already on their way, so at low load every packet leaves at once and at
+   high load batches fill by themselves (group commit; latency no longer
+   depends on the rate).
    Release = forwarded packets pushed to the supervisor-owned egress ring.
    Later, replication commits the batch first (``release`` is the hook).
 
@@ -84,6 +89,7 @@ class Worker:
         self.ordering = OrderingUnit(PACKET_DTYPE, capacity)
         self.adopt_unknown = restarted
         self.out = OutputBuffer(cfg.nf.batch_size, capacity, cfg.nf.flush_us * 1000)
+        self.flush_on_idle = cfg.nf.flush_on_idle
         self._next_input = 0
         # counters live in plain ints and reach shared memory in one numpy write per batch
         self.count = dict.fromkeys(COUNTERS[1:], 0)
@@ -169,12 +175,15 @@ class Worker:
         while not self.stop:
             got = self.pull()
             now = time.monotonic_ns()
-            if self.out.due(now):
+            if self.out.due(now) or (self.flush_on_idle and self.out.n and self.inputs_empty()):
                 self.release()
                 continue
             if got == 0:
                 wait = (self.out.deadline - now) / 1e9 if self.out.n else 0.1
                 self.bell.wait(max(min(wait, 0.1), 0.00005 if flush_s else 0.0))
+
+    def inputs_empty(self) -> bool:
+        return all(len(r) == 0 for r in self.inputs)
 
     def close(self) -> None:
         for r in self.inputs:
