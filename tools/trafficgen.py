@@ -579,7 +579,9 @@ class TrafficSender:
                 pack_trailer(buf, trailer_off, magic, pid, ts)
                 if seq_off:
                     pack_u32(buf, seq_off, sq)
-                # 0xFFFF - residue is never 0, so a UDP checksum never reads as "none"
+                # 0xFFFF - residue is never 0, so a UDP checksum never reads as "none"; for TCP a
+                # residue of 0 gives 0xFFFF where a full computation gives 0 (one's-complement -0
+                # and +0: both verify)
                 pack_u16(buf, csum_off, 0xFFFF - (base + (pid + ts) * align + sq) % 0xFFFF)
             try:
                 send(buf)

@@ -7,6 +7,11 @@ rest stays in the unit's input ring (counted as ``blocked``), so no stamped
 packet is ever dropped here and an instance never waits for a seq that will
 not come. When the unit falls behind, its input ring fills and the ingress
 drops (counted there as ``unit_ring_full``), before stamping.
+
+Back-pressure never blocks forever: an instance whose ring has not had room
+for STALL_S (a stopped or wedged worker) gets its packets dropped *unstamped*
+(``dropped_stalled``) until it drains again, so one stuck instance cannot stop
+the node, and still no flow sees a hole in its seqs.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from deft.runtime.stats import CounterBlock
 from deft.runtime.topology import Topology
 
 MAX_BATCH = 256
-COUNTERS = ["ready", "received", "stamped", "blocked", "new_flows", "flows", "expired"]
+COUNTERS = ["ready", "received", "stamped", "blocked", "dropped_stalled", "new_flows", "flows", "expired"]
+STALL_S = 1.0  # an instance whose ring stays full this long is treated as stuck
 
 
 def fitting_prefix(instance: np.ndarray, rooms: list[int]) -> int:
@@ -42,6 +48,38 @@ def fitting_prefix(instance: np.ndarray, rooms: list[int]) -> int:
     return take
 
 
+def plan_handoff(instance: np.ndarray, rooms: list[int], stuck: set[int]) -> tuple[np.ndarray, int]:
+    """(indices of the packets to stamp and hand on, packets consumed from the unit's ring).
+
+    Without stuck instances: the fitting prefix. With some: their packets are
+    skipped (consumed unstamped, i.e. dropped) and the others taken as far as
+    they fit, in order.
+    """
+    if not stuck:
+        take = fitting_prefix(instance, rooms)
+        return np.arange(take), take
+    live = np.flatnonzero(~np.isin(instance, list(stuck)))
+    take = fitting_prefix(instance[live], rooms)
+    consumed = len(instance) if take == len(live) else int(live[take])
+    return live[:take], consumed
+
+
+class StallWatch:
+    """Which instances have had a full ring for STALL_S or longer (time passed in)."""
+
+    def __init__(self, stall_s: float = STALL_S):
+        self.stall_s = stall_s
+        self.full_since: dict[int, float] = {}
+
+    def stuck(self, rooms: list[int], now: float) -> set[int]:
+        for i, room in enumerate(rooms):
+            if room == 0:
+                self.full_since.setdefault(i, now)
+            else:
+                self.full_since.pop(i, None)
+        return {i for i, t in self.full_since.items() if now - t >= self.stall_s}
+
+
 def run(topo: Topology, index: int, stop, log, restarted: bool = False) -> None:
     cfg = topo.config
     n_inst = cfg.nf.instances
@@ -53,8 +91,10 @@ def run(topo: Topology, index: int, stop, log, restarted: bool = False) -> None:
     rules = flow_rules.instance_of
     stats = CounterBlock.attach(topo.stats(f"unit{index}"))
     v = stats.values
-    i_received, i_stamped, i_blocked = (stats.index[c] for c in ("received", "stamped", "blocked"))
+    i_received, i_stamped, i_blocked, i_stalled = (
+        stats.index[c] for c in ("received", "stamped", "blocked", "dropped_stalled"))
     stamper = Stamper(index)
+    watch = StallWatch()
     idle_ns = int(cfg.ingress.flow_idle_s * 1e9)
     next_expiry = time.monotonic() + 1.0
     log.info("stamping unit %d up (%d NF instance(s))", index, n_inst)
@@ -72,26 +112,31 @@ def run(topo: Topology, index: int, stop, log, restarted: bool = False) -> None:
                     next_expiry = time.monotonic() + 1.0
                 continue
             instance = rules[bucket_of(view["key_hash"], len(rules))]
-            take = fitting_prefix(instance, [r.free() for r in out_rings])
-            if take == 0:
-                v[i_blocked] += 1
-                time.sleep(0.0001)  # an NF instance is behind: let it run
-                continue
-            batch = view[:take]
+            rooms = [r.free() for r in out_rings]
+            if fitting_prefix(instance, rooms) == n:  # the common case: everything fits
+                batch, consumed = view, n
+            else:
+                picked, consumed = plan_handoff(instance, rooms, watch.stuck(rooms, time.monotonic()))
+                if consumed == 0:
+                    v[i_blocked] += 1
+                    time.sleep(0.0001)  # an NF instance is behind: let it run
+                    continue
+                v[i_stalled] += consumed - len(picked)
+                batch = view[:consumed] if len(picked) == consumed else view[picked]
+                instance = instance[:consumed] if len(picked) == consumed else instance[picked]
             stamper.stamp(batch)
             if n_inst == 1:
                 out_rings[0].push_some(batch)
                 out_bells[0].ring()
             else:
-                instance = instance[:take]
                 for i in range(n_inst):
                     part = np.flatnonzero(instance == i)
                     if len(part):
                         out_rings[i].push_some(batch, part)
                         out_bells[i].ring()
-            in_ring.release(take)
-            v[i_received] += take
-            v[i_stamped] += take
+            in_ring.release(consumed)
+            v[i_received] += consumed
+            v[i_stamped] += len(batch)
     finally:
         stats.set("flows", len(stamper))
         stats.set("new_flows", stamper.new_flows)
