@@ -19,26 +19,18 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import orjson
 
 from deft.runtime.ring import cleanup_node
 from deft.tools import trafficgen
-from deft.tools.ctl import NoAnswer, query
+from deft.tools.localnode import LocalNode, free_port, node_config, write_config
 
 HERE = Path(__file__).resolve().parent
-
-
-def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def trial(to: str, listen: str, rate: int, seconds: float, flows: int = 500) -> dict:
@@ -85,10 +77,13 @@ class Device:
     def __init__(self, name: str):
         self.name = name
         self.proc: subprocess.Popen | None = None
+        self.node: LocalNode | None = None
         self.to = self.listen = ""
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
+        if self.node:
+            self.node.stop()
+        elif self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(15)
@@ -115,38 +110,12 @@ def start_reference() -> Device:
 
 def start_deft(tmp: Path, node_id: str) -> Device:
     d = Device("deft")
-    d.to, d.listen = f"udp://127.0.0.1:{free_port()}", f"udp://127.0.0.1:{free_port()}"
-    control = f"tcp://127.0.0.1:{free_port(socket.SOCK_STREAM)}"
-    cfg = tmp / "node.toml"
-    cfg.write_text(f"""[node]
-id = "{node_id}"
-control = "{control}"
-[ingress]
-listen = "{d.to}"
-[egress]
-send_to = "{d.listen}"
-[nf]
-kind = "nat"
-instances = 2
-batch_size = 64
-buffer_batches = 32
-flush_us = 200
-[nf.params]
-public_ip = "203.0.113.1"
-""")
-    d.proc = subprocess.Popen([sys.executable, "-m", "deft.runtime.node", "--config", str(cfg)],
-                              stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            st = query(control, {"cmd": "status"}, 500)
-            if all(p["ready"] for p in [st["ingress"], st["egress"], *st["units"], *st["instances"]]):
-                return d
-        except NoAnswer:
-            pass
-        time.sleep(0.2)
-    d.stop()
-    raise SystemExit("deft-node did not become ready")
+    config = node_config(node_id, "nat", 2, nf={"batch_size": 64, "buffer_batches": 32, "flush_us": 200})
+    node = LocalNode.start(write_config(tmp / "node.toml", config))
+    d.to, d.listen, d.proc = node.ingress, node.egress, node.proc
+    d.node = node
+    node.wait_ready()
+    return d
 
 
 def main() -> None:

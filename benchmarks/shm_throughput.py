@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,31 +23,9 @@ from deft.runtime.config import load_config
 from deft.runtime.dataplane.frames import build_frame
 from deft.runtime.dataplane.packet import PACKET_DTYPE, empty_batch
 from deft.runtime.errors import RingError
-from deft.runtime.ring import Doorbell, Ring, cleanup_node
+from deft.runtime.ring import Doorbell, Ring
 from deft.runtime.topology import Topology
-from deft.tools.ctl import NoAnswer, query
-
-
-def write_config(path: Path, node_id: str, kind: str, instances: int, units: int, batch: int, control: str) -> None:
-    params = {"nat": 'public_ip = "203.0.113.1"', "loadbalancer": 'backends = ["192.0.2.10", "192.0.2.11"]'}
-    path.write_text(f"""
-[node]
-id = "{node_id}"
-control = "{control}"
-[ingress]
-listen = "shm://in"
-stamping_units = {units}
-[egress]
-send_to = "shm://out"
-[nf]
-kind = "{kind}"
-instances = {instances}
-batch_size = {batch}
-buffer_batches = 32
-flush_us = 200
-[nf.params]
-{params.get(kind, "")}
-""")
+from deft.tools.localnode import LocalNode, node_config, write_config
 
 
 def frames(flows: int, size: int) -> np.ndarray:
@@ -75,19 +50,6 @@ def attach(topo: Topology, timeout: float = 20.0):
             time.sleep(0.1)
 
 
-def wait_ready(control: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            st = query(control, {"cmd": "status"}, 500)
-            if all(p["ready"] for p in [st["ingress"], st["egress"], *st["units"], *st["instances"]]):
-                return
-        except NoAnswer:
-            pass
-        time.sleep(0.1)
-    raise SystemExit("node did not become ready")
-
-
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process, from /proc (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -103,17 +65,17 @@ def role_pids(st: dict) -> dict[str, int]:
 
 def run(kind: str, instances: int, units: int, seconds: float, flows: int, size: int, batch: int) -> dict:
     node_id = f"shmbench{os.getpid()}"
-    control = "ipc:///tmp/deft-shmbench-%d" % os.getpid()
+    params = {"nat": {"public_ip": "203.0.113.1"}, "loadbalancer": {"backends": ["192.0.2.10", "192.0.2.11"]}}
+    config = node_config(node_id, kind, instances, params.get(kind, {}),
+                         ingress={"listen": "shm://in", "stamping_units": units}, egress={"send_to": "shm://out"},
+                         nf={"batch_size": batch, "buffer_batches": 32, "flush_us": 200})
     with tempfile.TemporaryDirectory() as tmp:
-        cfg_path = Path(tmp) / "node.toml"
-        write_config(cfg_path, node_id, kind, instances, units, batch, control)
-        topo = Topology(load_config(cfg_path))
-        node = subprocess.Popen([sys.executable, "-m", "deft.runtime.node", "--config", str(cfg_path)],
-                                stderr=subprocess.DEVNULL)
+        node = LocalNode.start(write_config(Path(tmp) / "node.toml", config))
         try:
-            wait_ready(control)
+            node.wait_ready()
+            topo = Topology(load_config(node.config_path))
             in_ring, out_ring, bell = attach(topo)
-            pids = role_pids(query(control, {"cmd": "status"}))
+            pids = role_pids(node.status())
             cpu_before = {role: cpu_seconds(pid) for role, pid in pids.items()}
             source = frames(flows, size)
             chunk = np.concatenate([source] * max(1, 256 // flows))[:256]
@@ -136,19 +98,17 @@ def run(kind: str, instances: int, units: int, seconds: float, flows: int, size:
                 view = out_ring.peek(4096)
                 received += len(view)
                 out_ring.release(len(view))
-            st = query(control, {"cmd": "status"})
+            st = node.status()
             in_ring.close()
             out_ring.close()
             bell.close()
         finally:
-            node.send_signal(signal.SIGTERM)
-            node.wait(15)
-            cleanup_node(node_id)
+            node.stop()
     return {"kind": kind, "instances": instances, "units": units, "sent": sent, "received": received,
-            "pps": received / elapsed, "cpu_us_per_packet": {r: round(c / max(received, 1) * 1e6, 2) for r, c in cpu.items()}, "ingress": st["ingress"]["counters"],
-            "nf_drops": sum(i["counters"]["dropped_by_nf"] for i in st["instances"]),
-            "released": sum(i["counters"]["released"] for i in st["instances"]), "egress": st["egress"]["counters"],
-            "units": [u["counters"] for u in st["units"]]}
+            "pps": received / elapsed,
+            "cpu_us_per_packet": {r: round(c / max(received, 1) * 1e6, 2) for r, c in cpu.items()},
+            "ingress": st["ingress"]["counters"],
+            "nf_drops": sum(i["counters"]["dropped_by_nf"] for i in st["instances"])}
 
 
 def main() -> None:

@@ -32,8 +32,7 @@ Example, a per-flow byte counter::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -28,63 +27,14 @@ from pathlib import Path
 import orjson
 
 from deft.runtime.dataplane.frames import build_frame, ethernet_frame, ipv4_header, vxlan_wrap
-from deft.runtime.ring import cleanup_node, leftovers
-from deft.tools.ctl import NoAnswer, query, render_status
+from deft.tools.ctl import query, render_status
+from deft.tools.localnode import LocalNode, node_config, write_config
 
 GARBAGE = [
     b"\x08\x00",                                                               # short datagram
     b"\x00" * 8 + build_frame(1, 2, 17, 1, 2, b"x"),                           # VXLAN I flag clear
     vxlan_wrap(ethernet_frame(ipv4_header(1, 2, 17, 28, flags_frag=0x2000) + b"u" * 28), 9),  # fragment
 ]
-
-
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def write_config(path: Path, node_id: str) -> dict[str, str]:
-    ports = {
-        "ingress": f"udp://127.0.0.1:{free_port(socket.SOCK_DGRAM)}",
-        "egress": f"udp://127.0.0.1:{free_port(socket.SOCK_DGRAM)}",
-        "control": f"tcp://127.0.0.1:{free_port(socket.SOCK_STREAM)}",
-    }
-    path.write_text(f"""[node]
-id = "{node_id}"
-control = "{ports['control']}"
-[ingress]
-listen = "{ports['ingress']}"
-stamping_units = 1
-[egress]
-send_to = "{ports['egress']}"
-[nf]
-kind = "nat"
-instances = 2
-batch_size = 64
-buffer_batches = 32
-flush_us = 200
-[nf.params]
-public_ip = "203.0.113.1"
-port_range = [10000, 60999]
-idle_timeout_s = 60
-""")
-    return ports
-
-
-def wait_ready(control: str, node: subprocess.Popen, timeout: float = 30.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if node.poll() is not None:
-            raise SystemExit(f"deft-node exited early with {node.returncode}")
-        try:
-            st = query(control, {"cmd": "status"}, 500)
-            if all(p["ready"] for p in [st["ingress"], st["egress"], *st["units"], *st["instances"]]):
-                return st
-        except NoAnswer:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("deft-node did not become ready")
 
 
 def spray_garbage(ingress: str, stop: threading.Event) -> int:
@@ -107,16 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     node_id = f"demo{os.getpid()}"
     with tempfile.TemporaryDirectory(prefix="deft-demo-") as tmp:
-        cfg = Path(tmp) / "node.toml"
-        ports = write_config(cfg, node_id)
+        config = node_config(node_id, "nat", 2, {"public_ip": "203.0.113.1", "port_range": [10000, 60999]},
+                             nf={"batch_size": 64, "buffer_batches": 32, "flush_us": 200})
+        ports = {"ingress": config["ingress"]["listen"], "egress": config["egress"]["send_to"],
+                 "control": config["node"]["control"]}
         print(f"== starting deft-node (NAT x2) id={node_id}: ingress {ports['ingress']}, egress {ports['egress']}, "
               f"control {ports['control']}")
-        log = open(Path(tmp) / "node.log", "w")
-        node = subprocess.Popen([sys.executable, "-m", "deft.runtime.node", "--config", str(cfg)],
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        node = LocalNode.start(write_config(Path(tmp) / "node.toml", config), Path(tmp) / "node.log")
         ok = False
         try:
-            st = wait_ready(ports["control"], node)
+            st = node.wait_ready()
             print(f"== node up: supervisor pid {st['node']['pid']}, workers "
                   f"{[i['pid'] for i in st['instances']]}")
             print(f"== traffic: {args.flows} flows, {args.rate} pps for {args.seconds:.0f} s, "
@@ -142,17 +92,9 @@ def main(argv: list[str] | None = None) -> int:
             ok = (gen.returncode == 0 and report.get("lost") == 0 and report.get("reordered") == 0
                   and dropped == garbage.get("n", 0))
         finally:
-            node.send_signal(signal.SIGTERM)
-            try:
-                node.wait(15)
-            except subprocess.TimeoutExpired:
-                node.kill()
-                node.wait()
-            log.close()
-            left = leftovers(node_id)
-            cleanup_node(node_id)
-        print(f"== node stopped (exit {node.returncode}); shared memory left behind: {left or 'none'}")
-        ok = ok and not left and node.returncode == 0
+            left = node.stop()
+        print(f"== node stopped (exit {node.proc.returncode}); shared memory left behind: {left or 'none'}")
+        ok = ok and not left and node.proc.returncode == 0
         print(f"== demo {'PASSED: no loss, no reordering, garbage counted' if ok else 'FAILED'}")
         return 0 if ok else 1
 

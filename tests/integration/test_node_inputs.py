@@ -11,7 +11,6 @@ import pytest
 from deft.runtime.config import load_config
 from deft.runtime.dataplane.frames import build_frame, vxlan_unwrap
 from deft.runtime.dataplane.packet import PACKET_DTYPE, empty_batch
-from deft.runtime.params import split_host_port
 from deft.runtime.ring import Doorbell, Ring
 from deft.runtime.topology import Topology
 from deft.tools.pcap import write_pcap

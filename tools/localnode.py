@@ -1,0 +1,156 @@
+"""Start and stop deft-node processes on this machine: for tests, benchmarks and the demo.
+
+    node = LocalNode.start(write_config(tmp / "n1.toml", node_config("n1", kind="nat")))
+    node.wait_ready()
+    ... node.status() ...
+    node.stop()          # SIGTERM, then SIGKILL; every child pid too; /dev/shm of the node removed
+
+Everything binds to 127.0.0.1 on ports picked free at config time. ``stop``
+stops by PID whatever the node started, even if the supervisor was killed
+first, and reports what it had to clean up.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from deft.runtime.ring import cleanup_node, leftovers
+from deft.tools.ctl import NoAnswer, query
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def node_config(node_id: str, kind: str = "nat", instances: int = 2, params: dict | None = None,
+                **sections: dict) -> dict[str, dict]:
+    """A node config as nested dicts, with free loopback ports; ``sections`` override keys per section."""
+    if params is None:
+        params = {"public_ip": "203.0.113.1"} if kind == "nat" else {}
+    config = {
+        "node": {"id": node_id, "control": f"tcp://127.0.0.1:{free_port(socket.SOCK_STREAM)}"},
+        "ingress": {"listen": f"udp://127.0.0.1:{free_port()}", "stamping_units": 1},
+        "egress": {"send_to": f"udp://127.0.0.1:{free_port()}"},
+        "nf": {"kind": kind, "instances": instances},
+    }
+    for name, values in sections.items():
+        config.setdefault(name, {}).update(values)
+    config["nf"]["params"] = params
+    return config
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    return str(v)
+
+
+def to_toml(config: dict[str, dict]) -> str:
+    lines = []
+    for section, values in config.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if k != "params"]
+        if "params" in values:
+            lines.append(f"[{section}.params]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in values["params"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_config(path: Path, config: dict[str, dict]) -> Path:
+    path.write_text(to_toml(config))
+    return path
+
+
+def processes(status: dict) -> list[dict]:
+    """Every process of a node's status, supervisor excluded."""
+    return [status["ingress"], status["egress"], *status["units"], *status["instances"]]
+
+
+class LocalNode:
+    def __init__(self, config_path: Path, config: dict, proc: subprocess.Popen, log_path: Path | None):
+        self.config_path = config_path
+        self.node_id = config["node"]["id"]
+        self.control = config["node"]["control"]
+        self.ingress = config["ingress"]["listen"]
+        self.egress = config["egress"]["send_to"]
+        self.proc = proc
+        self.log_path = log_path
+        self.known_pids: set[int] = set()
+
+    @classmethod
+    def start(cls, config_path: Path, log_path: Path | None = None) -> "LocalNode":
+        import tomllib
+
+        config = tomllib.loads(Path(config_path).read_text())
+        out = open(log_path, "w") if log_path else subprocess.DEVNULL
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "deft.runtime.node", "--config", str(config_path)],
+                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        finally:
+            if log_path:
+                out.close()
+        return cls(Path(config_path), config, proc, log_path)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
+
+    def status(self, timeout_ms: int = 3000) -> dict:
+        st = query(self.control, {"cmd": "status"}, timeout_ms)
+        self.known_pids.update(p["pid"] for p in processes(st) if p["pid"])
+        return st
+
+    def wait_ready(self, timeout: float = 30.0) -> dict:
+        """Wait until every process reports ready (attached to its rings and serving)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"deft-node {self.node_id} exited with {self.proc.returncode}\n{self.log()}")
+            try:
+                st = self.status(500)
+                if all(p["ready"] for p in processes(st)):
+                    return st
+            except NoAnswer:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"deft-node {self.node_id} not ready within {timeout:.0f} s\n{self.log()}")
+
+    def stop(self) -> list[str]:
+        """Stop the node and everything it started; return the shm objects that had to be removed."""
+        if self.proc.poll() is None:
+            try:
+                self.status(500)  # learn the latest child pids before they go
+            except NoAnswer:
+                pass
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for pid in self.known_pids:  # children die with the supervisor (PDEATHSIG); make sure of it
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        left = leftovers(self.node_id)
+        cleanup_node(self.node_id)
+        return left
