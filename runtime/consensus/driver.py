@@ -1,0 +1,115 @@
+"""RaftDriver: runs a RaftCore over ZeroMQ with a real clock and durable storage.
+
+The only consensus module that imports zmq. Transport: each node binds one
+ROUTER for incoming messages and connects one DEALER per peer for outgoing
+ones (identity = its node id), so every message is one-way and needs no reply
+socket. Sends never block: a message to an unreachable or slow peer is
+dropped (``IMMEDIATE`` + ``NOBLOCK``), which Raft tolerates by retrying.
+
+Loop (``run_once``): poll the ROUTER up to the next tick, ``step`` each
+decoded message, ``tick`` when due, then drain Readys in the contract's
+order: persist (storage.save), send, apply (callback), advance.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import zmq
+
+from deft.runtime.consensus import codec
+from deft.runtime.consensus.core import RaftCore
+from deft.runtime.consensus.messages import Entry, Snapshot
+from deft.runtime.consensus.storage_api import Storage
+from deft.runtime.errors import WireError
+
+
+class RaftDriver:
+    def __init__(self, core: RaftCore, storage: Storage, bind: str,
+                 apply: Callable[[Entry], None], restore: Callable[[Snapshot], None],
+                 tick_seconds: float = 0.1, ctx: zmq.Context | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.core, self.storage = core, storage
+        self.apply, self.restore = apply, restore
+        self.tick_seconds = tick_seconds
+        self.clock = clock
+        self.ctx = ctx or zmq.Context.instance()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.linger = 0
+        self.router.bind(bind)
+        #: the bound address (with the real port when bind used ``:*``)
+        self.endpoint: str = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.dealers: dict[int, zmq.Socket] = {}
+        self.next_tick = clock() + tick_seconds
+        self.dropped = {"bad_frames": 0, "send_full": 0}
+
+    def connect(self, peers: dict[int, str]) -> None:
+        """Open a DEALER to every other member: ``{node id: endpoint}``."""
+        for nid, endpoint in peers.items():
+            if nid == self.core.id or nid in self.dealers:
+                continue
+            s = self.ctx.socket(zmq.DEALER)
+            s.linger = 0
+            s.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for peers that are not connected
+            s.sndhwm = 1000
+            s.identity = str(self.core.id).encode()
+            s.connect(endpoint)
+            self.dealers[nid] = s
+
+    def propose(self, data: bytes) -> int:
+        """Propose on this node; raises NotLeader (with a hint) elsewhere."""
+        index = self.core.propose(data)
+        self._drain()
+        return index
+
+    def run_once(self, max_wait: float | None = None) -> None:
+        """Handle what arrives until the next tick (or ``max_wait`` seconds), then tick if due."""
+        now = self.clock()
+        wait = max(0.0, self.next_tick - now)
+        if max_wait is not None:
+            wait = min(wait, max_wait)
+        if self.router.poll(int(wait * 1000)):
+            while True:
+                try:
+                    frames = self.router.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self._on_frames(frames[1:])  # frames[0] is the sender's identity
+        now = self.clock()
+        if now >= self.next_tick:
+            # One tick per call; after a long stall, do not burst the missed ones.
+            self.next_tick = max(self.next_tick + self.tick_seconds, now)
+            self.core.tick()
+        self._drain()
+
+    def _on_frames(self, frames: list[bytes]) -> None:
+        try:
+            m = codec.decode(frames)
+        except WireError:
+            self.dropped["bad_frames"] += 1
+            return
+        if m.dst == self.core.id:
+            self.core.step(m)
+
+    def _drain(self) -> None:
+        while (rd := self.core.ready()) is not None:
+            self.storage.save(rd.hard_state, rd.entries, rd.snapshot)  # durable first
+            for m in rd.messages:
+                sock = self.dealers.get(m.dst)
+                if sock is None:
+                    continue
+                try:
+                    sock.send_multipart(codec.encode(m), zmq.NOBLOCK)
+                except zmq.Again:
+                    self.dropped["send_full"] += 1
+            if rd.snapshot is not None:
+                self.restore(rd.snapshot)
+            for e in rd.committed:
+                self.apply(e)
+            self.core.advance(rd)
+
+    def close(self) -> None:
+        for s in self.dealers.values():
+            s.close(linger=0)
+        self.router.close(linger=0)
