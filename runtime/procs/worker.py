@@ -32,14 +32,14 @@ import numpy as np
 
 from deft.nfs import Context, make_nf
 from deft.runtime.dataplane.ordering import OrderingUnit
-from deft.runtime.dataplane.packet import FORWARD, PACKET_DTYPE, copy_records
+from deft.runtime.dataplane.packet import DROP, FORWARD, PACKET_DTYPE, copy_records
 from deft.runtime.ring import Doorbell, Ring
 from deft.runtime.stats import CounterBlock
 from deft.runtime.topology import Topology
 
 COUNTERS = [
     "ready", "received", "processed", "released", "dropped_by_nf", "stale", "duplicate",
-    "pending_overflow", "pending", "batches", "egress_waits", "flows",
+    "pending_overflow", "pending", "batches", "egress_waits", "flows", "nf_errors",
 ]
 
 
@@ -123,7 +123,13 @@ class Worker:
             return
         rows, new_rows = self.table.rows_for(ready["flow_id"])
         self.ctx.now_ns = int(ready["ts_ns"].max())
-        ready["verdict"] = self.nf.process(ready, rows, new_rows, self.table, self.ctx)
+        try:
+            ready["verdict"] = self.nf.process(ready, rows, new_rows, self.table, self.ctx)
+        except Exception:  # noqa: BLE001 - an NF bug must cost its batch, not the worker and all its state
+            self.count["nf_errors"] += len(ready)
+            ready["verdict"] = DROP
+            if self.count["nf_errors"] == len(ready):  # log the first one in full, count the rest
+                self.log.exception("NF %s raised on a batch of %d packets; batch dropped", self.nf.name, len(ready))
         self.out.append(ready, time.monotonic_ns())
         self.count["processed"] += len(ready)
 

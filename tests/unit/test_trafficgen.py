@@ -442,5 +442,7 @@ def test_pcap_timing_keeps_the_gaps(tmp_path):
     write_pcap(path, [(1_000_000_000 + i * 20_000_000, udp) for i in range(4)])
     plan = tg.build_pcap_plan(str(path), vni=1)
     _, log = capture(plan, use_offsets=True)
-    gaps = np.diff(log.send_ns) / 1e6
-    assert all(gaps >= 19.0), gaps
+    # the schedule is absolute: no packet leaves before its offset in the file (a late one may
+    # shorten the next gap, so gaps themselves are not checked; that made the test flaky under load)
+    since_first = (log.send_ns - log.send_ns[0]) / 1e6
+    assert all(since_first >= np.arange(4) * 20.0 - 1.0), since_first
