@@ -8,40 +8,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from deft.nfs.base import Context, Params, int_to_ipv4, ipv4_to_int
 from deft.nfs.loadbalancer import LoadBalancer, maglev_table
 from deft.nfs.registry import make_nf
 from deft.runtime.dataplane.frames import build_frame, vxlan_wrap
-from deft.runtime.dataplane.packet import FORWARD, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
+from deft.runtime.dataplane.packet import (
+    FORWARD,
+    IPPROTO_ICMP,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+)
 from deft.runtime.dataplane.parse import records_from_datagrams
 from deft.runtime.errors import ConfigError
+
+from .reference_checksums import assert_checksums
 
 VIP = ipv4_to_int("198.51.100.10")
 BACKENDS = ["10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3", "10.1.0.4:9000"]
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-def csum(data: bytes) -> int:
-    """RFC 1071 checksum, independent of the code under test."""
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
-def assert_checksums(frame: bytes) -> None:
-    ip = frame[14:34]
-    assert struct.unpack("!H", ip[10:12])[0] == csum(ip[:10] + b"\0\0" + ip[12:])
-    l4 = frame[34:14 + struct.unpack("!H", ip[2:4])[0]]
-    if ip[9] == IPPROTO_ICMP:
-        assert struct.unpack("!H", l4[2:4])[0] == csum(l4[:2] + b"\0\0" + l4[4:])
-        return
-    at = 16 if ip[9] == IPPROTO_TCP else 6
-    want = csum(ip[12:20] + struct.pack("!BBH", 0, ip[9], len(l4)) + l4[:at] + b"\0\0" + l4[at + 2:])
-    assert struct.unpack("!H", l4[at:at + 2])[0] == (want or 0xFFFF if ip[9] == IPPROTO_UDP else want)
 
 
 def batch(pkts, first_id=1):

@@ -8,16 +8,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from deft.nfs.base import Context, Params, ipv4_to_int
 from deft.nfs.nat import Nat
 from deft.nfs.registry import make_nf
 from deft.runtime.dataplane.frames import build_frame, vxlan_wrap
-from deft.runtime.dataplane.packet import DROP, FORWARD, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
+from deft.runtime.dataplane.packet import (
+    DROP,
+    FORWARD,
+    IPPROTO_ICMP,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+)
 from deft.runtime.dataplane.parse import records_from_datagrams
 from deft.runtime.errors import ConfigError
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from .reference_checksums import assert_checksums
 
 PUBLIC = "203.0.113.1"
 SERVER = ipv4_to_int("93.184.216.34")
@@ -27,31 +34,8 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 # ---------------------------------------------------------------- helpers
 
-def csum(data: bytes) -> int:
-    """RFC 1071 checksum, written here so the NF is checked against an independent sum."""
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
-def assert_checksums(frame: bytes) -> None:
-    ip = frame[14:34]
-    assert struct.unpack("!H", ip[10:12])[0] == csum(ip[:10] + b"\0\0" + ip[12:])
-    total = struct.unpack("!H", ip[2:4])[0]
-    l4 = frame[34:14 + total]
-    proto = ip[9]
-    if proto == IPPROTO_ICMP:
-        assert struct.unpack("!H", l4[2:4])[0] == csum(l4[:2] + b"\0\0" + l4[4:])
-        return
-    at = 16 if proto == IPPROTO_TCP else 6
-    stored = struct.unpack("!H", l4[at:at + 2])[0]
-    want = csum(ip[12:20] + struct.pack("!BBH", 0, proto, len(l4)) + l4[:at] + b"\0\0" + l4[at + 2:])
-    if proto == IPPROTO_UDP:
-        want = want or 0xFFFF
-    assert stored == want
 
 
 class Flows:
