@@ -148,3 +148,24 @@ def test_ctl_reports_a_node_that_does_not_answer():
     out = subprocess.run([sys.executable, "-m", "deft.tools.ctl", "--node", "tcp://127.0.0.1:9",
                           "--timeout-ms", "300", "status"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 1 and "no answer" in out.stderr
+
+
+@pytest.mark.parametrize("role", ["ingress", "unit", "egress"])
+def test_any_killed_process_is_restarted_and_the_node_carries_traffic_again(start_node, tmp_path, role):
+    node = start_node(kind="nat", instances=2)
+    st = node.status()
+    victim = {"ingress": st["ingress"], "unit": st["units"][0], "egress": st["egress"]}[role]
+    timer = threading.Timer(0.5, os.kill, (victim["pid"], signal.SIGKILL))
+    timer.start()
+    run_trafficgen(node, tmp_path, "--flows", "100", "--rate", "3000", "--packets", "4500")  # kill lands mid-run
+    timer.join()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        st = node.status()
+        proc = {"ingress": st["ingress"], "unit": st["units"][0], "egress": st["egress"]}[role]
+        if proc["restarts"] == 1 and proc["ready"]:
+            break
+        time.sleep(0.05)
+    assert proc["restarts"] == 1 and proc["ready"] and proc["pid"] != victim["pid"]
+    report = run_trafficgen(node, tmp_path, "--flows", "100", "--rate", "3000", "--packets", "3000")
+    assert (report["lost"], report["duplicated"], report["reordered"]) == (0, 0, 0)
