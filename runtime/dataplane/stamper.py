@@ -15,19 +15,43 @@ Pure: no clock (idle expiry takes ``now_ns``), no I/O.
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 
+from deft.runtime.dataplane.packet import RECORD_SIZE
+
 UNIT_SHIFT = 40
+SMALL_BATCH = 4  # up to this many packets, a Python loop beats the fixed cost of the numpy path
+
+
+_KEY = struct.Struct("<QQ")
+_FIELDS = struct.Struct("<IIHH")  # src_ip, dst_ip, src_port, dst_port at offset 32 of a record
 
 
 def flow_keys(batch: np.ndarray) -> list[bytes]:
     """16-byte symmetric 5-tuple keys for a batch of records."""
+    if len(batch) <= SMALL_BATCH and batch.flags.c_contiguous and batch.dtype.itemsize == RECORD_SIZE:
+        return _flow_keys_few(batch)
     a = (batch["src_ip"].astype(np.uint64) << np.uint64(16)) | batch["src_port"]
     b = (batch["dst_ip"].astype(np.uint64) << np.uint64(16)) | batch["dst_port"]
     pair = np.empty((len(batch), 2), dtype=np.uint64)
     pair[:, 0] = (np.minimum(a, b) << np.uint64(8)) | batch["proto"]
     pair[:, 1] = np.maximum(a, b)
     return pair.view("V16").ravel().tolist()
+
+
+def _flow_keys_few(batch: np.ndarray) -> list[bytes]:
+    """``flow_keys`` read straight from the record bytes: no numpy fixed cost for a few packets."""
+    raw = memoryview(batch.view(np.uint8))
+    keys = []
+    for i in range(len(batch)):
+        at = i * RECORD_SIZE
+        src, dst, sport, dport = _FIELDS.unpack_from(raw, at + 32)
+        a, b = (src << 16) | sport, (dst << 16) | dport
+        lo, hi = (a, b) if a <= b else (b, a)
+        keys.append(_KEY.pack((lo << 8) | raw[at + 48], hi))
+    return keys
 
 
 class Stamper:
@@ -87,6 +111,9 @@ class Stamper:
                 if slots_list[i] == -1:
                     s = get(k, -1)
                     slots_list[i] = s if s != -1 else self._new_slot(k)
+        if n <= SMALL_BATCH:
+            self._stamp_few(batch, slots_list)
+            return
         slots = np.array(slots_list, dtype=np.int64)
         # seq = last seq of the flow + rank of the packet among the flow's packets in this batch
         order = np.argsort(slots, kind="stable")
@@ -104,6 +131,19 @@ class Stamper:
         uniq = sorted_slots[starts]
         self.last_seq[uniq] += counts.astype(np.uint64)
         self.last_ts[slots] = batch["ts_ns"]
+
+    def _stamp_few(self, batch: np.ndarray, slots: list[int]) -> None:
+        """The same stamps as the vectorised path, per packet: cheaper for a handful of packets."""
+        last_seq, last_ts, flow_id = self.last_seq, self.last_ts, self.flow_id
+        seqs, ids = [], []
+        for slot, ts in zip(slots, batch["ts_ns"].tolist()):
+            seq = int(last_seq[slot]) + 1
+            last_seq[slot] = seq
+            last_ts[slot] = ts
+            seqs.append(seq)
+            ids.append(int(flow_id[slot]))
+        batch["seq"] = seqs
+        batch["flow_id"] = ids
 
     def expire(self, now_ns: int, idle_ns: int) -> int:
         """Forget flows idle longer than ``idle_ns``; a returning flow gets a new id."""

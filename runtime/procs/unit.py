@@ -64,6 +64,16 @@ def plan_handoff(instance: np.ndarray, rooms: list[int], stuck: set[int]) -> tup
     return live[:take], consumed
 
 
+def split_by_instance(instance: np.ndarray, n_inst: int) -> list[np.ndarray]:
+    """Indices of the batch's packets per instance, in arrival order."""
+    if len(instance) <= 4:  # a few packets: a Python pass beats one numpy call per instance
+        parts: list[list[int]] = [[] for _ in range(n_inst)]
+        for j, i in enumerate(instance.tolist()):
+            parts[i].append(j)
+        return [np.array(p, dtype=np.int64) for p in parts]
+    return [np.flatnonzero(instance == i) for i in range(n_inst)]
+
+
 class StallWatch:
     """Which instances have had a full ring for STALL_S or longer (time passed in)."""
 
@@ -80,69 +90,90 @@ class StallWatch:
         return {i for i, t in self.full_since.items() if now - t >= self.stall_s}
 
 
+class StampingUnit:
+    """One stamping unit's loop body; ``step()`` moves one batch from its ring to the instances."""
+
+    def __init__(self, topo: Topology, index: int):
+        self.n_inst = topo.config.nf.instances
+        self.in_ring = Ring.attach(topo.unit_ring(index), PACKET_DTYPE)
+        self.bell = Doorbell.attach(topo.unit_bell(index))
+        self.out_rings = [Ring.attach(topo.nf_ring(i, index), PACKET_DTYPE) for i in topo.instances]
+        self.out_bells = [Doorbell.attach(topo.nf_bell(i)) for i in topo.instances]
+        self.flow_rules = FlowRules.attach(topo.rules())
+        self.stats = CounterBlock.attach(topo.stats(f"unit{index}"))
+        self.stamper = Stamper(index)
+        self.watch = StallWatch()
+        self.idle_ns = int(topo.config.ingress.flow_idle_s * 1e9)
+        self.next_expiry = time.monotonic() + 1.0
+        self._v = self.stats.values
+        self._i = {c: self.stats.index[c] for c in COUNTERS}
+
+    def step(self) -> int:
+        """Stamp and hand on what fits of the next batch; return how many packets were consumed."""
+        view = self.in_ring.peek(MAX_BATCH)
+        n = len(view)
+        if n == 0:
+            return 0
+        rules = self.flow_rules.instance_of
+        instance = rules[bucket_of(view["key_hash"], len(rules))]
+        rooms = [r.free() for r in self.out_rings]
+        if fitting_prefix(instance, rooms) == n:  # the common case: everything fits
+            batch, consumed = view, n
+        else:
+            picked, consumed = plan_handoff(instance, rooms, self.watch.stuck(rooms, time.monotonic()))
+            if consumed == 0:
+                self._v[self._i["blocked"]] += 1
+                return 0
+            self._v[self._i["dropped_stalled"]] += consumed - len(picked)
+            whole = len(picked) == consumed
+            batch = view[:consumed] if whole else view[picked]
+            instance = instance[:consumed] if whole else instance[picked]
+        self.stamper.stamp(batch)
+        if self.n_inst == 1:
+            self.out_rings[0].push_some(batch)
+            self.out_bells[0].ring()
+        else:
+            for i, part in enumerate(split_by_instance(instance, self.n_inst)):
+                if len(part):
+                    self.out_rings[i].push_some(batch, part)
+                    self.out_bells[i].ring()
+        self.in_ring.release(consumed)
+        self._v[self._i["received"]] += consumed
+        self._v[self._i["stamped"]] += len(batch)
+        return consumed
+
+    def idle(self) -> None:
+        """Nothing to do: sleep until rung, and now and then forget idle flows."""
+        self.bell.wait(0.1)
+        if time.monotonic() > self.next_expiry:
+            self.stats.add("expired", self.stamper.expire(time.monotonic_ns(), self.idle_ns))
+            self.publish()
+            self.next_expiry = time.monotonic() + 1.0
+
+    def publish(self) -> None:
+        self.stats.set("flows", len(self.stamper))
+        self.stats.set("new_flows", self.stamper.new_flows)
+
+    def close(self) -> None:
+        self.in_ring.close()
+        for r in self.out_rings:
+            r.close()
+        self.flow_rules.close()
+        self.stats.close()
+
+
 def run(topo: Topology, index: int, stop, log, restarted: bool = False) -> None:
-    cfg = topo.config
-    n_inst = cfg.nf.instances
-    in_ring = Ring.attach(topo.unit_ring(index), PACKET_DTYPE)
-    my_bell = Doorbell.attach(topo.unit_bell(index))
-    out_rings = [Ring.attach(topo.nf_ring(i, index), PACKET_DTYPE) for i in topo.instances]
-    out_bells = [Doorbell.attach(topo.nf_bell(i)) for i in topo.instances]
-    flow_rules = FlowRules.attach(topo.rules())
-    rules = flow_rules.instance_of
-    stats = CounterBlock.attach(topo.stats(f"unit{index}"))
-    v = stats.values
-    i_received, i_stamped, i_blocked, i_stalled = (
-        stats.index[c] for c in ("received", "stamped", "blocked", "dropped_stalled"))
-    stamper = Stamper(index)
-    watch = StallWatch()
-    idle_ns = int(cfg.ingress.flow_idle_s * 1e9)
-    next_expiry = time.monotonic() + 1.0
-    log.info("stamping unit %d up (%d NF instance(s))", index, n_inst)
-    stats.set("ready", 1)
+    unit = StampingUnit(topo, index)
+    log.info("stamping unit %d up (%d NF instance(s))", index, unit.n_inst)
+    unit.stats.set("ready", 1)
     try:
         while not stop:
-            view = in_ring.peek(MAX_BATCH)
-            n = len(view)
-            if n == 0:
-                my_bell.wait(0.1)
-                if time.monotonic() > next_expiry:
-                    stats.add("expired", stamper.expire(time.monotonic_ns(), idle_ns))
-                    stats.set("flows", len(stamper))
-                    stats.set("new_flows", stamper.new_flows)
-                    next_expiry = time.monotonic() + 1.0
-                continue
-            instance = rules[bucket_of(view["key_hash"], len(rules))]
-            rooms = [r.free() for r in out_rings]
-            if fitting_prefix(instance, rooms) == n:  # the common case: everything fits
-                batch, consumed = view, n
-            else:
-                picked, consumed = plan_handoff(instance, rooms, watch.stuck(rooms, time.monotonic()))
-                if consumed == 0:
-                    v[i_blocked] += 1
-                    time.sleep(0.0001)  # an NF instance is behind: let it run
-                    continue
-                v[i_stalled] += consumed - len(picked)
-                batch = view[:consumed] if len(picked) == consumed else view[picked]
-                instance = instance[:consumed] if len(picked) == consumed else instance[picked]
-            stamper.stamp(batch)
-            if n_inst == 1:
-                out_rings[0].push_some(batch)
-                out_bells[0].ring()
-            else:
-                for i in range(n_inst):
-                    part = np.flatnonzero(instance == i)
-                    if len(part):
-                        out_rings[i].push_some(batch, part)
-                        out_bells[i].ring()
-            in_ring.release(consumed)
-            v[i_received] += consumed
-            v[i_stamped] += len(batch)
+            if unit.step() == 0:
+                if len(unit.in_ring):
+                    time.sleep(0.0001)  # blocked by a full instance ring: let the worker run
+                else:
+                    unit.idle()
     finally:
-        stats.set("flows", len(stamper))
-        stats.set("new_flows", stamper.new_flows)
-        stats.set("ready", 0)
-        in_ring.close()
-        for r in out_rings:
-            r.close()
-        flow_rules.close()
-        stats.close()
+        unit.publish()
+        unit.stats.set("ready", 0)
+        unit.close()

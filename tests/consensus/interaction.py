@@ -13,7 +13,7 @@ Commands:
   tick-heartbeat ID           process-ready ID...        stabilize [ID...]
   deliver-msgs [from=ID] [to=ID] [type=MsgApp] [drop=true] [keep=true] [reverse=true]
   deliver-stash [reverse=true] [keep=true]              progress ID
-  compact ID INDEX            transfer-leadership FROM TO
+  compact ID INDEX            transfer-leadership FROM TO  read-index ID CONTEXT
   crash ID                    restart ID                 partition A B / C D E
   heal                        status [ID...]             raft-log ID...
 """
@@ -24,7 +24,7 @@ import random
 from collections.abc import Callable
 
 from deft.runtime.consensus import (Config, InvalidRequest, Membership, MemoryStorage, Message,
-                                    NotLeader, RaftCore, Ready, describe_entry)
+                                    NotLeader, NotReady, RaftCore, Ready, describe_entry)
 
 
 class Env:
@@ -68,6 +68,8 @@ class Env:
             self.network.append(m)
         if rd.committed:
             out.append("  apply " + ", ".join(describe_entry(e) for e in rd.committed))
+        for rs in rd.read_states:
+            out.append(f"  read confirmed: {rs.context.decode()} at index {rs.index}")
         self.core(nid).advance(rd)
         return out
 
@@ -229,6 +231,15 @@ def cmd_propose_conf_change(env: Env, args: list[str]) -> list[str]:
 def cmd_membership(env: Env, args: list[str]) -> list[str]:
     return [f"{nid}: {env.core(nid).membership.describe()}" for nid in _ids(env, args)
             if env.cores[nid] is not None]
+
+
+def cmd_read_index(env: Env, args: list[str]) -> list[str]:
+    """read-index ID CONTEXT"""
+    try:
+        env.core(int(args[0])).read_index(args[1].encode())
+    except (NotLeader, NotReady) as e:
+        return [f"{type(e).__name__}: {e}"]
+    return []
 
 
 def cmd_crash(env: Env, args: list[str]) -> list[str]:

@@ -17,7 +17,8 @@ and log compaction, so lagging nodes catch up by InstallSnapshot.
 After ``fault_ms`` everything heals and the run continues ``quiet_ms``.
 
 Checked: every safety invariant after every event (``invariants.Observer``);
-the client history is linearizable (``linearizability``); liveness only after
+the client history (gets served half by the log, half by ReadIndex) is
+linearizable (``linearizability``); liveness only after
 healing: one leader, every client operation answered, replicas converged.
 """
 
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from deft.runtime.consensus import (Config, EntryKind, InvalidRequest, Membership, MemoryStorage,
-                                    Message, NotLeader, RaftCore, Role)
+                                    Message, NotLeader, NotReady, RaftCore, Role)
 from deft.runtime.consensus.kv import Command, KVStateMachine
 from .invariants import Observer
 from .linearizability import INFO, OK, Op, check_kv_history
@@ -73,6 +74,8 @@ class SimNode:
     kv: KVStateMachine | None = None
     paused_until: float = 0.0
     waiting: set[tuple[str, int]] = field(default_factory=set)  # client requests proposed here
+    reads: dict[bytes, tuple[str, int, str]] = field(default_factory=dict)  # ReadIndex ctx -> op
+    confirmed: list[tuple[int, bytes]] = field(default_factory=list)  # (read index, ctx)
 
 
 @dataclass
@@ -84,6 +87,7 @@ class Client:
     op: Op | None = None
     cmd: bytes = b""
     last_seen: dict[str, Any] = field(default_factory=dict)
+    read_index: bool = False  # serve the current get by ReadIndex instead of the log
 
 
 class Simulation:
@@ -98,6 +102,7 @@ class Simulation:
         self.faults = faults if faults is not None else Faults.swarm(random.Random(root.getrandbits(64)))
         n = n_nodes or root.choice((3, 3, 5))
         self.compact_every = root.choice((0, 5, 20)) if compact_every is None else compact_every
+        self.max_entries, self.max_inflight = root.choice((1, 4, 16)), root.choice((1, 4, 64))
         self.voters0 = tuple(range(1, n + 1))
         self.ids = self.voters0 + ((n + 1,) if self.faults.reconfig else ())
         self.nodes = {i: SimNode(i, MemoryStorage(), random.Random(root.getrandbits(64)),
@@ -142,11 +147,12 @@ class Simulation:
     # -- nodes -------------------------------------------------------------------------
     def _start(self, node: SimNode) -> None:
         cfg = Config(node.id, self.voters0, election_tick=10, heartbeat_tick=2,
-                     max_entries_per_msg=8, max_inflight=16)
+                     max_entries_per_msg=self.max_entries, max_inflight=self.max_inflight)
         node.core = RaftCore(cfg, node.storage, random.Random(node.rng.getrandbits(64)))
         snap = node.storage.snapshot
         node.kv = KVStateMachine.restore(snap.data) if snap else KVStateMachine()
         node.waiting = set()
+        node.reads, node.confirmed = {}, []
         self.obs.node_restarted(node.id)
         self.at(self.now + node.rng.uniform(0, node.tick_ms), "tick", node, node.core)
 
@@ -197,8 +203,21 @@ class Simulation:
                 self.obs.on_apply(node.id, e)
                 if e.kind is EntryKind.NORMAL:
                     self._apply(node, e.data)
+            node.confirmed += [(rs.index, rs.context) for rs in rd.read_states]
             node.core.advance(rd)
+            self._serve_reads(node)
             self._maybe_compact(node)
+
+    def _serve_reads(self, node: SimNode) -> None:
+        """Answer confirmed ReadIndex reads whose index the state machine has reached."""
+        assert node.core is not None and node.kv is not None
+        applied = node.core.log.applied
+        ready = [(i, ctx) for i, ctx in node.confirmed if i <= applied]
+        node.confirmed = [(i, ctx) for i, ctx in node.confirmed if i > applied]
+        for _, ctx in ready:
+            client, seq, key = node.reads.pop(ctx)
+            self.at(self.now + self.net_rng.uniform(1, 5), "reply", client, seq,
+                    node.kv.data.get(key))
 
     def _maybe_compact(self, node: SimNode) -> None:
         """Snapshot the state machine every ``compact_every`` applied entries (0 = never)."""
@@ -327,6 +346,7 @@ class Simulation:
         self.clock += 1
         c.op = Op(client=c.id, key=key, kind=kind, args=args, call=self.clock)
         c.cmd = Command(c.id, c.seq, kind, key, args).encode()
+        c.read_index = rng.random() < 0.5
         self._attempt(c)
 
     def _attempt(self, c: Client) -> None:
@@ -336,16 +356,24 @@ class Simulation:
 
     def _on_request(self, c: Client, seq: int, target: int) -> None:
         node = self.nodes[target]
-        if node.core is None or seq != c.seq:
-            return
+        if node.core is None or seq != c.seq or c.op is None:
+            return  # node down, or the operation already finished
         if self._deferred(node, "request", c, seq, target):
             return
         try:
-            node.core.propose(c.cmd)
+            if c.op.kind == "get" and c.read_index:
+                ctx = f"{c.id}:{seq}:{c.attempt}".encode()
+                node.core.read_index(ctx)
+                node.reads[ctx] = (c.id, seq, c.op.key)
+            else:
+                node.core.propose(c.cmd)
+                node.waiting.add((c.id, seq))
         except NotLeader as e:
             self.at(self.now + self.net_rng.uniform(1, 5), "redirect", c, seq, e.leader_hint)
             return
-        node.waiting.add((c.id, seq))
+        except NotReady:
+            self.at(self.now + self.net_rng.uniform(1, 5), "redirect", c, seq, target)
+            return
         self._process(node)
 
     def _on_redirect(self, c: Client, seq: int, hint: int | None) -> None:

@@ -98,3 +98,43 @@ def test_unit_and_bucket_spread():
     units = np.bincount(unit_of(h, 4), minlength=4)
     assert units.min() > 2000
     assert bucket_of(h, 4096).max() < 4096
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 6), min_size=1, max_size=8), min_size=1, max_size=12))
+def test_small_and_large_batch_paths_stamp_alike(batches):
+    """The per-packet loop for tiny batches and the numpy path give the same stamps."""
+    import deft.runtime.dataplane.stamper as stamper_module
+
+    def stamps(small_batch: int) -> list:
+        saved, stamper_module.SMALL_BATCH = stamper_module.SMALL_BATCH, small_batch
+        try:
+            s = Stamper(1)
+            out = []
+            for flows in batches:
+                b = flows_batch(flows)
+                b["ts_ns"] = len(out)
+                s.stamp(b)
+                out.append((b["flow_id"].tolist(), b["seq"].tolist()))
+            return out + [s.last_ts[: len(s)].tolist()]
+        finally:
+            stamper_module.SMALL_BATCH = saved
+
+    assert stamps(0) == stamps(100)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 65535),
+                          st.integers(0, 65535), st.sampled_from([1, 6, 17])), min_size=1, max_size=4))
+def test_flow_keys_read_from_bytes_equal_the_numpy_keys(fields):
+    """A flow keeps one id whether its packets come in small or large batches."""
+    from deft.runtime.dataplane import stamper as stamper_module
+
+    b = empty_batch(len(fields))
+    b["src_ip"], b["dst_ip"], b["src_port"], b["dst_port"], b["proto"] = map(list, zip(*fields))
+    saved, stamper_module.SMALL_BATCH = stamper_module.SMALL_BATCH, 0
+    try:
+        numpy_keys = stamper_module.flow_keys(b)
+    finally:
+        stamper_module.SMALL_BATCH = saved
+    assert stamper_module._flow_keys_few(b) == numpy_keys
