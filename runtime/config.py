@@ -15,6 +15,8 @@ Reference (defaults in brackets)::
     [node]
     id = "node1"                          # required; names shared memory: /dev/shm/deft.<id>.*
     control = "tcp://127.0.0.1:7101"      # ZMQ ROUTER for deft-ctl
+    controller = ""                       # deft-controller's heartbeat endpoint, e.g. tcp://127.0.0.1:7001
+    heartbeat_ms = 10                     # heartbeat interval
 
     [ingress]
     listen = "udp://127.0.0.1:4789"       # udp://HOST:PORT (VXLAN), shm://NAME (local ring), pcap://PATH
@@ -59,6 +61,8 @@ _SECTIONS = {"node", "ingress", "egress", "nf"}
 class NodeSection:
     id: str
     control: str
+    controller: str      # heartbeat endpoint of deft-controller ("" = run without one)
+    heartbeat_ms: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +133,11 @@ def parse_config(raw: dict, source: str = "<config>") -> NodeConfig:
     node_id = p.str("id")
     if not _NODE_ID.match(node_id):
         raise p.error("id", f"use 1-40 letters, digits, '_' or '-', got {node_id!r}")
-    node = NodeSection(id=node_id, control=p.url("control", ("tcp", "ipc"), "tcp://127.0.0.1:7101"))
+    controller = p.str("controller", "")
+    if controller:
+        controller = p.url("controller", ("tcp", "ipc"))
+    node = NodeSection(id=node_id, control=p.url("control", ("tcp", "ipc"), "tcp://127.0.0.1:7101"),
+                       controller=controller, heartbeat_ms=p.int("heartbeat_ms", 10, min=1, max=10_000))
     p.check_unknown()
 
     p = _section(raw, "ingress", source)

@@ -26,10 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         print(f"{args.config}: ok")
         return 0
-    from deft.runtime.procs.common import StopFlag, setup_logging
+    from deft.runtime.procs.common import StopFlag, boost_priority, setup_logging
     from deft.runtime.supervisor import Supervisor
 
     log = setup_logging(f"node[{config.node.id}]")
+    boost_priority()
     stop = StopFlag()
     try:
         Supervisor(config, args.config, stop, log).run()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from deft.runtime.control import ControlServer
 from deft.runtime.dataplane.flowrules import FlowRules
 from deft.runtime.dataplane.packet import PACKET_DTYPE
 from deft.runtime.errors import DeftError
+from deft.runtime.heartbeat import Heartbeats
 from deft.runtime.params import split_host_port
 from deft.runtime.procs import egress, ingress, unit, worker
 from deft.runtime.ring import Doorbell, Ring, cleanup_node
@@ -85,6 +87,8 @@ class Supervisor:
         self.children: list[Child] = []
         self.zctx = zmq.Context()
         self.control: ControlServer | None = None
+        self.heartbeats: Heartbeats | None = None
+        self.pending_kill: tuple[str, float] | None = None
 
     # -- shared memory ------------------------------------------------------
     def create_shared(self) -> None:
@@ -153,6 +157,8 @@ class Supervisor:
             if child.died_at == 0.0:
                 child.last_exit = child.proc.returncode
                 child.died_at = now
+                if self.heartbeats:
+                    self.heartbeats.failed(child)
                 if now - child.started_at >= HEALTHY_AFTER_S:
                     child.backoff = RESTART_BACKOFF_S
                 else:
@@ -180,6 +186,41 @@ class Supervisor:
                 child.proc.kill()
                 child.proc.wait()
 
+    # -- drills ---------------------------------------------------------------
+    def on_kill(self, request: dict) -> dict:
+        """``{"cmd": "kill", "target": "nf0" | "unit0" | "ingress" | "egress" | "node"}``: SIGKILL it.
+
+        A drill for failure tests. The kill happens after the reply is sent, so
+        the caller learns which pid went; "node" kills the supervisor itself
+        (and with it, by PDEATHSIG, every child): a node failure.
+        """
+        target = request.get("target")
+        if target == "node":
+            pid = os.getpid()
+        else:
+            child = self.child_by_name(target)
+            if child is None or not child.alive:
+                raise ValueError(f"no live process {target!r} on node {self.topo.node_id}")
+            pid = child.pid
+        # after the reply is out: ZMQ sends from its I/O thread, which a SIGKILL would cut short
+        self.pending_kill = (target, time.monotonic() + (0.1 if target == "node" else 0.0))
+        return {"target": target, "pid": pid}
+
+    def child_by_name(self, name) -> Child | None:
+        for child in self.children:
+            if name in (child.key, child.stats_key):
+                return child
+        return None
+
+    def drill_kill(self, target: str) -> None:
+        self.pending_kill = None
+        self.log.warning("drill: SIGKILL %s", target)
+        if target == "node":
+            os.kill(os.getpid(), signal.SIGKILL)
+        child = self.child_by_name(target)
+        if child and child.alive:
+            os.kill(child.pid, signal.SIGKILL)
+
     def check_ports(self) -> None:
         """Fail at start, with the key named, if the ingress port cannot be bound."""
         listen = self.config.ingress.listen
@@ -203,20 +244,29 @@ class Supervisor:
             self.check_ports()
             try:
                 self.control = ControlServer(self.zctx, self.config.node.control,
-                                             {"status": lambda req: node_status(self)}, self.log)
+                                             {"status": lambda req: node_status(self), "kill": self.on_kill},
+                                             self.log)
             except zmq.ZMQError as exc:
                 raise DeftError(f"{self.config.source}: [node] control {self.config.node.control}: {exc}") from None
             self.start_children()
             self.log.info("node %s up: control %s, ingress %s, egress %s", self.topo.node_id,
                           self.config.node.control, self.config.ingress.listen, self.config.egress.send_to)
+            self.heartbeats = Heartbeats(self) if self.config.node.controller else None
             poller = zmq.Poller()
             poller.register(self.control.sock, zmq.POLLIN)
             while not self.stop:
-                if poller.poll(20):
+                wait_ms = self.heartbeats.due_in_ms() if self.heartbeats else 20
+                if poller.poll(min(20, wait_ms)):
                     self.control.handle_one()
                 self.reap_and_restart()
+                if self.heartbeats:
+                    self.heartbeats.beat_if_due()
+                if self.pending_kill and time.monotonic() >= self.pending_kill[1]:
+                    self.drill_kill(self.pending_kill[0])
         finally:
             self.stop_children()
+            if self.heartbeats:
+                self.heartbeats.close()
             if self.control:
                 self.control.close()
             self.zctx.term()

@@ -1,8 +1,11 @@
-"""deft-ctl: talk to a node's control endpoint.
+"""deft-ctl: talk to a node's or the controller's control endpoint.
 
 Synopsis::
 
     deft-ctl --node tcp://127.0.0.1:7101 status [--json]
+    deft-ctl --controller tcp://127.0.0.1:7000 status [--json]
+    deft-ctl --controller tcp://127.0.0.1:7000 fail nf node1/nf0      # drills: SIGKILL an NF worker
+    deft-ctl --controller tcp://127.0.0.1:7000 fail node node1        # ... or a whole node
 
 ``status`` shows the node id, the pid of the supervisor and of every process,
 per-instance counters (received, processed, released, pending, drops by
@@ -68,26 +71,54 @@ def render_status(st: dict) -> str:
     return "\n".join(lines)
 
 
+def render_cluster(st: dict) -> str:
+    c = st["controller"]
+    lines = [f"controller pid {c['pid']}  up {c['uptime_s']:.1f}s  heartbeat {c['heartbeat_ms']} ms x "
+             f"{c['miss_limit']}  {_fmt_counters(c['counters'])}"]
+    for node in st["nodes"]:
+        lines.append(f"node {node['id']}  pid {node['pid']}  {node['state'].upper()}  control {node['control']}  "
+                     f"last beat {node['silence_ms']:.0f} ms ago")
+    for inst in st["instances"]:
+        peer = f"  peer {inst['peer']}" if inst["peer"] else ""
+        lines.append(f"  instance {inst['id']}  {inst['role']}{peer}  pid {inst['pid']}  {inst['state']}  "
+                     f"restarts {inst['restarts']}")
+    for ev in st["events"][-10:]:
+        details = " ".join(f"{k}={v}" for k, v in ev.items() if k not in ("t_ms", "event"))
+        lines.append(f"event {ev['t_ms']:.1f} ms  {ev['event']}  {details}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="deft-ctl", description="Query and steer DEFT nodes.")
-    parser.add_argument("--node", default="tcp://127.0.0.1:7101", help="node control endpoint")
+    parser = argparse.ArgumentParser(prog="deft-ctl", description="Query and steer DEFT nodes and the controller.")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--node", help="node control endpoint (default tcp://127.0.0.1:7101)")
+    where.add_argument("--controller", help="controller control endpoint, e.g. tcp://127.0.0.1:7000")
     parser.add_argument("--timeout-ms", type=int, default=2000)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    p_status = sub.add_parser("status", help="show processes, counters and rings")
+    p_status = sub.add_parser("status", help="show processes, counters and rings (node) or the cluster")
     p_status.add_argument("--json", action="store_true")
+    p_fail = sub.add_parser("fail", help="drill, through the controller: SIGKILL an NF worker or a node")
+    p_fail.add_argument("what", choices=("nf", "node"))
+    p_fail.add_argument("id", help="<node>/nf<i> for nf, <node> for node")
     args = parser.parse_args(argv)
+    if args.cmd == "fail" and not args.controller:
+        parser.error("fail needs --controller")
+    endpoint = args.controller or args.node or "tcp://127.0.0.1:7101"
+    request = {"cmd": args.cmd} if args.cmd == "status" else {"cmd": "fail", "what": args.what, "id": args.id}
     try:
-        reply = query(args.node, {"cmd": args.cmd}, args.timeout_ms)
+        reply = query(endpoint, request, args.timeout_ms)
     except NoAnswer as exc:
         print(f"deft-ctl: {exc}", file=sys.stderr)
         return 1
     if not reply.get("ok"):
         print(f"deft-ctl: {reply.get('error')}", file=sys.stderr)
         return 1
-    if args.json:
+    if args.cmd == "fail":
+        print(f"killed {reply['killed']} (pid {reply['pid']})")
+    elif args.json:
         sys.stdout.write(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
-        print(render_status(reply))
+        print(render_cluster(reply) if args.controller else render_status(reply))
     return 0
 
 

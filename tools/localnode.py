@@ -154,3 +154,61 @@ class LocalNode:
         left = leftovers(self.node_id)
         cleanup_node(self.node_id)
         return left
+
+
+def controller_config(heartbeat_ms: int = 10, miss_limit: int = 3) -> dict[str, dict]:
+    return {"controller": {"control": f"tcp://127.0.0.1:{free_port(socket.SOCK_STREAM)}",
+                           "heartbeats": f"tcp://127.0.0.1:{free_port(socket.SOCK_STREAM)}",
+                           "heartbeat_ms": heartbeat_ms, "miss_limit": miss_limit}}
+
+
+class LocalController:
+    """A deft-controller process, stopped by PID."""
+
+    def __init__(self, config: dict, proc: subprocess.Popen):
+        self.control = config["controller"]["control"]
+        self.heartbeats = config["controller"]["heartbeats"]
+        self.proc = proc
+
+    @classmethod
+    def start(cls, config_path: Path, log_path: Path | None = None) -> "LocalController":
+        import tomllib
+
+        config = tomllib.loads(Path(config_path).read_text())
+        out = open(log_path, "w") if log_path else subprocess.DEVNULL
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "deft.runtime.controller.main", "--config",
+                                     str(config_path)], stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
+        finally:
+            if log_path:
+                out.close()
+        return cls(config, proc)
+
+    def status(self, timeout_ms: int = 3000) -> dict:
+        return query(self.control, {"cmd": "status"}, timeout_ms)
+
+    def wait_for(self, predicate, timeout: float = 20.0) -> dict:
+        """Poll status until ``predicate(status)`` holds; return that status."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"deft-controller exited with {self.proc.returncode}")
+            try:
+                last = self.status(500)
+                if predicate(last):
+                    return last
+            except NoAnswer:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError(f"controller condition not met within {timeout:.0f} s; last status: {last}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

@@ -23,6 +23,7 @@ def encode(m: Message) -> list[bytes]:
     header: dict[str, Any] = {
         "t": m.type.value, "s": m.src, "d": m.dst, "T": m.term, "lt": m.log_term, "i": m.index,
         "c": m.commit, "r": m.reject, "h": m.reject_hint, "x": m.transfer,
+        "ctx": m.context.hex(),
         "e": [[e.term, e.index, int(e.kind)] for e in m.entries],
     }
     frames = [MAGIC, b"", *(e.data for e in m.entries)]
@@ -55,7 +56,7 @@ def decode(frames: list[bytes]) -> Message:
         return Message(MsgType(h["t"]), int(h["s"]), int(h["d"]), int(h["T"]),
                        log_term=int(h["lt"]), index=int(h["i"]), entries=entries,
                        commit=int(h["c"]), reject=bool(h["r"]), reject_hint=int(h["h"]),
-                       snapshot=snapshot, transfer=bool(h["x"]))
+                       snapshot=snapshot, transfer=bool(h["x"]), context=bytes.fromhex(h["ctx"]))
     except WireError:
         raise
     except (orjson.JSONDecodeError, KeyError, IndexError, ValueError, TypeError) as e:

@@ -21,16 +21,16 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from deft.runtime.consensus import election, roles
+from deft.runtime.consensus import election, reconfig, roles
 from deft.runtime.consensus.config import Config
-from deft.runtime.consensus.errors import InvalidRequest, InvariantViolation, NotLeader
+from deft.runtime.consensus.errors import InvalidRequest, InvariantViolation, NotLeader, NotReady
 from deft.runtime.consensus.log import RaftLog
 from deft.runtime.consensus.membership import Membership
 from deft.runtime.consensus.messages import (Entry, EntryKind, HardState, Message, MsgType,
                                              Snapshot)
 from deft.runtime.consensus.progress import Progress
 from deft.runtime.consensus.quorum import VoteResult, committed_index, vote_result
-from deft.runtime.consensus.ready import Ready
+from deft.runtime.consensus.ready import Ready, ReadState
 from deft.runtime.consensus.role import Role
 from deft.runtime.consensus.storage_api import Storage
 
@@ -50,7 +50,7 @@ class RaftCore:
         self.log = RaftLog(entries, commit=max(hs.commit, off), offset=off, offset_term=off_term)
         self._base_membership = snap.membership if snap and snap.membership else Membership.of(
             config.peers, config.learners)
-        self.membership = self._membership_at(self.log.last_index())
+        self.membership = reconfig.membership_at(self, self.log.last_index())
         self._membership_key: tuple[Entry | None, Membership] | None = None
         self.term = hs.term
         self.vote = hs.vote
@@ -67,6 +67,9 @@ class RaftCore:
         self.votes: dict[int, bool] = {}
         self.prs: dict[int, Progress] = {}
         self.lead_transferee: int | None = None
+        #: ReadIndex rounds in flight, oldest first: context -> (index, voters that acked)
+        self.pending_reads: dict[bytes, tuple[int, set[int]]] = {}
+        self.read_states: list[ReadState] = []
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.randomized_timeout = config.election_tick
@@ -85,7 +88,7 @@ class RaftCore:
     def tick(self) -> None:
         """Advance logical time by one tick."""
         self._tick()
-        self._check_removed()
+        reconfig.check_removed(self)
 
     def campaign(self) -> None:
         """Start an election now (pre-vote first if enabled), as an election timeout would."""
@@ -126,6 +129,27 @@ class RaftCore:
         roles.maybe_send_timeout_now(self, to)
         roles.send_all(self, to, send_if_empty=True)
 
+    def read_index(self, context: bytes) -> None:
+        """Start a linearizable read without a log write (ReadIndex, dissertation §6.4).
+
+        The leader notes its commit index, then confirms with a heartbeat round
+        that a majority still follows it; the read appears in
+        ``Ready.read_states`` and may be served from the state machine once
+        ``applied >= index``. ``context`` identifies the read (unique per read).
+        Raises NotLeader elsewhere, NotReady before this leader has committed an
+        entry of its term (its commit index may be behind until then).
+        Unconfirmed reads are dropped if leadership is lost: clients retry.
+        """
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.id, self.lead)
+        if self.log.term(self.log.committed) != self.term:
+            raise NotReady("leader has not committed an entry of its term yet")
+        if self.membership.voters == (self.id,):
+            self.read_states.append(ReadState(self.log.committed, context))
+            return
+        self.pending_reads[context] = (self.log.committed, {self.id})
+        roles.bcast_heartbeat(self, context)
+
     def step(self, m: Message) -> None:
         """Process one message addressed to this node."""
         if m.dst != self.id:
@@ -154,8 +178,8 @@ class RaftCore:
             election.handle_vote_request(self, m)
         else:
             self._step(self, m)
-        self._sync_membership()
-        self._check_removed()
+        reconfig.sync_membership(self)
+        reconfig.check_removed(self)
 
     def _flush_proposals(self) -> None:
         if self._unsent_proposals:
@@ -167,6 +191,7 @@ class RaftCore:
         self._flush_proposals()
         lg = self.log
         return bool(self.msgs or self.hard_state() != self._prev_hs or self._unstable_snapshot
+                    or self.read_states
                     or lg.stable < lg.last_index() or lg.committed > lg.applied)
 
     def ready(self) -> Ready | None:
@@ -182,8 +207,10 @@ class RaftCore:
             committed=tuple(self.log.next_committed()),
             messages=tuple(self.msgs),
             snapshot=self._unstable_snapshot,
+            read_states=tuple(self.read_states),
         )
         self.msgs = []
+        self.read_states = []
         self._pending = rd
         return rd
 
@@ -216,7 +243,7 @@ class RaftCore:
         term = self.log.term(index)
         if term is None:
             raise InvariantViolation(f"no entry at {index} to snapshot")
-        membership = self._membership_at(index)
+        membership = reconfig.membership_at(self, index)
         self.log.compact(index)
         self._base_membership = membership
         self.snapshot = Snapshot(index, term, data, membership)
@@ -271,40 +298,8 @@ class RaftCore:
         self.membership.check_single_change(new)
         index = self._append_entry(new.encode(), EntryKind.CONF)
         self._unsent_proposals = True
-        self._sync_membership()
+        reconfig.sync_membership(self)
         return index
-
-    def _membership_at(self, index: int) -> Membership:
-        e = self.log.conf_at(index)
-        return Membership.decode(e.data) if e is not None else self._base_membership
-
-    def _sync_membership(self) -> None:
-        """Adopt the latest configuration in the log (appended or truncated since last time)."""
-        e = self.log.conf_at(self.log.last_index())
-        key = (e, self._base_membership)
-        if key == self._membership_key:
-            return  # nothing changed since the last look: skip decoding
-        self._membership_key = key
-        m = Membership.decode(e.data) if e is not None else self._base_membership
-        if m == self.membership:
-            return
-        self.membership = m
-        if self.role is Role.LEADER:
-            last = self.log.last_index()
-            for p in m.members:
-                if p not in self.prs:
-                    self.prs[p] = Progress(match=0, next=last + 1,
-                                           max_inflight=self.config.max_inflight)
-            for p in [p for p in self.prs if p not in m.members and p != self.id]:
-                del self.prs[p]
-            self.maybe_commit()
-            self._unsent_proposals = True  # new members need appends; commit may have moved
-
-    def _check_removed(self) -> None:
-        """A leader outside the voters steps down once that configuration is committed."""
-        if (self.role is Role.LEADER and not self.promotable()
-                and self.log.conf_indexes and self.log.committed >= self.log.conf_indexes[-1]):
-            self.become_follower(self.term, None)
 
     # -- role changes ----------------------------------------------------------
     def _reset(self, term: int) -> None:
@@ -321,6 +316,7 @@ class RaftCore:
         self.votes = {}
         self.prs = {}
         self.lead_transferee = None
+        self.pending_reads = {}
 
     def become_follower(self, term: int, lead: int | None) -> None:
         self._reset(term)

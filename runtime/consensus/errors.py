@@ -20,6 +20,10 @@ class NotLeader(ConsensusError):
         self.leader_hint = leader_hint
 
 
+class NotReady(ConsensusError):
+    """The leader cannot serve this yet (e.g. a read before it committed an entry of its term); retry soon."""
+
+
 class InvalidRequest(ConsensusError, ValueError):
     """A caller asked for something that can never succeed (e.g. transfer to a non-member)."""
 

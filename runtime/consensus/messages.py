@@ -91,6 +91,8 @@ class Message:
     snapshot: Snapshot | None = None
     #: VOTE sent on a leader's request (TIMEOUT_NOW): voters skip the lease check.
     transfer: bool = False
+    #: HEARTBEAT(_RESP) for a ReadIndex round: the read's id, echoed back.
+    context: bytes = b""
 
     def describe(self) -> str:
         """A stable one-line rendering, used by the scripted tests' golden files."""
@@ -104,6 +106,8 @@ class Message:
             parts.append(f"Commit:{self.commit}")
         if self.transfer:
             parts.append("Transfer")
+        if self.context:
+            parts.append(f"Ctx:{self.context.decode('utf-8', 'backslashreplace')}")
         if self.reject:
             parts.append("Rejected")
             if t is MsgType.APP_RESP:

@@ -8,6 +8,14 @@ from deft.runtime.consensus.messages import Entry, HardState, Message, Snapshot
 
 
 @dataclass(frozen=True, slots=True)
+class ReadState:
+    """A confirmed ReadIndex: answer the read ``context`` once ``applied >= index``."""
+
+    index: int
+    context: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Ready:
     """Work the driver must do, in this order, then call ``advance(rd)``.
 
@@ -21,6 +29,8 @@ class Ready:
     3. Apply ``committed`` to the state machine, in order. Only NORMAL entries
        carry commands: NOOP entries are empty and CONF entries already took
        effect inside the core. They may include entries from step 1.
+    4. ``read_states``: reads confirmed by ReadIndex; serve each from the local
+       state machine once it has applied ``index`` (maybe in a later Ready).
     """
 
     hard_state: HardState | None
@@ -28,3 +38,4 @@ class Ready:
     committed: tuple[Entry, ...]
     messages: tuple[Message, ...]
     snapshot: Snapshot | None = None
+    read_states: tuple[ReadState, ...] = ()

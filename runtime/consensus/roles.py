@@ -14,6 +14,7 @@ from deft.runtime.consensus.errors import InvariantViolation
 from deft.runtime.consensus.messages import Message, MsgType
 from deft.runtime.consensus.progress import ProgressState
 from deft.runtime.consensus.quorum import majority
+from deft.runtime.consensus.ready import ReadState
 from deft.runtime.consensus.role import Role
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ def _handle_append_or_heartbeat(core: RaftCore, m: Message) -> None:
     if m.type is MsgType.HEARTBEAT:
         # m.commit <= what this follower acknowledged to this leader (same term).
         core.log.commit_to(m.commit)
-        core.send(Message(MsgType.HEARTBEAT_RESP, core.id, m.src, core.term))
+        core.send(Message(MsgType.HEARTBEAT_RESP, core.id, m.src, core.term, context=m.context))
         return
     lg = core.log
     if m.index < lg.committed:
@@ -95,7 +96,13 @@ def step_leader(core: RaftCore, m: Message) -> None:
     if m.type is MsgType.APP_RESP:
         pr.recent_active = True
         if m.reject:
-            if pr.maybe_decrease(m.index, m.reject_hint):
+            hint = m.reject_hint
+            if m.log_term > 0:
+                # The follower's entry at hint has log_term; our entries after the
+                # last one with a term <= log_term cannot match it (etcd's
+                # findConflictByTerm, leader side): skip them in one round trip.
+                hint = core.log.find_conflict_by_term(hint, m.log_term)
+            if pr.maybe_decrease(m.index, hint):
                 send_all(core, m.src, send_if_empty=True)
             return
         if pr.maybe_update(m.index):
@@ -108,6 +115,8 @@ def step_leader(core: RaftCore, m: Message) -> None:
                 return
         send_all(core, m.src, send_if_empty=False)
     elif m.type is MsgType.HEARTBEAT_RESP:
+        if m.context:
+            _ack_read(core, m.src, m.context)
         pr.recent_active = True
         pr.probe_sent = False
         if pr.state is ProgressState.SNAPSHOT:
@@ -159,11 +168,29 @@ def bcast_append(core: RaftCore, send_if_empty: bool) -> None:
         send_all(core, p, send_if_empty)
 
 
-def bcast_heartbeat(core: RaftCore) -> None:
+def bcast_heartbeat(core: RaftCore, context: bytes = b"") -> None:
     for p in core.others():
         pr = core.prs[p]
         core.send(Message(MsgType.HEARTBEAT, core.id, p, core.term,
-                          commit=min(pr.match, core.log.committed)))
+                          commit=min(pr.match, core.log.committed), context=context))
+
+
+def _ack_read(core: RaftCore, voter: int, context: bytes) -> None:
+    """A heartbeat sent after the read began came back: once a majority did, the
+    leader was still the leader after the read began, so the read and every
+    older pending one are confirmed."""
+    pending = core.pending_reads.get(context)
+    if pending is None or voter not in core.membership.voters:
+        return
+    pending[1].add(voter)
+    if len(pending[1]) < majority(len(core.membership.voters)):
+        return
+    while core.pending_reads:
+        ctx, (index, _) = next(iter(core.pending_reads.items()))
+        del core.pending_reads[ctx]
+        core.read_states.append(ReadState(index, ctx))
+        if ctx == context:
+            break
 
 
 def quorum_active(core: RaftCore) -> bool:

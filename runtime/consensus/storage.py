@@ -118,6 +118,28 @@ class DiskStorage:
         self._offset = snapshot.index
         self._rewrite_log()
 
+    # -- read-only views (tests and tools) -------------------------------------------
+    @property
+    def hard_state(self) -> HardState:
+        return self._hard_state
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        return self._snapshot
+
+    def last_index(self) -> int:
+        return self._offset + len(self._entries)
+
+    def term(self, index: int) -> int | None:
+        if index == self._offset:
+            return self._snapshot.term if self._snapshot else 0
+        k = index - self._offset - 1
+        return self._entries[k].term if 0 <= k < len(self._entries) else None
+
+    @property
+    def closed(self) -> bool:
+        return self._log.closed
+
     def close(self) -> None:
         self._log.close()
 

@@ -7,7 +7,7 @@ import sys
 
 from deft.runtime.config import load_config
 from deft.runtime.errors import DeftError
-from deft.runtime.procs.common import StopFlag, die_with_parent, setup_logging
+from deft.runtime.procs.common import StopFlag, die_with_parent, normal_priority, setup_logging
 from deft.runtime.topology import Topology
 
 ROLES = ("ingress", "unit", "worker", "egress")
@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--restarted", action="store_true", help="started again after a crash")
     args = parser.parse_args(argv)
     die_with_parent()
+    normal_priority()
     stop = StopFlag()
     log = setup_logging(f"{args.role}{args.index if args.role in ('unit', 'worker') else ''}")
     try:

@@ -23,6 +23,27 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
+PRIORITY_BOOST = -5  # supervisor and controller: little work, but their beats must not wait for a core
+
+
+def boost_priority() -> bool:
+    """Run ahead of the data path (heartbeats on time); needs root or CAP_SYS_NICE, else a no-op."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, PRIORITY_BOOST)
+        return True
+    except OSError:
+        return False
+
+
+def normal_priority() -> None:
+    """Children of a boosted supervisor start at its priority; data-path processes go back to 0."""
+    try:
+        if os.getpriority(os.PRIO_PROCESS, 0) < 0:
+            os.setpriority(os.PRIO_PROCESS, 0, 0)
+    except OSError:
+        pass
+
+
 class StopFlag:
     """Set by SIGTERM or SIGINT; loops check it between batches."""
 

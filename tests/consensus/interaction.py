@@ -36,7 +36,6 @@ class Env:
         self.stash: list[Message] = []
         self.blocked: set[tuple[int, int]] = set()
         self.seed = 0
-        self.applied: dict[int, list[str]] = {}
 
     def core(self, nid: int) -> RaftCore:
         c = self.cores[nid]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from deft.runtime.consensus import (Entry, HardState, MemoryStorage, Message, MsgType, RaftCore,
                                     Role, Snapshot)
+from deft.runtime.consensus.storage import DiskStorage
 
 
 class SafetyViolation(AssertionError):
@@ -30,7 +31,8 @@ class _LeaderWatch:
 @dataclass
 class Observer:
     leaders: dict[int, int] = field(default_factory=dict)          # term -> node
-    entries: dict[tuple[int, int], tuple[bytes, int]] = field(default_factory=dict)
+    #: (index, term) -> (kind, data, term of the previous entry): log matching, incrementally
+    entries: dict[tuple[int, int], tuple[int, bytes, int | None]] = field(default_factory=dict)
     votes: dict[tuple[int, int], int] = field(default_factory=dict)   # (voter, term) -> candidate
     snapshots: dict[int, Snapshot] = field(default_factory=dict)
     applied: dict[int, Entry] = field(default_factory=dict)        # index -> entry
@@ -45,7 +47,7 @@ class Observer:
         self._watch.pop(node, None)
 
     def on_persist(self, node: int, hs: HardState | None, entries: tuple[Entry, ...],
-                   stored: MemoryStorage) -> None:
+                   stored: MemoryStorage | DiskStorage) -> None:
         """After a Ready was made durable; ``stored`` is the node's storage afterwards."""
         if hs is not None:
             old = self._durable.get(node)
@@ -57,7 +59,7 @@ class Observer:
         for e in entries:
             prev_term = stored.term(e.index - 1)
             key = (e.index, e.term)
-            val = (e.data, prev_term)
+            val = (int(e.kind), e.data, prev_term)
             seen = self.entries.setdefault(key, val)
             if seen != val:
                 raise SafetyViolation(f"log matching: two different entries at {key}: {seen} vs {val}")
@@ -68,7 +70,7 @@ class Observer:
         if seen != snap:
             raise SafetyViolation(f"node {node}: snapshot at {snap.index} differs from another node's")
 
-    def on_send(self, m: Message, durable: HardState, stored: MemoryStorage) -> None:
+    def on_send(self, m: Message, durable: HardState, stored: MemoryStorage | DiskStorage) -> None:
         """Promises in a message must already be durable at its sender (Ready contract)."""
         if m.type is MsgType.VOTE_RESP and not m.reject:
             if (durable.term, durable.vote) != (m.term, m.dst):

@@ -27,13 +27,17 @@ from __future__ import annotations
 import heapq
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from deft.runtime.consensus import (Config, EntryKind, InvalidRequest, Membership, MemoryStorage,
-                                    Message, NotLeader, NotReady, RaftCore, Role)
+from deft.runtime.consensus import (Config, Entry, EntryKind, InvalidRequest, Membership,
+                                    MemoryStorage, Message, NotLeader, RaftCore, Role)
 from deft.runtime.consensus.kv import Command, KVStateMachine
+from deft.runtime.consensus.storage import DiskStorage, encode_record
+
 from .invariants import Observer
-from .linearizability import INFO, OK, Op, check_kv_history
+from .linearizability import INFO, check_kv_history
+from .sim_workload import Client, ClientWorkload
 
 TICK_MS = 10.0
 
@@ -67,7 +71,7 @@ class Faults:
 @dataclass
 class SimNode:
     id: int
-    storage: MemoryStorage
+    storage: MemoryStorage | DiskStorage
     rng: random.Random
     tick_ms: float
     core: RaftCore | None = None
@@ -78,22 +82,13 @@ class SimNode:
     confirmed: list[tuple[int, bytes]] = field(default_factory=list)  # (read index, ctx)
 
 
-@dataclass
-class Client:
-    id: str
-    target: int
-    seq: int = 0
-    attempt: int = 0
-    op: Op | None = None
-    cmd: bytes = b""
-    last_seen: dict[str, Any] = field(default_factory=dict)
-    read_index: bool = False  # serve the current get by ReadIndex instead of the log
-
-
-class Simulation:
+class Simulation(ClientWorkload):
     def __init__(self, seed: int, *, n_nodes: int | None = None, faults: Faults | None = None,
                  fault_ms: float = 2500.0, quiet_ms: float = 2500.0, n_clients: int = 3,
-                 keys: tuple[str, ...] = ("x", "y"), compact_every: int | None = None) -> None:
+                 keys: tuple[str, ...] = ("x", "y"), compact_every: int | None = None,
+                 disk_dir: Path | None = None) -> None:
+        """``disk_dir``: keep each node's state in real files (DiskStorage, no fsync) there;
+        a crash then closes them and a restart replays them, torn writes included."""
         root = random.Random(seed)
         self.seed = seed
         self.net_rng = random.Random(root.getrandbits(64))
@@ -105,7 +100,8 @@ class Simulation:
         self.max_entries, self.max_inflight = root.choice((1, 4, 16)), root.choice((1, 4, 64))
         self.voters0 = tuple(range(1, n + 1))
         self.ids = self.voters0 + ((n + 1,) if self.faults.reconfig else ())
-        self.nodes = {i: SimNode(i, MemoryStorage(), random.Random(root.getrandbits(64)),
+        self.disk_dir = disk_dir
+        self.nodes = {i: SimNode(i, self._open_storage(i), random.Random(root.getrandbits(64)),
                                  TICK_MS * (1 + root.uniform(-1, 1) * self.faults.skew))
                       for i in self.ids}
         self.fault_ms, self.end_ms = fault_ms, fault_ms + quiet_ms
@@ -119,7 +115,7 @@ class Simulation:
         self.obs = Observer()
         self.history: list[Op] = []
         self.stats = {"events": 0, "msgs": 0, "crashes": 0, "snapshots_installed": 0,
-                      "conf_changes": 0}
+                      "conf_changes": 0, "torn_tails_repaired": 0}
         self.healed = False
 
     # -- event queue -------------------------------------------------------------------
@@ -135,17 +131,28 @@ class Simulation:
         if self.faults.chaos_ms:
             self.at(self.fault_rng.expovariate(1 / self.faults.chaos_ms), "chaos")
         self.at(self.fault_ms, "heal")
-        while self.events and self.events[0][0] <= self.end_ms:
-            self.now, _, kind, args = heapq.heappop(self.events)
-            self.stats["events"] += 1
-            getattr(self, "_on_" + kind)(*args)
-            self.obs.check({i: n.core for i, n in self.nodes.items() if n.core is not None})
+        try:
+            while self.events and self.events[0][0] <= self.end_ms:
+                self.now, _, kind, args = heapq.heappop(self.events)
+                self.stats["events"] += 1
+                getattr(self, "_on_" + kind)(*args)
+                self.obs.check({i: n.core for i, n in self.nodes.items() if n.core is not None})
+        finally:
+            self.close()
         self.stats["leaders"] = len(self.obs.leaders)
         self._check_end()
         return self
 
     # -- nodes -------------------------------------------------------------------------
+    def _open_storage(self, nid: int) -> MemoryStorage | DiskStorage:
+        if self.disk_dir is None:
+            return MemoryStorage()
+        return DiskStorage(self.disk_dir / f"n{nid}", fsync=False)
+
     def _start(self, node: SimNode) -> None:
+        if isinstance(node.storage, DiskStorage) and node.storage.closed:
+            node.storage = self._open_storage(node.id)  # after a crash: recover from the files
+            self.stats["torn_tails_repaired"] += node.storage.repaired_bytes > 0
         cfg = Config(node.id, self.voters0, election_tick=10, heartbeat_tick=2,
                      max_entries_per_msg=self.max_entries, max_inflight=self.max_inflight)
         node.core = RaftCore(cfg, node.storage, random.Random(node.rng.getrandbits(64)))
@@ -158,6 +165,8 @@ class Simulation:
 
     def _crash(self, node: SimNode) -> None:
         node.core = node.kv = None
+        if isinstance(node.storage, DiskStorage):
+            node.storage.close()
         self.stats["crashes"] += 1
 
     def _deferred(self, node: SimNode, kind: str, *args: Any) -> bool:
@@ -182,10 +191,7 @@ class Simulation:
             if not self.healed and self.fault_rng.random() < self.faults.crash_mid_ready:
                 # Crash while persisting: a prefix of the entries reached the disk
                 # (a torn write), the hard state did not; nothing was sent.
-                k = self.fault_rng.randint(0, len(rd.entries))
-                if k and rd.snapshot is None:
-                    node.storage.save(None, rd.entries[:k])
-                    self.obs.on_persist(node.id, None, rd.entries[:k], node.storage)
+                self._torn_write(node, rd.entries)
                 self._crash(node)
                 return
             node.storage.save(rd.hard_state, rd.entries, rd.snapshot)
@@ -227,6 +233,18 @@ class Simulation:
             snap = core.compact(core.log.applied, kv.snapshot())
             node.storage.compact(snap)
             self.obs.on_snapshot(node.id, snap)
+
+    def _torn_write(self, node: SimNode, entries: tuple[Entry, ...]) -> None:
+        """Part of a Ready's entries reaches the disk before the crash."""
+        if isinstance(node.storage, DiskStorage):
+            raw = b"".join(encode_record(e) for e in entries)
+            node.storage._log.write(raw[:self.fault_rng.randint(0, len(raw))])  # cut anywhere
+            node.storage._log.flush()
+        else:
+            k = self.fault_rng.randint(0, len(entries))
+            if k:
+                node.storage.save(None, entries[:k])
+                self.obs.on_persist(node.id, None, entries[:k], node.storage)
 
     def _apply(self, node: SimNode, data: bytes) -> None:
         assert node.kv is not None
@@ -331,81 +349,12 @@ class Simulation:
             if node.core is None:
                 self._start(node)
 
-    # -- clients -----------------------------------------------------------------------
-    def _on_client(self, c: Client) -> None:
-        """Start the client's next operation (one outstanding at a time)."""
-        if self.now > self.fault_ms + (self.end_ms - self.fault_ms) / 3:
-            return  # stop issuing; operations in flight must still finish
-        rng = self.client_rng
-        c.seq += 1
-        key = rng.choice(self.keys)
-        kind = rng.choice(("put", "put", "get", "get", "compare_and_set"))
-        value = f"{c.id}-{c.seq}"
-        args: tuple[Any, ...] = {"put": (value,), "get": (),
-                                 "compare_and_set": (c.last_seen.get(key), value)}[kind]
-        self.clock += 1
-        c.op = Op(client=c.id, key=key, kind=kind, args=args, call=self.clock)
-        c.cmd = Command(c.id, c.seq, kind, key, args).encode()
-        c.read_index = rng.random() < 0.5
-        self._attempt(c)
-
-    def _attempt(self, c: Client) -> None:
-        c.attempt += 1
-        self.at(self.now + self.net_rng.uniform(1, 5), "request", c, c.seq, c.target)
-        self.at(self.now + 300, "timeout", c, c.seq, c.attempt)
-
-    def _on_request(self, c: Client, seq: int, target: int) -> None:
-        node = self.nodes[target]
-        if node.core is None or seq != c.seq or c.op is None:
-            return  # node down, or the operation already finished
-        if self._deferred(node, "request", c, seq, target):
-            return
-        try:
-            if c.op.kind == "get" and c.read_index:
-                ctx = f"{c.id}:{seq}:{c.attempt}".encode()
-                node.core.read_index(ctx)
-                node.reads[ctx] = (c.id, seq, c.op.key)
-            else:
-                node.core.propose(c.cmd)
-                node.waiting.add((c.id, seq))
-        except NotLeader as e:
-            self.at(self.now + self.net_rng.uniform(1, 5), "redirect", c, seq, e.leader_hint)
-            return
-        except NotReady:
-            self.at(self.now + self.net_rng.uniform(1, 5), "redirect", c, seq, target)
-            return
-        self._process(node)
-
-    def _on_redirect(self, c: Client, seq: int, hint: int | None) -> None:
-        if seq == c.seq and c.op is not None:
-            c.target = hint if hint is not None else self.client_rng.choice(self.ids)
-            self.at(self.now + 10, "retry", c, seq)
-
-    def _on_retry(self, c: Client, seq: int) -> None:
-        if seq == c.seq and c.op is not None:
-            self._attempt(c)
-
-    def _on_timeout(self, c: Client, seq: int, attempt: int) -> None:
-        if seq == c.seq and attempt == c.attempt and c.op is not None:
-            c.target = self.client_rng.choice(self.ids)
-            self._attempt(c)  # same (client, seq): applied at most once
-
-    def _on_reply(self, client_id: str, seq: int, result: Any) -> None:
-        c = next(c for c in self.clients if c.id == client_id)
-        if seq != c.seq or c.op is None:
-            return  # a duplicate answer to a finished operation
-        self.clock += 1
-        op = c.op
-        op.ret, op.output, op.status = self.clock, result, OK
-        if op.kind == "get":
-            c.last_seen[op.key] = result
-        elif op.kind == "put" or (op.kind == "compare_and_set" and result):
-            c.last_seen[op.key] = op.args[-1]
-        self.history.append(op)
-        c.op = None
-        self.at(self.now + self.client_rng.uniform(0, 20), "client", c)
-
     # -- end of run --------------------------------------------------------------------
+    def close(self) -> None:
+        for node in self.nodes.values():
+            if isinstance(node.storage, DiskStorage):
+                node.storage.close()
+
     def _check_end(self) -> None:
         for c in self.clients:
             if c.op is not None:  # unanswered: it may or may not have taken effect

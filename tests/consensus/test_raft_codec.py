@@ -11,6 +11,7 @@ MESSAGES = [
     Message(MsgType.APP, 1, 3, 4, log_term=4, index=7, commit=6,
             entries=(Entry(4, 8, b"\x00\xffbin"), Entry(4, 9, b"", EntryKind.NOOP))),
     Message(MsgType.APP_RESP, 3, 1, 4, index=7, reject=True, reject_hint=5, log_term=2),
+    Message(MsgType.HEARTBEAT_RESP, 3, 1, 4, context=b"read\x00id"),
     Message(MsgType.SNAP, 1, 2, 5, snapshot=Snapshot(10, 4, b"state")),
     Message(MsgType.SNAP, 1, 2, 5, snapshot=Snapshot(10, 4, b"s", Membership.of([1, 2], [3]))),
 ]

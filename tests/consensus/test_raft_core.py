@@ -154,3 +154,28 @@ def test_learner_and_non_member_never_campaign() -> None:
         core.tick()
     core.campaign()
     assert core.role is Role.FOLLOWER and core.term == 0 and core.ready() is None
+
+
+def test_read_index_on_a_single_node_is_immediate() -> None:
+    core = RaftCore(Config(1, (1,)), MemoryStorage(), random.Random(0))
+    core.campaign()
+    core.read_index(b"r")
+    rd = core.ready()
+    assert rd is not None and [(s.index, s.context) for s in rd.read_states] == [(1, b"r")]
+
+
+def test_read_index_confirms_older_pending_reads_too() -> None:
+    env = cluster()
+    leader = env.core(1)
+    leader.read_index(b"a")
+    leader.read_index(b"b")
+    env.run("process-ready 1")
+    # Only read b's heartbeat reaches node 2: its ack also confirms the older read a.
+    env.network = [m for m in env.network if m.context == b"b" and m.dst == 2]
+    env.run("deliver-msgs")
+    env.run("process-ready 2")
+    env.run("deliver-msgs from=2 type=MsgHeartbeatResp")
+    rd = leader.ready()
+    assert rd is not None and [s.context for s in rd.read_states] == [b"a", b"b"]
+    with pytest.raises(NotLeader):
+        env.core(2).read_index(b"c")

@@ -2,10 +2,11 @@
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
-from deft.runtime.consensus import HardState, core, log
+from deft.runtime.consensus import HardState, NotLeader, ReadState, Role, core, log
 
 from .sim import Faults, Simulation
 
@@ -40,13 +41,24 @@ def test_heavy_faults_still_converge_after_healing() -> None:
 
 
 # The checkers must catch known bugs: each mutation below breaks Raft on purpose.
-def _fails_somewhere(seeds: range) -> bool:
+def _fails_somewhere(seeds: range, faults: Faults | None = None) -> bool:
     for seed in seeds:
         try:
-            Simulation(seed).run()
+            Simulation(seed, faults=faults).run()
         except Exception:
             return True
     return False
+
+
+def test_catches_reads_served_without_confirming_leadership(monkeypatch: pytest.MonkeyPatch) -> None:
+    def unconfirmed_read(self: core.RaftCore, context: bytes) -> None:
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.id, self.lead)
+        self.read_states.append(ReadState(self.log.committed, context))  # no heartbeat round
+
+    monkeypatch.setattr(core.RaftCore, "read_index", unconfirmed_read)
+    # A paused old leader wakes up still believing it leads: a stale read.
+    assert _fails_somewhere(range(60), Faults(chaos_ms=150, pause=True))
 
 
 def test_catches_voting_for_a_stale_log(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -71,3 +83,15 @@ def test_catches_truncating_matching_entries(monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setattr(log.RaftLog, "maybe_append", pysyncobj_append)
     assert _fails_somewhere(range(40))
+
+
+@pytest.mark.parametrize("seed", range(int(os.environ.get("RAFT_DISK_SEEDS", "12"))))
+def test_seed_on_disk(seed: int, tmp_path: Path) -> None:
+    """The same simulation with real files: crashes close them, restarts replay them."""
+    heavy_disk = Faults(drop=0.05, chaos_ms=150, crash=True, crash_mid_ready=0.03, partition=True)
+    try:
+        Simulation(seed, faults=heavy_disk, disk_dir=tmp_path, compact_every=10).run()
+    except Exception as e:
+        repro = (f"RAFT_DISK_SEEDS={seed + 1} {sys.executable} -m pytest -q "
+                 f"'tests/consensus/test_raft_sim.py::test_seed_on_disk[{seed}]'")
+        raise AssertionError(f"seed {seed} on disk failed: {type(e).__name__}: {e}\nrepro: {repro}") from e

@@ -1,0 +1,1 @@
+"""The controller: failure detection (heartbeats), and later placement, flow rules and failover."""

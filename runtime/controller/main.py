@@ -1,0 +1,190 @@
+"""``deft-controller --config controller.toml``: failure detection and the cluster's status.
+
+    [controller]
+    control = "tcp://127.0.0.1:7000"      # ROUTER for deft-ctl --controller
+    heartbeats = "tcp://127.0.0.1:7001"   # SUB, bound here; node supervisors connect their PUB
+    heartbeat_ms = 10                     # expected beat interval of the nodes
+    miss_limit = 5                        # a node silent for heartbeat_ms x miss_limit has failed
+                                          # (3 gave false suspicions on a loaded 2-core machine)
+
+One poll loop: heartbeats and failure notices in (garbage frames are counted
+and ignored), the failure detector ticked every heartbeat_ms, deft-ctl
+requests answered. Requests: ``status``, and the drills ``fail`` with
+``{"what": "nf"|"node", "id": ...}``, which ask the owning node's supervisor to
+SIGKILL the process (an instance id is ``<node>/nf<i>``).
+
+Placement, flow rules and failover orchestration are issue 3's next steps;
+today the controller detects and reports failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import zmq
+
+from deft.runtime import wire
+from deft.runtime.control import ControlServer
+from deft.runtime.controller.view import ClusterView
+from deft.runtime.errors import ConfigError, DeftError, WireError
+from deft.runtime.params import Params
+from deft.runtime.procs.common import StopFlag, boost_priority, setup_logging
+from deft.runtime.sockets import make_socket
+
+
+@dataclasses.dataclass(frozen=True)
+class ControllerConfig:
+    source: str
+    control: str
+    heartbeats: str
+    heartbeat_ms: int
+    miss_limit: int
+
+
+def load_controller_config(path: str | Path) -> ControllerConfig:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    unknown = sorted(set(raw) - {"controller"})
+    if unknown:
+        raise ConfigError(f"{path}: [{unknown[0]}]: unknown section (known: controller)")
+    p = Params(raw.get("controller", {}), str(path), "controller")
+    cfg = ControllerConfig(
+        source=str(path),
+        control=p.url("control", ("tcp", "ipc"), "tcp://127.0.0.1:7000"),
+        heartbeats=p.url("heartbeats", ("tcp", "ipc"), "tcp://127.0.0.1:7001"),
+        heartbeat_ms=p.int("heartbeat_ms", 10, min=1, max=10_000),
+        miss_limit=p.int("miss_limit", 5, min=1, max=1000),
+    )
+    p.check_unknown()
+    return cfg
+
+
+def now_ms() -> float:
+    return time.monotonic_ns() / 1e6
+
+
+class Controller:
+    def __init__(self, cfg: ControllerConfig, stop, log: logging.Logger):
+        self.cfg = cfg
+        self.stop = stop
+        self.log = log
+        self.view = ClusterView(cfg.heartbeat_ms, cfg.miss_limit)
+        self.counters = {"heartbeats": 0, "failure_notices": 0, "bad_frames": 0}
+        self.zctx = zmq.Context()
+        try:
+            self.sub = make_socket(self.zctx, zmq.SUB, bind=cfg.heartbeats)
+            self.sub.subscribe(b"")
+            self.control = ControlServer(self.zctx, cfg.control, {"status": self.status, "fail": self.fail}, log)
+        except zmq.ZMQError as exc:
+            self.zctx.destroy(linger=0)
+            raise DeftError(f"{cfg.source}: [controller] cannot bind: {exc}") from None
+        self.started = time.time()
+
+    def status(self, request: dict) -> dict:
+        return {"controller": {"pid": os.getpid(), "uptime_s": round(time.time() - self.started, 3),
+                               "heartbeat_ms": self.cfg.heartbeat_ms, "miss_limit": self.cfg.miss_limit,
+                               "counters": {**self.counters, "bad_requests": self.control.bad_requests}},
+                **self.view.status(now_ms())}
+
+    def fail(self, request: dict) -> dict:
+        """Drill: have the owning supervisor SIGKILL an NF worker or itself."""
+        from deft.tools.ctl import NoAnswer, query
+
+        what, ident = request.get("what"), request.get("id")
+        if what == "node":
+            node, target = self.view.nodes.get(ident), "node"
+        elif what == "nf" and isinstance(ident, str) and "/" in ident:
+            node_id, target = ident.split("/", 1)
+            node = self.view.nodes.get(node_id)
+        else:
+            raise ValueError('expected {"what": "nf", "id": "<node>/nf<i>"} or {"what": "node", "id": "<node>"}')
+        if node is None or node.state != "up":
+            raise ValueError(f"no live node for {ident!r}")
+        try:
+            reply = query(node.control, {"cmd": "kill", "target": target}, 1000)
+        except NoAnswer as exc:
+            raise ValueError(str(exc)) from None
+        if not reply.get("ok"):
+            raise ValueError(reply.get("error"))
+        self.log.warning("drill: killed %s %s (pid %s)", what, ident, reply["pid"])
+        return {"killed": ident, "pid": reply["pid"]}
+
+    def on_message(self, frames: list[bytes]) -> None:
+        try:
+            kind, header = wire.decode(frames)
+        except WireError as exc:
+            self.counters["bad_frames"] += 1
+            if self.counters["bad_frames"] <= 10:
+                self.log.warning("ignored a bad frame on the heartbeat socket: %s", exc)
+            return
+        if kind == wire.HEARTBEAT:
+            self.counters["heartbeats"] += 1
+            self.view.on_heartbeat(header, now_ms())
+        else:
+            self.counters["failure_notices"] += 1
+            self.view.on_failed(header, now_ms())
+            self.log.warning("%s/%s (pid %s) failed, exit %s", header["node"], header["process"], header["pid"],
+                             header["exit"])
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sub, zmq.POLLIN)
+        poller.register(self.control.sock, zmq.POLLIN)
+        next_tick = now_ms()
+        self.log.info("controller up: control %s, heartbeats %s (%d ms x %d)", self.cfg.control,
+                      self.cfg.heartbeats, self.cfg.heartbeat_ms, self.cfg.miss_limit)
+        try:
+            while not self.stop:
+                events = dict(poller.poll(max(0, min(self.cfg.heartbeat_ms, next_tick - now_ms()))))
+                if self.sub in events:
+                    for _ in range(1000):  # drain what is there, then look at the rest
+                        try:
+                            self.on_message(self.sub.recv_multipart(zmq.NOBLOCK))
+                        except zmq.Again:
+                            break
+                if self.control.sock in events:
+                    self.control.handle_one()
+                if now_ms() >= next_tick:
+                    for node in self.view.tick(now_ms()):
+                        self.log.warning("node %s failed (no heartbeat for %d x %d ms)", node,
+                                         self.cfg.miss_limit, self.cfg.heartbeat_ms)
+                    next_tick = now_ms() + self.cfg.heartbeat_ms
+        finally:
+            self.sub.close()
+            self.control.close()
+            self.zctx.term()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="deft-controller", description="Run the DEFT controller.")
+    parser.add_argument("--config", required=True)
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_controller_config(args.config)
+    except DeftError as exc:
+        print(f"deft-controller: error: {exc}", file=sys.stderr)
+        return 2
+    log = setup_logging("controller")
+    boost_priority()
+    try:
+        Controller(cfg, StopFlag(), log).run()
+    except DeftError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""The controller's view of the cluster, built from heartbeats and failure notices.
+
+Pure: messages and time (ms) in, state and events out. The failure detection
+unit (``FailureDetector``) decides when a silent node has failed; a FAILED
+notice from a node's supervisor marks one of its processes failed at once.
+Events (joined, failed, recovered, restarted) are kept, newest last, with the
+time from failure to recovery where there was one.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Any
+
+from deft.runtime.controller.detector import FailureDetector
+
+EVENTS_KEPT = 200
+
+
+@dataclasses.dataclass
+class InstanceInfo:
+    id: str
+    node: str
+    index: int
+    pid: int | None
+    state: str = "up"            # up | failed
+    restarts: int = 0
+    failed_at_ms: float | None = None
+    role: str = "primary"        # replication (issue 3) adds secondaries and peers
+    peer: str | None = None
+
+
+@dataclasses.dataclass
+class NodeInfo:
+    id: str
+    pid: int
+    control: str
+    state: str = "up"            # up | failed
+    seq: int = 0
+    beats: int = 0
+    instances: dict[str, InstanceInfo] = dataclasses.field(default_factory=dict)
+
+
+class ClusterView:
+    def __init__(self, heartbeat_ms: float, miss_limit: int):
+        self.fdu = FailureDetector(heartbeat_ms, miss_limit)
+        self.nodes: dict[str, NodeInfo] = {}
+        self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=EVENTS_KEPT)
+        self.false_suspicions = 0
+
+    def _event(self, now_ms: float, what: str, **details: Any) -> None:
+        self.events.append({"t_ms": round(now_ms, 3), "event": what, **details})
+
+    def on_heartbeat(self, hb: dict[str, Any], now_ms: float) -> None:
+        news = self.fdu.observe(hb["node"], now_ms)
+        node = self.nodes.get(hb["node"])
+        if node is None or node.pid != hb["pid"]:
+            if node is not None and node.pid != hb["pid"]:
+                self._event(now_ms, "node_restarted", node=hb["node"], old_pid=node.pid, pid=hb["pid"])
+            node = self.nodes[hb["node"]] = NodeInfo(hb["node"], hb["pid"], hb["control"])
+            if news == "joined":
+                self._event(now_ms, "node_joined", node=node.id, pid=node.pid)
+        elif news == "recovered":
+            # same supervisor pid: it was never gone, only late (a false suspicion)
+            self.false_suspicions += 1
+            self._event(now_ms, "node_recovered", node=node.id)
+        if hb["seq"] <= node.seq and news is None:
+            return  # a late or duplicated beat: nothing new in it
+        node.state, node.seq, node.beats = "up", max(node.seq, hb["seq"]), node.beats + 1
+        for inst in hb["instances"]:
+            self._update_instance(node, inst, now_ms)
+
+    def _update_instance(self, node: NodeInfo, inst: dict[str, Any], now_ms: float) -> None:
+        info = node.instances.get(inst["id"])
+        if info is None:
+            info = node.instances[inst["id"]] = InstanceInfo(inst["id"], node.id, inst["index"], inst["pid"])
+        if inst["alive"] and info.state == "failed":
+            took = None if info.failed_at_ms is None else round(now_ms - info.failed_at_ms, 3)
+            self._event(now_ms, "instance_recovered", instance=info.id, pid=inst["pid"], recovery_ms=took)
+            info.state, info.failed_at_ms = "up", None
+        elif not inst["alive"] and info.state == "up":
+            self._mark_failed(info, now_ms, "reported dead by its node")
+        info.pid, info.restarts = inst["pid"], inst["restarts"]
+
+    def _mark_failed(self, info: InstanceInfo, now_ms: float, why: str) -> None:
+        info.state, info.failed_at_ms = "failed", now_ms
+        self._event(now_ms, "instance_failed", instance=info.id, pid=info.pid, why=why)
+
+    def on_failed(self, notice: dict[str, Any], now_ms: float) -> None:
+        node = self.nodes.get(notice["node"])
+        if node is None:
+            return
+        process = notice["process"]
+        inst_id = f"{node.id}/{process}"
+        info = node.instances.get(inst_id)
+        if info is not None and info.state == "up":
+            self._mark_failed(info, now_ms, f"exited with {notice['exit']}")
+        elif info is None:
+            self._event(now_ms, "process_failed", node=node.id, process=process, pid=notice["pid"],
+                        exit=notice["exit"])
+
+    def tick(self, now_ms: float) -> list[str]:
+        """Declare silent nodes failed (with all their instances); return the nodes that just failed."""
+        failed = self.fdu.expired(now_ms)
+        for name in failed:
+            node = self.nodes[name]
+            node.state = "failed"
+            self._event(now_ms, "node_failed", node=name, pid=node.pid,
+                        silence_ms=round(self.fdu.silence_ms(name, now_ms), 3))
+            for info in node.instances.values():
+                if info.state == "up":
+                    self._mark_failed(info, now_ms, "its node failed")
+        return failed
+
+    def status(self, now_ms: float) -> dict[str, Any]:
+        nodes, instances = [], []
+        for node in sorted(self.nodes.values(), key=lambda n: n.id):
+            nodes.append({"id": node.id, "pid": node.pid, "state": node.state, "control": node.control,
+                          "beats": node.beats, "silence_ms": round(self.fdu.silence_ms(node.id, now_ms), 3)})
+            for info in sorted(node.instances.values(), key=lambda i: i.index):
+                instances.append({"id": info.id, "node": info.node, "role": info.role, "peer": info.peer,
+                                  "pid": info.pid, "state": info.state, "restarts": info.restarts})
+        return {"nodes": nodes, "instances": instances, "events": list(self.events),
+                "false_suspicions": self.false_suspicions}

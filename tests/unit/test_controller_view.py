@@ -1,0 +1,68 @@
+"""The controller's cluster view: joins, node failure by silence, instance failure by notice, recovery."""
+
+from __future__ import annotations
+
+from deft.runtime.controller.view import ClusterView
+
+
+def beat(node="n1", pid=100, seq=1, alive=(True, True), pids=(11, 12)):
+    return {"node": node, "pid": pid, "seq": seq, "control": "tcp://127.0.0.1:1",
+            "instances": [{"id": f"{node}/nf{i}", "index": i, "pid": p, "alive": a, "restarts": 0}
+                          for i, (a, p) in enumerate(zip(alive, pids))]}
+
+
+def events(view):
+    return [e["event"] for e in view.events]
+
+
+def test_join_then_silence_fails_the_node_and_its_instances():
+    v = ClusterView(heartbeat_ms=10, miss_limit=3)
+    v.on_heartbeat(beat(seq=1), 0)
+    v.on_heartbeat(beat(seq=2), 10)
+    assert v.tick(35) == []
+    assert v.tick(41) == ["n1"]
+    st = v.status(41)
+    assert st["nodes"][0]["state"] == "failed"
+    assert [i["state"] for i in st["instances"]] == ["failed", "failed"]
+    assert events(v) == ["node_joined", "node_failed", "instance_failed", "instance_failed"]
+
+
+def test_failure_notice_is_immediate_and_recovery_is_timed():
+    v = ClusterView(10, 3)
+    v.on_heartbeat(beat(seq=1), 0)
+    v.on_failed({"node": "n1", "process": "nf1", "pid": 12, "exit": -9}, 5)
+    assert v.status(5)["instances"][1]["state"] == "failed"
+    v.on_heartbeat(beat(seq=2, pids=(11, 99)), 212)
+    inst = v.status(212)["instances"][1]
+    assert inst["state"] == "up" and inst["pid"] == 99
+    assert v.events[-1]["event"] == "instance_recovered" and v.events[-1]["recovery_ms"] == 207
+
+
+def test_stale_and_duplicate_beats_change_nothing():
+    v = ClusterView(10, 3)
+    v.on_heartbeat(beat(seq=5), 0)
+    v.on_heartbeat(beat(seq=4, alive=(False, True)), 1)
+    assert v.status(1)["instances"][0]["state"] == "up"
+
+
+def test_a_restarted_supervisor_is_a_new_node_incarnation():
+    v = ClusterView(10, 3)
+    v.on_heartbeat(beat(pid=100, seq=9), 0)
+    v.tick(100)
+    v.on_heartbeat(beat(pid=200, seq=1), 150)
+    assert v.status(150)["nodes"][0]["pid"] == 200 and v.status(150)["nodes"][0]["state"] == "up"
+    assert "node_restarted" in events(v)
+
+
+def test_a_notice_from_an_unknown_node_is_ignored():
+    v = ClusterView(10, 3)
+    v.on_failed({"node": "ghost", "process": "nf0", "pid": 1, "exit": 1}, 0)
+    assert v.status(0) == {"nodes": [], "instances": [], "events": [], "false_suspicions": 0}
+
+
+def test_a_late_node_that_comes_back_is_counted_as_a_false_suspicion():
+    v = ClusterView(10, 3)
+    v.on_heartbeat(beat(seq=1), 0)
+    v.tick(50)
+    v.on_heartbeat(beat(seq=2), 55)
+    assert v.status(55)["false_suspicions"] == 1 and v.status(55)["nodes"][0]["state"] == "up"
