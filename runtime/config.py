@@ -25,6 +25,7 @@ Reference (defaults in brackets)::
     ring_slots = 4096                     # slots of each ingress -> unit ring (power of two)
     rcvbuf = 8388608                      # SO_RCVBUF of the VXLAN socket, bytes
     flow_idle_s = 300                     # stamper forgets flows idle this long
+    flows_per_unit = 262144               # flow table slots of each stamping unit (40 bytes each, in shm)
 
     [egress]
     send_to = "udp://127.0.0.1:4790"      # udp://HOST:PORT (VXLAN) or shm://NAME
@@ -73,6 +74,7 @@ class IngressSection:
     ring_slots: int
     rcvbuf: int
     flow_idle_s: float
+    flows_per_unit: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +150,7 @@ def parse_config(raw: dict, source: str = "<config>") -> NodeConfig:
         ring_slots=_power_of_two(p, "ring_slots", 4096),
         rcvbuf=p.int("rcvbuf", 8 << 20, min=0),
         flow_idle_s=p.float("flow_idle_s", 300.0, min=0.001),
+        flows_per_unit=p.int("flows_per_unit", 1 << 18, min=16, max=1 << 26),
     )
     p.check_unknown()
     if ingress.listen.startswith("pcap://"):

@@ -33,7 +33,9 @@ from deft.runtime.errors import DeftError
 from deft.runtime.heartbeat import Heartbeats
 from deft.runtime.params import split_host_port
 from deft.runtime.procs import egress, ingress, unit, worker
+from deft.runtime.dataplane.stamper import StamperTable
 from deft.runtime.ring import Doorbell, Ring, cleanup_node
+from deft.runtime.ring.shm import create_segment, unlink_segment
 from deft.runtime.stats import CounterBlock
 from deft.runtime.topology import Topology
 
@@ -84,6 +86,7 @@ class Supervisor:
         self.bells: list[Doorbell] = []
         self.stats: dict[str, CounterBlock] = {}
         self.rules: FlowRules | None = None
+        self.segments: list[tuple[str, object]] = []
         self.children: list[Child] = []
         self.zctx = zmq.Context()
         self.control: ControlServer | None = None
@@ -98,6 +101,11 @@ class Supervisor:
             self.log.warning("removed %d leftover shared-memory objects of node %s", len(removed), topo.node_id)
         for u in topo.units:
             self._ring(topo.unit_ring(u), cfg.ingress.ring_slots)
+            # the stamper's flow table outlives its unit process: a restarted unit continues every flow
+            size = StamperTable.nbytes(cfg.ingress.flows_per_unit)
+            mm = create_segment(topo.stamper_table(u), size)
+            StamperTable.over(mm, cfg.ingress.flows_per_unit, fresh=True)
+            self.segments.append((topo.stamper_table(u), mm))
             self.bells.append(Doorbell.create(topo.unit_bell(u)))
             self.stats[f"unit{u}"] = CounterBlock.create(topo.stats(f"unit{u}"), unit.COUNTERS)
         for i in topo.instances:
@@ -128,6 +136,12 @@ class Supervisor:
             block.close()
         if self.rules:
             self.rules.close()
+        for name, mm in self.segments:
+            try:
+                mm.close()
+            except BufferError:
+                pass
+            unlink_segment(name)
         cleanup_node(self.topo.node_id)  # belt and braces: nothing of ours may stay in /dev/shm
 
     # -- processes ----------------------------------------------------------

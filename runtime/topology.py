@@ -76,6 +76,9 @@ class Topology:
         return self._name("bell.ingress")
 
     # flow rules and counters
+    def stamper_table(self, u: int) -> str:
+        return self._name(f"stamper.u{u}")
+
     def rules(self) -> str:
         return self._name("rules")
 

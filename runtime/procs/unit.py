@@ -22,13 +22,15 @@ import numpy as np
 
 from deft.runtime.dataplane.flowrules import FlowRules
 from deft.runtime.dataplane.packet import PACKET_DTYPE
-from deft.runtime.dataplane.stamper import Stamper, bucket_of
+from deft.runtime.dataplane.stamper import Stamper, StamperTable, bucket_of
 from deft.runtime.ring import Doorbell, Ring
+from deft.runtime.ring.shm import attach_segment
 from deft.runtime.stats import CounterBlock
 from deft.runtime.topology import Topology
 
 MAX_BATCH = 256
-COUNTERS = ["ready", "received", "stamped", "blocked", "dropped_stalled", "new_flows", "flows", "expired"]
+COUNTERS = ["ready", "received", "stamped", "blocked", "dropped_stalled", "table_full", "new_flows", "flows",
+            "expired"]
 STALL_S = 1.0  # an instance whose ring stays full this long is treated as stuck
 
 
@@ -101,7 +103,11 @@ class StampingUnit:
         self.out_bells = [Doorbell.attach(topo.nf_bell(i)) for i in topo.instances]
         self.flow_rules = FlowRules.attach(topo.rules())
         self.stats = CounterBlock.attach(topo.stats(f"unit{index}"))
-        self.stamper = Stamper(index)
+        capacity = topo.config.ingress.flows_per_unit
+        self._table_mm = attach_segment(topo.stamper_table(index))
+        self.stamper = Stamper(index, table=StamperTable.over(self._table_mm, capacity, fresh=False))
+        # a predecessor may have died in the middle of a batch: undo it (or keep it, if released)
+        self.recovered = self.stamper.recover(ring_head=self.in_ring.popped)
         self.watch = StallWatch()
         self.idle_ns = int(topo.config.ingress.flow_idle_s * 1e9)
         self.next_expiry = time.monotonic() + 1.0
@@ -128,7 +134,10 @@ class StampingUnit:
             whole = len(picked) == consumed
             batch = view[:consumed] if whole else view[picked]
             instance = instance[:consumed] if whole else instance[picked]
-        self.stamper.stamp(batch)
+        ok = self.stamper.stamp(batch, ring_head=self.in_ring.popped)
+        if not ok.all():  # flow table full: new flows without a slot are dropped unstamped
+            self._v[self._i["table_full"]] += int((~ok).sum())
+            batch, instance = batch[ok], instance[ok]
         if self.n_inst == 1:
             self.out_rings[0].push_some(batch)
             self.out_bells[0].ring()
@@ -138,6 +147,7 @@ class StampingUnit:
                     self.out_rings[i].push_some(batch, part)
                     self.out_bells[i].ring()
         self.in_ring.release(consumed)
+        self.stamper.commit()  # after the release: a crash before it rolls the batch back
         self._v[self._i["received"]] += consumed
         self._v[self._i["stamped"]] += len(batch)
         return consumed
@@ -160,11 +170,17 @@ class StampingUnit:
             r.close()
         self.flow_rules.close()
         self.stats.close()
+        self.stamper = None  # drop the views before the mapping goes
+        try:
+            self._table_mm.close()
+        except BufferError:
+            pass
 
 
 def run(topo: Topology, index: int, stop, log, restarted: bool = False) -> None:
     unit = StampingUnit(topo, index)
-    log.info("stamping unit %d up (%d NF instance(s))", index, unit.n_inst)
+    log.info("stamping unit %d up (%d NF instance(s), %d flows carried over, journal %s)", index, unit.n_inst,
+             len(unit.stamper), unit.recovered)
     unit.stats.set("ready", 1)
     try:
         while not stop:

@@ -169,3 +169,27 @@ def test_any_killed_process_is_restarted_and_the_node_carries_traffic_again(star
     assert proc["restarts"] == 1 and proc["ready"] and proc["pid"] != victim["pid"]
     report = run_trafficgen(node, tmp_path, "--flows", "100", "--rate", "3000", "--packets", "3000")
     assert (report["lost"], report["duplicated"], report["reordered"]) == (0, 0, 0)
+
+
+def test_stamping_unit_killed_repeatedly_under_traffic_loses_and_duplicates_nothing(start_node, tmp_path):
+    """The unit's flow table and batch journal live in shared memory: a restarted unit rolls back the
+    batch it died in, stamps it again identically, and every flow keeps its id and seq numbering."""
+    node = start_node(kind="nat", instances=2)
+    kills = []
+
+    def killer():
+        for _ in range(3):
+            time.sleep(0.9)
+            pid = node.status()["units"][0]["pid"]
+            kills.append(pid)
+            os.kill(pid, signal.SIGKILL)
+
+    t = threading.Thread(target=killer)
+    t.start()
+    report = run_trafficgen(node, tmp_path, "--flows", "300", "--rate", "2500", "--packets", "10000")
+    t.join()
+    st = node.status()
+    assert st["units"][0]["restarts"] == 3 and len(set(kills)) == 3
+    assert (report["lost"], report["duplicated"], report["reordered"]) == (0, 0, 0)
+    assert st["units"][0]["counters"]["new_flows"] <= 300  # no flow got a second id
+    assert sum(i["nf_counters"]["new_flows"] for i in st["instances"]) == 300  # each flow got one port

@@ -86,11 +86,13 @@ def test_idle_flows_expire_and_come_back_with_a_new_id():
     assert b2["flow_id"][1] == old[1] and b2["seq"][1] == 2
 
 
-def test_table_grows_past_its_initial_capacity():
+def test_a_full_table_leaves_new_flows_unstamped_and_counts_them():
     s = Stamper(0, capacity=4)
-    b = flows_batch(list(range(100)))
-    s.stamp(b)
-    assert len(set(b["flow_id"].tolist())) == 100 and (b["seq"] == 1).all()
+    b = flows_batch([0, 1, 2, 3, 4, 0, 5])
+    ok = s.stamp(b)
+    assert ok.tolist() == [True, True, True, True, False, True, False]
+    assert b["seq"][ok].tolist() == [1, 1, 1, 1, 2]
+    assert s.table_full == 2 and len(s) == 4
 
 
 def test_unit_and_bucket_spread():
@@ -116,7 +118,7 @@ def test_small_and_large_batch_paths_stamp_alike(batches):
                 b["ts_ns"] = len(out)
                 s.stamp(b)
                 out.append((b["flow_id"].tolist(), b["seq"].tolist()))
-            return out + [s.last_ts[: len(s)].tolist()]
+            return out + [s.table.slots["last_ts"][: len(s)].tolist()]
         finally:
             stamper_module.SMALL_BATCH = saved
 
@@ -138,3 +140,57 @@ def test_flow_keys_read_from_bytes_equal_the_numpy_keys(fields):
     finally:
         stamper_module.SMALL_BATCH = saved
     assert stamper_module._flow_keys_few(b) == numpy_keys
+
+
+def test_state_in_a_shared_buffer_survives_a_new_stamper():
+    """A restarted unit attached to the same table continues every flow (same id, next seq)."""
+    from deft.runtime.dataplane.stamper import StamperTable
+
+    buf = bytearray(StamperTable.nbytes(64))
+    first = Stamper(2, table=StamperTable.over(buf, 64, fresh=True))
+    b = flows_batch([1, 2, 1])
+    first.stamp(b, ring_head=0)
+    first.commit()
+    second = Stamper(2, table=StamperTable.over(buf, 64, fresh=False))
+    b2 = flows_batch([2, 1, 9])
+    second.stamp(b2, ring_head=3)
+    assert b2["flow_id"][:2].tolist() == [b["flow_id"][1], b["flow_id"][0]]
+    assert b2["seq"].tolist() == [2, 3, 1]
+    assert b2["flow_id"][2] not in b["flow_id"].tolist()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 12), min_size=1, max_size=20), min_size=2, max_size=8),
+       st.integers(0, 7), st.booleans())
+def test_recovery_restamps_an_unreleased_batch_identically(batches, crash_at, released):
+    """Crash after stamping batch k (before commit): recovery rolls back or keeps, then all goes on alike."""
+    from deft.runtime.dataplane.stamper import StamperTable
+
+    crash_at %= len(batches)
+    reference = Stamper(1, capacity=256)
+    want = []
+    for flows in batches:
+        b = flows_batch(flows)
+        reference.stamp(b)
+        want.append(list(zip(b["flow_id"].tolist(), b["seq"].tolist())))
+
+    buf = bytearray(StamperTable.nbytes(256))
+    s = Stamper(1, table=StamperTable.over(buf, 256, fresh=True))
+    head, got = 0, []
+    for k, flows in enumerate(batches):
+        b = flows_batch(flows)
+        s.stamp(b, ring_head=head)
+        if k == crash_at:
+            if released:  # the batch was handed on and released: it stands
+                got.append(list(zip(b["flow_id"].tolist(), b["seq"].tolist())))
+                head += len(flows)
+            s = Stamper(1, table=StamperTable.over(buf, 256, fresh=False))   # the restarted unit
+            assert s.recover(ring_head=head) == ("kept" if released else "rolled back")
+            if released:
+                continue
+            b = flows_batch(flows)
+            s.stamp(b, ring_head=head)
+        got.append(list(zip(b["flow_id"].tolist(), b["seq"].tolist())))
+        head += len(flows)
+        s.commit()
+    assert got == want
