@@ -71,8 +71,12 @@ def load_controller_config(path: str | Path) -> ControllerConfig:
     return cfg
 
 
+_T0 = time.monotonic_ns()
+
+
 def now_ms() -> float:
-    return time.monotonic_ns() / 1e6
+    """Milliseconds since the controller started (event times read as such)."""
+    return (time.monotonic_ns() - _T0) / 1e6
 
 
 class Controller:

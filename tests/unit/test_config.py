@@ -73,7 +73,12 @@ def test_unreadable_and_invalid_toml(tmp_path):
 def test_shipped_examples_load():
     from pathlib import Path
 
-    examples = sorted(Path(__file__).resolve().parents[2].joinpath("examples").glob("*.toml"))
-    assert examples
+    from deft.runtime.controller.main import load_controller_config
+
+    examples = sorted(Path(__file__).resolve().parents[2].joinpath("examples").rglob("*.toml"))
+    assert len(examples) >= 8
     for path in examples:
-        load_config(path)
+        if path.name == "controller.toml":
+            load_controller_config(path)
+        else:
+            load_config(path)
