@@ -33,7 +33,7 @@ from deft.runtime.errors import DeftError
 from deft.runtime.heartbeat import Heartbeats
 from deft.runtime.params import split_host_port
 from deft.runtime.procs import egress, ingress, unit, worker
-from deft.runtime.dataplane.stamper import StamperTable
+from deft.runtime.dataplane.stamper import H_OWNER, StamperTable
 from deft.runtime.ring import Doorbell, Ring, cleanup_node
 from deft.runtime.ring.shm import create_segment, unlink_segment
 from deft.runtime.stats import CounterBlock
@@ -55,6 +55,7 @@ class Child:
     died_at: float = 0.0
     backoff: float = RESTART_BACKOFF_S
     last_exit: int | None = None
+    standby: subprocess.Popen | None = None  # stamping units: a started, waiting successor
 
     @property
     def key(self) -> str:
@@ -87,6 +88,8 @@ class Supervisor:
         self.stats: dict[str, CounterBlock] = {}
         self.rules: FlowRules | None = None
         self.segments: list[tuple[str, object]] = []
+        self.takeover_bells: list[Doorbell] = []
+        self.stamper_tables: list[StamperTable] = []
         self.children: list[Child] = []
         self.zctx = zmq.Context()
         self.control: ControlServer | None = None
@@ -104,9 +107,10 @@ class Supervisor:
             # the stamper's flow table outlives its unit process: a restarted unit continues every flow
             size = StamperTable.nbytes(cfg.ingress.flows_per_unit)
             mm = create_segment(topo.stamper_table(u), size)
-            StamperTable.over(mm, cfg.ingress.flows_per_unit, fresh=True)
+            self.stamper_tables.append(StamperTable.over(mm, cfg.ingress.flows_per_unit, fresh=True))
             self.segments.append((topo.stamper_table(u), mm))
             self.bells.append(Doorbell.create(topo.unit_bell(u)))
+            self.takeover_bells.append(Doorbell.create(topo.takeover_bell(u)))
             self.stats[f"unit{u}"] = CounterBlock.create(topo.stats(f"unit{u}"), unit.COUNTERS)
         for i in topo.instances:
             for u in topo.units:
@@ -130,12 +134,13 @@ class Supervisor:
     def close_shared(self) -> None:
         for ring in self.rings.values():
             ring.close()
-        for bell in self.bells:
+        for bell in self.bells + self.takeover_bells:
             bell.close()
         for block in self.stats.values():
             block.close()
         if self.rules:
             self.rules.close()
+        self.stamper_tables = []
         for name, mm in self.segments:
             try:
                 mm.close()
@@ -145,15 +150,43 @@ class Supervisor:
         cleanup_node(self.topo.node_id)  # belt and braces: nothing of ours may stay in /dev/shm
 
     # -- processes ----------------------------------------------------------
+    def _command(self, child: Child, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "deft.runtime.procs", child.role,
+                "--config", self.config_path, "--index", str(child.index), *extra]
+
     def spawn(self, child: Child) -> None:
-        cmd = [sys.executable, "-m", "deft.runtime.procs", child.role,
-               "--config", self.config_path, "--index", str(child.index)]
-        if child.restarts:
-            cmd.append("--restarted")
         self.stats[child.stats_key].set("ready", 0)  # the child sets it once it is attached and serving
-        child.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+        child.proc = subprocess.Popen(self._command(child, *(["--restarted"] if child.restarts else [])),
+                                      stdin=subprocess.DEVNULL)
         child.started_at = time.monotonic()
         self.log.info("started %s pid %d", child.key, child.proc.pid)
+        if child.role == "unit" and child.standby is None:
+            self.spawn_standby(child)
+
+    def spawn_standby(self, child: Child) -> None:
+        """A stamping unit's successor: imported and waiting, it takes over in milliseconds."""
+        child.standby = subprocess.Popen(self._command(child, "--standby"), stdin=subprocess.DEVNULL)
+        self.log.info("started %s standby pid %d", child.key, child.standby.pid)
+
+    def take_over(self, child: Child, now: float) -> bool:
+        """Promote a dead unit's standby (it resumes from the shared flow table); False if there is none."""
+        standby = child.standby
+        if standby is None or standby.poll() is not None:
+            return False
+        self.stats[child.stats_key].set("ready", 0)
+        child.proc, child.standby = standby, None
+        child.restarts += 1
+        child.started_at, child.died_at = now, 0.0
+        # name the new owner before waking it: a standby woken by a stale post sees it is not
+        # the one and waits again, so two units never work on one ring
+        self.stamper_tables[child.index].header[H_OWNER] = standby.pid
+        bell = self.takeover_bells[child.index]
+        while bell.wait(0):  # drop posts left by a standby that died before taking them
+            pass
+        bell.ring()
+        self.log.warning("%s standby pid %d takes over", child.key, standby.pid)
+        self.spawn_standby(child)
+        return True
 
     def start_children(self) -> None:
         self.children = [Child("egress", 0)]
@@ -166,6 +199,10 @@ class Supervisor:
     def reap_and_restart(self) -> None:
         now = time.monotonic()
         for child in self.children:
+            if child.standby is not None and child.standby.poll() is not None:
+                self.log.warning("%s standby (pid %d) exited with %s", child.key, child.standby.pid,
+                                 child.standby.returncode)
+                self.spawn_standby(child)
             if child.proc is None or child.proc.poll() is None:
                 continue
             if child.died_at == 0.0:
@@ -179,6 +216,8 @@ class Supervisor:
                     child.backoff = min(child.backoff * 2, RESTART_BACKOFF_MAX_S) if child.restarts else child.backoff
                 self.log.warning("%s (pid %d) exited with %s; restart in %.1f s", child.key, child.proc.pid,
                                  child.last_exit, child.backoff)
+            if child.role == "unit" and self.take_over(child, now):
+                continue
             if child.role == "worker" and not self.config.nf.restart:
                 continue
             if now - child.died_at >= child.backoff:
@@ -187,18 +226,17 @@ class Supervisor:
                 self.spawn(child)
 
     def stop_children(self) -> None:
-        for child in self.children:
-            if child.alive:
-                child.proc.terminate()
+        procs = [p for c in self.children for p in (c.proc, c.standby) if p is not None]
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
         deadline = time.monotonic() + STOP_GRACE_S
-        for child in self.children:
-            if child.proc is None:
-                continue
+        for proc in procs:
             try:
-                child.proc.wait(max(0.0, deadline - time.monotonic()))
+                proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                child.proc.kill()
-                child.proc.wait()
+                proc.kill()
+                proc.wait()
 
     # -- drills ---------------------------------------------------------------
     def on_kill(self, request: dict) -> dict:

@@ -66,6 +66,9 @@ class Topology:
     def unit_bell(self, u: int) -> str:
         return self._name(f"bell.u{u}")
 
+    def takeover_bell(self, u: int) -> str:
+        return self._name(f"bell.takeover.u{u}")
+
     def nf_bell(self, i: int) -> str:
         return self._name(f"bell.nf{i}")
 

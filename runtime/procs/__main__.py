@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--index", type=int, default=0)
     parser.add_argument("--restarted", action="store_true", help="started again after a crash")
+    parser.add_argument("--standby", action="store_true", help="wait, ready, until told to take over")
     args = parser.parse_args(argv)
     die_with_parent()
     normal_priority()
@@ -34,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
             from deft.runtime.procs.worker import run
         else:
             from deft.runtime.procs.egress import run
-        run(topo, args.index, stop, log, restarted=args.restarted)
+        if args.standby:
+            run(topo, args.index, stop, log, restarted=True, standby=True)
+        else:
+            run(topo, args.index, stop, log, restarted=args.restarted)
     except DeftError as exc:
         log.error("%s", exc)
         return 1

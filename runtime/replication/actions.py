@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 from deft.runtime.replication.messages import Commit, Message, Prepare, Sync, Vote
 
 

@@ -11,11 +11,26 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
-
-from deft.runtime.replication.actions import Action, Refused, Release, Send, WriteDecision
+from deft.runtime.replication.actions import (
+    Action,
+    Refused,
+    Release,
+    Send,
+    WriteDecision,
+)
 from deft.runtime.replication.errors import ProtocolMisuse, WindowFull
 from deft.runtime.replication.messages import (
-    STAMP_DTYPE, Commit, Delta, Missing, NeedFrom, Packets, Prepare, Sync, Vote, check_message, stamp_keys,
+    STAMP_DTYPE,
+    Commit,
+    Delta,
+    Missing,
+    NeedFrom,
+    Packets,
+    Prepare,
+    Sync,
+    Vote,
+    check_message,
+    stamp_keys,
 )
 
 

@@ -12,11 +12,24 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
-
 from deft.runtime.replication.actions import Action, Refused, Replay, Send, TakeOver
-from deft.runtime.replication.errors import InvariantViolation, NotSynced, ProtocolMisuse
+from deft.runtime.replication.errors import (
+    InvariantViolation,
+    NotSynced,
+    ProtocolMisuse,
+)
 from deft.runtime.replication.messages import (
-    STAMP_DTYPE, Commit, Missing, NeedFrom, Packets, Prepare, Sync, Vote, check_message, make_stamps, stamp_keys,
+    STAMP_DTYPE,
+    Commit,
+    Missing,
+    NeedFrom,
+    Packets,
+    Prepare,
+    Sync,
+    Vote,
+    check_message,
+    make_stamps,
+    stamp_keys,
 )
 
 Stamp = tuple[int, int]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from deft.runtime.replication import Delta, Prepare, make_stamps
 
 from .model import STATE_DTYPE, new_table

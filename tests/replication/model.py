@@ -14,7 +14,6 @@ import random
 from dataclasses import dataclass
 
 import numpy as np
-
 from deft.nfs.base import FlowTable
 
 STATE_DTYPE = np.dtype([("count", "<u8"), ("port", "<u4"), ("digest", "<u8")])

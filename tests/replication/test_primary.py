@@ -6,10 +6,21 @@ import random
 
 import numpy as np
 import pytest
-
 from deft.runtime.replication import (
-    Commit, Missing, NeedFrom, Packets, Prepare, PrimaryReplicator, ProtocolMisuse, Refused, Release, Send,
-    Sync, Vote, WindowFull, WriteDecision,
+    Commit,
+    Missing,
+    NeedFrom,
+    Packets,
+    Prepare,
+    PrimaryReplicator,
+    ProtocolMisuse,
+    Refused,
+    Release,
+    Send,
+    Sync,
+    Vote,
+    WindowFull,
+    WriteDecision,
 )
 
 from .helpers import EPOCH, EXPORT, PAIR, delta, stamps
@@ -213,3 +224,42 @@ def test_a_new_primary_without_secondary_holds_from_the_start():
     p = PrimaryReplicator(EPOCH, PAIR, last_batch=9, has_secondary=False)
     assert p.next_batch == 10 and p.holding
     assert p.on_batch(10, stamps((1, 4)), delta({1: 4})) == []
+
+
+def _empty_sync_args():
+    return (np.zeros(0, dtype=EXPORT), np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.uint64), stamps())
+
+
+def test_sync_is_retransmitted_and_pipelined_with_later_batches():
+    p = primary(window=2, retransmit_ticks=2)
+    p.secondary_lost()
+    feed(p, 2)
+    [sync] = p.start_sync(EPOCH + 1, *_empty_sync_args())
+    assert sync.crash_point == "prepare_sent"
+    [prep] = p.on_batch(4, stamps((4, 1)), delta({4: 1}))     # behind the sync, in the same window
+    assert prep.message.epoch == EPOCH + 1 and not p.window_open
+    p.tick()
+    assert [type(a.message).__name__ for a in p.tick()] == ["Sync", "Prepare"]
+    actions = p.step(Vote(EPOCH + 1, PAIR, 4, 2))
+    assert kinds(actions) == ["WriteDecision(4)", "Release(1)", "Release(2)", "Release(4)", "Commit(4)"]
+
+
+def test_losing_the_new_secondary_during_its_sync_holds_everything_again():
+    p = primary()
+    p.secondary_lost()
+    feed(p, 2)
+    p.start_sync(EPOCH + 1, *_empty_sync_args())                # batch 3
+    feed(p, 1)                                                   # batch 4
+    p.secondary_lost()
+    [sync] = p.start_sync(EPOCH + 2, *_empty_sync_args())
+    assert sync.message.batch == 5
+    assert kinds(p.step(Vote(EPOCH + 2, PAIR, 5, 4))) == [
+        "WriteDecision(5)", "Release(1)", "Release(2)", "Release(4)", "Commit(5)"]
+
+
+def test_missing_refers_to_a_prepare_not_a_sync():
+    p = primary()
+    p.secondary_lost()
+    p.start_sync(EPOCH + 1, *_empty_sync_args())
+    [refused] = p.step(Missing(EPOCH + 1, PAIR, 1, stamps((1, 1))))
+    assert isinstance(refused, Refused) and "sync" in refused.reason

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from deft.runtime.replication import (
-    Commit, InvariantViolation, Missing, NeedFrom, NotSynced, Packets, Prepare, ProtocolMisuse, Refused,
-    SecondaryReplica, Send, Sync, Vote,
+    Commit,
+    InvariantViolation,
+    Missing,
+    NeedFrom,
+    NotSynced,
+    Packets,
+    Prepare,
+    ProtocolMisuse,
+    Refused,
+    SecondaryReplica,
+    Send,
+    Sync,
+    Vote,
 )
 
 from .helpers import EPOCH, EXPORT, PAIR, counts_of, delta, prepare, stamps

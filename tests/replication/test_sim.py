@@ -12,7 +12,6 @@ import os
 import random
 
 import pytest
-
 from deft.runtime.replication import Release
 
 from .sim import P_POINTS, S_POINTS, Arm, Sim
@@ -90,7 +89,7 @@ class CommitBeforeRelease(Sim):
 def test_commit_before_release_loses_output_on_a_node_crash():
     """Why Release precedes Commit: a node crash between them leaves a committed batch never released."""
     lost = []
-    for seed in range(0, 400):
+    for seed in range(400):
         sim = run_seed(seed, CommitBeforeRelease)
         if any(e.startswith("G1") for e in sim.errors):
             lost.append(sim)
