@@ -17,6 +17,7 @@ Reference (defaults in brackets)::
     control = "tcp://127.0.0.1:7101"      # ZMQ ROUTER for deft-ctl
     controller = ""                       # deft-controller's heartbeat endpoint, e.g. tcp://127.0.0.1:7001
     heartbeat_ms = 10                     # heartbeat interval
+    fabric = ""                           # bind address for packet batches from other nodes, e.g. tcp://127.0.0.1:7201
 
     [ingress]
     listen = "udp://127.0.0.1:4789"       # udp://HOST:PORT (VXLAN), shm://NAME (local ring), pcap://PATH
@@ -64,6 +65,7 @@ class NodeSection:
     control: str
     controller: str      # heartbeat endpoint of deft-controller ("" = run without one)
     heartbeat_ms: int
+    fabric: str          # where this node receives packet batches from other nodes ("" = none)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,8 +140,12 @@ def parse_config(raw: dict, source: str = "<config>") -> NodeConfig:
     controller = p.str("controller", "")
     if controller:
         controller = p.url("controller", ("tcp", "ipc"))
+    fabric = p.str("fabric", "")
+    if fabric:
+        fabric = p.url("fabric", ("tcp", "ipc"))
     node = NodeSection(id=node_id, control=p.url("control", ("tcp", "ipc"), "tcp://127.0.0.1:7101"),
-                       controller=controller, heartbeat_ms=p.int("heartbeat_ms", 10, min=1, max=10_000))
+                       controller=controller, heartbeat_ms=p.int("heartbeat_ms", 10, min=1, max=10_000),
+                       fabric=fabric)
     p.check_unknown()
 
     p = _section(raw, "ingress", source)

@@ -37,9 +37,10 @@ def node_status(sup) -> dict:
             **proc_info(f"worker{i}"),
             "counters": {k: v for k, v in counters.items() if not k.startswith("nf.")},
             "nf_counters": {k[3:]: v for k, v in counters.items() if k.startswith("nf.")},
-            "input_rings": [_ring_info(sup, topo.nf_ring(i, u)) for u in topo.units],
+            "input_rings": [_ring_info(sup, topo.nf_ring(i, u)) for u in topo.units]
+                           + [_ring_info(sup, topo.fabric_ring(i))],
             "egress_ring": _ring_info(sup, topo.egress_ring(i)),
-            "buckets": int((sup.rules.instance_of == i).sum()),
+            "buckets": sup.routes.local_buckets(i),
         })
     return {
         "node": {
@@ -62,5 +63,8 @@ def node_status(sup) -> dict:
         "instances": instances,
         "egress": {"send_to": cfg.egress.send_to, **proc_info("egress"),
                    "counters": sup.stats["egress"].as_dict()},
-        "flow_rules": {"epoch": sup.rules.epoch, "buckets": sup.rules.n_buckets},
+        "routes": {"epoch": sup.routes.epoch, "buckets": len(sup.routes.bucket_pair),
+                   "nodes": [n for n, _ in sup.routes.nodes()]},
+        "fabric": ({"listen": cfg.node.fabric, **proc_info("fabric"), "counters": sup.stats["fabric"].as_dict()}
+                   if cfg.node.fabric else None),
     }

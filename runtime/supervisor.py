@@ -1,7 +1,7 @@
 """The node supervisor: owns the node's shared memory, starts and watches its processes.
 
 Start: remove what a crashed predecessor with the same node id left in
-/dev/shm, create every ring, doorbell, counter block and the flow rules
+/dev/shm, create every ring, doorbell, counter block and the routes
 (``deft.runtime.topology`` names them), then start the egress sender, the NF
 workers, the stamping units and the ingress, consumers first so no producer
 finds a ring without a reader.
@@ -27,12 +27,12 @@ import zmq
 
 from deft.runtime.config import NodeConfig
 from deft.runtime.control import ControlServer
-from deft.runtime.dataplane.flowrules import FlowRules
+from deft.runtime.dataplane.routes import RouteError, Routes, RouteSet
 from deft.runtime.dataplane.packet import PACKET_DTYPE
 from deft.runtime.errors import DeftError
 from deft.runtime.heartbeat import Heartbeats
 from deft.runtime.params import split_host_port
-from deft.runtime.procs import egress, ingress, unit, worker
+from deft.runtime.procs import egress, fabric, ingress, unit, worker
 from deft.runtime.dataplane.stamper import H_OWNER, StamperTable
 from deft.runtime.ring import Doorbell, Ring, cleanup_node
 from deft.runtime.ring.shm import create_segment, unlink_segment
@@ -86,7 +86,7 @@ class Supervisor:
         self.rings: dict[str, Ring] = {}
         self.bells: list[Doorbell] = []
         self.stats: dict[str, CounterBlock] = {}
-        self.rules: FlowRules | None = None
+        self.routes: Routes | None = None
         self.segments: list[tuple[str, object]] = []
         self.takeover_bells: list[Doorbell] = []
         self.stamper_tables: list[StamperTable] = []
@@ -122,7 +122,11 @@ class Supervisor:
         self.bells.append(Doorbell.create(topo.ingress_bell()))
         self.stats["ingress"] = CounterBlock.create(topo.stats("ingress"), ingress.COUNTERS)
         self.stats["egress"] = CounterBlock.create(topo.stats("egress"), egress.COUNTERS)
-        self.rules = FlowRules.create(topo.rules(), cfg.ingress.buckets, cfg.nf.instances)
+        self.stats["fabric"] = CounterBlock.create(topo.stats("fabric"), fabric.COUNTERS)
+        self.routes = Routes.create(topo.routes(), cfg.ingress.buckets, topo.node_id, cfg.node.fabric,
+                                    cfg.nf.instances)
+        for i in topo.instances:
+            self._ring(topo.fabric_ring(i), topo.nf_ring_slots())
         if cfg.ingress.listen.startswith("shm://"):
             self._ring(topo.shm_input(), 1 << 14)
         if cfg.egress.send_to.startswith("shm://"):
@@ -138,8 +142,8 @@ class Supervisor:
             bell.close()
         for block in self.stats.values():
             block.close()
-        if self.rules:
-            self.rules.close()
+        if self.routes:
+            self.routes.close()
         self.stamper_tables = []
         for name, mm in self.segments:
             try:
@@ -192,6 +196,8 @@ class Supervisor:
         self.children = [Child("egress", 0)]
         self.children += [Child("worker", i) for i in self.topo.instances]
         self.children += [Child("unit", u) for u in self.topo.units]
+        if self.config.node.fabric:
+            self.children.append(Child("fabric", 0))
         self.children.append(Child("ingress", 0))
         for child in self.children:
             self.spawn(child)
@@ -237,6 +243,21 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+    # -- routes -----------------------------------------------------------------
+    def on_set_routes(self, request: dict) -> dict:
+        """Install a route set (from the controller): refused when stale or inconsistent, with a log line."""
+        try:
+            routes = RouteSet.from_request(request, self.config.ingress.buckets,
+                                           {self.topo.node_id: self.config.nf.instances})
+            me = [n for n, _ in routes.nodes].index(self.topo.node_id)
+            self.routes.apply(routes, self_node=me)
+        except (RouteError, ValueError) as exc:
+            self.log.warning("refused routes: %s", exc)
+            raise ValueError(str(exc)) from None
+        self.log.info("routes epoch %d installed: %d pairs over %d nodes", routes.epoch, len(routes.pairs),
+                      len(routes.nodes))
+        return {"epoch": routes.epoch}
 
     # -- drills ---------------------------------------------------------------
     def on_kill(self, request: dict) -> dict:
@@ -296,7 +317,8 @@ class Supervisor:
             self.check_ports()
             try:
                 self.control = ControlServer(self.zctx, self.config.node.control,
-                                             {"status": lambda req: node_status(self), "kill": self.on_kill},
+                                             {"status": lambda req: node_status(self), "kill": self.on_kill,
+                                              "set_routes": self.on_set_routes},
                                              self.log)
             except zmq.ZMQError as exc:
                 raise DeftError(f"{self.config.source}: [node] control {self.config.node.control}: {exc}") from None

@@ -4,6 +4,7 @@ The supervisor creates everything listed here; every other process attaches
 by the same names, so no process needs to be told a name at run time.
 
   ingress --(ring in.u<u>)--> stamping unit u --(ring nf<i>.u<u>)--> NF worker i
+  stamping unit u --(ZMQ, another node)--> fabric --(ring nf<i>.fabric)--> NF worker i
   NF worker i --(ring out.nf<i>)--> egress sender
 """
 
@@ -48,6 +49,9 @@ class Topology:
     def nf_ring(self, i: int, u: int) -> str:
         return self._name(f"nf{i}.u{u}")
 
+    def fabric_ring(self, i: int) -> str:
+        return self._name(f"nf{i}.fabric")
+
     def egress_ring(self, i: int) -> str:
         return self._name(f"out.nf{i}")
 
@@ -82,8 +86,8 @@ class Topology:
     def stamper_table(self, u: int) -> str:
         return self._name(f"stamper.u{u}")
 
-    def rules(self) -> str:
-        return self._name("rules")
+    def routes(self) -> str:
+        return self._name("routes")
 
     def stats(self, role: str) -> str:
         return self._name(f"stats.{role}")

@@ -9,23 +9,30 @@ Kinds:
              {node, pid, seq, control, instances: [{id, index, pid, alive, restarts}]}
   FAILED     node supervisor -> controller, at once when a child dies:
              {node, process, pid, exit}
+  PACKETS    stamping unit -> another node's fabric: a batch of stamped packet records
+             {epoch, instance, n, width}, then one frame of n x width bytes: the first
+             ``width`` bytes of each record (header + the longest frame in the batch)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import orjson
 
+from deft.runtime.dataplane.packet import HEADER_SIZE, RECORD_SIZE
 from deft.runtime.errors import WireError
 
 HEARTBEAT = b"H"
 FAILED = b"F"
-KINDS = {HEARTBEAT: "heartbeat", FAILED: "failed"}
+PACKETS = b"P"
+KINDS = {HEARTBEAT: "heartbeat", FAILED: "failed", PACKETS: "packets"}
 
 _REQUIRED: dict[bytes, dict[str, type | tuple[type, ...]]] = {
     HEARTBEAT: {"node": str, "pid": int, "seq": int, "control": str, "instances": list},
     FAILED: {"node": str, "process": str, "pid": int, "exit": (int, type(None))},
+    PACKETS: {"epoch": int, "instance": int, "n": int, "width": int},
 }
 _INSTANCE = {"id": str, "index": int, "pid": (int, type(None)), "alive": bool, "restarts": int}
 
@@ -35,10 +42,13 @@ def encode(kind: bytes, header: dict[str, Any]) -> list[bytes]:
 
 
 def decode(frames: list[bytes]) -> tuple[bytes, dict[str, Any]]:
-    """(kind, header) of a message; WireError on anything malformed."""
-    if len(frames) != 2:
-        raise WireError(f"expected 2 frames, got {len(frames)}")
-    kind, raw = frames
+    """(kind, header) of a message; WireError on anything malformed.
+
+    PACKETS messages have a third frame (the records), checked by ``decode_packets``.
+    """
+    if not frames or len(frames) != (3 if frames[0] == PACKETS else 2):
+        raise WireError(f"wrong number of frames ({len(frames)})")
+    kind, raw = frames[0], frames[1]
     if kind not in _REQUIRED:
         raise WireError(f"unknown kind {kind[:8]!r}")
     try:
@@ -65,3 +75,35 @@ def _check_fields(what: str, obj: dict, fields: dict) -> None:
             raise WireError(f"{what}: {name!r} has the wrong type")
         if not isinstance(value, types):
             raise WireError(f"{what}: {name!r} has the wrong type")
+
+
+def encode_packets(epoch: int, instance: int, records: np.ndarray, index: np.ndarray | None = None) -> list:
+    """PACKETS frames for ``records`` (or ``records[index]``): only the bytes in use travel."""
+    rows = records if index is None else records[index]
+    width = HEADER_SIZE + int(rows["frame_len"].max())
+    raw = np.ascontiguousarray(rows.view(np.uint8).reshape(len(rows), RECORD_SIZE)[:, :width])
+    header = {"epoch": epoch, "instance": instance, "n": len(rows), "width": width}
+    return [PACKETS, orjson.dumps(header), raw]
+
+
+def decode_packets(frames: list[bytes], n_instances: int, out: np.ndarray) -> tuple[dict[str, Any], int]:
+    """Check a PACKETS message and unpack its records into ``out[:n]``; (header, n)."""
+    kind, header = decode(frames)
+    if kind != PACKETS:
+        raise WireError(f"expected packets, got {KINDS[kind]}")
+    n, width, instance = header["n"], header["width"], header["instance"]
+    if not 0 < n <= len(out):
+        raise WireError(f"packets: n={n} outside 1..{len(out)}")
+    if not HEADER_SIZE <= width <= RECORD_SIZE:
+        raise WireError(f"packets: width={width} outside {HEADER_SIZE}..{RECORD_SIZE}")
+    if not 0 <= instance < n_instances:
+        raise WireError(f"packets: no instance {instance} here")
+    data = frames[2]
+    if len(data) != n * width:
+        raise WireError(f"packets: {len(data)} bytes for {n} x {width}")
+    rows = out[:n]
+    raw = rows.view(np.uint8).reshape(n, RECORD_SIZE)
+    raw[:, :width] = np.frombuffer(data, dtype=np.uint8).reshape(n, width)
+    if (rows["frame_len"] > width - HEADER_SIZE).any() or (rows["flow_id"] == 0).any():
+        raise WireError("packets: a record is longer than its width or unstamped")
+    return header, n

@@ -10,7 +10,7 @@ from deft.runtime.errors import DeftError
 from deft.runtime.procs.common import StopFlag, die_with_parent, normal_priority, setup_logging
 from deft.runtime.topology import Topology
 
-ROLES = ("ingress", "unit", "worker", "egress")
+ROLES = ("ingress", "unit", "worker", "egress", "fabric")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
             from deft.runtime.procs.unit import run
         elif args.role == "worker":
             from deft.runtime.procs.worker import run
+        elif args.role == "fabric":
+            from deft.runtime.procs.fabric import run
         else:
             from deft.runtime.procs.egress import run
         if args.standby:

@@ -1,7 +1,8 @@
 """Stamping unit: stamp (flow_id, seq), then switch each packet to its NF instance's ring.
 
-The switch step reads the flow rules (bucket -> instance) from shared memory
-that the supervisor owns. Room in the instance rings is checked *before*
+The switch step reads the routes (bucket -> pair -> primary node and
+instance) from shared memory that the supervisor owns; packets for an
+instance on another node go to that node's fabric over ZMQ. Room in the instance rings is checked *before*
 stamping: only the prefix of the batch that fits is stamped and handed on, the
 rest stays in the unit's input ring (counted as ``blocked``), so no stamped
 packet is ever dropped here and an instance never waits for a seq that will
@@ -20,18 +21,21 @@ import os
 import time
 
 import numpy as np
+import zmq
 
-from deft.runtime.dataplane.flowrules import FlowRules
+from deft.runtime import wire
+from deft.runtime.dataplane.routes import TARGET_SCALE, W_PAIRS, Routes
 from deft.runtime.dataplane.packet import PACKET_DTYPE
 from deft.runtime.dataplane.stamper import H_OWNER, Stamper, StamperTable, bucket_of
 from deft.runtime.ring import Doorbell, Ring
 from deft.runtime.ring.shm import attach_segment
+from deft.runtime.sockets import make_socket
 from deft.runtime.stats import CounterBlock
 from deft.runtime.topology import Topology
 
 MAX_BATCH = 256
-COUNTERS = ["ready", "received", "stamped", "blocked", "dropped_stalled", "table_full", "new_flows", "flows",
-            "expired"]
+COUNTERS = ["ready", "received", "stamped", "sent_remote", "blocked", "dropped_stalled", "table_full",
+            "new_flows", "flows", "expired"]
 STALL_S = 1.0  # an instance whose ring stays full this long is treated as stuck
 
 
@@ -93,6 +97,54 @@ class StallWatch:
         return {i for i, t in self.full_since.items() if now - t >= self.stall_s}
 
 
+class Destinations:
+    """Where the switch can send a packet: this node's instances, then instances on other nodes.
+
+    Destination d < n_local is local instance d (its ring); d >= n_local is a
+    (node, instance) reached through that node's fabric (a PUSH socket per node).
+    Rebuilt whenever the routes' epoch changes.
+    """
+
+    def __init__(self, routes: Routes, n_local: int, zctx: zmq.Context, old: "Destinations | None" = None):
+        self.epoch = routes.epoch
+        self.n_local = n_local
+        me = routes.self_node
+        n_pairs = int(routes.words[W_PAIRS])
+        primaries = routes.pairs[:n_pairs, :2]
+        remote = sorted({(int(node), int(inst)) for node, inst in primaries.tolist() if node != me})
+        self.remote = remote
+        known = [me * TARGET_SCALE + i for i in range(n_local)] + [n * TARGET_SCALE + i for n, i in remote]
+        order = np.argsort(known)
+        self._sorted = np.asarray(known, dtype=np.int64)[order]
+        self._dest_of_sorted = order
+        self.self_base = me * TARGET_SCALE
+        self.all_local = not remote
+        nodes = routes.nodes()
+        reuse = dict(old.sockets) if old else {}
+        self.sockets: dict[str, zmq.Socket] = {}
+        for node_index in sorted({n for n, _ in remote}):
+            node_id, fabric = nodes[node_index]
+            sock = reuse.pop(fabric, None) or make_socket(zctx, zmq.PUSH, connect=fabric, hwm=64)
+            self.sockets[fabric] = sock
+        for sock in reuse.values():
+            sock.close()
+        self.socket_of = [self.sockets[nodes[n][1]] for n, _ in remote]
+
+    def of(self, targets: np.ndarray) -> np.ndarray:
+        """Destination index of each packet's target."""
+        if self.all_local:
+            return targets - self.self_base
+        return self._dest_of_sorted[np.searchsorted(self._sorted, targets)]
+
+    def rooms(self, rings: list[Ring]) -> list[int]:
+        remote = [MAX_BATCH if s.poll(0, zmq.POLLOUT) else 0 for s in self.socket_of]
+        return [r.free() for r in rings] + remote
+
+    def close(self) -> None:
+        for sock in self.sockets.values():
+            sock.close()
+
+
 class StampingUnit:
     """One stamping unit's loop body; ``step()`` moves one batch from its ring to the instances."""
 
@@ -102,7 +154,9 @@ class StampingUnit:
         self.bell = Doorbell.attach(topo.unit_bell(index))
         self.out_rings = [Ring.attach(topo.nf_ring(i, index), PACKET_DTYPE) for i in topo.instances]
         self.out_bells = [Doorbell.attach(topo.nf_bell(i)) for i in topo.instances]
-        self.flow_rules = FlowRules.attach(topo.rules())
+        self.routes = Routes.attach(topo.routes())
+        self.zctx = zmq.Context()
+        self.dest = Destinations(self.routes, self.n_inst, self.zctx)
         self.stats = CounterBlock.attach(topo.stats(f"unit{index}"))
         capacity = topo.config.ingress.flows_per_unit
         self._table_mm = attach_segment(topo.stamper_table(index))
@@ -121,37 +175,49 @@ class StampingUnit:
         n = len(view)
         if n == 0:
             return 0
-        rules = self.flow_rules.instance_of
-        instance = rules[bucket_of(view["key_hash"], len(rules))]
-        rooms = [r.free() for r in self.out_rings]
-        if fitting_prefix(instance, rooms) == n:  # the common case: everything fits
+        if self.routes.epoch != self.dest.epoch:
+            self.dest = Destinations(self.routes, self.n_inst, self.zctx, self.dest)
+        dest = self.dest.of(self.routes.primary_targets(bucket_of(view["key_hash"], len(self.routes.bucket_pair))))
+        rooms = self.dest.rooms(self.out_rings)
+        if fitting_prefix(dest, rooms) == n:  # the common case: everything fits
             batch, consumed = view, n
         else:
-            picked, consumed = plan_handoff(instance, rooms, self.watch.stuck(rooms, time.monotonic()))
+            picked, consumed = plan_handoff(dest, rooms, self.watch.stuck(rooms, time.monotonic()))
             if consumed == 0:
                 self._v[self._i["blocked"]] += 1
                 return 0
             self._v[self._i["dropped_stalled"]] += consumed - len(picked)
             whole = len(picked) == consumed
             batch = view[:consumed] if whole else view[picked]
-            instance = instance[:consumed] if whole else instance[picked]
+            dest = dest[:consumed] if whole else dest[picked]
         ok = self.stamper.stamp(batch, ring_head=self.in_ring.popped)
         if not ok.all():  # flow table full: new flows without a slot are dropped unstamped
             self._v[self._i["table_full"]] += int((~ok).sum())
-            batch, instance = batch[ok], instance[ok]
-        if self.n_inst == 1:
-            self.out_rings[0].push_some(batch)
-            self.out_bells[0].ring()
-        else:
-            for i, part in enumerate(split_by_instance(instance, self.n_inst)):
-                if len(part):
-                    self.out_rings[i].push_some(batch, part)
-                    self.out_bells[i].ring()
+            batch, dest = batch[ok], dest[ok]
+        self.hand_on(batch, dest)
         self.in_ring.release(consumed)
         self.stamper.commit()  # after the release: a crash before it rolls the batch back
         self._v[self._i["received"]] += consumed
         self._v[self._i["stamped"]] += len(batch)
         return consumed
+
+    def hand_on(self, batch: np.ndarray, dest: np.ndarray) -> None:
+        d = self.dest
+        if d.all_local and self.n_inst == 1:
+            self.out_rings[0].push_some(batch)
+            self.out_bells[0].ring()
+            return
+        for k, part in enumerate(split_by_instance(dest, d.n_local + len(d.remote))):
+            if not len(part):
+                continue
+            if k < d.n_local:
+                self.out_rings[k].push_some(batch, part)
+                self.out_bells[k].ring()
+            else:
+                instance = d.remote[k - d.n_local][1]
+                d.socket_of[k - d.n_local].send_multipart(wire.encode_packets(d.epoch, instance, batch, part),
+                                                          copy=False)
+                self._v[self._i["sent_remote"]] += len(part)
 
     def idle(self) -> None:
         """Nothing to do: sleep until rung, and now and then forget idle flows."""
@@ -169,7 +235,9 @@ class StampingUnit:
         self.in_ring.close()
         for r in self.out_rings:
             r.close()
-        self.flow_rules.close()
+        self.routes.close()
+        self.dest.close()
+        self.zctx.term()
         self.stats.close()
         self.stamper = None  # drop the views before the mapping goes
         try:

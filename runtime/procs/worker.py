@@ -78,6 +78,7 @@ class Worker:
         self.stop = stop
         self.log = log
         self.inputs = [Ring.attach(topo.nf_ring(index, u), PACKET_DTYPE) for u in topo.units]
+        self.inputs.append(Ring.attach(topo.fabric_ring(index), PACKET_DTYPE))  # from other nodes' units
         self.bell = Doorbell.attach(topo.nf_bell(index))
         self.egress = Ring.attach(topo.egress_ring(index), PACKET_DTYPE)
         self.egress_bell = Doorbell.attach(topo.egress_bell())

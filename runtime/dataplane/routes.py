@@ -1,0 +1,163 @@
+"""Routes: bucket -> pair -> (primary node, instance) [and secondary], in supervisor-owned shared memory.
+
+The switch step of every stamping unit reads these tables per batch (two
+fancy indexes). A pair is an NF instance slot: its primary, and later its
+secondary on another node. Nodes are numbered in the table; each has a
+fabric endpoint (where its fabric process receives packet batches), and the
+table says which number is this node.
+
+Layout (little-endian int64 words, then the endpoint strings):
+  [epoch, n_buckets, n_pairs, n_nodes, self_node]
+  pair of bucket b           n_buckets words
+  pair p: primary node, primary instance, secondary node, secondary instance   MAX_PAIRS x 4
+  node ids and fabric endpoints: MAX_NODES x 2 x ENDPOINT_BYTES, zero padded ASCII
+
+Writers (the supervisor, on a ``set_routes`` from the controller or an
+operator) write everything, then bump the epoch last; readers that see a new
+epoch re-read the small tables. A route set whose epoch is not newer than the
+current one is refused: a stale controller cannot move flows back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from deft.runtime.errors import DeftError
+from deft.runtime.ring.shm import attach_segment, create_segment, unlink_segment
+
+MAX_PAIRS = 256
+MAX_NODES = 32
+ENDPOINT_BYTES = 120
+HEADER = 5
+W_EPOCH, W_BUCKETS, W_PAIRS, W_NODES, W_SELF = range(HEADER)
+NONE = -1
+TARGET_SCALE = 1024  # target id of (node, instance) = node * TARGET_SCALE + instance
+
+
+class RouteError(DeftError, ValueError):
+    """A route set is inconsistent or stale; the message says what."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RouteSet:
+    """What a ``set_routes`` request carries, validated."""
+
+    epoch: int
+    nodes: list[tuple[str, str]]                   # (node id, fabric endpoint)
+    pairs: list[tuple[int, int, int, int]]          # primary node, instance, secondary node, instance
+    buckets: np.ndarray                             # pair of each bucket
+
+    @classmethod
+    def from_request(cls, req: dict[str, Any], n_buckets: int, n_instances_of: dict[str, int]) -> "RouteSet":
+        """From JSON: {"epoch", "nodes": [[id, fabric], ...], "pairs": [[pn, pi, sn, si], ...], "buckets": [...]}."""
+        try:
+            epoch = int(req["epoch"])
+            nodes = [(str(n), str(f)) for n, f in req["nodes"]]
+            pairs = [tuple(int(x) for x in p) for p in req["pairs"]]
+            buckets = np.asarray(req["buckets"], dtype=np.int64)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RouteError(f"set_routes: malformed request ({exc})") from None
+        if not 0 < len(nodes) <= MAX_NODES or not 0 < len(pairs) <= MAX_PAIRS:
+            raise RouteError(f"set_routes: 1..{MAX_NODES} nodes and 1..{MAX_PAIRS} pairs, got {len(nodes)}, {len(pairs)}")
+        if any(len(p) != 4 for p in pairs):
+            raise RouteError("set_routes: a pair is [primary node, instance, secondary node, instance]")
+        if buckets.shape != (n_buckets,) or buckets.min() < 0 or buckets.max() >= len(pairs):
+            raise RouteError(f"set_routes: buckets must be {n_buckets} pair numbers below {len(pairs)}")
+        if any(len(f.encode()) >= ENDPOINT_BYTES for _, f in nodes):
+            raise RouteError("set_routes: fabric endpoint too long")
+        for k, (pn, pi, sn, si) in enumerate(pairs):
+            for node, inst, what in ((pn, pi, "primary"), (sn, si, "secondary")):
+                if what == "secondary" and node == NONE:
+                    continue
+                if not 0 <= node < len(nodes):
+                    raise RouteError(f"set_routes: pair {k} {what} node {node} is not in nodes")
+                limit = n_instances_of.get(nodes[node][0])
+                if limit is not None and not 0 <= inst < limit:
+                    raise RouteError(f"set_routes: pair {k} {what} instance {inst} not on {nodes[node][0]}")
+            if sn == pn and sn != NONE:
+                raise RouteError(f"set_routes: pair {k} has primary and secondary on the same node")
+        return cls(epoch, nodes, pairs, buckets)
+
+
+class Routes:
+    def __init__(self, name: str, mm, owner: bool):
+        self.name = name
+        self._mm = mm
+        self._owner = owner
+        words = np.ndarray((HEADER,), dtype=np.int64, buffer=mm)
+        n_buckets = int(words[W_BUCKETS])
+        self.words = words
+        self.bucket_pair = np.ndarray((n_buckets,), dtype=np.int64, buffer=mm, offset=8 * HEADER)
+        self.pairs = np.ndarray((MAX_PAIRS, 4), dtype=np.int64, buffer=mm, offset=8 * (HEADER + n_buckets))
+        self._names = np.ndarray((MAX_NODES, 2, ENDPOINT_BYTES), dtype=np.uint8, buffer=mm,
+                                 offset=8 * (HEADER + n_buckets + 4 * MAX_PAIRS))
+
+    @staticmethod
+    def nbytes(n_buckets: int) -> int:
+        return 8 * (HEADER + n_buckets + 4 * MAX_PAIRS) + MAX_NODES * 2 * ENDPOINT_BYTES
+
+    @classmethod
+    def create(cls, name: str, n_buckets: int, node_id: str, fabric: str, n_instances: int) -> "Routes":
+        """Routes of a node on its own: pair i = local instance i, buckets spread evenly."""
+        mm = create_segment(name, cls.nbytes(n_buckets))
+        np.ndarray((HEADER,), dtype=np.int64, buffer=mm)[W_BUCKETS] = n_buckets
+        routes = cls(name, mm, owner=True)
+        routes.apply(RouteSet(1, [(node_id, fabric)], [(0, i, NONE, NONE) for i in range(n_instances)],
+                              np.arange(n_buckets) % n_instances), self_node=0)
+        return routes
+
+    @classmethod
+    def attach(cls, name: str) -> "Routes":
+        return cls(name, attach_segment(name), owner=False)
+
+    @property
+    def epoch(self) -> int:
+        return int(self.words[W_EPOCH])
+
+    @property
+    def self_node(self) -> int:
+        return int(self.words[W_SELF])
+
+    def nodes(self) -> list[tuple[str, str]]:
+        out = []
+        for k in range(int(self.words[W_NODES])):
+            node, fabric = (bytes(self._names[k, j]).rstrip(b"\x00").decode() for j in (0, 1))
+            out.append((node, fabric))
+        return out
+
+    def apply(self, routes: RouteSet, self_node: int) -> None:
+        """Write a validated route set; the epoch goes last so readers never see a half-written one."""
+        if routes.epoch <= self.epoch:
+            raise RouteError(f"set_routes: epoch {routes.epoch} is not newer than {self.epoch}: refused")
+        self._names[:] = 0
+        for k, (node, fabric) in enumerate(routes.nodes):
+            for j, text in enumerate((node, fabric)):
+                raw = text.encode()[: ENDPOINT_BYTES - 1]
+                self._names[k, j, : len(raw)] = np.frombuffer(raw, np.uint8)
+        self.pairs[:] = NONE
+        self.pairs[: len(routes.pairs)] = routes.pairs
+        self.bucket_pair[:] = routes.buckets
+        self.words[W_PAIRS], self.words[W_NODES], self.words[W_SELF] = len(routes.pairs), len(routes.nodes), self_node
+        self.words[W_EPOCH] = routes.epoch
+
+    def primary_targets(self, buckets: np.ndarray) -> np.ndarray:
+        """Target id (node * TARGET_SCALE + instance) of each bucket's primary."""
+        p = self.pairs[self.bucket_pair[buckets]]
+        return p[:, 0] * TARGET_SCALE + p[:, 1]
+
+    def local_buckets(self, instance: int) -> int:
+        """How many buckets this node's instance is primary for (status)."""
+        p = self.pairs[self.bucket_pair]
+        return int(((p[:, 0] == self.self_node) & (p[:, 1] == instance)).sum())
+
+    def close(self) -> None:
+        self.words = self.bucket_pair = self.pairs = self._names = None  # type: ignore[assignment]
+        try:
+            self._mm.close()
+        except BufferError:
+            pass
+        if self._owner:
+            unlink_segment(self.name)
