@@ -135,7 +135,7 @@ class Stamper:
         return len(self._slot_of)
 
     # -- journal ---------------------------------------------------------------
-    def _journal(self, slots: list[int], ring_head: int) -> None:
+    def _journal(self, slots, ring_head: int) -> None:
         """Save the old rows of ``slots`` and the header, then open the intent; nothing changed yet."""
         t = self.table
         n = len(slots)
@@ -197,26 +197,30 @@ class Stamper:
             for i, k in enumerate(keys):
                 if slots_list[i] == -1:
                     slots_list[i] = new_keys[k]
-        self._journal(sorted({s for s in slots_list if s >= 0}), ring_head)
+        if -2 in new_keys.values():  # table full: stamp the packets that have a slot, leave the rest
+            ok = np.array([s >= 0 for s in slots_list], dtype=bool)
+            stamped = batch[ok]
+            self._assign([s for s in slots_list if s >= 0], stamped, new_keys, used, ring_head)
+            batch[ok] = stamped
+            return ok
+        self._assign(slots_list, batch, new_keys, used, ring_head)
+        return np.ones(n, dtype=bool)
+
+    def _begin(self, touched, new_keys: dict[bytes, int], used: int, ring_head: int) -> None:
+        """Journal the touched slots, then make the batch's new flows (nothing changes before the journal)."""
+        self._journal(touched, ring_head)
         self.table.header[H_USED] = used
         for k, slot in new_keys.items():
             if slot >= 0:
                 self._fill_slot(slot, k)
-        ok = np.array([s >= 0 for s in slots_list], dtype=bool) if -2 in new_keys.values() else None
-        if ok is not None:
-            stamped = batch[ok]
-            self._assign([s for s in slots_list if s >= 0], stamped)
-            batch[ok] = stamped
-            return ok
-        self._assign(slots_list, batch)
-        return np.ones(n, dtype=bool)
 
-    def _assign(self, slots_list: list[int], batch: np.ndarray) -> None:
+    def _assign(self, slots_list: list[int], batch: np.ndarray, new_keys: dict[bytes, int], used: int,
+                ring_head: int) -> None:
         n = len(slots_list)
-        if n == 0:
-            return
         if n <= SMALL_BATCH:
-            self._stamp_few(batch, slots_list)
+            self._begin(sorted(set(slots_list)), new_keys, used, ring_head)
+            if n:
+                self._stamp_few(batch, slots_list)
             return
         slots = np.array(slots_list, dtype=np.int64)
         table = self.table.slots
@@ -227,7 +231,10 @@ class Stamper:
         boundary[0] = True
         np.not_equal(sorted_slots[1:], sorted_slots[:-1], out=boundary[1:])
         starts = np.flatnonzero(boundary)
-        counts = np.diff(starts, append=n)
+        self._begin(sorted_slots[starts], new_keys, used, ring_head)  # the unique slots, sorted
+        counts = np.empty_like(starts)
+        counts[:-1] = starts[1:] - starts[:-1]
+        counts[-1] = n - starts[-1]
         rank = np.arange(n) - np.repeat(starts, counts)
         seq = np.empty(n, dtype=np.uint64)
         seq[order] = table["last_seq"][sorted_slots] + rank.astype(np.uint64) + np.uint64(1)

@@ -129,9 +129,12 @@ class Destinations:
         for sock in reuse.values():
             sock.close()
         self.socket_of = [self.sockets[nodes[n][1]] for n, _ in remote]
+        # per bucket, once per epoch: the switch step is then one fancy index per batch
+        self.n_buckets = len(routes.bucket_pair)
+        self.of_bucket = self.of(routes.primary_targets(np.arange(self.n_buckets)))
 
     def of(self, targets: np.ndarray) -> np.ndarray:
-        """Destination index of each packet's target."""
+        """Destination index of each target id."""
         if self.all_local:
             return targets - self.self_base
         return self._dest_of_sorted[np.searchsorted(self._sorted, targets)]
@@ -177,7 +180,7 @@ class StampingUnit:
             return 0
         if self.routes.epoch != self.dest.epoch:
             self.dest = Destinations(self.routes, self.n_inst, self.zctx, self.dest)
-        dest = self.dest.of(self.routes.primary_targets(bucket_of(view["key_hash"], len(self.routes.bucket_pair))))
+        dest = self.dest.of_bucket[bucket_of(view["key_hash"], self.dest.n_buckets)]
         rooms = self.dest.rooms(self.out_rings)
         if fitting_prefix(dest, rooms) == n:  # the common case: everything fits
             batch, consumed = view, n
