@@ -14,7 +14,7 @@ import numpy as np
 import orjson
 
 from deft.runtime.errors import RingError
-from deft.runtime.ring.shm import attach_segment, create_segment, unlink_segment
+from deft.runtime.ring.shm import attach_segment, create_segment, release_segment
 
 _NAMES_BYTES = 4096
 
@@ -59,9 +59,4 @@ class CounterBlock:
 
     def close(self) -> None:
         self.values = None  # type: ignore[assignment]
-        try:
-            self._mm.close()
-        except BufferError:
-            pass
-        if self._owner:
-            unlink_segment(self.name)
+        release_segment(self._mm, self.name, self._owner)

@@ -35,7 +35,7 @@ from deft.runtime.params import split_host_port
 from deft.runtime.procs import egress, fabric, ingress, unit, worker
 from deft.runtime.dataplane.stamper import H_OWNER, StamperTable
 from deft.runtime.ring import Doorbell, Ring, cleanup_node
-from deft.runtime.ring.shm import create_segment, unlink_segment
+from deft.runtime.ring.shm import create_segment, release_segment
 from deft.runtime.stats import CounterBlock
 from deft.runtime.topology import Topology
 
@@ -146,11 +146,7 @@ class Supervisor:
             self.routes.close()
         self.stamper_tables = []
         for name, mm in self.segments:
-            try:
-                mm.close()
-            except BufferError:
-                pass
-            unlink_segment(name)
+            release_segment(mm, name, unlink=True)
         cleanup_node(self.topo.node_id)  # belt and braces: nothing of ours may stay in /dev/shm
 
     # -- processes ----------------------------------------------------------

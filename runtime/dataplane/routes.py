@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from deft.runtime.errors import DeftError
-from deft.runtime.ring.shm import attach_segment, create_segment, unlink_segment
+from deft.runtime.ring.shm import attach_segment, create_segment, release_segment
 
 MAX_PAIRS = 256
 MAX_NODES = 32
@@ -155,9 +155,4 @@ class Routes:
 
     def close(self) -> None:
         self.words = self.bucket_pair = self.pairs = self._names = None  # type: ignore[assignment]
-        try:
-            self._mm.close()
-        except BufferError:
-            pass
-        if self._owner:
-            unlink_segment(self.name)
+        release_segment(self._mm, self.name, self._owner)

@@ -28,7 +28,7 @@ from deft.runtime.dataplane.routes import TARGET_SCALE, W_PAIRS, Routes
 from deft.runtime.dataplane.packet import PACKET_DTYPE
 from deft.runtime.dataplane.stamper import H_OWNER, Stamper, StamperTable, bucket_of
 from deft.runtime.ring import Doorbell, Ring
-from deft.runtime.ring.shm import attach_segment
+from deft.runtime.ring.shm import attach_segment, release_segment
 from deft.runtime.sockets import make_socket
 from deft.runtime.stats import CounterBlock
 from deft.runtime.topology import Topology
@@ -243,10 +243,7 @@ class StampingUnit:
         self.zctx.term()
         self.stats.close()
         self.stamper = None  # drop the views before the mapping goes
-        try:
-            self._table_mm.close()
-        except BufferError:
-            pass
+        release_segment(self._table_mm, "", unlink=False)
 
 
 def wait_for_takeover(topo: Topology, index: int, stop) -> bool:

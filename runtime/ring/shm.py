@@ -54,6 +54,20 @@ def attach_segment(name: str) -> mmap.mmap:
         shm.close_fd()
 
 
+def release_segment(mm: mmap.mmap, name: str, unlink: bool) -> None:
+    """Unmap a segment (and unlink it, for its creator).
+
+    A numpy view someone still holds keeps the mapping alive (BufferError);
+    it then goes with the process, and the unlink still removes the name.
+    """
+    try:
+        mm.close()
+    except BufferError:
+        pass
+    if unlink:
+        unlink_segment(name)
+
+
 def unlink_segment(name: str) -> None:
     try:
         posix_ipc.unlink_shared_memory(name)

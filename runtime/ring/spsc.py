@@ -27,7 +27,7 @@ from deft.runtime.ring.shm import (
     attach_semaphore,
     create_segment,
     create_semaphore,
-    unlink_segment,
+    release_segment,
     unlink_semaphore,
 )
 
@@ -79,12 +79,7 @@ class Ring:
         if self._words is not None:
             self._words.release()
             self._words = None  # type: ignore[assignment]
-        try:
-            self._mm.close()
-        except BufferError:
-            pass  # a caller still holds a view; the mapping goes when the process does
-        if self._owner:
-            unlink_segment(self.name)
+        release_segment(self._mm, self.name, self._owner)
 
     # -- state --------------------------------------------------------------
     def __len__(self) -> int:
