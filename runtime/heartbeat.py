@@ -45,7 +45,9 @@ class Heartbeats:
             for c in sup.children if c.role == "worker"
         ]
         self.send(wire.HEARTBEAT, {"node": sup.topo.node_id, "pid": os.getpid(), "seq": self.seq,
-                                   "control": sup.config.node.control, "instances": instances})
+                                   "control": sup.config.node.control, "fabric": sup.config.node.fabric,
+                                   "buckets": sup.config.ingress.buckets, "routes_epoch": sup.routes.epoch,
+                                   "instances": instances})
 
     def failed(self, child) -> None:
         self.send(wire.FAILED, {"node": self.sup.topo.node_id, "process": child.stats_key,

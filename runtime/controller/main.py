@@ -4,6 +4,7 @@
     control = "tcp://127.0.0.1:7000"      # ROUTER for deft-ctl --controller
     heartbeats = "tcp://127.0.0.1:7001"   # SUB, bound here; node supervisors connect their PUB
     heartbeat_ms = 10                     # expected beat interval of the nodes
+    manage_routes = true                  # place pairs and push routes when the live nodes change
     miss_limit = 5                        # a node silent for heartbeat_ms x miss_limit has failed
                                           # (3 gave false suspicions on a loaded 2-core machine)
 
@@ -13,8 +14,13 @@ requests answered. Requests: ``status``, and the drills ``fail`` with
 ``{"what": "nf"|"node", "id": ...}``, which ask the owning node's supervisor to
 SIGKILL the process (an instance id is ``<node>/nf<i>``).
 
-Placement, flow rules and failover orchestration are issue 3's next steps;
-today the controller detects and reports failures.
+Routes: when the set of live nodes with a fabric endpoint changes (a node
+joins, fails or comes back), the controller computes a placement (every
+instance the primary of a pair, its secondary on the next node) and pushes it
+as ``set_routes`` with a new epoch (above any epoch a node reports) to every
+such node, so the switch stops sending to a failed node within a heartbeat
+timeout. Without replication wired into the workers (issue 3, next) the moved
+flows lose their state; the replication itself is the next step.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ class ControllerConfig:
     heartbeats: str
     heartbeat_ms: int
     miss_limit: int
+    manage_routes: bool
 
 
 def load_controller_config(path: str | Path) -> ControllerConfig:
@@ -66,6 +73,7 @@ def load_controller_config(path: str | Path) -> ControllerConfig:
         heartbeats=p.url("heartbeats", ("tcp", "ipc"), "tcp://127.0.0.1:7001"),
         heartbeat_ms=p.int("heartbeat_ms", 10, min=1, max=10_000),
         miss_limit=p.int("miss_limit", 5, min=1, max=1000),
+        manage_routes=p.bool("manage_routes", True),
     )
     p.check_unknown()
     return cfg
@@ -85,7 +93,11 @@ class Controller:
         self.stop = stop
         self.log = log
         self.view = ClusterView(cfg.heartbeat_ms, cfg.miss_limit)
-        self.counters = {"heartbeats": 0, "failure_notices": 0, "bad_frames": 0}
+        self.counters = {"heartbeats": 0, "failure_notices": 0, "bad_frames": 0, "route_pushes": 0,
+                         "route_push_failures": 0}
+        self.placed: tuple = ()      # the membership the current routes were computed for
+        self.routes_epoch = 0
+        self.next_push_ms = 0.0
         self.zctx = zmq.Context()
         try:
             self.sub = make_socket(self.zctx, zmq.SUB, bind=cfg.heartbeats)
@@ -124,6 +136,35 @@ class Controller:
             raise ValueError(reply.get("error"))
         self.log.warning("drill: killed %s %s (pid %s)", what, ident, reply["pid"])
         return {"killed": ident, "pid": reply["pid"]}
+
+    def maybe_push_routes(self) -> None:
+        """Place and push routes when the live nodes (with a fabric) changed since the last push."""
+        members = tuple(m for m in self.view.membership() if m[1])
+        if not members or members == self.placed or now_ms() < self.next_push_ms:
+            return
+        from deft.runtime.controller.placement import place
+        from deft.tools.ctl import NoAnswer, query
+
+        self.routes_epoch = max(self.routes_epoch, self.view.max_routes_epoch()) + 1
+        request = place([(n, f, k) for n, f, k, _ in members], members[0][3], self.routes_epoch)
+        ok = True
+        for node_id, *_ in members:
+            try:
+                reply = query(self.view.nodes[node_id].control, request, 500)
+                ok &= bool(reply.get("ok"))
+                if not reply.get("ok"):
+                    self.log.warning("node %s refused routes epoch %d: %s", node_id, self.routes_epoch,
+                                     reply.get("error"))
+            except NoAnswer:
+                ok = False
+        self.counters["route_pushes"] += 1
+        self.view.record(now_ms(), "routes_pushed", epoch=self.routes_epoch, nodes=[m[0] for m in members],
+                         ok=ok)
+        if ok:
+            self.placed = members
+        else:
+            self.counters["route_push_failures"] += 1
+            self.next_push_ms = now_ms() + 100  # try again soon, with a newer epoch
 
     def on_message(self, frames: list[bytes]) -> None:
         try:
@@ -165,6 +206,8 @@ class Controller:
                         self.log.warning("node %s failed (no heartbeat for %d x %d ms)", node,
                                          self.cfg.miss_limit, self.cfg.heartbeat_ms)
                     next_tick = now_ms() + self.cfg.heartbeat_ms
+                if self.cfg.manage_routes:
+                    self.maybe_push_routes()
         finally:
             self.sub.close()
             self.control.close()

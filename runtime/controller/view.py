@@ -36,6 +36,9 @@ class NodeInfo:
     id: str
     pid: int
     control: str
+    fabric: str = ""
+    buckets: int = 0
+    routes_epoch: int = 0
     state: str = "up"            # up | failed
     seq: int = 0
     beats: int = 0
@@ -52,13 +55,16 @@ class ClusterView:
     def _event(self, now_ms: float, what: str, **details: Any) -> None:
         self.events.append({"t_ms": round(now_ms, 3), "event": what, **details})
 
+    record = _event  # the controller driver records its own actions (route pushes) beside the view's
+
     def on_heartbeat(self, hb: dict[str, Any], now_ms: float) -> None:
         news = self.fdu.observe(hb["node"], now_ms)
         node = self.nodes.get(hb["node"])
         if node is None or node.pid != hb["pid"]:
             if node is not None and node.pid != hb["pid"]:
                 self._event(now_ms, "node_restarted", node=hb["node"], old_pid=node.pid, pid=hb["pid"])
-            node = self.nodes[hb["node"]] = NodeInfo(hb["node"], hb["pid"], hb["control"])
+            node = self.nodes[hb["node"]] = NodeInfo(hb["node"], hb["pid"], hb["control"], hb["fabric"],
+                                                     hb["buckets"])
             if news == "joined":
                 self._event(now_ms, "node_joined", node=node.id, pid=node.pid)
         elif news == "recovered":
@@ -68,6 +74,7 @@ class ClusterView:
         if hb["seq"] <= node.seq and news is None:
             return  # a late or duplicated beat: nothing new in it
         node.state, node.seq, node.beats = "up", max(node.seq, hb["seq"]), node.beats + 1
+        node.routes_epoch = max(node.routes_epoch, hb["routes_epoch"])
         for inst in hb["instances"]:
             self._update_instance(node, inst, now_ms)
 
@@ -123,3 +130,12 @@ class ClusterView:
                                   "pid": info.pid, "state": info.state, "restarts": info.restarts})
         return {"nodes": nodes, "instances": instances, "events": list(self.events),
                 "false_suspicions": self.false_suspicions}
+
+
+    def membership(self) -> tuple:
+        """What placement depends on: the live nodes, their fabric endpoints and instance counts."""
+        return tuple((n.id, n.fabric, len(n.instances), n.buckets)
+                     for n in sorted(self.nodes.values(), key=lambda n: n.id) if n.state == "up")
+
+    def max_routes_epoch(self) -> int:
+        return max((n.routes_epoch for n in self.nodes.values()), default=0)

@@ -19,6 +19,7 @@ from deft.runtime.replication.errors import (
 SRC = Path(pkg.__file__).parent
 FORBIDDEN = {"zmq", "time", "socket", "threading", "asyncio", "select", "selectors", "os", "random",
              "posix_ipc", "multiprocessing", "subprocess", "mmap"}
+ALLOWED = {"driver.py": {"zmq"}}  # the transport: the one module that does socket I/O
 
 
 def imports(path: Path) -> set[str]:
@@ -33,7 +34,7 @@ def imports(path: Path) -> set[str]:
 
 def test_cores_do_no_io():
     for path in sorted(SRC.glob("*.py")):
-        bad = imports(path) & FORBIDDEN
+        bad = (imports(path) & FORBIDDEN) - ALLOWED.get(path.name, set())
         assert not bad, f"{path.name} imports {bad}: the replication core must stay free of I/O, clocks and randomness"
 
 
