@@ -38,6 +38,7 @@ Reference (defaults in brackets)::
     batch_size = 64                       # output buffer: release when this many are processed...
     flush_us = 200                        # ...or when this long passed since the first one
     flush_on_idle = true                  # ...or as soon as the input rings are empty
+    gap_timeout_ms = 100                  # a flow waits this long for a missing seq, then goes on
     buffer_batches = 32                   # input buffer = buffer_batches x batch_size packets
     restart = true                        # supervisor restarts a worker that dies
 
@@ -93,6 +94,7 @@ class NfSection:
     buffer_batches: int
     flush_us: int
     flush_on_idle: bool
+    gap_timeout_ms: int
     restart: bool
     params: dict[str, Any]
 
@@ -182,6 +184,7 @@ def parse_config(raw: dict, source: str = "<config>") -> NodeConfig:
         buffer_batches=p.int("buffer_batches", 32, min=1, max=1024),
         flush_us=p.int("flush_us", 200, min=0, max=10_000_000),
         flush_on_idle=p.bool("flush_on_idle", True),
+        gap_timeout_ms=p.int("gap_timeout_ms", 100, min=1, max=600_000),
         restart=p.bool("restart", True),
         params=params,
     )

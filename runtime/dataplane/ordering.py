@@ -13,7 +13,17 @@ processed before; the others wait in the pending store until the gap fills.
   counted, never blocks and never grows memory without bound.
 
 The common case (no gaps) costs one dict lookup and a compare per packet and
-returns the input batch itself, without a copy. Pure: no clock, no I/O.
+returns the input batch itself, without a copy. Pure: no clock (times are
+passed in), no I/O.
+
+Flows that move. Inside DEFT every path is FIFO (SPSC rings, one ZMQ
+connection per unit and node) and a flow is stamped by one unit, so an
+instance sees a flow's packets in stamp order unless the flow's route changed
+under it. Until migration hands over ``nextExpectedPktID`` with the state
+(issue 5), an instance therefore ``adopt_unknown`` flows at the first seq it
+sees, and ``skip_gaps`` gives up on a gap that has not filled for a while
+(its packets went to another instance): a bounded delay instead of a flow
+that stalls for ever. Both are counted (``adopted``, ``gaps_skipped``).
 """
 
 from __future__ import annotations
@@ -24,9 +34,14 @@ import numpy as np
 
 
 class OrderingUnit:
-    def __init__(self, dtype: np.dtype, pending_capacity: int):
+    def __init__(self, dtype: np.dtype, pending_capacity: int, adopt_unknown: bool = False):
         self.next_expected: dict[int, int] = {}
         self.pending: dict[int, list[tuple[int, int]]] = {}  # flow -> heap of (seq, store slot)
+        self.waiting_since: dict[int, int] = {}  # flow -> time its oldest gap was first seen
+        self.adopt_unknown = adopt_unknown
+        self.adopted = 0
+        self.gaps_skipped = 0
+        self.now_ns = 0
         self.store = np.zeros(pending_capacity, dtype=dtype)
         self._free = list(range(pending_capacity - 1, -1, -1))
         self.stale = 0
@@ -37,11 +52,17 @@ class OrderingUnit:
     def pending_count(self) -> int:
         return len(self.store) - len(self._free)
 
-    def order(self, batch: np.ndarray) -> np.ndarray:
+    def order(self, batch: np.ndarray, now_ns: int = 0) -> np.ndarray:
         """The packets of ``batch`` (and of the pending store) that are ready, in order."""
         ne = self.next_expected
         fids = batch["flow_id"].tolist()
         seqs = batch["seq"].tolist()
+        self.now_ns = now_ns
+        if self.adopt_unknown:
+            for f, s in zip(fids, seqs):
+                if f not in ne:
+                    ne[f] = s
+                    self.adopted += 1
         if not self.pending:
             # fast path: everything in order -> return the batch as it is
             for i, (f, s) in enumerate(zip(fids, seqs)):
@@ -70,6 +91,7 @@ class OrderingUnit:
 
     def _hold(self, flow: int, seq: int, record: np.ndarray) -> None:
         heap = self.pending.setdefault(flow, [])
+        self.waiting_since.setdefault(flow, self.now_ns)
         if any(q == seq for q, _ in heap):
             self.duplicate += 1
             return
@@ -77,6 +99,7 @@ class OrderingUnit:
             self.overflow += 1
             if not heap:
                 del self.pending[flow]
+                self.waiting_since.pop(flow, None)
             return
         slot = self._free.pop()
         self.store[slot] = record
@@ -95,6 +118,20 @@ class OrderingUnit:
                 self._free.append(slot)
         if not heap:
             del self.pending[flow]
+            self.waiting_since.pop(flow, None)
+        else:
+            self.waiting_since[flow] = self.now_ns  # progress: the clock restarts for the next gap
+
+    def skip_gaps(self, now_ns: int, max_wait_ns: int) -> np.ndarray:
+        """Give up on gaps older than ``max_wait_ns``: their flows continue from the oldest pending seq."""
+        self.now_ns = now_ns
+        stale = [f for f, t in self.waiting_since.items() if now_ns - t >= max_wait_ns]
+        picks: list[tuple[bool, int]] = []
+        for flow in stale:
+            self.next_expected[flow] = self.pending[flow][0][0]
+            self.gaps_skipped += 1
+            self._drain(flow, picks)
+        return self._gather(self.store[:0], picks)
 
     def _gather(self, batch: np.ndarray, picks: list[tuple[bool, int]]) -> np.ndarray:
         out = np.empty(len(picks), dtype=batch.dtype)
@@ -112,5 +149,6 @@ class OrderingUnit:
         """Drop ordering state of flows that no longer come here (migration, expiry)."""
         for f in flow_ids:
             self.next_expected.pop(f, None)
+            self.waiting_since.pop(f, None)
             for _, slot in self.pending.pop(f, []):
                 self._free.append(slot)

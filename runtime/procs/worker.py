@@ -19,9 +19,10 @@ One process per NF instance (paper IV-B):
    Release = forwarded packets pushed to the supervisor-owned egress ring.
    Later, replication commits the batch first (``release`` is the hook).
 
-A worker restarted after a crash has lost its state (no replication yet); it
-adopts the flows it meets at whatever seq they are at instead of waiting for
-seqs it will never see.
+A worker adopts a flow it has not seen at whatever seq it arrives with, and
+skips a gap that has not filled within ``gap_timeout_ms``: a restarted worker
+(state lost, no replication yet) or a route change sends it flows mid-stream,
+and it must not wait for seqs that went elsewhere (see ordering.py).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from deft.runtime.topology import Topology
 
 COUNTERS = [
     "ready", "received", "processed", "released", "dropped_by_nf", "stale", "duplicate",
-    "pending_overflow", "pending", "batches", "egress_waits", "flows", "nf_errors",
+    "pending_overflow", "pending", "batches", "egress_waits", "flows", "nf_errors", "adopted", "gaps_skipped",
 ]
 
 
@@ -87,8 +88,10 @@ class Worker:
         self.nf = make_nf(cfg.nf.kind, cfg.nf_params(), self.ctx)
         self.table = self.nf.new_table()
         capacity = cfg.nf.input_capacity
-        self.ordering = OrderingUnit(PACKET_DTYPE, capacity)
-        self.adopt_unknown = restarted
+        # every path into a worker is FIFO; only a route change sends a flow here mid-stream
+        self.ordering = OrderingUnit(PACKET_DTYPE, capacity, adopt_unknown=True)
+        self.gap_ns = cfg.nf.gap_timeout_ms * 1_000_000
+        self.next_gap_check = 0
         self.out = OutputBuffer(cfg.nf.batch_size, capacity, cfg.nf.flush_us * 1000)
         self.flush_on_idle = cfg.nf.flush_on_idle
         self._next_input = 0
@@ -116,10 +119,16 @@ class Worker:
         return taken
 
     def process(self, arrived: np.ndarray) -> None:
-        if self.adopt_unknown:
-            self._adopt(arrived)
-        ready = self.ordering.order(arrived)
         self.count["received"] += len(arrived)
+        self.run_nf(self.ordering.order(arrived, time.monotonic_ns()))
+
+    def skip_gaps(self, now_ns: int) -> None:
+        """Every few ms: flows whose gap did not fill within gap_timeout_ms go on without it."""
+        if now_ns >= self.next_gap_check and self.ordering.waiting_since:
+            self.next_gap_check = now_ns + 10_000_000
+            self.run_nf(self.ordering.skip_gaps(now_ns, self.gap_ns))
+
+    def run_nf(self, ready: np.ndarray) -> None:
         if len(ready) == 0:
             return
         rows, new_rows = self.table.rows_for(ready["flow_id"])
@@ -133,12 +142,6 @@ class Worker:
                 self.log.exception("NF %s raised on a batch of %d packets; batch dropped", self.nf.name, len(ready))
         self.out.append(ready, time.monotonic_ns())
         self.count["processed"] += len(ready)
-
-    def _adopt(self, arrived: np.ndarray) -> None:
-        ne = self.ordering.next_expected
-        for f, s in zip(arrived["flow_id"].tolist(), arrived["seq"].tolist()):
-            if f not in ne:
-                ne[f] = s
 
     def release(self) -> None:
         batch = self.out.take()
@@ -155,6 +158,7 @@ class Worker:
     def publish(self) -> None:
         o, c = self.ordering, self.count
         c["stale"], c["duplicate"], c["pending_overflow"] = o.stale, o.duplicate, o.overflow
+        c["adopted"], c["gaps_skipped"] = o.adopted, o.gaps_skipped
         c["pending"], c["flows"] = o.pending_count, len(self.table)
         nf = self.nf.stats
         self.stats.values[self._published_at] = [
@@ -182,6 +186,7 @@ class Worker:
         while not self.stop:
             got = self.pull()
             now = time.monotonic_ns()
+            self.skip_gaps(now)
             if self.out.due(now) or (self.flush_on_idle and self.out.n and self.inputs_empty()):
                 self.release()
                 continue

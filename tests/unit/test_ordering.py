@@ -101,3 +101,21 @@ def test_batch_sizes(n):
     unit = OrderingUnit(PACKET_DTYPE, 8)
     arrivals = [(f % 7, f // 7 + 1) for f in range(n)]
     assert len(feed(unit, arrivals, 64)) == n
+
+
+def test_adopting_unknown_flows_starts_them_at_their_first_seq():
+    unit = OrderingUnit(PACKET_DTYPE, 16, adopt_unknown=True)
+    assert feed(unit, [(5, 40), (5, 41), (6, 1)], 8) == [(5, 40), (5, 41), (6, 1)]
+    assert unit.adopted == 2
+    assert feed(unit, [(5, 39)], 8) == [] and unit.stale == 1
+
+
+def test_a_gap_that_does_not_fill_is_skipped_after_the_timeout():
+    unit = OrderingUnit(PACKET_DTYPE, 16)
+    feed(unit, [(1, 1)], 8)
+    assert unit.order(packets([(1, 4), (1, 5), (2, 1)]), now_ns=1_000)["flow_id"].tolist() == [2]
+    assert len(unit.skip_gaps(now_ns=50_000, max_wait_ns=100_000)) == 0
+    out = unit.skip_gaps(now_ns=101_000, max_wait_ns=100_000)
+    assert list(zip(out["flow_id"].tolist(), out["seq"].tolist())) == [(1, 4), (1, 5)]
+    assert unit.gaps_skipped == 1 and unit.pending_count == 0 and not unit.waiting_since
+    assert feed(unit, [(1, 2), (1, 6)], 8) == [(1, 6)]   # the skipped seqs went elsewhere: stale if they come

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import pytest
@@ -89,11 +90,23 @@ def test_an_nf_exception_costs_the_batch_not_the_worker(node):
 
 def test_out_of_order_arrivals_are_released_in_order(node):
     worker, feed, out = node(batch_size=8)
-    feed.push_some(packets([(1, 3), (1, 1), (2, 1), (1, 2)]))
+    feed.push_some(packets([(1, 1)]))
+    worker.pull()
+    feed.push_some(packets([(1, 4), (1, 2), (2, 1), (1, 3)]))
     worker.pull()
     worker.release()
     got = out.pop(10)
-    assert list(zip(got["flow_id"].tolist(), got["seq"].tolist())) == [(1, 1), (2, 1), (1, 2), (1, 3)]
+    assert list(zip(got["flow_id"].tolist(), got["seq"].tolist())) == [(1, 1), (1, 2), (2, 1), (1, 3), (1, 4)]
+
+
+def test_a_flow_arriving_mid_stream_is_adopted_and_a_stale_gap_skipped(node):
+    worker, feed, out = node(batch_size=8, gap_timeout_ms=1)
+    feed.push_some(packets([(3, 10), (3, 12)]))        # a flow whose route moved here; 11 went elsewhere
+    worker.pull()
+    worker.skip_gaps(time.monotonic_ns() + 5_000_000)
+    worker.release()
+    assert out.pop(10)["seq"].tolist() == [10, 12]
+    assert worker.ordering.adopted == 1 and worker.ordering.gaps_skipped == 1
 
 
 def test_a_restarted_worker_adopts_flows_at_their_current_seq(node):
