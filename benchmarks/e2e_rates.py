@@ -11,6 +11,8 @@ packet sizes, so their ratios are comparable on a shared, noisy machine:
 
 Zero-loss rate: rates grow by 25 % from 10 kpps until a trial loses a packet,
 then three bisection steps between the last clean and the first lossy rate.
+The three searches advance in turn, one trial each per round, so that the
+machine's background load falls on all of them alike.
 Each trial sends ``rate x trial-seconds`` packets over 500 flows (half TCP).
 """
 
@@ -39,31 +41,42 @@ def trial(to: str, listen: str, rate: int, seconds: float, flows: int = 500) -> 
                            "--flows", str(flows), "--drain-ms", "300", "--quiet"])
 
 
-def zero_loss_rate(to: str, listen: str, seconds: float, start: int = 10_000, limit: int = 400_000) -> dict:
-    good, bad = 0, None
-    rate = start
-    trials = []
-    while rate <= limit:
-        r = trial(to, listen, rate, seconds)
-        trials.append((rate, r["lost"], r["reordered"]))
-        if r["lost"] == 0 and r["reordered"] == 0:
-            good = rate
-            rate = int(rate * 1.25)
+def clean(report: dict) -> bool:
+    return report["lost"] == 0 and report["reordered"] == 0
+
+
+class RateSearch:
+    """Zero-loss rate search for one device, advanced one trial at a time.
+
+    Rates grow by 25 % from ``start`` until a trial loses or reorders a
+    packet, then three bisection steps. Stepping the devices' searches in turn
+    (not one device after the other) gives them the same background noise.
+    """
+
+    def __init__(self, start: int = 10_000, limit: int = 400_000):
+        self.good, self.bad, self.rate, self.limit = 0, None, start, limit
+        self.bisections = 0
+        self.trials: list[tuple[int, int, int]] = []
+
+    @property
+    def done(self) -> bool:
+        if self.bad is None:
+            return self.rate > self.limit
+        return self.bisections >= 3 or self.next_rate() in (self.good, self.bad)
+
+    def next_rate(self) -> int:
+        return self.rate if self.bad is None else (self.good + self.bad) // 2
+
+    def record(self, rate: int, report: dict) -> None:
+        self.trials.append((rate, report["lost"], report["reordered"]))
+        if self.bad is not None:
+            self.bisections += 1
+        if clean(report):
+            self.good = rate
+            if self.bad is None:
+                self.rate = int(rate * 1.25)
         else:
-            bad = rate
-            break
-    if bad is not None:
-        for _ in range(3):
-            mid = (good + bad) // 2
-            if mid <= good or mid >= bad:
-                break
-            r = trial(to, listen, mid, seconds)
-            trials.append((mid, r["lost"], r["reordered"]))
-            if r["lost"] == 0 and r["reordered"] == 0:
-                good = mid
-            else:
-                bad = mid
-    return {"zero_loss_pps": good, "first_lossy_pps": bad, "trials": trials}
+            self.bad = rate
 
 
 def latency_at(to: str, listen: str, rate: int = 10_000, seconds: float = 3.0) -> dict:
@@ -124,20 +137,30 @@ def main() -> None:
     parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args()
     node_id = f"e2e{os.getpid()}"
-    results = {}
+    results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for starter in (start_loopback, start_reference, lambda: start_deft(Path(tmp), node_id)):
-            device = starter()
-            try:
-                lat = latency_at(device.to, device.listen)
-                rate = zero_loss_rate(device.to, device.listen, args.trial_seconds)
-                results[device.name] = {**rate, "latency_10kpps_us": lat}
-                print(f"{device.name:10s} zero-loss {rate['zero_loss_pps']:>8,} pps   latency @10 kpps "
+        devices = [start_loopback(), start_reference(), start_deft(Path(tmp), node_id)]
+        try:
+            for d in devices:  # latency first, each at 10 kpps, after a warm-up that creates the flows
+                trial(d.to, d.listen, 5_000, 1.0)
+                results[d.name] = {"latency_10kpps_us": latency_at(d.to, d.listen)}
+            searches = {d.name: RateSearch() for d in devices}
+            while not all(s.done for s in searches.values()):
+                for d in devices:  # one trial per device per round: they share the machine's mood
+                    search = searches[d.name]
+                    if not search.done:
+                        rate = search.next_rate()
+                        search.record(rate, trial(d.to, d.listen, rate, args.trial_seconds))
+            for d in devices:
+                s, lat = searches[d.name], results[d.name]["latency_10kpps_us"]
+                results[d.name].update(zero_loss_pps=s.good, first_lossy_pps=s.bad, trials=s.trials)
+                print(f"{d.name:10s} zero-loss {s.good:>8,} pps   latency @10 kpps "
                       f"p50 {lat.get('p50', float('nan')):7.0f} us  p99 {lat.get('p99', float('nan')):7.0f} us",
                       flush=True)
-            finally:
-                device.stop()
-        cleanup_node(node_id)
+        finally:
+            for d in devices:
+                d.stop()
+            cleanup_node(node_id)
     ref = results["reference"]["zero_loss_pps"] or 1
     print(f"\nDEFT / reference zero-loss rate: {results['deft']['zero_loss_pps'] / ref:.2f}   "
           f"(harness ceiling {results['loopback']['zero_loss_pps']:,} pps)")

@@ -192,6 +192,8 @@ class Worker:
                 continue
             if got == 0:
                 wait = (self.out.deadline - now) / 1e9 if self.out.n else 0.1
+                if self.ordering.waiting_since:  # a gap may time out before anything arrives
+                    wait = min(wait, 0.01)
                 self.bell.wait(max(min(wait, 0.1), 0.00005 if flush_s else 0.0))
 
     def inputs_empty(self) -> bool:
