@@ -67,9 +67,11 @@ class RaftCore:
         self.votes: dict[int, bool] = {}
         self.prs: dict[int, Progress] = {}
         self.lead_transferee: int | None = None
-        #: ReadIndex rounds in flight, oldest first: context -> (index, voters that acked)
-        self.pending_reads: dict[bytes, tuple[int, set[int]]] = {}
+        #: ReadIndex rounds in flight, oldest first: context -> (index, voters that acked, asker)
+        self.pending_reads: dict[bytes, tuple[int, set[int], int]] = {}
         self.read_states: list[ReadState] = []
+        #: contexts this follower forwarded to its leader and still awaits
+        self.forwarded_reads: set[bytes] = set()
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.randomized_timeout = config.election_tick
@@ -134,21 +136,22 @@ class RaftCore:
 
         The leader notes its commit index, then confirms with a heartbeat round
         that a majority still follows it; the read appears in
-        ``Ready.read_states`` and may be served from the state machine once
-        ``applied >= index``. ``context`` identifies the read (unique per read).
-        Raises NotLeader elsewhere, NotReady before this leader has committed an
-        entry of its term (its commit index may be behind until then).
-        Unconfirmed reads are dropped if leadership is lost: clients retry.
+        ``Ready.read_states`` and may be served from the local state machine
+        once ``applied >= index``. A follower forwards the request to its
+        leader and gets the confirmed index back, so it can serve the read
+        itself. ``context`` identifies the read and must be unique across the
+        cluster (include the node id). Raises NotLeader when no leader is
+        known, NotReady on a leader that has not yet committed an entry of its
+        term. Reads are dropped silently if leadership changes: clients retry.
         """
         if self.role is not Role.LEADER:
-            raise NotLeader(self.id, self.lead)
-        if self.log.term(self.log.committed) != self.term:
-            raise NotReady("leader has not committed an entry of its term yet")
-        if self.membership.voters == (self.id,):
-            self.read_states.append(ReadState(self.log.committed, context))
+            if self.lead is None or self.role is not Role.FOLLOWER:
+                raise NotLeader(self.id, self.lead)
+            self.forwarded_reads.add(context)
+            self.send(Message(MsgType.READ_INDEX, self.id, self.lead, self.term, context=context))
             return
-        self.pending_reads[context] = (self.log.committed, {self.id})
-        roles.bcast_heartbeat(self, context)
+        if not roles.start_read(self, context, self.id):
+            raise NotReady("leader has not committed an entry of its term yet")
 
     def step(self, m: Message) -> None:
         """Process one message addressed to this node."""
@@ -237,12 +240,12 @@ class RaftCore:
         that need dropped entries get the snapshot instead (InstallSnapshot).
         """
         if index > self.log.applied:
-            raise InvariantViolation(f"snapshot at {index} beyond applied {self.log.applied}")
+            raise InvalidRequest(f"snapshot at {index} beyond applied {self.log.applied}")
         if self.snapshot is not None and index <= self.snapshot.index:
             return self.snapshot
         term = self.log.term(index)
         if term is None:
-            raise InvariantViolation(f"no entry at {index} to snapshot")
+            raise InvalidRequest(f"no entry at {index} to snapshot")
         membership = reconfig.membership_at(self, index)
         self.log.compact(index)
         self._base_membership = membership
@@ -317,6 +320,7 @@ class RaftCore:
         self.prs = {}
         self.lead_transferee = None
         self.pending_reads = {}
+        self.forwarded_reads = set()  # answers from an earlier term are dropped anyway
 
     def become_follower(self, term: int, lead: int | None) -> None:
         self._reset(term)

@@ -6,9 +6,12 @@ ones (identity = its node id), so every message is one-way and needs no reply
 socket. Sends never block: a message to an unreachable or slow peer is
 dropped (``IMMEDIATE`` + ``NOBLOCK``), which Raft tolerates by retrying.
 
-Loop (``run_once``): poll the ROUTER up to the next tick, ``step`` each
-decoded message, ``tick`` when due, then drain Readys in the contract's
-order: persist (storage.save), send, apply (callback), advance.
+Loop (``run_once``): poll the ROUTER (and any sockets added with ``watch``)
+up to the next tick, ``step`` each decoded message, ``tick`` when due, then
+drain Readys in the contract's order: persist (storage.save), send, apply
+(callback), advance; confirmed ReadIndex reads are handed to ``on_read`` once
+the state machine has applied their index. Failpoints (``failpoints.py``)
+sit before persisting and between persisting and sending.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import zmq
 
 from deft.runtime.consensus import codec
 from deft.runtime.consensus.core import RaftCore
-from deft.runtime.consensus.messages import Entry, Snapshot
+from deft.runtime.consensus.failpoints import failpoint
+from deft.runtime.consensus.messages import Entry, Message, Snapshot
+from deft.runtime.consensus.ready import ReadState
 from deft.runtime.consensus.storage_api import Storage
 from deft.runtime.errors import WireError
 
@@ -29,9 +34,14 @@ class RaftDriver:
     def __init__(self, core: RaftCore, storage: Storage, bind: str,
                  apply: Callable[[Entry], None], restore: Callable[[Snapshot], None],
                  tick_seconds: float = 0.1, ctx: zmq.Context | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_read: Callable[[bytes], None] | None = None,
+                 net_filter: Callable[[Message], bool] | None = None) -> None:
+        """``net_filter(msg) -> False`` drops a message in either direction (fault tests)."""
         self.core, self.storage = core, storage
-        self.apply, self.restore = apply, restore
+        self.apply, self.restore, self.on_read = apply, restore, on_read
+        self.net_filter = net_filter
+        self._confirmed: list[ReadState] = []
         self.tick_seconds = tick_seconds
         self.clock = clock
         self.ctx = ctx or zmq.Context.instance()
@@ -41,6 +51,9 @@ class RaftDriver:
         #: the bound address (with the real port when bind used ``:*``)
         self.endpoint: str = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.dealers: dict[int, zmq.Socket] = {}
+        self.poller = zmq.Poller()
+        self.poller.register(self.router, zmq.POLLIN)
+        self._watched: dict[zmq.Socket, Callable[[], None]] = {}
         self.next_tick = clock() + tick_seconds
         self.dropped = {"bad_frames": 0, "send_full": 0}
 
@@ -57,6 +70,11 @@ class RaftDriver:
             s.connect(endpoint)
             self.dealers[nid] = s
 
+    def watch(self, sock: zmq.Socket, handler: Callable[[], None]) -> None:
+        """Also poll ``sock`` in ``run_once`` and call ``handler`` when it is readable."""
+        self.poller.register(sock, zmq.POLLIN)
+        self._watched[sock] = handler
+
     def propose(self, data: bytes) -> int:
         """Propose on this node; raises NotLeader (with a hint) elsewhere."""
         index = self.core.propose(data)
@@ -69,7 +87,11 @@ class RaftDriver:
         wait = max(0.0, self.next_tick - now)
         if max_wait is not None:
             wait = min(wait, max_wait)
-        if self.router.poll(int(wait * 1000)):
+        events = dict(self.poller.poll(int(wait * 1000)))
+        for sock, handler in self._watched.items():
+            if sock in events:
+                handler()
+        if self.router in events:
             while True:
                 try:
                     frames = self.router.recv_multipart(zmq.NOBLOCK)
@@ -89,15 +111,22 @@ class RaftDriver:
         except WireError:
             self.dropped["bad_frames"] += 1
             return
-        if m.dst == self.core.id:
+        if m.dst == self.core.id and (self.net_filter is None or self.net_filter(m)):
             self.core.step(m)
+
+    def read_index(self, context: bytes) -> None:
+        """Start a ReadIndex read; ``on_read(context)`` is called when it may be served."""
+        self.core.read_index(context)
+        self._drain()
 
     def _drain(self) -> None:
         while (rd := self.core.ready()) is not None:
+            failpoint("raft_before_persist")
             self.storage.save(rd.hard_state, rd.entries, rd.snapshot)  # durable first
+            failpoint("raft_after_persist")
             for m in rd.messages:
                 sock = self.dealers.get(m.dst)
-                if sock is None:
+                if sock is None or (self.net_filter is not None and not self.net_filter(m)):
                     continue
                 try:
                     sock.send_multipart(codec.encode(m), zmq.NOBLOCK)
@@ -107,7 +136,16 @@ class RaftDriver:
                 self.restore(rd.snapshot)
             for e in rd.committed:
                 self.apply(e)
+            self._confirmed += rd.read_states
             self.core.advance(rd)
+            self._serve_reads()
+
+    def _serve_reads(self) -> None:
+        applied = self.core.log.applied
+        while self._confirmed and self._confirmed[0].index <= applied:
+            rs = self._confirmed.pop(0)
+            if self.on_read is not None:
+                self.on_read(rs.context)
 
     def close(self) -> None:
         for s in self.dealers.values():

@@ -63,6 +63,8 @@ class MsgType(enum.Enum):
     PRE_VOTE_RESP = "MsgPreVoteResp"
     SNAP = "MsgSnap"
     TIMEOUT_NOW = "MsgTimeoutNow"
+    READ_INDEX = "MsgReadIndex"
+    READ_INDEX_RESP = "MsgReadIndexResp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +93,7 @@ class Message:
     snapshot: Snapshot | None = None
     #: VOTE sent on a leader's request (TIMEOUT_NOW): voters skip the lease check.
     transfer: bool = False
-    #: HEARTBEAT(_RESP) for a ReadIndex round: the read's id, echoed back.
+    #: HEARTBEAT(_RESP), READ_INDEX(_RESP): the read's id, echoed back.
     context: bytes = b""
 
     def describe(self) -> str:
@@ -100,7 +102,7 @@ class Message:
         t = self.type
         if t in (MsgType.APP, MsgType.VOTE, MsgType.PRE_VOTE):
             parts.append(f"Log:{self.log_term}/{self.index}")
-        if t is MsgType.APP_RESP:
+        if t in (MsgType.APP_RESP, MsgType.READ_INDEX_RESP):
             parts.append(f"Index:{self.index}")
         if t in (MsgType.APP, MsgType.HEARTBEAT):
             parts.append(f"Commit:{self.commit}")

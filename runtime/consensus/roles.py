@@ -29,6 +29,9 @@ def step_follower(core: RaftCore, m: Message) -> None:
         _handle_append_or_heartbeat(core, m)
     elif m.type is MsgType.TIMEOUT_NOW:
         election.hup(core, transfer=True)  # our leader hands over: campaign now
+    elif m.type is MsgType.READ_INDEX_RESP and m.context in core.forwarded_reads:
+        core.forwarded_reads.discard(m.context)  # a duplicated answer is ignored
+        core.read_states.append(ReadState(m.index, m.context))
     # Responses meant for an earlier role are ignored.
 
 
@@ -92,6 +95,9 @@ def step_leader(core: RaftCore, m: Message) -> None:
         raise InvariantViolation(f"two leaders in term {core.term}: {core.id} and {m.src}")
     pr = core.prs.get(m.src)
     if pr is None:
+        return
+    if m.type is MsgType.READ_INDEX:
+        start_read(core, m.context, m.src)  # not ready yet: dropped, the follower's client retries
         return
     if m.type is MsgType.APP_RESP:
         pr.recent_active = True
@@ -175,6 +181,18 @@ def bcast_heartbeat(core: RaftCore, context: bytes = b"") -> None:
                           commit=min(pr.match, core.log.committed), context=context))
 
 
+def start_read(core: RaftCore, context: bytes, asker: int) -> bool:
+    """Leader: begin a ReadIndex round for ``asker``; False if not possible yet."""
+    if core.log.term(core.log.committed) != core.term:
+        return False  # our commit index may lag the cluster's until our noop commits
+    core.pending_reads[context] = (core.log.committed, {core.id}, asker)
+    if core.membership.voters == (core.id,):
+        _ack_read(core, core.id, context)  # a quorum of one: confirmed at once
+    else:
+        bcast_heartbeat(core, context)
+    return True
+
+
 def _ack_read(core: RaftCore, voter: int, context: bytes) -> None:
     """A heartbeat sent after the read began came back: once a majority did, the
     leader was still the leader after the read began, so the read and every
@@ -183,12 +201,16 @@ def _ack_read(core: RaftCore, voter: int, context: bytes) -> None:
     if pending is None or voter not in core.membership.voters:
         return
     pending[1].add(voter)
-    if len(pending[1]) < majority(len(core.membership.voters)):
+    if len(pending[1] & set(core.membership.voters)) < majority(len(core.membership.voters)):
         return
     while core.pending_reads:
-        ctx, (index, _) = next(iter(core.pending_reads.items()))
+        ctx, (index, _, asker) = next(iter(core.pending_reads.items()))
         del core.pending_reads[ctx]
-        core.read_states.append(ReadState(index, ctx))
+        if asker == core.id:
+            core.read_states.append(ReadState(index, ctx))
+        else:
+            core.send(Message(MsgType.READ_INDEX_RESP, core.id, asker, core.term, index=index,
+                              context=ctx))
         if ctx == context:
             break
 

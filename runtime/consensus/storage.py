@@ -1,7 +1,7 @@
 """Durable Raft storage on disk: an append-only, checksummed log file plus atomic state files.
 
 Layout of ``directory``:
-  raft.log   -- records ``[u32 length][u32 crc32(payload)][payload]``, payload
+  raft.log   -- records ``[u32 length][u32 crc32(length + payload)][payload]``, payload
                 ``[u64 index][u64 term][u8 kind][data]``. Overwriting a suffix
                 (after a term conflict) appends the new entries; on load a
                 record with index <= the last index truncates the replayed log
@@ -19,11 +19,12 @@ rename, fsync the directory. Compaction rewrites raft.log the same way.
 commit never points past the stored log. With ``fsync=False`` (tests, benchmarks)
 data survives a process crash but not a power loss.
 
-Recovery: a torn or corrupt *last* record (short header, length past the end
-of file, or checksum mismatch on the record that ends the file) is what a
-crash during append leaves behind; it was never acknowledged, so it is cut off
-(and the file truncated and synced). A bad record followed by more data is not
-a torn write and raises CorruptStorage rather than silently dropping entries.
+Recovery: a bad record (short header, length past the end of file, or checksum
+mismatch) with nothing valid after it is what a crash during an append leaves
+behind; it was never acknowledged, so it is cut off (the file is truncated and
+synced). If any valid record follows the bad one, the damage is not a torn
+write but corruption of acknowledged data: CorruptStorage, never a silent
+truncation. (The checksum covers the length, so a damaged length is caught.)
 Entries that a snapshot covers are dropped at load; if the log does not hold
 the snapshot's own entry with the snapshot's term (a crash between writing a
 received snapshot and emptying the log), the whole log is dropped, as
@@ -56,7 +57,21 @@ def encode_record(e: Entry) -> bytes:
 
 def _record(index: int, term: int, kind: int, data: bytes = b"") -> bytes:
     payload = _ENTRY.pack(index, term, kind) + data
-    return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+    length = struct.pack("<I", len(payload))
+    return length + struct.pack("<I", zlib.crc32(length + payload)) + payload
+
+
+def _record_at(buf: bytes, pos: int) -> int | None:
+    """End offset of a valid record starting at ``pos``, or None."""
+    if len(buf) - pos < _HEADER.size:
+        return None
+    length, crc = _HEADER.unpack_from(buf, pos)
+    end = pos + _HEADER.size + length
+    if length < _ENTRY.size or end > len(buf):
+        return None
+    if zlib.crc32(buf[pos:pos + 4] + buf[pos + _HEADER.size:end]) != crc:
+        return None
+    return end
 
 
 class DiskStorage:
@@ -174,29 +189,22 @@ class DiskStorage:
         entries: list[Entry] = []
         pos, size = 0, len(buf)
         while pos < size:
-            torn = size - pos < _HEADER.size
-            if not torn:
-                length, crc = _HEADER.unpack_from(buf, pos)
-                end = pos + _HEADER.size + length
-                torn = end > size
-            if torn:
-                self._truncate_tail(pos, size)
+            end = _record_at(buf, pos)
+            if end is None:
+                if any(_record_at(buf, i) is not None for i in range(pos + 1, size)):
+                    raise CorruptStorage(f"{self.log_path}: bad record at byte {pos} "
+                                         "followed by valid ones")
+                self._truncate_tail(pos, size)  # a torn last write
                 break
-            payload = buf[pos + _HEADER.size:end]
-            if zlib.crc32(payload) != crc or length < _ENTRY.size:
-                if end == size:
-                    self._truncate_tail(pos, size)
-                    break
-                raise CorruptStorage(f"{self.log_path}: bad record at byte {pos} "
-                                     f"followed by {size - end} more bytes")
-            index, term, kind = _ENTRY.unpack_from(payload)
+            index, term, kind = _ENTRY.unpack_from(buf, pos + _HEADER.size)
+            data = buf[pos + _HEADER.size + _ENTRY.size:end]
             pos = end
             if kind == COMMIT_MARK:
                 self._commit_mark = max(self._commit_mark, index)
                 continue
             base = entries[0].index - 1 if entries else index - 1
             try:
-                merge_entries(entries, base, [Entry(term, index, payload[_ENTRY.size:], EntryKind(kind))])
+                merge_entries(entries, base, [Entry(term, index, data, EntryKind(kind))])
             except (StorageError, ValueError) as e:
                 raise CorruptStorage(f"{self.log_path}: record ending at byte {pos}: {e}") from e
         return entries

@@ -7,7 +7,8 @@ moves them; nothing happens unless a command says so, which is what makes
 the golden output of a script stable.
 
 Commands:
-  add-nodes N [voters=1,2,3] [prevote=true] [checkquorum=true] [max-entries=64] [seed=0]
+  add-nodes N [voters=1,2,3] [prevote=true] [checkquorum=true] [max-entries=64]
+            [max-inflight=256] [seed=0]
   propose-conf-change ID voters=1,2,3 [learners=4]            membership [ID...]
   campaign ID                 propose ID DATA            tick-election ID
   tick-heartbeat ID           process-ready ID...        stabilize [ID...]
@@ -34,6 +35,7 @@ class Env:
         self.configs: dict[int, Config] = {}
         self.network: list[Message] = []
         self.stash: list[Message] = []
+        self.read_log: list[tuple[int, int, bytes]] = []  # (node, index, context) confirmed
         self.blocked: set[tuple[int, int]] = set()
         self.seed = 0
 
@@ -69,6 +71,7 @@ class Env:
             out.append("  apply " + ", ".join(describe_entry(e) for e in rd.committed))
         for rs in rd.read_states:
             out.append(f"  read confirmed: {rs.context.decode()} at index {rs.index}")
+            self.read_log.append((nid, rs.index, rs.context))
         self.core(nid).advance(rd)
         return out
 
@@ -92,6 +95,7 @@ def cmd_add_nodes(env: Env, args: list[str]) -> list[str]:
     for i in ids:
         env.configs[i] = Config(i, voters, election_tick=10, heartbeat_tick=1,
                                 max_entries_per_msg=int(kv.get("max-entries", "64")),
+                                max_inflight=int(kv.get("max-inflight", "256")),
                                 pre_vote=kv.get("prevote", "false") == "true",
                                 check_quorum=kv.get("checkquorum", "false") == "true")
         env.storages[i] = MemoryStorage()

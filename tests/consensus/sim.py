@@ -86,9 +86,12 @@ class Simulation(ClientWorkload):
     def __init__(self, seed: int, *, n_nodes: int | None = None, faults: Faults | None = None,
                  fault_ms: float = 2500.0, quiet_ms: float = 2500.0, n_clients: int = 3,
                  keys: tuple[str, ...] = ("x", "y"), compact_every: int | None = None,
-                 disk_dir: Path | None = None) -> None:
+                 disk_dir: Path | None = None,
+                 schedule: list[tuple[float, str, int]] | None = None) -> None:
         """``disk_dir``: keep each node's state in real files (DiskStorage, no fsync) there;
-        a crash then closes them and a restart replays them, torn writes included."""
+        a crash then closes them and a restart replays them, torn writes included.
+        ``schedule``: explicit ``(time, action, node)`` faults instead of swarm chaos."""
+        self.schedule = schedule
         root = random.Random(seed)
         self.seed = seed
         self.net_rng = random.Random(root.getrandbits(64))
@@ -128,7 +131,10 @@ class Simulation(ClientWorkload):
             self._start(node)
         for c in self.clients:
             self.at(self.client_rng.uniform(0, 200), "client", c)
-        if self.faults.chaos_ms:
+        if self.schedule is not None:
+            for t, action, nid in self.schedule:  # an explicit fault schedule (Hypothesis)
+                self.at(t, "fault", action, self.ids[nid % len(self.ids)])
+        elif self.faults.chaos_ms:
             self.at(self.fault_rng.expovariate(1 / self.faults.chaos_ms), "chaos")
         self.at(self.fault_ms, "heal")
         try:
@@ -277,6 +283,7 @@ class Simulation(ClientWorkload):
 
     # -- faults ------------------------------------------------------------------------
     def _on_chaos(self) -> None:
+        """Swarm mode: a random enabled fault now, and the next one later."""
         if self.healed:
             return
         rng, f = self.fault_rng, self.faults
@@ -289,9 +296,15 @@ class Simulation(ClientWorkload):
             actions.append("pause")
         if f.reconfig:
             actions += ["reconfigure"] * 2
-        action = rng.choice(actions)
-        node = self.nodes[rng.choice(self.ids)]
-        if action in ("transfer", "reconfigure"):  # leader-only actions: find the leader
+        self._on_fault(rng.choice(actions), rng.choice(self.ids))
+        self.at(self.now + rng.expovariate(1 / f.chaos_ms), "chaos")
+
+    def _on_fault(self, action: str, nid: int) -> None:
+        """Apply one fault; leader-only actions go to the current leader if there is one."""
+        if self.healed:
+            return
+        rng, node = self.fault_rng, self.nodes[nid]
+        if action in ("transfer", "reconfigure"):
             node = next((n for n in self.nodes.values()
                          if n.core is not None and n.core.role is Role.LEADER), node)
         if action == "crash" and node.core is not None:
@@ -317,7 +330,6 @@ class Simulation(ClientWorkload):
             self._reconfigure(node)
         elif action == "heal_links":
             self.blocked.clear()
-        self.at(self.now + rng.expovariate(1 / f.chaos_ms), "chaos")
 
     def _reconfigure(self, node: SimNode) -> None:
         """Propose one random single-server change: add a learner, promote, demote or remove."""

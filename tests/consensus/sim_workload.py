@@ -4,7 +4,7 @@ Each operation is a put (unique value), get or compare-and-set on a few keys,
 sent to the node the client believes leads. NotLeader redirects to the hint;
 a timeout retries at a random node with the same (client, seq), so the session
 table applies it at most once. Gets go through the log or (half of them) by
-ReadIndex. Every answered operation joins the history checked for
+ReadIndex at whichever member the client asks (followers forward to the leader). Every answered operation joins the history checked for
 linearizability; one still unanswered at the end is recorded as indeterminate.
 """
 
@@ -32,7 +32,6 @@ class Client:
     cmd: bytes = b""
     last_seen: dict[str, Any] = field(default_factory=dict)
     read_index: bool = False  # serve the current get by ReadIndex instead of the log
-
 
 
 class ClientWorkload:

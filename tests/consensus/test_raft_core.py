@@ -1,6 +1,10 @@
 """RaftCore unit tests that read better as code than as scripts."""
 
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -177,5 +181,34 @@ def test_read_index_confirms_older_pending_reads_too() -> None:
     env.run("deliver-msgs from=2 type=MsgHeartbeatResp")
     rd = leader.ready()
     assert rd is not None and [s.context for s in rd.read_states] == [b"a", b"b"]
+
+
+def test_follower_read_index_is_confirmed_by_the_leader() -> None:
+    env = cluster()
+    env.run("propose 1 x")
+    env.run("stabilize")
+    env.core(2).read_index(b"f")
+    env.run("stabilize")
+    # The follower got the leader's commit index at the time of the read, confirmed.
+    assert env.read_log == [(2, 2, b"f")]
+    fresh = RaftCore(Config(3, (1, 2, 3)), MemoryStorage(), random.Random(0))
     with pytest.raises(NotLeader):
-        env.core(2).read_index(b"c")
+        fresh.read_index(b"g")  # no leader known
+
+
+def test_simulation_does_not_depend_on_hash_randomization() -> None:
+    """Set/dict iteration must not leak into a run: same seed, different PYTHONHASHSEED."""
+    code = ("import hashlib; from tests.consensus.sim import Simulation; s = Simulation(3).run(); "
+            "print(hashlib.sha256(repr((s.stats, [(o.client, o.call, o.ret, o.output) "
+            "for o in s.history])).encode()).hexdigest())")
+    root = Path(__file__).resolve().parents[2]
+    outs = {subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                           env={**os.environ, "PYTHONHASHSEED": h}, check=True).stdout
+            for h in ("1", "2")}
+    assert len(outs) == 1
+
+
+def test_compact_beyond_applied_is_refused() -> None:
+    env = cluster()
+    with pytest.raises(InvalidRequest):
+        env.core(1).compact(5, b"")

@@ -2,7 +2,8 @@
 
 import pytest
 
-from deft.runtime.consensus.kv import STALE, BadCommand, Command, KVStateMachine
+from deft.runtime.consensus.kv import (STALE, BadCommand, Command, KVStateMachine, decode_commands,
+                                       encode_batch)
 
 
 def apply(sm: KVStateMachine, client: str, seq: int, op: str, key: str, *args: object) -> object:
@@ -50,3 +51,20 @@ def test_snapshot_keeps_the_dedup_table() -> None:
 def test_bad_commands_are_refused_at_encode(cmd: Command) -> None:
     with pytest.raises(BadCommand):
         cmd.encode()
+
+
+def test_a_batch_is_one_entry_with_per_command_dedup() -> None:
+    sm = KVStateMachine()
+    batch = [Command("w1", 1, "incr", "n", (1,)), Command("w2", 1, "put", "k", ("v",)),
+             Command("w1", 2, "incr", "n", (5,))]
+    entry = encode_batch(batch)
+    assert sm.apply(entry) == [1, None, 6]
+    assert sm.apply(entry) == [1, None, 6]  # replayed after a failover: same answers, no effect
+    assert sm.data == {"n": 6, "k": "v"}
+    restored = KVStateMachine.restore(sm.snapshot())
+    assert restored.apply(entry) == [1, None, 6] and restored.data == sm.data
+    assert sm.apply(Command("w1", 3, "incr", "n", (1,)).encode()) == 7
+    assert sm.apply(entry)[0] == STALE  # w1 moved on; w2's window still answers
+    assert sm.apply(entry)[1] is None
+    assert decode_commands(entry) == batch
+    assert decode_commands(batch[0].encode()) == [batch[0]]

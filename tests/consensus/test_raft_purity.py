@@ -1,6 +1,8 @@
 """Guards on the package's shape: a pure core, one zmq importer, explicit exports."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import deft.runtime.consensus as pkg
@@ -8,7 +10,7 @@ import deft.runtime.consensus as pkg
 SRC = Path(pkg.__file__).parent
 IO_MODULES = {"zmq", "time", "socket", "threading", "asyncio", "select", "selectors", "os"}
 # Modules allowed to do I/O: the transport and the disk adapter.
-ALLOWED = {"driver.py": {"zmq", "time"}, "storage.py": {"os"}}
+ALLOWED = {"driver.py": {"zmq", "time"}, "storage.py": {"os"}, "failpoints.py": {"os", "time"}}
 
 
 def imports(path: Path) -> set[str]:
@@ -42,3 +44,8 @@ def test_public_names_are_exported() -> None:
                  "InvalidRequest", "InvariantViolation", "ConsensusError", "StorageError",
                  "CorruptStorage"):
         assert getattr(pkg, name).__name__ == name
+
+
+def test_importing_the_package_loads_no_zmq() -> None:
+    code = "import sys, deft.runtime.consensus; sys.exit('zmq' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

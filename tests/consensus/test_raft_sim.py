@@ -88,7 +88,8 @@ def test_catches_truncating_matching_entries(monkeypatch: pytest.MonkeyPatch) ->
 @pytest.mark.parametrize("seed", range(int(os.environ.get("RAFT_DISK_SEEDS", "12"))))
 def test_seed_on_disk(seed: int, tmp_path: Path) -> None:
     """The same simulation with real files: crashes close them, restarts replay them."""
-    heavy_disk = Faults(drop=0.05, chaos_ms=150, crash=True, crash_mid_ready=0.03, partition=True)
+    heavy_disk = Faults(drop=0.05, chaos_ms=150, crash=True, crash_mid_ready=0.03, partition=True,
+                        reconfig=True)
     try:
         Simulation(seed, faults=heavy_disk, disk_dir=tmp_path, compact_every=10).run()
     except Exception as e:

@@ -198,3 +198,16 @@ def test_commit_only_updates_append_a_mark_instead_of_rewriting_hard_state(tmp_p
     with DiskStorage(tmp_path) as st:
         assert st.load()[0] == HardState(1, 1, 3)
         assert st.load()[2] == ents(3, 1, 1)
+
+
+def test_a_damaged_length_before_the_tail_is_refused(tmp_path: Path) -> None:
+    """A huge length looks like a torn tail, but valid records follow: refuse, do not truncate."""
+    with DiskStorage(tmp_path) as st:
+        st.save(None, ents(1, 1, 1, 1))
+    log = tmp_path / LOG_NAME
+    data = bytearray(log.read_bytes())
+    data[0:4] = struct.pack("<I", 1 << 30)
+    log.write_bytes(bytes(data))
+    with pytest.raises(CorruptStorage):
+        DiskStorage(tmp_path)
+    assert log.read_bytes() == bytes(data)  # nothing was cut
