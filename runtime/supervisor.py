@@ -32,8 +32,8 @@ from deft.runtime.dataplane.packet import PACKET_DTYPE
 from deft.runtime.errors import DeftError
 from deft.runtime.heartbeat import Heartbeats
 from deft.runtime.params import split_host_port
-from deft.runtime.procs import egress, fabric, ingress, unit, worker
-from deft.runtime.dataplane.stamper import H_OWNER, StamperTable
+from deft.runtime.procs import egress, fabric, ingress, standby, unit, worker
+from deft.runtime.dataplane.stamper import StamperTable
 from deft.runtime.ring import Doorbell, Ring, cleanup_node
 from deft.runtime.ring.shm import create_segment, release_segment
 from deft.runtime.stats import CounterBlock
@@ -55,7 +55,7 @@ class Child:
     died_at: float = 0.0
     backoff: float = RESTART_BACKOFF_S
     last_exit: int | None = None
-    standby: subprocess.Popen | None = None  # stamping units: a started, waiting successor
+    standby: subprocess.Popen | None = None  # units and ingress: a started, waiting successor
 
     @property
     def key(self) -> str:
@@ -88,8 +88,8 @@ class Supervisor:
         self.stats: dict[str, CounterBlock] = {}
         self.routes: Routes | None = None
         self.segments: list[tuple[str, object]] = []
-        self.takeover_bells: list[Doorbell] = []
-        self.stamper_tables: list[StamperTable] = []
+        self.takeover_bells: dict[str, Doorbell] = {}
+        self.ingress_socket: socket.socket | None = None  # bound here, so its queue outlives an ingress
         self.children: list[Child] = []
         self.zctx = zmq.Context()
         self.control: ControlServer | None = None
@@ -107,10 +107,10 @@ class Supervisor:
             # the stamper's flow table outlives its unit process: a restarted unit continues every flow
             size = StamperTable.nbytes(cfg.ingress.flows_per_unit)
             mm = create_segment(topo.stamper_table(u), size)
-            self.stamper_tables.append(StamperTable.over(mm, cfg.ingress.flows_per_unit, fresh=True))
+            StamperTable.over(mm, cfg.ingress.flows_per_unit, fresh=True)  # writes the empty table's header
             self.segments.append((topo.stamper_table(u), mm))
             self.bells.append(Doorbell.create(topo.unit_bell(u)))
-            self.takeover_bells.append(Doorbell.create(topo.takeover_bell(u)))
+            self.takeover_bells[f"unit{u}"] = Doorbell.create(topo.takeover_bell(f"unit{u}"))
             self.stats[f"unit{u}"] = CounterBlock.create(topo.stats(f"unit{u}"), unit.COUNTERS)
         for i in topo.instances:
             for u in topo.units:
@@ -120,6 +120,7 @@ class Supervisor:
             self.stats[f"nf{i}"] = CounterBlock.create(topo.stats(f"nf{i}"), worker.counter_names(cfg.nf.kind))
         self.bells.append(Doorbell.create(topo.egress_bell()))
         self.bells.append(Doorbell.create(topo.ingress_bell()))
+        self.takeover_bells["ingress"] = Doorbell.create(topo.takeover_bell("ingress"))
         self.stats["ingress"] = CounterBlock.create(topo.stats("ingress"), ingress.COUNTERS)
         self.stats["egress"] = CounterBlock.create(topo.stats("egress"), egress.COUNTERS)
         self.stats["fabric"] = CounterBlock.create(topo.stats("fabric"), fabric.COUNTERS)
@@ -138,34 +139,37 @@ class Supervisor:
     def close_shared(self) -> None:
         for ring in self.rings.values():
             ring.close()
-        for bell in self.bells + self.takeover_bells:
+        for bell in self.bells + list(self.takeover_bells.values()):
             bell.close()
         for block in self.stats.values():
             block.close()
         if self.routes:
             self.routes.close()
-        self.stamper_tables = []
         for name, mm in self.segments:
             release_segment(mm, name, unlink=True)
         cleanup_node(self.topo.node_id)  # belt and braces: nothing of ours may stay in /dev/shm
 
     # -- processes ----------------------------------------------------------
-    def _command(self, child: Child, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "deft.runtime.procs", child.role,
-                "--config", self.config_path, "--index", str(child.index), *extra]
+    def _popen(self, child: Child, *extra: str) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "deft.runtime.procs", child.role,
+               "--config", self.config_path, "--index", str(child.index), *extra]
+        fds: tuple[int, ...] = ()
+        if child.role == "ingress" and self.ingress_socket is not None:
+            fds = (self.ingress_socket.fileno(),)
+            cmd += ["--socket-fd", str(fds[0])]
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, pass_fds=fds)
 
     def spawn(self, child: Child) -> None:
         self.stats[child.stats_key].set("ready", 0)  # the child sets it once it is attached and serving
-        child.proc = subprocess.Popen(self._command(child, *(["--restarted"] if child.restarts else [])),
-                                      stdin=subprocess.DEVNULL)
+        child.proc = self._popen(child, *(["--restarted"] if child.restarts else []))
         child.started_at = time.monotonic()
         self.log.info("started %s pid %d", child.key, child.proc.pid)
-        if child.role == "unit" and child.standby is None:
+        if child.role in standby.ROLES and child.standby is None:
             self.spawn_standby(child)
 
     def spawn_standby(self, child: Child) -> None:
-        """A stamping unit's successor: imported and waiting, it takes over in milliseconds."""
-        child.standby = subprocess.Popen(self._command(child, "--standby"), stdin=subprocess.DEVNULL)
+        """A unit's or the ingress's successor: imported and waiting, it takes over in milliseconds."""
+        child.standby = self._popen(child, "--standby")
         self.log.info("started %s standby pid %d", child.key, child.standby.pid)
 
     def take_over(self, child: Child, now: float) -> bool:
@@ -178,9 +182,9 @@ class Supervisor:
         child.restarts += 1
         child.started_at, child.died_at = now, 0.0
         # name the new owner before waking it: a standby woken by a stale post sees it is not
-        # the one and waits again, so two units never work on one ring
-        self.stamper_tables[child.index].header[H_OWNER] = standby.pid
-        bell = self.takeover_bells[child.index]
+        # the one and waits again, so two processes never work on one ring
+        self.stats[child.stats_key].set("owner", standby.pid)
+        bell = self.takeover_bells[child.stats_key]
         while bell.wait(0):  # drop posts left by a standby that died before taking them
             pass
         bell.ring()
@@ -218,7 +222,7 @@ class Supervisor:
                     child.backoff = min(child.backoff * 2, RESTART_BACKOFF_MAX_S) if child.restarts else child.backoff
                 self.log.warning("%s (pid %d) exited with %s; restart in %.1f s", child.key, child.proc.pid,
                                  child.last_exit, child.backoff)
-            if child.role == "unit" and self.take_over(child, now):
+            if child.role in standby.ROLES and self.take_over(child, now):
                 continue
             if child.role == "worker" and not self.config.nf.restart:
                 continue
@@ -291,18 +295,24 @@ class Supervisor:
             os.kill(child.pid, signal.SIGKILL)
 
     def check_ports(self) -> None:
-        """Fail at start, with the key named, if the ingress port cannot be bound."""
+        """Bind the ingress socket here (failing at start, with the key named, if it cannot be).
+
+        The supervisor keeps it and hands it to the ingress and its standby, so
+        the datagrams queued in the kernel survive an ingress crash.
+        """
         listen = self.config.ingress.listen
         if not listen.startswith("udp://"):
             return
         host, port = split_host_port(listen.partition("://")[2])
-        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            probe.bind((host, port))
+            if self.config.ingress.rcvbuf:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.config.ingress.rcvbuf)
+            sock.bind((host, port))
         except OSError as exc:
+            sock.close()
             raise DeftError(f"{self.config.source}: [ingress] listen {listen}: {exc.strerror}") from None
-        finally:
-            probe.close()
+        self.ingress_socket = sock
 
     # -- run ------------------------------------------------------------------
     def run(self) -> None:
@@ -339,6 +349,8 @@ class Supervisor:
                 self.heartbeats.close()
             if self.control:
                 self.control.close()
+            if self.ingress_socket:
+                self.ingress_socket.close()
             self.zctx.term()
             self.close_shared()
             self.log.info("node %s stopped", self.topo.node_id)

@@ -70,8 +70,9 @@ class Topology:
     def unit_bell(self, u: int) -> str:
         return self._name(f"bell.u{u}")
 
-    def takeover_bell(self, u: int) -> str:
-        return self._name(f"bell.takeover.u{u}")
+    def takeover_bell(self, key: str) -> str:
+        """The bell a role's hot standby sleeps on (key: unit<u> or ingress)."""
+        return self._name(f"bell.takeover.{key}")
 
     def nf_bell(self, i: int) -> str:
         return self._name(f"bell.nf{i}")

@@ -37,7 +37,7 @@ MAX_BATCH = 256  # the journal holds the undo rows of one batch of at most this 
 SLOT_DTYPE = np.dtype([("k0", "<u8"), ("k1", "<u8"), ("flow_id", "<u8"), ("last_seq", "<u8"), ("last_ts", "<u8")])
 UNDO_DTYPE = np.dtype([("slot", "<i8"), ("row", SLOT_DTYPE)])
 # header words
-H_MAGIC, H_CAPACITY, H_USED, H_NEXT_LOCAL, H_INTENT, H_HEAD, H_UNDO_N, H_UNDO_USED, H_UNDO_NEXT, H_OWNER = range(10)
+H_MAGIC, H_CAPACITY, H_USED, H_NEXT_LOCAL, H_INTENT, H_HEAD, H_UNDO_N, H_UNDO_USED, H_UNDO_NEXT = range(9)
 HEADER_WORDS = 16
 MAGIC = 0xDEF7_57A3
 

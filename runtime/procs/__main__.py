@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", type=int, default=0)
     parser.add_argument("--restarted", action="store_true", help="started again after a crash")
     parser.add_argument("--standby", action="store_true", help="wait, ready, until told to take over")
+    parser.add_argument("--socket-fd", type=int, help="ingress: the supervisor's bound UDP socket")
     args = parser.parse_args(argv)
     die_with_parent()
     normal_priority()
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     log = setup_logging(f"{args.role}{args.index if args.role in ('unit', 'worker') else ''}")
     try:
         topo = Topology(load_config(args.config))
+        extra = {"socket_fd": args.socket_fd} if args.role == "ingress" else {}
         if args.role == "ingress":
             from deft.runtime.procs.ingress import run
         elif args.role == "unit":
@@ -38,9 +40,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from deft.runtime.procs.egress import run
         if args.standby:
-            run(topo, args.index, stop, log, restarted=True, standby=True)
-        else:
-            run(topo, args.index, stop, log, restarted=args.restarted)
+            from deft.runtime.procs.standby import wait_for_takeover
+
+            log.info("standby waiting")
+            if not wait_for_takeover(topo, args.role, args.index, stop):
+                return 0
+        run(topo, args.index, stop, log, restarted=args.restarted or args.standby, **extra)
     except DeftError as exc:
         log.error("%s", exc)
         return 1

@@ -28,16 +28,27 @@ from deft.runtime.stats import CounterBlock
 from deft.runtime.topology import Topology
 
 BURST = 256
-COUNTERS = ["ready", "received", "accepted", "dropped", "unit_ring_full", "bursts"] + [f"drop_{r}" for r in DROP_REASONS]
+COUNTERS = (["ready", "owner", "received", "accepted", "dropped", "unit_ring_full", "bursts"]
+            + [f"drop_{r}" for r in DROP_REASONS])
 
 
 class UdpSource:
-    def __init__(self, url: str, rcvbuf: int):
-        host, port = split_host_port(url.partition("://")[2])
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        if rcvbuf:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.bind((host, port))
+    """VXLAN datagrams from a UDP socket.
+
+    The supervisor binds the socket and hands it down (``socket_fd``), so the
+    datagrams queued in the kernel outlive an ingress crash and its standby
+    continues reading where the dead one stopped.
+    """
+
+    def __init__(self, url: str, rcvbuf: int, socket_fd: int | None = None):
+        if socket_fd is not None:
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, fileno=socket_fd)
+        else:
+            host, port = split_host_port(url.partition("://")[2])
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            if rcvbuf:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.sock.bind((host, port))
         self.sock.setblocking(False)
         self.poller = select.poll()
         self.poller.register(self.sock.fileno(), select.POLLIN)
@@ -119,27 +130,28 @@ class PcapSource:
         pass
 
 
-def open_source(topo: Topology):
+def open_source(topo: Topology, socket_fd: int | None = None):
     listen = topo.config.ingress.listen
     scheme, _, rest = listen.partition("://")
     if scheme == "udp":
-        return UdpSource(listen, topo.config.ingress.rcvbuf)
+        return UdpSource(listen, topo.config.ingress.rcvbuf, socket_fd)
     if scheme == "shm":
         return ShmSource(topo)
     return PcapSource(rest)
 
 
-def run(topo: Topology, index: int, stop, log, restarted: bool = False) -> None:
+def run(topo: Topology, index: int, stop, log, restarted: bool = False, socket_fd: int | None = None) -> None:
     units = list(topo.units)
     rings = [Ring.attach(topo.unit_ring(u), PACKET_DTYPE) for u in units]
     bells = [Doorbell.attach(topo.unit_bell(u)) for u in units]
     stats = CounterBlock.attach(topo.stats("ingress"))
-    source = open_source(topo)
+    source = open_source(topo, socket_fd)
     out = np.zeros(BURST, dtype=PACKET_DTYPE)
     drops = np.zeros(len(DROP_REASONS), dtype=np.int64)
     values = stats.values
-    i_received, i_accepted, i_dropped, i_full, i_bursts = (stats.index[c] for c in COUNTERS[1:6])
-    i_drop0 = stats.index[COUNTERS[6]]
+    i_received, i_accepted, i_dropped, i_full, i_bursts = (
+        stats.index[c] for c in ("received", "accepted", "dropped", "unit_ring_full", "bursts"))
+    i_drop0 = stats.index[f"drop_{DROP_REASONS[0]}"]
     log.info("ingress listening on %s for %d stamping unit(s)", topo.config.ingress.listen, len(units))
     stats.set("ready", 1)
     try:

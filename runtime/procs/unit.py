@@ -17,7 +17,6 @@ the node, and still no flow sees a hole in its seqs.
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
@@ -26,7 +25,7 @@ import zmq
 from deft.runtime import wire
 from deft.runtime.dataplane.routes import TARGET_SCALE, W_PAIRS, Routes
 from deft.runtime.dataplane.packet import PACKET_DTYPE
-from deft.runtime.dataplane.stamper import H_OWNER, Stamper, StamperTable, bucket_of
+from deft.runtime.dataplane.stamper import Stamper, StamperTable, bucket_of
 from deft.runtime.ring import Doorbell, Ring
 from deft.runtime.ring.shm import attach_segment, release_segment
 from deft.runtime.sockets import make_socket
@@ -34,7 +33,7 @@ from deft.runtime.stats import CounterBlock
 from deft.runtime.topology import Topology
 
 MAX_BATCH = 256
-COUNTERS = ["ready", "received", "stamped", "sent_remote", "blocked", "dropped_stalled", "table_full",
+COUNTERS = ["ready", "owner", "received", "stamped", "sent_remote", "blocked", "dropped_stalled", "table_full",
             "new_flows", "flows", "expired"]
 STALL_S = 1.0  # an instance whose ring stays full this long is treated as stuck
 
@@ -246,31 +245,7 @@ class StampingUnit:
         release_segment(self._table_mm, "", unlink=False)
 
 
-def wait_for_takeover(topo: Topology, index: int, stop) -> bool:
-    """A standby's life before its turn: modules imported, waiting on the takeover bell.
-
-    Woken, it takes over only if the supervisor named it the owner in the flow
-    table's header; a stale wake-up sends it back to waiting.
-    """
-    bell = Doorbell.attach(topo.takeover_bell(index))
-    mm = attach_segment(topo.stamper_table(index))
-    owner = np.ndarray((1,), dtype=np.uint64, buffer=mm, offset=8 * H_OWNER)
-    try:
-        while not stop:
-            if bell.wait(0.5) and int(owner[0]) == os.getpid():
-                return True
-        return False
-    finally:
-        del owner
-        mm.close()
-        bell.close()
-
-
-def run(topo: Topology, index: int, stop, log, restarted: bool = False, standby: bool = False) -> None:
-    if standby:
-        log.info("stamping unit %d standby waiting", index)
-        if not wait_for_takeover(topo, index, stop):
-            return
+def run(topo: Topology, index: int, stop, log, restarted: bool = False) -> None:
     unit = StampingUnit(topo, index)
     log.info("stamping unit %d up (%d NF instance(s), %d flows carried over, journal %s)", index, unit.n_inst,
              len(unit.stamper), unit.recovered)

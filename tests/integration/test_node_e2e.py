@@ -193,3 +193,25 @@ def test_stamping_unit_killed_repeatedly_under_traffic_loses_and_duplicates_noth
     assert (report["lost"], report["duplicated"], report["reordered"]) == (0, 0, 0)
     assert st["units"][0]["counters"]["new_flows"] <= 300  # no flow got a second id
     assert sum(i["nf_counters"]["new_flows"] for i in st["instances"]) == 300  # each flow got one port
+
+
+def test_ingress_killed_repeatedly_loses_at_most_the_burst_in_hand(start_node, tmp_path):
+    """The supervisor owns the UDP socket: queued datagrams wait in the kernel for the standby."""
+    node = start_node(kind="nat", instances=2)
+    kills = []
+
+    def killer():
+        for _ in range(3):
+            time.sleep(0.9)
+            pid = node.status()["ingress"]["pid"]
+            kills.append(pid)
+            os.kill(pid, signal.SIGKILL)
+
+    t = threading.Thread(target=killer)
+    t.start()
+    report = run_trafficgen(node, tmp_path, "--flows", "300", "--rate", "2500", "--packets", "10000")
+    t.join()
+    st = node.status()
+    assert st["ingress"]["restarts"] == 3 and len(set(kills)) == 3
+    assert report["lost"] <= 3 * 8, report["lost"]          # a burst at 2.5 kpps is a datagram or two
+    assert (report["duplicated"], report["reordered"]) == (0, 0)
