@@ -20,7 +20,8 @@ Reference (defaults in brackets)::
     fabric = ""                           # bind address for packet batches from other nodes, e.g. tcp://127.0.0.1:7201
 
     [ingress]
-    listen = "udp://127.0.0.1:4789"       # udp://HOST:PORT (VXLAN), shm://NAME (local ring), pcap://PATH
+    listen = "udp://127.0.0.1:4789"       # udp://HOST:PORT (VXLAN), shm://NAME (local ring), pcap://PATH,
+                                          # or "none": no ingress, packets come from other nodes' units
     stamping_units = 1                    # stamping unit processes
     buckets = 4096                        # flow table buckets (hash mod B)
     ring_slots = 4096                     # slots of each ingress -> unit ring (power of two)
@@ -151,8 +152,9 @@ def parse_config(raw: dict, source: str = "<config>") -> NodeConfig:
     p.check_unknown()
 
     p = _section(raw, "ingress", source)
+    listen = p.str("listen", "udp://127.0.0.1:4789")
     ingress = IngressSection(
-        listen=p.url("listen", ("udp", "shm", "pcap"), "udp://127.0.0.1:4789"),
+        listen=listen if listen == "none" else p.url("listen", ("udp", "shm", "pcap"), "udp://127.0.0.1:4789"),
         stamping_units=p.int("stamping_units", 1, min=1, max=16),
         buckets=p.int("buckets", 4096, min=1, max=1 << 20),
         ring_slots=_power_of_two(p, "ring_slots", 4096),
@@ -161,6 +163,8 @@ def parse_config(raw: dict, source: str = "<config>") -> NodeConfig:
         flows_per_unit=p.int("flows_per_unit", 1 << 18, min=16, max=1 << 26),
     )
     p.check_unknown()
+    if ingress.listen == "none" and not node.fabric:
+        raise p.error("listen", '"none" needs [node] fabric: such a node gets its packets from other nodes')
     if ingress.listen.startswith("pcap://"):
         pcap_path = Path(ingress.listen[len("pcap://"):])
         if not pcap_path.is_file():

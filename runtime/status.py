@@ -51,7 +51,7 @@ def node_status(sup) -> dict:
             "control": cfg.node.control,
             "control_bad_requests": sup.control.bad_requests if sup.control else 0,
         },
-        "ingress": {
+        "ingress": None if not topo.has_ingress else {
             "listen": cfg.ingress.listen,
             **proc_info("ingress"),
             "counters": {k: v for k, v in ing.items() if not k.startswith("drop_")},

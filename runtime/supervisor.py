@@ -198,7 +198,8 @@ class Supervisor:
         self.children += [Child("unit", u) for u in self.topo.units]
         if self.config.node.fabric:
             self.children.append(Child("fabric", 0))
-        self.children.append(Child("ingress", 0))
+        if self.topo.has_ingress:
+            self.children.append(Child("ingress", 0))
         for child in self.children:
             self.spawn(child)
 

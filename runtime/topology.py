@@ -35,8 +35,13 @@ class Topology:
         return shm_name(self.node_id, what)
 
     @property
+    def has_ingress(self) -> bool:
+        return self.config.ingress.listen != "none"
+
+    @property
     def units(self) -> range:
-        return range(self.config.ingress.stamping_units)
+        """Stamping units of this node; none on a node without ingress."""
+        return range(self.config.ingress.stamping_units if self.has_ingress else 0)
 
     @property
     def instances(self) -> range:

@@ -50,11 +50,17 @@ def render_status(st: dict) -> str:
     node = st["node"]
     lines = [f"node {node['id']}  supervisor pid {node['pid']}  up {node['uptime_s']:.1f}s  control {node['control']}"]
     ing = st["ingress"]
-    lines.append(f"ingress {ing['listen']}  pid {ing['pid']}  {_fmt_counters(ing['counters'])}")
-    drops = {k: v for k, v in ing["drops"].items() if v}
-    lines.append(f"  ingress drops: {_fmt_counters(drops) if drops else 'none'}")
-    for ring in ing["unit_rings"]:
-        lines.append(f"  ring {ring['name']}: {ring['occupancy']}/{ring['slots']}")
+    if ing is None:
+        lines.append("ingress none: this node gets its packets from other nodes")
+    else:
+        lines.append(f"ingress {ing['listen']}  pid {ing['pid']}  {_fmt_counters(ing['counters'])}")
+        drops = {k: v for k, v in ing["drops"].items() if v}
+        lines.append(f"  ingress drops: {_fmt_counters(drops) if drops else 'none'}")
+        for ring in ing["unit_rings"]:
+            lines.append(f"  ring {ring['name']}: {ring['occupancy']}/{ring['slots']}")
+    fab = st.get("fabric")
+    if fab:
+        lines.append(f"fabric {fab['listen']}  pid {fab['pid']}  {_fmt_counters(fab['counters'])}")
     for u in st["units"]:
         lines.append(f"unit {u['index']}  pid {u['pid']}  restarts {u['restarts']}  {_fmt_counters(u['counters'])}")
     for inst in st["instances"]:

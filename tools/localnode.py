@@ -78,7 +78,8 @@ def write_config(path: Path, config: dict[str, dict]) -> Path:
 
 def processes(status: dict) -> list[dict]:
     """Every process of a node's status, supervisor excluded."""
-    return [status["ingress"], status["egress"], *status["units"], *status["instances"]]
+    optional = [p for p in (status["ingress"], status.get("fabric")) if p is not None]
+    return [*optional, status["egress"], *status["units"], *status["instances"]]
 
 
 class LocalNode:

@@ -34,9 +34,11 @@ def routed_cluster(tmp_path):
     nodes = []
     for n in (1, 2):
         node_id = f"r{os.getpid()}n{n}"
+        # node 1 takes the traffic; node 2 has no ingress and gets its packets through its fabric
         conf = node_config(node_id, "nat", 2, {"public_ip": f"203.0.113.{n}"}, egress={"send_to": egress},
                            node={"controller": cfg["controller"]["heartbeats"],
-                                 "fabric": f"tcp://127.0.0.1:{free_port(socket.SOCK_STREAM)}"})
+                                 "fabric": f"tcp://127.0.0.1:{free_port(socket.SOCK_STREAM)}"},
+                           **({"ingress": {"listen": "none"}} if n == 2 else {}))
         nodes.append(LocalNode.start(write_config(tmp_path / f"{node_id}.toml", conf), tmp_path / f"{node_id}.log"))
     try:
         for node in nodes:
@@ -56,7 +58,9 @@ def test_routes_spread_traffic_over_both_nodes_then_move_off_a_failed_one(routed
     assert sa["routes"]["nodes"] == [a.node_id, b.node_id] and sa["routes"]["epoch"] >= 2
     report = run_trafficgen(a, tmp_path, "--flows", "200", "--rate", "3000", "--packets", "6000")
     assert (report["lost"], report["duplicated"], report["reordered"]) == (0, 0, 0)
-    assert sum(i["counters"]["released"] for i in b.status()["instances"]) > 1000   # half the pairs are on b
+    sb = b.status()
+    assert sb["ingress"] is None and sb["units"] == []
+    assert sum(i["counters"]["released"] for i in sb["instances"]) > 1000   # half the pairs are on b
 
     before = a.status()["routes"]["epoch"]
 

@@ -82,3 +82,11 @@ def test_shipped_examples_load():
             load_controller_config(path)
         else:
             load_config(path)
+
+
+def test_a_node_without_ingress_needs_a_fabric():
+    with pytest.raises(ConfigError, match=r'\[ingress\] listen: "none" needs \[node\] fabric'):
+        parse_config(with_("ingress", listen="none"), "x.toml")
+    raw = with_("ingress", listen="none")
+    raw["node"]["fabric"] = "tcp://127.0.0.1:7201"
+    assert parse_config(raw, "x.toml").ingress.listen == "none"
