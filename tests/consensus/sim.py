@@ -36,7 +36,7 @@ from deft.runtime.consensus.kv import Command, KVStateMachine
 from deft.runtime.consensus.storage import DiskStorage, encode_record
 
 from .invariants import Observer
-from .linearizability import INFO, check_kv_history
+from .linearizability import INFO, Op, check_kv_history
 from .sim_workload import Client, ClientWorkload
 
 TICK_MS = 10.0
