@@ -30,7 +30,8 @@ class Heartbeats:
         self.next_ns = time.monotonic_ns()
 
     def due_in_ms(self) -> int:
-        return max(0, (self.next_ns - time.monotonic_ns()) // 1_000_000)
+        """Milliseconds until the next beat, rounded up: rounding down would spin for the last one."""
+        return max(0, -(-(self.next_ns - time.monotonic_ns()) // 1_000_000))
 
     def beat_if_due(self) -> None:
         now = time.monotonic_ns()

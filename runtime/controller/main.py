@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import os
 import sys
 import time
@@ -192,7 +193,8 @@ class Controller:
                       self.cfg.heartbeats, self.cfg.heartbeat_ms, self.cfg.miss_limit)
         try:
             while not self.stop:
-                events = dict(poller.poll(max(0, min(self.cfg.heartbeat_ms, next_tick - now_ms()))))
+                # rounded up: a timeout rounded down to 0 would spin until the tick
+                events = dict(poller.poll(max(0, math.ceil(min(self.cfg.heartbeat_ms, next_tick - now_ms())))))
                 if self.sub in events:
                     for _ in range(1000):  # drain what is there, then look at the rest
                         try:
