@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench bench-e2e clean
+.PHONY: demo demo-cluster test test-fast bench bench-e2e clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m deft.tools.demo
+
+demo-cluster: $(STAMP)
+	$(PY) -m deft.tools.demo_cluster
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
