@@ -82,6 +82,7 @@ class FlowTable:
         self.state = np.zeros(capacity, dtype=self.state_dtype)
         self.flow_ids = np.zeros(capacity, dtype=np.uint64)
         self.live = np.zeros(capacity, dtype=bool)
+        self.last_ns = np.zeros(capacity, dtype=np.uint64)  # newest packet timestamp per flow (runtime-kept)
         self._changed = np.zeros(capacity, dtype=bool)
         self._removed: list[int] = []
         self._index: dict[int, int] = {}
@@ -128,7 +129,7 @@ class FlowTable:
     def _grow(self) -> None:
         old = len(self.state)
         new = old * 2
-        for name in ("state", "flow_ids", "live", "_changed"):
+        for name in ("state", "flow_ids", "live", "_changed", "last_ns"):
             arr = getattr(self, name)
             grown = np.zeros(new, dtype=arr.dtype)
             grown[:old] = arr
@@ -137,6 +138,12 @@ class FlowTable:
 
     def mark_changed(self, rows: np.ndarray) -> None:
         self._changed[rows] = True
+
+    def idle_rows(self, now_ns: int, idle_ns: int) -> np.ndarray:
+        """Live rows whose newest packet is older than ``idle_ns`` at ``now_ns`` (packet time)."""
+        if now_ns <= idle_ns:
+            return np.zeros(0, dtype=np.int64)
+        return np.flatnonzero(self.live & (self.last_ns < np.uint64(now_ns - idle_ns)))
 
     def remove(self, rows: np.ndarray) -> None:
         """Forget flows (their state is zeroed and their rows reused)."""

@@ -40,6 +40,7 @@ Reference (defaults in brackets)::
     flush_us = 200                        # ...or when this long passed since the first one
     flush_on_idle = true                  # ...or as soon as the input rings are empty
     gap_timeout_ms = 100                  # a flow waits this long for a missing seq, then goes on
+    flow_idle_s = 300                     # an instance forgets a flow idle this long (packet time)
     buffer_batches = 32                   # input buffer = buffer_batches x batch_size packets
     restart = true                        # supervisor restarts a worker that dies
 
@@ -96,6 +97,7 @@ class NfSection:
     flush_us: int
     flush_on_idle: bool
     gap_timeout_ms: int
+    flow_idle_s: float
     restart: bool
     params: dict[str, Any]
 
@@ -189,6 +191,7 @@ def parse_config(raw: dict, source: str = "<config>") -> NodeConfig:
         flush_us=p.int("flush_us", 200, min=0, max=10_000_000),
         flush_on_idle=p.bool("flush_on_idle", True),
         gap_timeout_ms=p.int("gap_timeout_ms", 100, min=1, max=600_000),
+        flow_idle_s=p.float("flow_idle_s", 300.0, min=0.001),
         restart=p.bool("restart", True),
         params=params,
     )

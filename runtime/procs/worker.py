@@ -41,6 +41,7 @@ from deft.runtime.topology import Topology
 COUNTERS = [
     "ready", "received", "processed", "released", "dropped_by_nf", "stale", "duplicate",
     "pending_overflow", "pending", "batches", "egress_waits", "flows", "nf_errors", "adopted", "gaps_skipped",
+    "expired",
 ]
 
 
@@ -92,6 +93,8 @@ class Worker:
         self.ordering = OrderingUnit(PACKET_DTYPE, capacity, adopt_unknown=True)
         self.gap_ns = cfg.nf.gap_timeout_ms * 1_000_000
         self.next_gap_check = 0
+        self.idle_ns = int(cfg.nf.flow_idle_s * 1e9)
+        self.next_expiry = 0
         self.out = OutputBuffer(cfg.nf.batch_size, capacity, cfg.nf.flush_us * 1000)
         self.flush_on_idle = cfg.nf.flush_on_idle
         self._next_input = 0
@@ -122,6 +125,23 @@ class Worker:
         self.count["received"] += len(arrived)
         self.run_nf(self.ordering.order(arrived, time.monotonic_ns()))
 
+    def expire_idle(self, now_ns: int) -> None:
+        """Once a second: forget flows whose newest packet is older than flow_idle_s (packet time).
+
+        Table and ordering state of a flow that stopped would otherwise stay for
+        ever. NFs with their own expiry (the NAT's idle_timeout_s) see the rows
+        go like any other removal; the removal is part of the next state clock.
+        """
+        if now_ns < self.next_expiry:
+            return
+        self.next_expiry = now_ns + 1_000_000_000
+        rows = self.table.idle_rows(self.ctx.now_ns, self.idle_ns)
+        if len(rows):
+            flows = self.table.flow_ids[rows].tolist()
+            self.table.remove(rows)
+            self.ordering.forget(flows)
+            self.count["expired"] += len(flows)
+
     def skip_gaps(self, now_ns: int) -> None:
         """Every few ms: flows whose gap did not fill within gap_timeout_ms go on without it."""
         if now_ns >= self.next_gap_check and self.ordering.waiting_since:
@@ -132,6 +152,7 @@ class Worker:
         if len(ready) == 0:
             return
         rows, new_rows = self.table.rows_for(ready["flow_id"])
+        self.table.last_ns[rows] = ready["ts_ns"]  # per flow the last write wins: packets are in order
         self.ctx.now_ns = int(ready["ts_ns"].max())
         try:
             ready["verdict"] = self.nf.process(ready, rows, new_rows, self.table, self.ctx)
@@ -187,6 +208,7 @@ class Worker:
             got = self.pull()
             now = time.monotonic_ns()
             self.skip_gaps(now)
+            self.expire_idle(now)
             if self.out.due(now) or (self.flush_on_idle and self.out.n and self.inputs_empty()):
                 self.release()
                 continue

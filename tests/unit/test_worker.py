@@ -115,3 +115,19 @@ def test_a_restarted_worker_adopts_flows_at_their_current_seq(node):
     worker.pull()
     worker.release()
     assert out.pop(10)["seq"].tolist() == [40, 41]
+
+
+def test_idle_flows_are_forgotten_by_packet_time(node):
+    worker, feed, out = node(batch_size=8, flow_idle_s=1.0)
+    old, new = packets([(1, 1)]), packets([(2, 1)])
+    old["ts_ns"], new["ts_ns"] = 1_000_000_000, 3_000_000_000
+    feed.push_some(old)
+    worker.pull()
+    feed.push_some(new)
+    worker.pull()
+    worker.expire_idle(now_ns=10**18)
+    assert worker.count["expired"] == 1
+    assert 1 not in worker.table and 2 in worker.table
+    assert 1 not in worker.ordering.next_expected and 2 in worker.ordering.next_expected
+    records, removed = worker.table.take_changes()
+    assert removed.tolist() == [1]            # the removal travels with the next state clock
