@@ -59,7 +59,7 @@ from deft.runtime.errors import ConfigError
 from deft.runtime.params import Params
 
 _NODE_ID = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
-_SECTIONS = {"node", "ingress", "egress", "nf"}
+_SECTIONS = {"node", "ingress", "egress", "nf", "raft"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +114,7 @@ class NodeConfig:
     ingress: IngressSection
     egress: EgressSection
     nf: NfSection
+    raft: Any = None  # a deft.runtime.globalstate.RaftSection when [raft] is given
 
     def nf_params(self) -> Params:
         return Params(self.nf.params, self.source, "nf.params")
@@ -196,9 +197,32 @@ def parse_config(raw: dict, source: str = "<config>") -> NodeConfig:
         params=params,
     )
     p.check_unknown()
-    config = NodeConfig(source=source, node=node, ingress=ingress, egress=egress, nf=nf)
+    config = NodeConfig(source=source, node=node, ingress=ingress, egress=egress, nf=nf,
+                        raft=_raft_section(raw, source) if "raft" in raw else None)
     _check_nf(config)
     return config
+
+
+def _raft_section(raw: dict, source: str):
+    """``[raft] id, members, data_dir, fsync, tick_ms``: this node as a member of the global-state Raft."""
+    from deft.runtime.globalstate import RaftSection
+
+    p = _section(raw, "raft", source)
+    members_raw = p.table("members")
+    members: dict[int, str] = {}
+    for key, endpoint in members_raw.items():
+        if not str(key).isdigit() or int(key) < 1:
+            raise p.error("members", f"member ids are positive integers, got {key!r}")
+        if not isinstance(endpoint, str) or not endpoint.startswith(("tcp://", "ipc://")):
+            raise p.error("members", f"member {key}: expected tcp://HOST:PORT, got {endpoint!r}")
+        members[int(key)] = endpoint
+    member_id = p.int("id", min=1)
+    if member_id not in members:
+        raise p.error("id", f"{member_id} is not in members ({sorted(members)})")
+    section = RaftSection(id=member_id, members=members, data_dir=p.str("data_dir"),
+                          fsync=p.bool("fsync", True), tick_ms=p.int("tick_ms", 10, min=1, max=10_000))
+    p.check_unknown()
+    return section
 
 
 def _check_nf(config: NodeConfig) -> None:

@@ -4,6 +4,9 @@ Request: one frame of JSON ``{"cmd": "status"}`` (from a DEALER; a REQ's empty
 delimiter frame is accepted too). Reply: the same envelope, then one JSON
 frame; ``{"ok": false, "error": "..."}`` for anything malformed. A garbage
 frame is counted and answered, never fatal.
+
+A *deferred* handler gets ``(request, respond)`` and answers later by calling
+``respond(body)`` once (a Raft write is answered when it is applied).
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ Handler = Callable[[dict], dict]
 
 
 class ControlServer:
-    def __init__(self, ctx: zmq.Context, endpoint: str, handlers: dict[str, Handler], log):
+    def __init__(self, ctx: zmq.Context, endpoint: str, handlers: dict[str, Handler], log,
+                 deferred: dict[str, Callable[[dict, Callable[[dict], None]], None]] | None = None):
         self.sock = make_socket(ctx, zmq.ROUTER, bind=endpoint)
         self.handlers = handlers
+        self.deferred = deferred or {}
         self.log = log
         self.bad_requests = 0
 
@@ -31,10 +36,22 @@ class ControlServer:
             self.bad_requests += 1
             return
         envelope, payload = frames[:-1], frames[-1]
-        reply = self._dispatch(payload)
+        reply = self._dispatch(payload, envelope)
+        if reply is not None:
+            self._send(envelope, reply)
+
+    def handle_all(self) -> None:
+        """Answer everything that is waiting (for a poll loop owned by someone else)."""
+        while True:
+            try:
+                self.handle_one()
+            except zmq.Again:
+                return
+
+    def _send(self, envelope: list[bytes], reply: dict) -> None:
         self.sock.send_multipart(envelope + [orjson.dumps(reply, option=orjson.OPT_SERIALIZE_NUMPY)])
 
-    def _dispatch(self, payload: bytes) -> dict:
+    def _dispatch(self, payload: bytes, envelope: list[bytes] | None = None) -> dict | None:
         try:
             request = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -43,10 +60,20 @@ class ControlServer:
         if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
             self.bad_requests += 1
             return {"ok": False, "error": 'request must be an object with a string "cmd"'}
+        if request["cmd"] in self.deferred and envelope is not None:
+            def respond(body: dict) -> None:
+                self._send(envelope, body if "ok" in body else {"ok": True, **body})
+            try:
+                self.deferred[request["cmd"]](request, respond)
+            except (KeyError, ValueError, TypeError) as exc:
+                self.bad_requests += 1
+                return {"ok": False, "error": f"{request['cmd']}: {exc}"}
+            return None
         handler = self.handlers.get(request["cmd"])
         if handler is None:
             self.bad_requests += 1
-            return {"ok": False, "error": f"unknown cmd {request['cmd']!r}; known: {sorted(self.handlers)}"}
+            known = sorted([*self.handlers, *self.deferred])
+            return {"ok": False, "error": f"unknown cmd {request['cmd']!r}; known: {known}"}
         try:
             return {"ok": True, **handler(request)}
         except (KeyError, ValueError, TypeError) as exc:

@@ -63,6 +63,7 @@ def node_status(sup) -> dict:
         "instances": instances,
         "egress": {"send_to": cfg.egress.send_to, **proc_info("egress"),
                    "counters": sup.stats["egress"].as_dict()},
+        "raft": sup.globalstate.status() if sup.globalstate else None,
         "routes": {"epoch": sup.routes.epoch, "buckets": len(sup.routes.bucket_pair),
                    "nodes": [n for n, _ in sup.routes.nodes()]},
         "fabric": ({"listen": cfg.node.fabric, **proc_info("fabric"), "counters": sup.stats["fabric"].as_dict()}

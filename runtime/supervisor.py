@@ -95,6 +95,7 @@ class Supervisor:
         self.control: ControlServer | None = None
         self.heartbeats: Heartbeats | None = None
         self.pending_kill: tuple[str, float] | None = None
+        self.globalstate = None  # this node's Raft member, with [raft]
 
     # -- shared memory ------------------------------------------------------
     def create_shared(self) -> None:
@@ -260,6 +261,30 @@ class Supervisor:
                       len(routes.nodes))
         return {"epoch": routes.epoch}
 
+    # -- global state -------------------------------------------------------------
+    def _need_raft(self):
+        if self.globalstate is None:
+            raise ValueError("this node has no [raft] section: no global state here")
+        return self.globalstate
+
+    def on_global_get(self, request: dict, respond) -> None:
+        """``{"cmd": "global_get", "key": K, "linearizable": bool}``: this replica's value, or via ReadIndex."""
+        gs = self._need_raft()
+        key = request["key"]
+        if not isinstance(key, str):
+            raise ValueError("key must be a string")
+        if request.get("linearizable"):
+            gs.read(key, respond)
+        else:
+            respond(gs.get_local(key))
+
+    def on_global_op(self, request: dict, respond) -> None:
+        """``{"cmd": "global_op", "op": put|incr|add_to_set|compare_and_set|delete, "key", "args"}``."""
+        gs = self._need_raft()
+        if not isinstance(request.get("key"), str) or not isinstance(request.get("args", []), list):
+            raise ValueError("key must be a string and args a list")
+        gs.propose(request["op"], request["key"], tuple(request.get("args", [])), respond)
+
     # -- drills ---------------------------------------------------------------
     def on_kill(self, request: dict) -> dict:
         """``{"cmd": "kill", "target": "nf0" | "unit0" | "ingress" | "egress" | "node"}``: SIGKILL it.
@@ -322,11 +347,17 @@ class Supervisor:
         self.create_shared()
         try:
             self.check_ports()
+            if self.config.raft is not None:
+                from deft.runtime.globalstate import GlobalState
+
+                self.globalstate = GlobalState(self.config.raft, self.topo.node_id, self.zctx)
             try:
                 self.control = ControlServer(self.zctx, self.config.node.control,
                                              {"status": lambda req: node_status(self), "kill": self.on_kill,
                                               "set_routes": self.on_set_routes},
-                                             self.log)
+                                             self.log,
+                                             deferred={"global_get": self.on_global_get,
+                                                       "global_op": self.on_global_op})
             except zmq.ZMQError as exc:
                 raise DeftError(f"{self.config.source}: [node] control {self.config.node.control}: {exc}") from None
             self.start_children()
@@ -335,10 +366,14 @@ class Supervisor:
             self.heartbeats = Heartbeats(self) if self.config.node.controller else None
             poller = zmq.Poller()
             poller.register(self.control.sock, zmq.POLLIN)
+            if self.globalstate:  # the Raft driver owns the poll loop; it watches the control socket
+                self.globalstate.driver.watch(self.control.sock, self.control.handle_all)
             while not self.stop:
                 wait_ms = self.heartbeats.due_in_ms() if self.heartbeats else 20
-                if poller.poll(min(20, wait_ms)):
-                    self.control.handle_one()
+                if self.globalstate:
+                    self.globalstate.driver.run_once(max_wait=min(20, wait_ms) / 1000)
+                elif poller.poll(min(20, wait_ms)):
+                    self.control.handle_all()
                 self.reap_and_restart()
                 if self.heartbeats:
                     self.heartbeats.beat_if_due()
@@ -348,6 +383,8 @@ class Supervisor:
             self.stop_children()
             if self.heartbeats:
                 self.heartbeats.close()
+            if self.globalstate:
+                self.globalstate.close()
             if self.control:
                 self.control.close()
             if self.ingress_socket:

@@ -6,6 +6,8 @@ Synopsis::
     deft-ctl --controller tcp://127.0.0.1:7000 status [--json]
     deft-ctl --controller tcp://127.0.0.1:7000 fail nf node1/nf0      # drills: SIGKILL an NF worker
     deft-ctl --controller tcp://127.0.0.1:7000 fail node node1        # ... or a whole node
+    deft-ctl --node tcp://127.0.0.1:7101 global get KEY [--linearizable] [--json]
+    deft-ctl --node tcp://127.0.0.1:7101 global incr KEY [N]     # also: put KEY JSON, add_to_set KEY JSON
 
 ``status`` shows the node id, the pid of the supervisor and of every process,
 per-instance counters (received, processed, released, pending, drops by
@@ -58,6 +60,10 @@ def render_status(st: dict) -> str:
         lines.append(f"  ingress drops: {_fmt_counters(drops) if drops else 'none'}")
         for ring in ing["unit_rings"]:
             lines.append(f"  ring {ring['name']}: {ring['occupancy']}/{ring['slots']}")
+    raft = st.get("raft")
+    if raft:
+        lines.append(f"raft member {raft['id']}  {raft['role']}  term {raft['term']}  leader {raft['leader']}  "
+                     f"commit {raft['commit']}  applied {raft['applied']}  digest {raft['digest']}")
     fab = st.get("fabric")
     if fab:
         lines.append(f"fabric {fab['listen']}  pid {fab['pid']}  {_fmt_counters(fab['counters'])}")
@@ -106,11 +112,29 @@ def main(argv: list[str] | None = None) -> int:
     p_fail = sub.add_parser("fail", help="drill, through the controller: SIGKILL an NF worker or a node")
     p_fail.add_argument("what", choices=("nf", "node"))
     p_fail.add_argument("id", help="<node>/nf<i> for nf, <node> for node")
+    p_global = sub.add_parser("global", help="the Raft-replicated global state (nodes with [raft])")
+    p_global.add_argument("op", choices=("get", "incr", "put", "add_to_set", "delete"))
+    p_global.add_argument("key")
+    p_global.add_argument("value", nargs="?", help="incr: a number (default 1); put/add_to_set: JSON")
+    p_global.add_argument("--linearizable", action="store_true", help="get: through ReadIndex, not this replica")
+    p_global.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.cmd == "fail" and not args.controller:
         parser.error("fail needs --controller")
     endpoint = args.controller or args.node or "tcp://127.0.0.1:7101"
-    request = {"cmd": args.cmd} if args.cmd == "status" else {"cmd": "fail", "what": args.what, "id": args.id}
+    if args.cmd == "status":
+        request = {"cmd": "status"}
+    elif args.cmd == "fail":
+        request = {"cmd": "fail", "what": args.what, "id": args.id}
+    elif args.op == "get":
+        request = {"cmd": "global_get", "key": args.key, "linearizable": args.linearizable}
+    else:
+        try:
+            value = [] if args.op == "delete" else [int(args.value or 1)] if args.op == "incr" \
+                else [orjson.loads(args.value or "null")]
+        except ValueError:
+            parser.error(f"global {args.op}: bad value {args.value!r} (incr takes an integer, put JSON)")
+        request = {"cmd": "global_op", "op": args.op, "key": args.key, "args": value}
     try:
         reply = query(endpoint, request, args.timeout_ms)
     except NoAnswer as exc:
@@ -121,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.cmd == "fail":
         print(f"killed {reply['killed']} (pid {reply['pid']})")
+    elif args.cmd == "global":
+        if args.json:
+            sys.stdout.write(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode() + "\n")
+        else:
+            print(orjson.dumps(reply.get("value", reply.get("result"))).decode())
     elif args.json:
         sys.stdout.write(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:

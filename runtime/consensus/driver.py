@@ -16,6 +16,7 @@ sit before persisting and between persisting and sending.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -87,7 +88,7 @@ class RaftDriver:
         wait = max(0.0, self.next_tick - now)
         if max_wait is not None:
             wait = min(wait, max_wait)
-        events = dict(self.poller.poll(int(wait * 1000)))
+        events = dict(self.poller.poll(math.ceil(wait * 1000)))  # rounded down, it would spin the last ms
         for sock, handler in self._watched.items():
             if sock in events:
                 handler()

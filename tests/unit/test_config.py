@@ -90,3 +90,18 @@ def test_a_node_without_ingress_needs_a_fabric():
     raw = with_("ingress", listen="none")
     raw["node"]["fabric"] = "tcp://127.0.0.1:7201"
     assert parse_config(raw, "x.toml").ingress.listen == "none"
+
+
+@pytest.mark.parametrize(
+    "raft, message",
+    [
+        ({"id": 4, "members": {"1": "tcp://127.0.0.1:1"}, "data_dir": "/tmp/x"}, r"\[raft\] id: 4 is not in members"),
+        ({"id": 1, "members": {"one": "tcp://127.0.0.1:1"}, "data_dir": "/tmp/x"}, r"\[raft\] members: member ids"),
+        ({"id": 1, "members": {"1": "udp://x"}, "data_dir": "/tmp/x"}, r"\[raft\] members: member 1: expected tcp"),
+        ({"id": 1, "members": {"1": "tcp://127.0.0.1:1"}}, r"\[raft\] data_dir: is required"),
+        ({"id": 1, "members": {"1": "tcp://127.0.0.1:1"}, "data_dir": "d", "votes": 3}, r"\[raft\] votes: unknown"),
+    ],
+)
+def test_raft_section_errors_name_the_key(raft, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config({**BASE, "raft": raft}, "x.toml")
