@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ import orjson
 
 from deft.runtime.ring import cleanup_node
 from deft.tools import trafficgen
-from deft.tools.localnode import LocalNode, free_port, node_config, write_config
+from deft.tools.localnode import LocalNode, free_port, node_config, stop_process, write_config
 
 HERE = Path(__file__).resolve().parent
 
@@ -96,13 +95,8 @@ class Device:
     def stop(self) -> None:
         if self.node:
             self.node.stop()
-        elif self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        elif self.proc:
+            stop_process(self.proc)
 
 
 def start_loopback() -> Device:

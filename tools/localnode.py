@@ -76,6 +76,17 @@ def write_config(path: Path, config: dict[str, dict]) -> Path:
     return path
 
 
+def stop_process(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace_s``; returns once the process is gone."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def processes(status: dict) -> list[dict]:
     """Every process of a node's status, supervisor excluded."""
     optional = [p for p in (status["ingress"], status.get("fabric")) if p is not None]
@@ -141,12 +152,7 @@ class LocalNode:
                 self.status(500)  # learn the latest child pids before they go
             except NoAnswer:
                 pass
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc)
         for pid in self.known_pids:  # children die with the supervisor (PDEATHSIG); make sure of it
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -206,10 +212,4 @@ class LocalController:
         raise RuntimeError(f"controller condition not met within {timeout:.0f} s; last status: {last}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 10)

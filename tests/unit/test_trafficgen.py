@@ -26,19 +26,13 @@ from deft.tools.trailer import (
     write_trailer,
 )
 
+from .reference_checksums import ones_sum as ones_complement_sum
+
 SYN, ACK, PSH, FIN = 0x02, 0x10, 0x08, 0x01
 
 
 # --- independent helpers (no code shared with the generator) ----------------------------------
 
-def ones_complement_sum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\x00"
-    total = 0
-    for i in range(0, len(data), 2):
-        total += data[i] << 8 | data[i + 1]
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
 
 
 def checksums_ok(frame: bytes) -> bool:
