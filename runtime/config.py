@@ -18,6 +18,7 @@ Reference (defaults in brackets)::
     controller = ""                       # deft-controller's heartbeat endpoint, e.g. tcp://127.0.0.1:7001
     heartbeat_ms = 10                     # heartbeat interval
     fabric = ""                           # bind address for packet batches from other nodes, e.g. tcp://127.0.0.1:7201
+    replication = ""                      # workers' 2PC sockets: worker i binds this port + i, e.g. tcp://127.0.0.1:7300
 
     [ingress]
     listen = "udp://127.0.0.1:4789"       # udp://HOST:PORT (VXLAN), shm://NAME (local ring), pcap://PATH,
@@ -41,6 +42,7 @@ Reference (defaults in brackets)::
     flush_on_idle = true                  # ...or as soon as the input rings are empty
     gap_timeout_ms = 100                  # a flow waits this long for a missing seq, then goes on
     flow_idle_s = 300                     # an instance forgets a flow idle this long (packet time)
+    replicate = false                     # duplicates to secondaries, release after 2PC (needs [node] replication)
     buffer_batches = 32                   # input buffer = buffer_batches x batch_size packets
     restart = true                        # supervisor restarts a worker that dies
 
@@ -69,6 +71,7 @@ class NodeSection:
     controller: str      # heartbeat endpoint of deft-controller ("" = run without one)
     heartbeat_ms: int
     fabric: str          # where this node receives packet batches from other nodes ("" = none)
+    replication: str     # base endpoint of the workers' replication sockets: worker i binds port + i
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +101,7 @@ class NfSection:
     flush_on_idle: bool
     gap_timeout_ms: int
     flow_idle_s: float
+    replicate: bool
     restart: bool
     params: dict[str, Any]
 
@@ -149,9 +153,12 @@ def parse_config(raw: dict, source: str = "<config>") -> NodeConfig:
     fabric = p.str("fabric", "")
     if fabric:
         fabric = p.url("fabric", ("tcp", "ipc"))
+    replication = p.str("replication", "")
+    if replication:
+        replication = p.url("replication", ("tcp",))
     node = NodeSection(id=node_id, control=p.url("control", ("tcp", "ipc"), "tcp://127.0.0.1:7101"),
                        controller=controller, heartbeat_ms=p.int("heartbeat_ms", 10, min=1, max=10_000),
-                       fabric=fabric)
+                       fabric=fabric, replication=replication)
     p.check_unknown()
 
     p = _section(raw, "ingress", source)
@@ -193,10 +200,13 @@ def parse_config(raw: dict, source: str = "<config>") -> NodeConfig:
         flush_on_idle=p.bool("flush_on_idle", True),
         gap_timeout_ms=p.int("gap_timeout_ms", 100, min=1, max=600_000),
         flow_idle_s=p.float("flow_idle_s", 300.0, min=0.001),
+        replicate=p.bool("replicate", False),
         restart=p.bool("restart", True),
         params=params,
     )
     p.check_unknown()
+    if nf.replicate and not (node.replication and node.fabric):
+        raise p.error("replicate", "needs [node] replication and [node] fabric (pairs span nodes)")
     config = NodeConfig(source=source, node=node, ingress=ingress, egress=egress, nf=nf,
                         raft=_raft_section(raw, source) if "raft" in raw else None)
     _check_nf(config)

@@ -47,6 +47,7 @@ class Heartbeats:
         ]
         self.send(wire.HEARTBEAT, {"node": sup.topo.node_id, "pid": os.getpid(), "seq": self.seq,
                                    "control": sup.config.node.control, "fabric": sup.config.node.fabric,
+                                   "replication": sup.config.node.replication,
                                    "buckets": sup.config.ingress.buckets, "routes_epoch": sup.routes.epoch,
                                    "instances": instances})
 

@@ -34,6 +34,8 @@ def node_status(sup) -> dict:
             "kind": cfg.nf.kind,
             "role": "primary",
             "peer": None,
+            "replication": {k: v for k, v in counters.items()
+                            if k.startswith(("repl_", "replica_")) or k == "duplicates"} if cfg.nf.replicate else None,
             **proc_info(f"worker{i}"),
             "counters": {k: v for k, v in counters.items() if not k.startswith("nf.")},
             "nf_counters": {k[3:]: v for k, v in counters.items() if k.startswith("nf.")},
@@ -65,7 +67,7 @@ def node_status(sup) -> dict:
                    "counters": sup.stats["egress"].as_dict()},
         "raft": sup.globalstate.status() if sup.globalstate else None,
         "routes": {"epoch": sup.routes.epoch, "buckets": len(sup.routes.bucket_pair),
-                   "nodes": [n for n, _ in sup.routes.nodes()]},
+                   "nodes": [node[0] for node in sup.routes.nodes()]},
         "fabric": ({"listen": cfg.node.fabric, **proc_info("fabric"), "counters": sup.stats["fabric"].as_dict()}
                    if cfg.node.fabric else None),
     }

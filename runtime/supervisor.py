@@ -126,7 +126,7 @@ class Supervisor:
         self.stats["egress"] = CounterBlock.create(topo.stats("egress"), egress.COUNTERS)
         self.stats["fabric"] = CounterBlock.create(topo.stats("fabric"), fabric.COUNTERS)
         self.routes = Routes.create(topo.routes(), cfg.ingress.buckets, topo.node_id, cfg.node.fabric,
-                                    cfg.nf.instances)
+                                    cfg.nf.instances, cfg.node.replication)
         for i in topo.instances:
             self._ring(topo.fabric_ring(i), topo.nf_ring_slots())
         if cfg.ingress.listen.startswith("shm://"):
@@ -252,7 +252,7 @@ class Supervisor:
         try:
             routes = RouteSet.from_request(request, self.config.ingress.buckets,
                                            {self.topo.node_id: self.config.nf.instances})
-            me = [n for n, _ in routes.nodes].index(self.topo.node_id)
+            me = [node[0] for node in routes.nodes].index(self.topo.node_id)
             self.routes.apply(routes, self_node=me)
         except (RouteError, ValueError) as exc:
             self.log.warning("refused routes: %s", exc)

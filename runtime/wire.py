@@ -6,7 +6,7 @@ what is wrong, so a receiver counts and ignores garbage instead of crashing.
 
 Kinds:
   HEARTBEAT  node supervisor -> controller, every heartbeat_ms:
-             {node, pid, seq, control, fabric, buckets, routes_epoch,
+             {node, pid, seq, control, fabric, replication, buckets, routes_epoch,
               instances: [{id, index, pid, alive, restarts}]}
   FAILED     node supervisor -> controller, at once when a child dies:
              {node, process, pid, exit}
@@ -31,7 +31,8 @@ PACKETS = b"P"
 KINDS = {HEARTBEAT: "heartbeat", FAILED: "failed", PACKETS: "packets"}
 
 _REQUIRED: dict[bytes, dict[str, type | tuple[type, ...]]] = {
-    HEARTBEAT: {"node": str, "pid": int, "seq": int, "control": str, "fabric": str, "buckets": int,
+    HEARTBEAT: {"node": str, "pid": int, "seq": int, "control": str, "fabric": str, "replication": str,
+                "buckets": int,
                 "routes_epoch": int, "instances": list},
     FAILED: {"node": str, "process": str, "pid": int, "exit": (int, type(None))},
     PACKETS: {"epoch": int, "instance": int, "n": int, "width": int},

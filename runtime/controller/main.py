@@ -147,7 +147,7 @@ class Controller:
         from deft.tools.ctl import NoAnswer, query
 
         self.routes_epoch = max(self.routes_epoch, self.view.max_routes_epoch()) + 1
-        request = place([(n, f, k) for n, f, k, _ in members], members[0][3], self.routes_epoch)
+        request = place([(n, f, k, r) for n, f, k, _, r in members], members[0][3], self.routes_epoch)
         ok = True
         for node_id, *_ in members:
             try:

@@ -17,13 +17,13 @@ from typing import Any
 NONE = -1
 
 
-def place(nodes: list[tuple[str, str, int]], n_buckets: int, epoch: int) -> dict[str, Any]:
-    """A ``set_routes`` request for ``nodes`` = [(id, fabric endpoint, instances)], sorted by id."""
-    nodes = sorted(nodes)
-    if not nodes or any(n_inst < 1 for _, _, n_inst in nodes):
+def place(nodes: list[tuple], n_buckets: int, epoch: int) -> dict[str, Any]:
+    """A ``set_routes`` request for ``nodes`` = [(id, fabric, instances[, replication endpoint])]."""
+    nodes = sorted(tuple(n) + ("",) * (4 - len(n)) for n in nodes)
+    if not nodes or any(n[2] < 1 for n in nodes):
         raise ValueError("placement needs at least one node with at least one instance")
     pairs = []
-    for k, (_, _, n_inst) in enumerate(nodes):
+    for k, (_, _, n_inst, _) in enumerate(nodes):
         nxt = (k + 1) % len(nodes)
         for i in range(n_inst):
             if nxt == k or i >= nodes[nxt][2]:
@@ -33,7 +33,7 @@ def place(nodes: list[tuple[str, str, int]], n_buckets: int, epoch: int) -> dict
     return {
         "cmd": "set_routes",
         "epoch": epoch,
-        "nodes": [[node_id, fabric] for node_id, fabric, _ in nodes],
+        "nodes": [[node_id, fabric, replication] for node_id, fabric, _, replication in nodes],
         "pairs": pairs,
         "buckets": [b % len(pairs) for b in range(n_buckets)],
     }

@@ -47,18 +47,21 @@ PACKET_DTYPE = np.dtype(
             "flow_id", "seq", "ts_ns", "key_hash", "vni",
             "src_ip", "dst_ip", "src_port", "dst_port",
             "frame_len", "l4_off", "proto", "tcp_flags", "direction", "verdict",
+            "dup", "pair",
             "frame",
         ],
         "formats": [
             "<u8", "<u8", "<u8", "<u4", "<u4",
             "<u4", "<u4", "<u2", "<u2",
             "<u2", "<u2", "u1", "u1", "u1", "u1",
+            "u1", "<u2",
             ("u1", (MAX_FRAME,)),
         ],
         "offsets": [
             0, 8, 16, 24, 28,
             32, 36, 40, 42,
             44, 46, 48, 49, 50, 51,
+            52, 54,
             HEADER_SIZE,
         ],
         "itemsize": RECORD_SIZE,
@@ -79,6 +82,8 @@ proto          IP protocol number
 tcp_flags      TCP flags byte (0 for non-TCP)
 direction      0: lower endpoint -> higher endpoint, 1: the other way
 verdict        FORWARD or DROP, set by the NF
+dup            1 on the copy the switch sends to the flow's secondary (replication)
+pair           the pair (NF instance slot) the switch routed the packet for
 frame          the inner Ethernet frame
 """
 

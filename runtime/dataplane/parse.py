@@ -217,6 +217,8 @@ def _parse_block(stage, frame_len, e, vxlan, vni, out, ts_ns, drops) -> int:
     rec["tcp_flags"] = flags
     rec["direction"] = direction
     rec["verdict"] = 0
+    rec["dup"] = 0
+    rec["pair"] = 0
     rec["key_hash"] = h
     width = int(flen.max())
     rec["frame"][:, :width] = stage[:, e: e + width]

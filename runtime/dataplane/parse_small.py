@@ -25,7 +25,8 @@ from deft.runtime.dataplane.packet import HEADER_SIZE, MAX_FRAME, RECORD_SIZE
 SMALL = 8  # at most this many datagrams go the plain-Python way
 
 # flow_id seq ts_ns key_hash vni src_ip dst_ip src_port dst_port frame_len l4_off proto tcp_flags direction verdict
-_HEADER = struct.Struct("<QQQIIIIHHHHBBBB")
+# dup pair
+_HEADER = struct.Struct("<QQQIIIIHHHHBBBBBxH")  # ... verdict, dup, (pad), pair
 _ADDRS = struct.Struct("!II")
 _PORTS = struct.Struct("!HH")
 _M64 = 0xFFFFFFFFFFFFFFFF
@@ -84,6 +85,6 @@ def parse_small(stage: np.ndarray, lengths: list[int], out: np.ndarray, ts_ns: i
         flen = 14 + total
         at = i * RECORD_SIZE
         _HEADER.pack_into(dst, at, 0, 0, ts_ns, key_hash, vni, src_ip, dst_ip, sport, dport, flen, 34,
-                          proto, flags, direction, 0)
+                          proto, flags, direction, 0, 0, 0)
         dst[at + HEADER_SIZE: at + HEADER_SIZE + flen] = flat[i * width + 8: i * width + 8 + flen]
     return len(heads)

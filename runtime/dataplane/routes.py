@@ -10,7 +10,7 @@ Layout (little-endian int64 words, then the endpoint strings):
   [epoch, n_buckets, n_pairs, n_nodes, self_node]
   pair of bucket b           n_buckets words
   pair p: primary node, primary instance, secondary node, secondary instance   MAX_PAIRS x 4
-  node ids and fabric endpoints: MAX_NODES x 2 x ENDPOINT_BYTES, zero padded ASCII
+  node ids, fabric and replication endpoints: MAX_NODES x 3 x ENDPOINT_BYTES, zero padded ASCII
 
 Writers (the supervisor, on a ``set_routes`` from the controller or an
 operator) write everything, then bump the epoch last; readers that see a new
@@ -46,16 +46,17 @@ class RouteSet:
     """What a ``set_routes`` request carries, validated."""
 
     epoch: int
-    nodes: list[tuple[str, str]]                   # (node id, fabric endpoint)
+    nodes: list[tuple[str, str, str]]              # (node id, fabric endpoint, replication base endpoint)
     pairs: list[tuple[int, int, int, int]]          # primary node, instance, secondary node, instance
     buckets: np.ndarray                             # pair of each bucket
 
     @classmethod
     def from_request(cls, req: dict[str, Any], n_buckets: int, n_instances_of: dict[str, int]) -> "RouteSet":
-        """From JSON: {"epoch", "nodes": [[id, fabric], ...], "pairs": [[pn, pi, sn, si], ...], "buckets": [...]}."""
+        """From JSON: {"epoch", "nodes": [[id, fabric, replication?], ...], "pairs": [[pn, pi, sn, si], ...],
+        "buckets": [...]}."""
         try:
             epoch = int(req["epoch"])
-            nodes = [(str(n), str(f)) for n, f in req["nodes"]]
+            nodes = [(str(n[0]), str(n[1]), str(n[2]) if len(n) > 2 else "") for n in req["nodes"]]
             pairs = [tuple(int(x) for x in p) for p in req["pairs"]]
             buckets = np.asarray(req["buckets"], dtype=np.int64)
         except (KeyError, TypeError, ValueError) as exc:
@@ -66,8 +67,8 @@ class RouteSet:
             raise RouteError("set_routes: a pair is [primary node, instance, secondary node, instance]")
         if buckets.shape != (n_buckets,) or buckets.min() < 0 or buckets.max() >= len(pairs):
             raise RouteError(f"set_routes: buckets must be {n_buckets} pair numbers below {len(pairs)}")
-        if any(len(f.encode()) >= ENDPOINT_BYTES for _, f in nodes):
-            raise RouteError("set_routes: fabric endpoint too long")
+        if any(len(text.encode()) >= ENDPOINT_BYTES for node in nodes for text in node):
+            raise RouteError("set_routes: a node id or endpoint is too long")
         for k, (pn, pi, sn, si) in enumerate(pairs):
             for node, inst, what in ((pn, pi, "primary"), (sn, si, "secondary")):
                 if what == "secondary" and node == NONE:
@@ -92,20 +93,21 @@ class Routes:
         self.words = words
         self.bucket_pair = np.ndarray((n_buckets,), dtype=np.int64, buffer=mm, offset=8 * HEADER)
         self.pairs = np.ndarray((MAX_PAIRS, 4), dtype=np.int64, buffer=mm, offset=8 * (HEADER + n_buckets))
-        self._names = np.ndarray((MAX_NODES, 2, ENDPOINT_BYTES), dtype=np.uint8, buffer=mm,
+        self._names = np.ndarray((MAX_NODES, 3, ENDPOINT_BYTES), dtype=np.uint8, buffer=mm,
                                  offset=8 * (HEADER + n_buckets + 4 * MAX_PAIRS))
 
     @staticmethod
     def nbytes(n_buckets: int) -> int:
-        return 8 * (HEADER + n_buckets + 4 * MAX_PAIRS) + MAX_NODES * 2 * ENDPOINT_BYTES
+        return 8 * (HEADER + n_buckets + 4 * MAX_PAIRS) + MAX_NODES * 3 * ENDPOINT_BYTES
 
     @classmethod
-    def create(cls, name: str, n_buckets: int, node_id: str, fabric: str, n_instances: int) -> "Routes":
+    def create(cls, name: str, n_buckets: int, node_id: str, fabric: str, n_instances: int,
+               replication: str = "") -> "Routes":
         """Routes of a node on its own: pair i = local instance i, buckets spread evenly."""
         mm = create_segment(name, cls.nbytes(n_buckets))
         np.ndarray((HEADER,), dtype=np.int64, buffer=mm)[W_BUCKETS] = n_buckets
         routes = cls(name, mm, owner=True)
-        routes.apply(RouteSet(1, [(node_id, fabric)], [(0, i, NONE, NONE) for i in range(n_instances)],
+        routes.apply(RouteSet(1, [(node_id, fabric, replication)], [(0, i, NONE, NONE) for i in range(n_instances)],
                               np.arange(n_buckets) % n_instances), self_node=0)
         return routes
 
@@ -121,20 +123,18 @@ class Routes:
     def self_node(self) -> int:
         return int(self.words[W_SELF])
 
-    def nodes(self) -> list[tuple[str, str]]:
-        out = []
-        for k in range(int(self.words[W_NODES])):
-            node, fabric = (bytes(self._names[k, j]).rstrip(b"\x00").decode() for j in (0, 1))
-            out.append((node, fabric))
-        return out
+    def nodes(self) -> list[tuple[str, str, str]]:
+        """(node id, fabric endpoint, replication base endpoint) of every node in the routes."""
+        return [tuple(bytes(self._names[k, j]).rstrip(b"\x00").decode() for j in (0, 1, 2))
+                for k in range(int(self.words[W_NODES]))]
 
     def apply(self, routes: RouteSet, self_node: int) -> None:
         """Write a validated route set; the epoch goes last so readers never see a half-written one."""
         if routes.epoch <= self.epoch:
             raise RouteError(f"set_routes: epoch {routes.epoch} is not newer than {self.epoch}: refused")
         self._names[:] = 0
-        for k, (node, fabric) in enumerate(routes.nodes):
-            for j, text in enumerate((node, fabric)):
+        for k, node in enumerate(routes.nodes):
+            for j, text in enumerate(node):
                 raw = text.encode()[: ENDPOINT_BYTES - 1]
                 self._names[k, j, : len(raw)] = np.frombuffer(raw, np.uint8)
         self.pairs[:] = NONE

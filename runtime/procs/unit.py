@@ -23,7 +23,7 @@ import numpy as np
 import zmq
 
 from deft.runtime import wire
-from deft.runtime.dataplane.routes import TARGET_SCALE, W_PAIRS, Routes
+from deft.runtime.dataplane.routes import NONE, TARGET_SCALE, W_PAIRS, Routes
 from deft.runtime.dataplane.packet import PACKET_DTYPE
 from deft.runtime.dataplane.stamper import Stamper, StamperTable, bucket_of
 from deft.runtime.ring import Doorbell, Ring
@@ -33,7 +33,7 @@ from deft.runtime.stats import CounterBlock
 from deft.runtime.topology import Topology
 
 MAX_BATCH = 256
-COUNTERS = ["ready", "owner", "received", "stamped", "sent_remote", "blocked", "dropped_stalled", "table_full",
+COUNTERS = ["ready", "owner", "received", "stamped", "duplicated", "sent_remote", "blocked", "dropped_stalled", "table_full",
             "new_flows", "flows", "expired"]
 STALL_S = 1.0  # an instance whose ring stays full this long is treated as stuck
 
@@ -51,6 +51,21 @@ def fitting_prefix(instance: np.ndarray, rooms: list[int]) -> int:
             pos = np.flatnonzero(instance[:take] == i)
             if len(pos) > room:
                 take = int(pos[room])
+    return take
+
+
+def fitting_prefix_pair(dest: np.ndarray, dest2: np.ndarray, rooms: list[int]) -> int:
+    """``fitting_prefix`` when each packet also needs room at a second destination (its copy for the
+    secondary; -1 for none): the prefix ends where any destination runs out counting both uses."""
+    n = len(dest)
+    copies = np.flatnonzero(dest2 >= 0)
+    every_dest = np.concatenate([dest, dest2[copies]])
+    position = np.concatenate([np.arange(n), copies])
+    take = n
+    for d, room in enumerate(rooms):
+        pos = np.sort(position[every_dest == d])
+        if len(pos) > room:
+            take = min(take, int(pos[room]))
     return take
 
 
@@ -104,13 +119,16 @@ class Destinations:
     Rebuilt whenever the routes' epoch changes.
     """
 
-    def __init__(self, routes: Routes, n_local: int, zctx: zmq.Context, old: "Destinations | None" = None):
+    def __init__(self, routes: Routes, n_local: int, zctx: zmq.Context, old: "Destinations | None" = None,
+                 replicate: bool = False):
         self.epoch = routes.epoch
         self.n_local = n_local
         me = routes.self_node
         n_pairs = int(routes.words[W_PAIRS])
-        primaries = routes.pairs[:n_pairs, :2]
-        remote = sorted({(int(node), int(inst)) for node, inst in primaries.tolist() if node != me})
+        targets = routes.pairs[:n_pairs, :2].tolist()
+        if replicate:  # the secondaries get a copy of every packet: they are destinations too
+            targets += [t for t in routes.pairs[:n_pairs, 2:].tolist() if t[0] != NONE]
+        remote = sorted({(int(node), int(inst)) for node, inst in targets if node != me})
         self.remote = remote
         known = [me * TARGET_SCALE + i for i in range(n_local)] + [n * TARGET_SCALE + i for n, i in remote]
         order = np.argsort(known)
@@ -122,7 +140,7 @@ class Destinations:
         reuse = dict(old.sockets) if old else {}
         self.sockets: dict[str, zmq.Socket] = {}
         for node_index in sorted({n for n, _ in remote}):
-            node_id, fabric = nodes[node_index]
+            fabric = nodes[node_index][1]
             sock = reuse.pop(fabric, None) or make_socket(zctx, zmq.PUSH, connect=fabric, hwm=64)
             self.sockets[fabric] = sock
         for sock in reuse.values():
@@ -131,6 +149,13 @@ class Destinations:
         # per bucket, once per epoch: the switch step is then one fancy index per batch
         self.n_buckets = len(routes.bucket_pair)
         self.of_bucket = self.of(routes.primary_targets(np.arange(self.n_buckets)))
+        self.pair_of_bucket = routes.bucket_pair.copy()
+        # the secondary's destination per bucket, -1 for none (or when not replicating)
+        self.second_of_bucket = np.full(self.n_buckets, -1, dtype=np.int64)
+        if replicate:
+            sec = routes.pairs[routes.bucket_pair]
+            has = sec[:, 2] != NONE
+            self.second_of_bucket[has] = self.of(sec[has, 2] * TARGET_SCALE + sec[has, 3])
 
     def of(self, targets: np.ndarray) -> np.ndarray:
         """Destination index of each target id."""
@@ -158,7 +183,8 @@ class StampingUnit:
         self.out_bells = [Doorbell.attach(topo.nf_bell(i)) for i in topo.instances]
         self.routes = Routes.attach(topo.routes())
         self.zctx = zmq.Context()
-        self.dest = Destinations(self.routes, self.n_inst, self.zctx)
+        self.replicate = topo.config.nf.replicate
+        self.dest = Destinations(self.routes, self.n_inst, self.zctx, replicate=self.replicate)
         self.stats = CounterBlock.attach(topo.stats(f"unit{index}"))
         capacity = topo.config.ingress.flows_per_unit
         self._table_mm = attach_segment(topo.stamper_table(index))
@@ -178,9 +204,12 @@ class StampingUnit:
         if n == 0:
             return 0
         if self.routes.epoch != self.dest.epoch:
-            self.dest = Destinations(self.routes, self.n_inst, self.zctx, self.dest)
-        dest = self.dest.of_bucket[bucket_of(view["key_hash"], self.dest.n_buckets)]
+            self.dest = Destinations(self.routes, self.n_inst, self.zctx, self.dest, self.replicate)
+        buckets = bucket_of(view["key_hash"], self.dest.n_buckets)
+        dest = self.dest.of_bucket[buckets]
         rooms = self.dest.rooms(self.out_rings)
+        if self.replicate:
+            return self.step_replicated(view, buckets, dest, rooms)
         if fitting_prefix(dest, rooms) == n:  # the common case: everything fits
             batch, consumed = view, n
         else:
@@ -202,6 +231,36 @@ class StampingUnit:
         self._v[self._i["received"]] += consumed
         self._v[self._i["stamped"]] += len(batch)
         return consumed
+
+    def step_replicated(self, view: np.ndarray, buckets: np.ndarray, dest: np.ndarray, rooms: list[int]) -> int:
+        """The switch with replication: each packet to its primary, and a copy (dup = 1) to its secondary.
+
+        Only the prefix that fits at both destinations is taken (no stall rule here yet: a stuck
+        secondary pushes back on its primary's traffic, as 2PC would anyway).
+        """
+        dest2 = self.dest.second_of_bucket[buckets]
+        take = fitting_prefix_pair(dest, dest2, rooms)
+        if take == 0:
+            self._v[self._i["blocked"]] += 1
+            return 0
+        batch, dest, dest2 = view[:take], dest[:take], dest2[:take]
+        batch["pair"] = self.dest.pair_of_bucket[buckets[:take]]
+        ok = self.stamper.stamp(batch, ring_head=self.in_ring.popped)
+        if not ok.all():
+            self._v[self._i["table_full"]] += int((~ok).sum())
+            batch, dest, dest2 = batch[ok], dest[ok], dest2[ok]
+        self.hand_on(batch, dest)
+        copies = np.flatnonzero(dest2 >= 0)
+        if len(copies):
+            dups = batch[copies]  # a copy: the originals in the ring keep dup = 0
+            dups["dup"] = 1
+            self.hand_on(dups, dest2[copies])
+            self._v[self._i["duplicated"]] += len(copies)
+        self.in_ring.release(take)
+        self.stamper.commit()
+        self._v[self._i["received"]] += take
+        self._v[self._i["stamped"]] += len(batch)
+        return take
 
     def hand_on(self, batch: np.ndarray, dest: np.ndarray) -> None:
         d = self.dest

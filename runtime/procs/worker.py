@@ -42,6 +42,9 @@ COUNTERS = [
     "ready", "received", "processed", "released", "dropped_by_nf", "stale", "duplicate",
     "pending_overflow", "pending", "batches", "egress_waits", "flows", "nf_errors", "adopted", "gaps_skipped",
     "expired",
+    # replication ([nf] replicate): as primary, as secondary
+    "repl_committed", "repl_in_flight", "repl_staged", "replica_committed", "replica_flows", "replica_buffered",
+    "duplicates", "repl_refused",
 ]
 
 
@@ -95,16 +98,24 @@ class Worker:
         self.next_gap_check = 0
         self.idle_ns = int(cfg.nf.flow_idle_s * 1e9)
         self.next_expiry = 0
+        self.next_publish = 0
         self.out = OutputBuffer(cfg.nf.batch_size, capacity, cfg.nf.flush_us * 1000)
         self.flush_on_idle = cfg.nf.flush_on_idle
         self._next_input = 0
         # counters live in plain ints and reach shared memory in one numpy write per batch
         self.count = dict.fromkeys(COUNTERS[1:], 0)
+        self.repl = None
+        if cfg.nf.replicate:
+            from deft.runtime.procs.replica import Replication
+
+            self.repl = Replication(topo, index, self, log)
         self._published = [c for c in self.stats.fields if c != "ready"]
         self._published_at = np.array([self.stats.index[c] for c in self._published], dtype=np.int64)
 
     def pull(self) -> int:
         """Move up to the output buffer's room from the input rings through the NF."""
+        if self.repl is not None and not self.repl.window_open():
+            return 0  # 2PC window full: the input waits (back-pressure)
         taken = 0
         n_in = len(self.inputs)
         for k in range(n_in):
@@ -122,6 +133,14 @@ class Worker:
         return taken
 
     def process(self, arrived: np.ndarray) -> None:
+        if arrived["dup"].any():  # copies for the pairs this worker is the secondary of
+            dup = arrived["dup"] != 0
+            self.count["duplicates"] += int(dup.sum())
+            if self.repl is not None:
+                self.repl.on_duplicates(arrived[dup])
+            arrived = arrived[~dup]
+            if len(arrived) == 0:
+                return
         self.count["received"] += len(arrived)
         self.run_nf(self.ordering.order(arrived, time.monotonic_ns()))
 
@@ -168,10 +187,13 @@ class Worker:
         batch = self.out.take()
         verdict = batch["verdict"]
         forward = None if not verdict.any() else np.flatnonzero(verdict == FORWARD)
-        self.push_egress(batch, forward)
         n_forward = len(batch) if forward is None else len(forward)
+        if self.repl is not None and self.repl.replicating:
+            self.repl.submit(batch, forward)  # leaves for the egress on the 2PC's Release
+        else:
+            self.push_egress(batch, forward)
+            self.count["released"] += n_forward
         c = self.count
-        c["released"] += n_forward
         c["dropped_by_nf"] += len(batch) - n_forward
         c["batches"] += 1
         self.publish()
@@ -181,6 +203,14 @@ class Worker:
         c["stale"], c["duplicate"], c["pending_overflow"] = o.stale, o.duplicate, o.overflow
         c["adopted"], c["gaps_skipped"] = o.adopted, o.gaps_skipped
         c["pending"], c["flows"] = o.pending_count, len(self.table)
+        if self.repl is not None:
+            st = self.repl.status()
+            c["repl_committed"], c["repl_staged"] = st["committed"], st["staged"]
+            c["repl_in_flight"], c["repl_refused"] = st.get("in_flight", 0), st["refused"]
+            replicas = list(st["secondary_of"].values())
+            c["replica_committed"] = sum(r["committed"] for r in replicas)
+            c["replica_flows"] = sum(r["flows"] for r in replicas)
+            c["replica_buffered"] = sum(r["buffered"] for r in replicas)
         nf = self.nf.stats
         self.stats.values[self._published_at] = [
             c[name] if name in c else nf.get(name[3:], 0) for name in self._published
@@ -207,6 +237,11 @@ class Worker:
         while not self.stop:
             got = self.pull()
             now = time.monotonic_ns()
+            if self.repl is not None:
+                self.repl.poll(now)
+                if now >= self.next_publish:  # a secondary releases nothing: publish on a timer too
+                    self.next_publish = now + 100_000_000
+                    self.publish()
             self.skip_gaps(now)
             self.expire_idle(now)
             if self.out.due(now) or (self.flush_on_idle and self.out.n and self.inputs_empty()):
@@ -216,12 +251,16 @@ class Worker:
                 wait = (self.out.deadline - now) / 1e9 if self.out.n else 0.1
                 if self.ordering.waiting_since:  # a gap may time out before anything arrives
                     wait = min(wait, 0.01)
+                if self.repl is not None:  # votes and commits arrive on sockets, not on the bell
+                    wait = min(wait, 0.001)
                 self.bell.wait(max(min(wait, 0.1), 0.00005 if flush_s else 0.0))
 
     def inputs_empty(self) -> bool:
         return all(len(r) == 0 for r in self.inputs)
 
     def close(self) -> None:
+        if self.repl is not None:
+            self.repl.close()
         for r in self.inputs:
             r.close()
         self.egress.close()

@@ -6,7 +6,7 @@ from deft.runtime.controller.view import ClusterView
 
 
 def beat(node="n1", pid=100, seq=1, alive=(True, True), pids=(11, 12)):
-    return {"node": node, "pid": pid, "seq": seq, "control": "tcp://127.0.0.1:1", "fabric": "", "buckets": 64,
+    return {"node": node, "pid": pid, "seq": seq, "control": "tcp://127.0.0.1:1", "fabric": "", "replication": "", "buckets": 64,
             "routes_epoch": 1,
             "instances": [{"id": f"{node}/nf{i}", "index": i, "pid": p, "alive": a, "restarts": 0}
                           for i, (a, p) in enumerate(zip(alive, pids))]}
