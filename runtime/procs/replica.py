@@ -116,6 +116,9 @@ class Replication:
     def window_open(self) -> bool:
         return self.primary is None or self.primary.window_open
 
+    def in_flight(self) -> int:
+        return 0 if self.primary_core is None else self.primary_core.in_flight
+
     def submit(self, batch: np.ndarray, forward: np.ndarray | None) -> None:
         """A processed batch: stage its output, send its state by 2PC; it leaves on Release."""
         core = self.primary_core

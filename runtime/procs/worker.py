@@ -114,8 +114,6 @@ class Worker:
 
     def pull(self) -> int:
         """Move up to the output buffer's room from the input rings through the NF."""
-        if self.repl is not None and not self.repl.window_open():
-            return 0  # 2PC window full: the input waits (back-pressure)
         taken = 0
         n_in = len(self.inputs)
         for k in range(n_in):
@@ -244,7 +242,7 @@ class Worker:
                     self.publish()
             self.skip_gaps(now)
             self.expire_idle(now)
-            if self.out.due(now) or (self.flush_on_idle and self.out.n and self.inputs_empty()):
+            if self.should_release(now):
                 self.release()
                 continue
             if got == 0:
@@ -254,6 +252,24 @@ class Worker:
                 if self.repl is not None:  # votes and commits arrive on sockets, not on the bell
                     wait = min(wait, 0.001)
                 self.bell.wait(max(min(wait, 0.1), 0.00005 if flush_s else 0.0))
+
+    def should_release(self, now: int) -> bool:
+        """Full, past the flush deadline, or idle; with replication, also a free 2PC window.
+
+        Replicating, "idle" means idle with no batch in flight: while one is being
+        committed the next one keeps filling (group commit), so a 2PC round trip
+        carries as many packets as arrived during it.
+        """
+        if self.out.n == 0:
+            return False
+        repl = self.repl
+        if repl is not None and repl.replicating and not repl.window_open():
+            return False
+        if self.out.due(now):
+            return True
+        if not (self.flush_on_idle and self.inputs_empty()):
+            return False
+        return repl is None or not repl.replicating or repl.in_flight() == 0
 
     def inputs_empty(self) -> bool:
         return all(len(r) == 0 for r in self.inputs)
