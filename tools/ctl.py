@@ -91,7 +91,9 @@ def render_cluster(st: dict) -> str:
         lines.append(f"node {node['id']}  pid {node['pid']}  {node['state'].upper()}  control {node['control']}  "
                      f"last beat {node['silence_ms']:.0f} ms ago")
     for inst in st["instances"]:
-        peer = f"  peer {inst['peer']}" if inst["peer"] else ""
+        peer = f"  secondary {inst['peer']}" if inst["peer"] else ""
+        if inst.get("secondary_of"):
+            peer += f"  (secondary of {inst['secondary_of']})"
         lines.append(f"  instance {inst['id']}  {inst['role']}{peer}  pid {inst['pid']}  {inst['state']}  "
                      f"restarts {inst['restarts']}")
     for ev in st["events"][-10:]:

@@ -163,6 +163,7 @@ class Controller:
                          ok=ok)
         if ok:
             self.placed = members
+            self.view.set_placement(request)
         else:
             self.counters["route_push_failures"] += 1
             self.next_push_ms = now_ms() + 100  # try again soon, with a newer epoch

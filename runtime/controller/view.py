@@ -27,8 +27,9 @@ class InstanceInfo:
     state: str = "up"            # up | failed
     restarts: int = 0
     failed_at_ms: float | None = None
-    role: str = "primary"        # replication (issue 3) adds secondaries and peers
-    peer: str | None = None
+    role: str = "primary"        # of its own pair (placement makes every instance a primary)
+    peer: str | None = None      # the instance holding its pair's secondary
+    secondary_of: str | None = None  # the instance whose pair this one is the secondary of
 
 
 @dataclasses.dataclass
@@ -128,7 +129,8 @@ class ClusterView:
                           "beats": node.beats, "silence_ms": round(self.fdu.silence_ms(node.id, now_ms), 3)})
             for info in sorted(node.instances.values(), key=lambda i: i.index):
                 instances.append({"id": info.id, "node": info.node, "role": info.role, "peer": info.peer,
-                                  "pid": info.pid, "state": info.state, "restarts": info.restarts})
+                                  "secondary_of": info.secondary_of, "pid": info.pid, "state": info.state,
+                                  "restarts": info.restarts})
         return {"nodes": nodes, "instances": instances, "events": list(self.events),
                 "false_suspicions": self.false_suspicions}
 
@@ -140,3 +142,19 @@ class ClusterView:
 
     def max_routes_epoch(self) -> int:
         return max((n.routes_epoch for n in self.nodes.values()), default=0)
+
+    def set_placement(self, request: dict[str, Any]) -> None:
+        """Record, per instance, its pair's secondary (``peer``) and whose secondary it is."""
+        names = [n[0] for n in request["nodes"]]
+        for node in self.nodes.values():
+            for info in node.instances.values():
+                info.peer = info.secondary_of = None
+        for pn, pi, sn, si in request["pairs"]:
+            primary = self._instance(f"{names[pn]}/nf{pi}")
+            secondary = self._instance(f"{names[sn]}/nf{si}") if sn >= 0 else None
+            if primary is not None and secondary is not None:
+                primary.peer, secondary.secondary_of = secondary.id, primary.id
+
+    def _instance(self, instance_id: str) -> InstanceInfo | None:
+        node = self.nodes.get(instance_id.split("/")[0])
+        return node.instances.get(instance_id) if node else None

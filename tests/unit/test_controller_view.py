@@ -67,3 +67,14 @@ def test_a_late_node_that_comes_back_is_counted_as_a_false_suspicion():
     v.tick(50)
     v.on_heartbeat(beat(seq=2), 55)
     assert v.status(55)["false_suspicions"] == 1 and v.status(55)["nodes"][0]["state"] == "up"
+
+
+def test_placement_names_each_instance_peer():
+    v = ClusterView(10, 3)
+    v.on_heartbeat(beat(node="a", seq=1), 0)
+    v.on_heartbeat(beat(node="b", seq=1), 0)
+    v.set_placement({"nodes": [["a", "", ""], ["b", "", ""]],
+                     "pairs": [[0, 0, 1, 0], [0, 1, 1, 1], [1, 0, 0, 0], [1, 1, -1, -1]]})
+    st = {i["id"]: i for i in v.status(0)["instances"]}
+    assert st["a/nf0"]["peer"] == "b/nf0" and st["b/nf0"]["secondary_of"] == "a/nf0"
+    assert st["b/nf1"]["peer"] is None and st["a/nf1"]["secondary_of"] is None
