@@ -129,6 +129,10 @@ class Supervisor:
                                     cfg.nf.instances, cfg.node.replication)
         for i in topo.instances:
             self._ring(topo.fabric_ring(i), topo.nf_ring_slots())
+            if cfg.nf.replicate:  # duplicates travel apart, so a busy primary never starves its peer's votes
+                self._ring(topo.fabric_dup_ring(i), topo.nf_ring_slots())
+                for u in topo.units:
+                    self._ring(topo.dup_ring(i, u), topo.nf_ring_slots())
         if cfg.ingress.listen.startswith("shm://"):
             self._ring(topo.shm_input(), 1 << 14)
         if cfg.egress.send_to.startswith("shm://"):

@@ -54,6 +54,13 @@ class Topology:
     def nf_ring(self, i: int, u: int) -> str:
         return self._name(f"nf{i}.u{u}")
 
+    def dup_ring(self, i: int, u: int) -> str:
+        """Copies for the pairs instance i is the secondary of: never behind its own traffic."""
+        return self._name(f"nf{i}.u{u}.dup")
+
+    def fabric_dup_ring(self, i: int) -> str:
+        return self._name(f"nf{i}.fabric.dup")
+
     def fabric_ring(self, i: int) -> str:
         return self._name(f"nf{i}.fabric")
 

@@ -28,6 +28,8 @@ MAX_BATCH = 4096
 
 def run(topo: Topology, index: int, stop, log, restarted: bool = False) -> None:
     rings = [Ring.attach(topo.fabric_ring(i), PACKET_DTYPE) for i in topo.instances]
+    dup_rings = ([Ring.attach(topo.fabric_dup_ring(i), PACKET_DTYPE) for i in topo.instances]
+                 if topo.config.nf.replicate else None)
     bells = [Doorbell.attach(topo.nf_bell(i)) for i in topo.instances]
     stats = CounterBlock.attach(topo.stats("fabric"))
     ctx = zmq.Context()
@@ -48,9 +50,15 @@ def run(topo: Topology, index: int, stop, log, restarted: bool = False) -> None:
                     log.warning("ignored a bad fabric message: %s", exc)
                 continue
             i = header["instance"]
+            target = rings[i]
+            if out[0]["dup"]:  # a unit sends copies for secondaries in messages of their own
+                if dup_rings is None:
+                    stats.add("bad_frames", 1)
+                    continue
+                target = dup_rings[i]
             done = 0
             while done < n and not stop:
-                done += rings[i].push_some(out[done:n])
+                done += target.push_some(out[done:n])
                 bells[i].ring()
                 if done < n:
                     stats.add("ring_waits", 1)
@@ -61,6 +69,6 @@ def run(topo: Topology, index: int, stop, log, restarted: bool = False) -> None:
         stats.set("ready", 0)
         sock.close()
         ctx.term()
-        for r in rings:
+        for r in rings + (dup_rings or []):
             r.close()
         stats.close()

@@ -152,7 +152,7 @@ class Replication:
             if link is None:
                 self.unknown_duplicates += len(part)
                 continue
-            self.execute(link.on_packets(stamps_of(part), [r.tobytes() for r in part]))
+            self.execute(link.on_packets(stamps_of(part), [r.tobytes() for r in part]))  # copies, not views
 
     # -- every loop ---------------------------------------------------------------------------------
     def poll(self, now_ns: int) -> None:

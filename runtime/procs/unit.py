@@ -185,6 +185,8 @@ class StampingUnit:
         self.zctx = zmq.Context()
         self.replicate = topo.config.nf.replicate
         self.dest = Destinations(self.routes, self.n_inst, self.zctx, replicate=self.replicate)
+        self.dup_rings = ([Ring.attach(topo.dup_ring(i, index), PACKET_DTYPE) for i in topo.instances]
+                          if self.replicate else [])
         self.stats = CounterBlock.attach(topo.stats(f"unit{index}"))
         capacity = topo.config.ingress.flows_per_unit
         self._table_mm = attach_segment(topo.stamper_table(index))
@@ -239,7 +241,9 @@ class StampingUnit:
         secondary pushes back on its primary's traffic, as 2PC would anyway).
         """
         dest2 = self.dest.second_of_bucket[buckets]
-        take = fitting_prefix_pair(dest, dest2, rooms)
+        rooms2 = [r.free() for r in self.dup_rings] + rooms[len(self.dup_rings):]
+        take = min(fitting_prefix(dest, rooms), fitting_prefix(np.where(dest2 >= 0, dest2, len(rooms2)),
+                                                               rooms2 + [len(dest)]))
         if take == 0:
             self._v[self._i["blocked"]] += 1
             return 0
@@ -254,7 +258,7 @@ class StampingUnit:
         if len(copies):
             dups = batch[copies]  # a copy: the originals in the ring keep dup = 0
             dups["dup"] = 1
-            self.hand_on(dups, dest2[copies])
+            self.hand_on(dups, dest2[copies], self.dup_rings)
             self._v[self._i["duplicated"]] += len(copies)
         self.in_ring.release(take)
         self.stamper.commit()
@@ -262,17 +266,20 @@ class StampingUnit:
         self._v[self._i["stamped"]] += len(batch)
         return take
 
-    def hand_on(self, batch: np.ndarray, dest: np.ndarray) -> None:
+    def hand_on(self, batch: np.ndarray, dest: np.ndarray, rings: list[Ring] | None = None) -> None:
+        """Push each packet to its destination: a local ring (``rings``, default the instances'
+        input rings; the copies for secondaries go to their dup rings) or another node's fabric."""
         d = self.dest
+        rings = self.out_rings if rings is None else rings
         if d.all_local and self.n_inst == 1:
-            self.out_rings[0].push_some(batch)
+            rings[0].push_some(batch)
             self.out_bells[0].ring()
             return
         for k, part in enumerate(split_by_instance(dest, d.n_local + len(d.remote))):
             if not len(part):
                 continue
             if k < d.n_local:
-                self.out_rings[k].push_some(batch, part)
+                rings[k].push_some(batch, part)
                 self.out_bells[k].ring()
             else:
                 instance = d.remote[k - d.n_local][1]
@@ -295,6 +302,8 @@ class StampingUnit:
     def close(self) -> None:
         self.in_ring.close()
         for r in self.out_rings:
+            r.close()
+        for r in self.dup_rings:
             r.close()
         self.routes.close()
         self.dest.close()

@@ -84,6 +84,8 @@ class Worker:
         self.log = log
         self.inputs = [Ring.attach(topo.nf_ring(index, u), PACKET_DTYPE) for u in topo.units]
         self.inputs.append(Ring.attach(topo.fabric_ring(index), PACKET_DTYPE))  # from other nodes' units
+        self.dup_inputs = ([Ring.attach(topo.dup_ring(index, u), PACKET_DTYPE) for u in topo.units]
+                           + [Ring.attach(topo.fabric_dup_ring(index), PACKET_DTYPE)]) if cfg.nf.replicate else []
         self.bell = Doorbell.attach(topo.nf_bell(index))
         self.egress = Ring.attach(topo.egress_ring(index), PACKET_DTYPE)
         self.egress_bell = Doorbell.attach(topo.egress_bell())
@@ -112,9 +114,21 @@ class Worker:
         self._published = [c for c in self.stats.fields if c != "ready"]
         self._published_at = np.array([self.stats.index[c] for c in self._published], dtype=np.int64)
 
+    def pull_duplicates(self) -> int:
+        """Buffer the copies for the pairs this worker is the secondary of (independent of its own output)."""
+        taken = 0
+        for ring in self.dup_inputs:
+            view = ring.peek(1024)
+            if len(view):
+                self.count["duplicates"] += len(view)
+                self.repl.on_duplicates(view)
+                ring.release(len(view))
+                taken += len(view)
+        return taken
+
     def pull(self) -> int:
         """Move up to the output buffer's room from the input rings through the NF."""
-        taken = 0
+        taken = self.pull_duplicates() if self.dup_inputs else 0
         n_in = len(self.inputs)
         for k in range(n_in):
             room = self.out.room
@@ -277,7 +291,7 @@ class Worker:
     def close(self) -> None:
         if self.repl is not None:
             self.repl.close()
-        for r in self.inputs:
+        for r in self.inputs + self.dup_inputs:
             r.close()
         self.egress.close()
         self.stats.close()
