@@ -13,8 +13,6 @@ turn (see e2e_rates.py), and the on/off ratio.
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -23,56 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from e2e_rates import RateSearch, latency_at, trial  # noqa: E402
 
-from deft.tools.localnode import (  # noqa: E402
-    LocalController,
-    LocalNode,
-    controller_config,
-    free_port,
-    node_config,
-    to_toml,
-    write_config,
-)
-
-
-def consecutive_ports() -> int:
-    for _ in range(50):
-        p = free_port(socket.SOCK_STREAM)
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", p + 1))
-            return p
-        except OSError:
-            continue
-    raise SystemExit("no two consecutive free ports")
-
-
-class Cluster:
-    def __init__(self, tmp: Path, name: str, replicate: bool):
-        self.name = name
-        cfg = controller_config(heartbeat_ms=10, miss_limit=10)
-        (tmp / f"{name}-controller.toml").write_text(to_toml(cfg))
-        self.ctl = LocalController.start(tmp / f"{name}-controller.toml")
-        self.listen = f"udp://127.0.0.1:{free_port()}"
-        self.nodes = []
-        for n in (1, 2):
-            node_id = f"{name}{os.getpid()}n{n}"
-            conf = node_config(node_id, "nat", 2, {"public_ip": f"203.0.113.{n}"}, egress={"send_to": self.listen},
-                               node={"controller": cfg["controller"]["heartbeats"],
-                                     "fabric": f"tcp://127.0.0.1:{free_port(socket.SOCK_STREAM)}",
-                                     "replication": f"tcp://127.0.0.1:{consecutive_ports()}"},
-                               nf={"replicate": replicate},
-                               **({"ingress": {"listen": "none"}} if n == 2 else {}))
-            self.nodes.append(LocalNode.start(write_config(tmp / f"{node_id}.toml", conf)))
-        for node in self.nodes:
-            node.wait_ready()
-        self.ctl.wait_for(lambda st: any(e["event"] == "routes_pushed" and e["ok"] and len(e["nodes"]) == 2
-                                         for e in st["events"]))
-        self.to = self.nodes[0].ingress
-
-    def stop(self) -> None:
-        for node in self.nodes:
-            node.stop()
-        self.ctl.stop()
+from deft.tools.localnode import LocalCluster  # noqa: E402
 
 
 def main() -> None:
@@ -80,31 +29,31 @@ def main() -> None:
     ap.add_argument("--trial-seconds", type=float, default=2.0)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        clusters = []
+        clusters: dict[str, LocalCluster] = {}
         try:
-            clusters = [Cluster(Path(tmp), "off", False), Cluster(Path(tmp), "on", True)]
+            for name, on in (("off", False), ("on", True)):
+                clusters[name] = LocalCluster(Path(tmp), name, replicate=on, logs=False)
             lat = {}
-            for c in clusters:
-                trial(c.to, c.listen, 5_000, 1.0)  # warm-up: the flows exist before latency is measured
-                lat[c.name] = latency_at(c.to, c.listen)
-            searches = {c.name: RateSearch() for c in clusters}
+            for name, c in clusters.items():
+                c.wait_ready()
+                trial(c.ingress, c.egress, 5_000, 1.0)  # warm-up: the flows exist before latency is measured
+                lat[name] = latency_at(c.ingress, c.egress)
+            searches = {name: RateSearch() for name in clusters}
             while not all(s.done for s in searches.values()):
-                for c in clusters:
-                    s = searches[c.name]
+                for name, c in clusters.items():  # one trial each per round: the same background noise
+                    s = searches[name]
                     if not s.done:
                         rate = s.next_rate()
-                        s.record(rate, trial(c.to, c.listen, rate, args.trial_seconds))
-            for c in clusters:
-                l = lat[c.name]
-                print(f"secondaries {c.name:3s}: zero-loss {searches[c.name].good:>8,} pps   latency @10 kpps "
+                        s.record(rate, trial(c.ingress, c.egress, rate, args.trial_seconds))
+            for name, s in searches.items():
+                l = lat[name]
+                print(f"secondaries {name:3s}: zero-loss {s.good:>8,} pps   latency @10 kpps "
                       f"p50 {l.get('p50', float('nan')):6.0f} us  p99 {l.get('p99', float('nan')):6.0f} us  "
                       f"(lost {l['lost']})")
-            off, on = searches["off"].good or 1, searches["on"].good
-            print(f"\nreplication on / off zero-loss rate: {on / off:.2f}")
+            print(f"\nreplication on / off zero-loss rate: {searches['on'].good / (searches['off'].good or 1):.2f}")
         finally:
-            for c in clusters:
+            for c in clusters.values():
                 c.stop()
-
 
 if __name__ == "__main__":
     main()

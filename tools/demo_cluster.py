@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,15 +25,7 @@ from pathlib import Path
 import orjson
 
 from deft.tools.ctl import render_cluster
-from deft.tools.localnode import (
-    LocalController,
-    LocalNode,
-    controller_config,
-    free_port,
-    node_config,
-    to_toml,
-    write_config,
-)
+from deft.tools.localnode import LocalCluster
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,27 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--flows", type=int, default=300)
     args = parser.parse_args(argv)
-    tag = f"dc{os.getpid()}"
     with tempfile.TemporaryDirectory(prefix="deft-demo-cluster-") as tmp:
         tmp_path = Path(tmp)
-        cfg = controller_config(heartbeat_ms=10, miss_limit=5)
-        (tmp_path / "controller.toml").write_text(to_toml(cfg))
-        ctl = LocalController.start(tmp_path / "controller.toml", tmp_path / "controller.log")
-        egress = f"udp://127.0.0.1:{free_port()}"
-        nodes = []
+        cluster = LocalCluster(tmp_path, "dc", 3, miss_limit=5)
+        ctl, nodes, egress = cluster.ctl, cluster.nodes, cluster.egress
         try:
-            for n in (1, 2, 3):
-                conf = node_config(f"{tag}n{n}", "nat", 2, {"public_ip": f"203.0.113.{n}"},
-                                   egress={"send_to": egress},
-                                   node={"controller": cfg["controller"]["heartbeats"],
-                                         "fabric": f"tcp://127.0.0.1:{free_port(socket.SOCK_STREAM)}"},
-                                   **({} if n == 1 else {"ingress": {"listen": "none"}}))
-                path = write_config(tmp_path / f"n{n}.toml", conf)
-                nodes.append(LocalNode.start(path, tmp_path / f"n{n}.log"))
-            for node in nodes:
-                node.wait_ready()
-            ctl.wait_for(lambda st: any(e["event"] == "routes_pushed" and e["ok"] and len(e["nodes"]) == 3
-                                        for e in st["events"]))
+            cluster.wait_ready()
             print(f"== controller {ctl.control}; nodes {[n.node_id for n in nodes]} up; routes over all three")
             victim = nodes[2]
             timer = threading.Timer(args.seconds / 2, lambda: os.kill(victim.pid, 9))
@@ -84,8 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"\n== lost {r['lost']} of {r['sent']} (the failed node's in-flight packets: no replication yet), "
                       f"reordered {r['reordered']}, duplicated {r['duplicated']}")
         finally:
-            left = {node.node_id: node.stop() for node in nodes}
-            ctl.stop()
+            left = cluster.stop()
         print(f"== stopped; shared memory the killed node left (removed now): {left[victim.node_id] and 'yes'}")
         return 0 if gen.returncode == 0 else 1
 

@@ -213,3 +213,63 @@ class LocalController:
 
     def stop(self) -> None:
         stop_process(self.proc, 10)
+
+
+def consecutive_ports() -> int:
+    """A free port p with p + 1 free too (worker i binds a node's replication base port + i)."""
+    for _ in range(50):
+        p = free_port(socket.SOCK_STREAM)
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", p + 1))
+            return p
+        except OSError:
+            continue
+    raise RuntimeError("no two consecutive free ports")
+
+
+class LocalCluster:
+    """A controller and ``n_nodes`` NAT nodes on loopback, routes placed over all of them.
+
+    Node 1 takes the traffic (``ingress``); the others have no ingress and get
+    their buckets through their fabric; every node's egress goes to one
+    address (``egress``), where a generator listens. ``stop()`` stops every
+    process by PID and returns the shared memory killed nodes left behind.
+    """
+
+    def __init__(self, tmp: Path, tag: str, n_nodes: int = 2, *, replicate: bool = False,
+                 miss_limit: int = 10, logs: bool = True):
+        cfg = controller_config(heartbeat_ms=10, miss_limit=miss_limit)
+        (tmp / f"{tag}-controller.toml").write_text(to_toml(cfg))
+        self.ctl = LocalController.start(tmp / f"{tag}-controller.toml",
+                                         tmp / f"{tag}-controller.log" if logs else None)
+        self.egress = f"udp://127.0.0.1:{free_port()}"
+        self.nodes: list[LocalNode] = []
+        for n in range(1, n_nodes + 1):
+            node_id = f"{tag}{os.getpid()}n{n}"
+            node = {"controller": cfg["controller"]["heartbeats"],
+                    "fabric": f"tcp://127.0.0.1:{free_port(socket.SOCK_STREAM)}"}
+            if replicate:
+                node["replication"] = f"tcp://127.0.0.1:{consecutive_ports()}"
+            conf = node_config(node_id, "nat", 2, {"public_ip": f"203.0.113.{n}"}, node=node,
+                               egress={"send_to": self.egress}, nf={"replicate": replicate},
+                               **({"ingress": {"listen": "none"}} if n > 1 else {}))
+            self.nodes.append(LocalNode.start(write_config(tmp / f"{node_id}.toml", conf),
+                                              tmp / f"{node_id}.log" if logs else None))
+
+    def wait_ready(self) -> "LocalCluster":
+        """Every process serving and routes pushed over all the nodes."""
+        for node in self.nodes:
+            node.wait_ready()
+        self.ctl.wait_for(lambda st: any(e["event"] == "routes_pushed" and e["ok"]
+                                         and len(e["nodes"]) == len(self.nodes) for e in st["events"]))
+        return self
+
+    @property
+    def ingress(self) -> str:
+        return self.nodes[0].ingress
+
+    def stop(self) -> dict[str, list[str]]:
+        left = {node.node_id: node.stop() for node in self.nodes}
+        self.ctl.stop()
+        return left

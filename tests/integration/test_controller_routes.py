@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
-from deft.tools.localnode import (
-    LocalController,
-    LocalNode,
-    controller_config,
-    free_port,
-    node_config,
-    to_toml,
-    write_config,
-)
+from deft.tools.localnode import LocalCluster
 
 from .conftest import run_trafficgen
 
@@ -26,30 +16,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def routed_cluster(tmp_path):
+    # node 1 takes the traffic; node 2 has no ingress and gets its packets through its fabric.
     # 10 ms x 10: a heavily loaded test machine makes beats late; a false suspicion would move routes
-    cfg = controller_config(heartbeat_ms=10, miss_limit=10)
-    (tmp_path / "controller.toml").write_text(to_toml(cfg))
-    ctl = LocalController.start(tmp_path / "controller.toml", tmp_path / "controller.log")
-    egress = f"udp://127.0.0.1:{free_port()}"
-    nodes = []
-    for n in (1, 2):
-        node_id = f"r{os.getpid()}n{n}"
-        # node 1 takes the traffic; node 2 has no ingress and gets its packets through its fabric
-        conf = node_config(node_id, "nat", 2, {"public_ip": f"203.0.113.{n}"}, egress={"send_to": egress},
-                           node={"controller": cfg["controller"]["heartbeats"],
-                                 "fabric": f"tcp://127.0.0.1:{free_port(socket.SOCK_STREAM)}"},
-                           **({"ingress": {"listen": "none"}} if n == 2 else {}))
-        nodes.append(LocalNode.start(write_config(tmp_path / f"{node_id}.toml", conf), tmp_path / f"{node_id}.log"))
+    cluster = LocalCluster(tmp_path, "r", miss_limit=10)
     try:
-        for node in nodes:
-            node.wait_ready()
-        ctl.wait_for(lambda st: any(e["event"] == "routes_pushed" and e["ok"] and len(e["nodes"]) == 2
-                                    for e in st["events"]))
-        yield ctl, nodes
+        yield cluster.wait_ready().ctl, cluster.nodes
     finally:
-        for node in nodes:
-            node.stop()
-        ctl.stop()
+        cluster.stop()
 
 
 def test_routes_spread_traffic_over_both_nodes_then_move_off_a_failed_one(routed_cluster, tmp_path):
