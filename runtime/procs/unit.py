@@ -54,21 +54,6 @@ def fitting_prefix(instance: np.ndarray, rooms: list[int]) -> int:
     return take
 
 
-def fitting_prefix_pair(dest: np.ndarray, dest2: np.ndarray, rooms: list[int]) -> int:
-    """``fitting_prefix`` when each packet also needs room at a second destination (its copy for the
-    secondary; -1 for none): the prefix ends where any destination runs out counting both uses."""
-    n = len(dest)
-    copies = np.flatnonzero(dest2 >= 0)
-    every_dest = np.concatenate([dest, dest2[copies]])
-    position = np.concatenate([np.arange(n), copies])
-    take = n
-    for d, room in enumerate(rooms):
-        pos = np.sort(position[every_dest == d])
-        if len(pos) > room:
-            take = min(take, int(pos[room]))
-    return take
-
-
 def plan_handoff(instance: np.ndarray, rooms: list[int], stuck: set[int]) -> tuple[np.ndarray, int]:
     """(indices of the packets to stamp and hand on, packets consumed from the unit's ring).
 
@@ -200,7 +185,10 @@ class StampingUnit:
         self._i = {c: self.stats.index[c] for c in COUNTERS}
 
     def step(self) -> int:
-        """Stamp and hand on what fits of the next batch; return how many packets were consumed."""
+        """Stamp and hand on what fits of the next batch; return how many packets were consumed.
+
+        With replication each packet also goes, as a copy (dup = 1), to its pair's secondary.
+        """
         view = self.in_ring.peek(MAX_BATCH)
         n = len(view)
         if n == 0:
@@ -209,62 +197,52 @@ class StampingUnit:
             self.dest = Destinations(self.routes, self.n_inst, self.zctx, self.dest, self.replicate)
         buckets = bucket_of(view["key_hash"], self.dest.n_buckets)
         dest = self.dest.of_bucket[buckets]
-        rooms = self.dest.rooms(self.out_rings)
-        if self.replicate:
-            return self.step_replicated(view, buckets, dest, rooms)
-        if fitting_prefix(dest, rooms) == n:  # the common case: everything fits
-            batch, consumed = view, n
-        else:
-            picked, consumed = plan_handoff(dest, rooms, self.watch.stuck(rooms, time.monotonic()))
-            if consumed == 0:
-                self._v[self._i["blocked"]] += 1
-                return 0
-            self._v[self._i["dropped_stalled"]] += consumed - len(picked)
-            whole = len(picked) == consumed
-            batch = view[:consumed] if whole else view[picked]
-            dest = dest[:consumed] if whole else dest[picked]
+        dest2 = self.dest.second_of_bucket[buckets] if self.replicate else None
+        picked, consumed = self.plan(dest, dest2, self.dest.rooms(self.out_rings))
+        if consumed == 0:
+            self._v[self._i["blocked"]] += 1
+            return 0
+        self._v[self._i["dropped_stalled"]] += consumed - (consumed if picked is None else len(picked))
+        keep = slice(0, consumed) if picked is None else picked
+        batch, dest, buckets = view[keep], dest[keep], buckets[keep]
+        if dest2 is not None:
+            dest2 = dest2[keep]
+            batch["pair"] = self.dest.pair_of_bucket[buckets]
         ok = self.stamper.stamp(batch, ring_head=self.in_ring.popped)
         if not ok.all():  # flow table full: new flows without a slot are dropped unstamped
             self._v[self._i["table_full"]] += int((~ok).sum())
             batch, dest = batch[ok], dest[ok]
+            dest2 = None if dest2 is None else dest2[ok]
         self.hand_on(batch, dest)
+        if dest2 is not None:
+            self.hand_on_copies(batch, dest2)
         self.in_ring.release(consumed)
         self.stamper.commit()  # after the release: a crash before it rolls the batch back
         self._v[self._i["received"]] += consumed
         self._v[self._i["stamped"]] += len(batch)
         return consumed
 
-    def step_replicated(self, view: np.ndarray, buckets: np.ndarray, dest: np.ndarray, rooms: list[int]) -> int:
-        """The switch with replication: each packet to its primary, and a copy (dup = 1) to its secondary.
+    def plan(self, dest: np.ndarray, dest2: np.ndarray | None, rooms: list[int]) -> tuple[np.ndarray | None, int]:
+        """(indices to take or None for the whole prefix, packets consumed from the unit's ring)."""
+        n = len(dest)
+        if dest2 is not None:
+            # the copies need room in the secondaries' dup rings (remote ones share the fabric socket);
+            # no stall rule here yet: a stuck secondary pushes back on its primary, as 2PC would anyway
+            rooms2 = [r.free() for r in self.dup_rings] + rooms[len(self.dup_rings):]
+            copies_to = np.where(dest2 >= 0, dest2, len(rooms2))  # no secondary: an unbounded dummy
+            return None, min(fitting_prefix(dest, rooms), fitting_prefix(copies_to, rooms2 + [n]))
+        if fitting_prefix(dest, rooms) == n:  # the common case: everything fits
+            return None, n
+        picked, consumed = plan_handoff(dest, rooms, self.watch.stuck(rooms, time.monotonic()))
+        return (None if len(picked) == consumed else picked), consumed
 
-        Only the prefix that fits at both destinations is taken (no stall rule here yet: a stuck
-        secondary pushes back on its primary's traffic, as 2PC would anyway).
-        """
-        dest2 = self.dest.second_of_bucket[buckets]
-        rooms2 = [r.free() for r in self.dup_rings] + rooms[len(self.dup_rings):]
-        take = min(fitting_prefix(dest, rooms), fitting_prefix(np.where(dest2 >= 0, dest2, len(rooms2)),
-                                                               rooms2 + [len(dest)]))
-        if take == 0:
-            self._v[self._i["blocked"]] += 1
-            return 0
-        batch, dest, dest2 = view[:take], dest[:take], dest2[:take]
-        batch["pair"] = self.dest.pair_of_bucket[buckets[:take]]
-        ok = self.stamper.stamp(batch, ring_head=self.in_ring.popped)
-        if not ok.all():
-            self._v[self._i["table_full"]] += int((~ok).sum())
-            batch, dest, dest2 = batch[ok], dest[ok], dest2[ok]
-        self.hand_on(batch, dest)
+    def hand_on_copies(self, batch: np.ndarray, dest2: np.ndarray) -> None:
         copies = np.flatnonzero(dest2 >= 0)
         if len(copies):
             dups = batch[copies]  # a copy: the originals in the ring keep dup = 0
             dups["dup"] = 1
             self.hand_on(dups, dest2[copies], self.dup_rings)
             self._v[self._i["duplicated"]] += len(copies)
-        self.in_ring.release(take)
-        self.stamper.commit()
-        self._v[self._i["received"]] += take
-        self._v[self._i["stamped"]] += len(batch)
-        return take
 
     def hand_on(self, batch: np.ndarray, dest: np.ndarray, rings: list[Ring] | None = None) -> None:
         """Push each packet to its destination: a local ring (``rings``, default the instances'
