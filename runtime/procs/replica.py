@@ -168,17 +168,20 @@ class Replication:
             for link in self.secondaries.values():
                 self.execute(link.tick())
 
-    def status(self) -> dict:
-        out = {"epoch": self.epoch, "committed": self.committed, "staged": len(self.staged),
-               "refused": self.refused, "unknown_duplicates": self.unknown_duplicates,
-               "router_bad_frames": self.router.bad_frames}
-        if self.primary is not None:
-            out["primary_of"] = self.primary_core.pair
-            out["in_flight"] = self.primary_core.in_flight
-            out["link"] = self.primary.counters
-        out["secondary_of"] = {p: {"committed": link.core.committed, "buffered": link.core.buffered,
-                                   "flows": len(link.core.table)} for p, link in self.secondaries.items()}
-        return out
+    def counters(self) -> dict[str, int]:
+        """The worker's replication counters (published with its others, once per batch)."""
+        replicas = [link.core for link in self.secondaries.values()]
+        return {
+            "repl_committed": self.committed, "repl_staged": len(self.staged), "repl_refused": self.refused,
+            "repl_in_flight": self.in_flight(), "repl_unknown_duplicates": self.unknown_duplicates,
+            "repl_bad_frames": self.router.bad_frames + sum(link.bad_frames for link in self._links()),
+            "replica_committed": sum(r.committed for r in replicas),
+            "replica_flows": sum(len(r.table) for r in replicas),
+            "replica_buffered": sum(r.buffered for r in replicas),
+        }
+
+    def _links(self) -> list:
+        return [*self.secondaries.values(), *([self.primary] if self.primary is not None else [])]
 
     def close(self) -> None:
         if self.primary is not None:

@@ -44,7 +44,7 @@ COUNTERS = [
     "expired",
     # replication ([nf] replicate): as primary, as secondary
     "repl_committed", "repl_in_flight", "repl_staged", "replica_committed", "replica_flows", "replica_buffered",
-    "duplicates", "repl_refused",
+    "duplicates", "repl_refused", "repl_unknown_duplicates", "repl_bad_frames",
 ]
 
 
@@ -216,13 +216,7 @@ class Worker:
         c["adopted"], c["gaps_skipped"] = o.adopted, o.gaps_skipped
         c["pending"], c["flows"] = o.pending_count, len(self.table)
         if self.repl is not None:
-            st = self.repl.status()
-            c["repl_committed"], c["repl_staged"] = st["committed"], st["staged"]
-            c["repl_in_flight"], c["repl_refused"] = st.get("in_flight", 0), st["refused"]
-            replicas = list(st["secondary_of"].values())
-            c["replica_committed"] = sum(r["committed"] for r in replicas)
-            c["replica_flows"] = sum(r["flows"] for r in replicas)
-            c["replica_buffered"] = sum(r["buffered"] for r in replicas)
+            c.update(self.repl.counters())
         nf = self.nf.stats
         self.stats.values[self._published_at] = [
             c[name] if name in c else nf.get(name[3:], 0) for name in self._published
