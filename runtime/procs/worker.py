@@ -145,7 +145,7 @@ class Worker:
         return taken
 
     def process(self, arrived: np.ndarray) -> None:
-        if arrived["dup"].any():  # copies for the pairs this worker is the secondary of
+        if arrived["dup"].any():  # copies come through the dup rings; one on this path is still a copy, never input
             dup = arrived["dup"] != 0
             self.count["duplicates"] += int(dup.sum())
             if self.repl is not None:
