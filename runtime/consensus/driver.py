@@ -55,6 +55,10 @@ class RaftDriver:
         self.poller = zmq.Poller()
         self.poller.register(self.router, zmq.POLLIN)
         self._watched: dict[zmq.Socket, Callable[[], None]] = {}
+        #: set while run_once runs the watched handlers: propose/read_index leave the
+        #: drain to the end of run_once, so everything proposed in one wake-up shares
+        #: one Ready (one storage write, one append per follower): group commit
+        self._defer_drain = False
         self.next_tick = clock() + tick_seconds
         self.dropped = {"bad_frames": 0, "send_full": 0}
 
@@ -77,9 +81,15 @@ class RaftDriver:
         self._watched[sock] = handler
 
     def propose(self, data: bytes) -> int:
-        """Propose on this node; raises NotLeader (with a hint) elsewhere."""
+        """Propose on this node; raises NotLeader (with a hint) elsewhere.
+
+        Called from a ``watch`` handler, the entry is persisted and sent when that
+        ``run_once`` drains, with whatever else was proposed in the same wake-up;
+        called from outside ``run_once``, at once.
+        """
         index = self.core.propose(data)
-        self._drain()
+        if not self._defer_drain:
+            self._drain()
         return index
 
     def run_once(self, max_wait: float | None = None) -> None:
@@ -89,9 +99,13 @@ class RaftDriver:
         if max_wait is not None:
             wait = min(wait, max_wait)
         events = dict(self.poller.poll(math.ceil(wait * 1000)))  # rounded down, it would spin the last ms
-        for sock, handler in self._watched.items():
-            if sock in events:
-                handler()
+        self._defer_drain = True
+        try:
+            for sock, handler in self._watched.items():
+                if sock in events:
+                    handler()
+        finally:
+            self._defer_drain = False
         if self.router in events:
             while True:
                 try:
@@ -118,7 +132,8 @@ class RaftDriver:
     def read_index(self, context: bytes) -> None:
         """Start a ReadIndex read; ``on_read(context)`` is called when it may be served."""
         self.core.read_index(context)
-        self._drain()
+        if not self._defer_drain:
+            self._drain()
 
     def _drain(self) -> None:
         while (rd := self.core.ready()) is not None:
