@@ -17,6 +17,17 @@ after state has been imported on another instance.
 Work on the batch with numpy; per-packet Python loops belong only on the
 rare path (a flow's first packet).
 
+Global state (shared by all instances, kept by Raft). An NF with
+``uses_globals = True`` queues ops on ``ctx.globals`` in ``process`` (``incr``,
+``add_to_set``, ``add_to_window``, ``compare_and_set``, ``get``; each returns
+its index) and may read ``ctx.globals.local(key)`` (this node's replica, maybe
+stale). The runtime then ``take()``s the ops: none, and ``process``'s verdicts
+are final; else it commits them as one entry (``batch_entry``, deduplicated
+per batch) and calls ``on_global_results(batch, results, table, ctx)``, whose
+verdicts are final (results aligned with the ops; ``STALE`` if a replay came
+too late: use ``local``). The batch is released only after that.
+``deft.nfs.globals`` has the sequence (``run_batch``) and an in-process commit.
+
 Example, a per-flow byte counter::
 
     class ByteCounter(NetworkFunction):
@@ -32,13 +43,79 @@ Example, a per-flow byte counter::
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 import numpy as np
 
 from deft.runtime.params import Params, int_to_ipv4, ipv4_to_int  # re-exported for NF authors
 
-__all__ = ["Context", "FlowTable", "NetworkFunction", "Params", "int_to_ipv4", "ipv4_to_int"]
+__all__ = ["STALE", "Context", "FlowTable", "GlobalOps", "NetworkFunction", "Params", "int_to_ipv4",
+           "ipv4_to_int"]
+
+#: The result of a global op whose entry was superseded (``deft.runtime.consensus.kv.STALE``).
+STALE = "__stale__"
+
+GlobalOp = tuple[str, str, tuple[Any, ...]]   # (op, key, args), as ``batch_entry`` takes them
+
+
+class GlobalOps:
+    """One batch's global operations, queued by the NF and taken by the runtime.
+
+    Every queuing method returns the op's index in the list that ``take`` returns
+    and that ``on_global_results`` gets the results of. Values must be
+    JSON-serialisable. ``replica`` is a read-only view of this node's applied
+    global state, set by the runtime (empty without a cluster).
+    """
+
+    def __init__(self, replica: Mapping[str, Any] | None = None):
+        self.replica: Mapping[str, Any] = MappingProxyType({}) if replica is None else replica
+        self._ops: list[GlobalOp] = []
+
+    MAX_PENDING: ClassVar[int] = 1 << 16
+
+    def _queue(self, op: str, key: str, *args: Any) -> int:
+        if not isinstance(key, str):
+            raise TypeError(f"global key must be a string, got {key!r}")
+        if len(self._ops) >= self.MAX_PENDING:   # a runtime that never takes them: fail, do not grow
+            raise RuntimeError(f"{len(self._ops)} global ops pending: the runtime must take() them "
+                               "after every process()")
+        self._ops.append((op, key, args))
+        return len(self._ops) - 1
+
+    def incr(self, key: str, n: int = 1) -> int:
+        """Result: the new value."""
+        return self._queue("incr", key, int(n))
+
+    def add_to_set(self, key: str, member: Any) -> int:
+        """Result: True if ``member`` was not in the set."""
+        return self._queue("add_to_set", key, member)
+
+    def add_to_window(self, key: str, member: str, now_ns: int, window_ns: int) -> int:
+        """Result: the set's size after adding ``member`` at ``now_ns`` and forgetting
+        members last seen before ``now_ns - window_ns``. Stored as ``{member: last_ns}``."""
+        return self._queue("add_to_window", key, str(member), int(now_ns), int(window_ns))
+
+    def compare_and_set(self, key: str, expected: Any, new: Any) -> int:
+        """Result: True if the value was ``expected`` (and is now ``new``)."""
+        return self._queue("compare_and_set", key, expected, new)
+
+    def get(self, key: str) -> int:
+        """Result: the value, linearizable (read in log order with the batch's other ops)."""
+        return self._queue("get", key)
+
+    def local(self, key: str, default: Any = None) -> Any:
+        """This node's applied value now, without waiting (may be stale)."""
+        return self.replica.get(key, default)
+
+    def take(self) -> list[GlobalOp]:
+        """The ops queued since the last call (runtime only)."""
+        ops, self._ops = self._ops, []
+        return ops
+
+    def __len__(self) -> int:
+        return len(self._ops)
 
 
 class Context:
@@ -48,13 +125,16 @@ class Context:
     time moves with the packets, so a replay on another instance sees the same
     clock. ``random_u32`` hashes stamps (or any integer keys) with the
     instance's seed: deterministic, and the same on primary and secondary.
+    ``globals`` collects the batch's global operations (``GlobalOps``).
     """
 
-    def __init__(self, instance_index: int = 0, instance_count: int = 1, seed: int = 0):
+    def __init__(self, instance_index: int = 0, instance_count: int = 1, seed: int = 0,
+                 global_ops: GlobalOps | None = None):
         self.instance_index = instance_index
         self.instance_count = instance_count
         self.seed = seed
         self.now_ns = 0
+        self.globals = GlobalOps() if global_ops is None else global_ops
 
     def random_u32(self, keys: np.ndarray) -> np.ndarray:
         """Deterministic pseudo-random uint32 per key (splitmix64 finaliser)."""
@@ -201,11 +281,13 @@ class NetworkFunction:
       name          the ``[nf] kind`` that selects this NF
       state_dtype   numpy dtype of one flow's state (replicated as is)
       counters      names of the NF's own counters (drops by reason, translations...)
+      uses_globals  queues global ops in ``process``; implements ``on_global_results``
     """
 
     name: ClassVar[str] = ""
     state_dtype: ClassVar[np.dtype] = np.dtype([("unused", "u1")])
     counters: ClassVar[tuple[str, ...]] = ()
+    uses_globals: ClassVar[bool] = False
 
     def __init__(self, params: Params, ctx: Context):
         self.ctx = ctx
@@ -227,6 +309,15 @@ class NetworkFunction:
         batch     packet records, writable; rewrite frames in place
         rows      the flow table row of each packet
         new_rows  rows created for this batch (flows seen for the first time)
+        """
+        raise NotImplementedError
+
+    def on_global_results(self, batch: np.ndarray, results: list[Any], table: FlowTable,
+                          ctx: Context) -> np.ndarray:
+        """The batch's final verdicts once its global ops are committed (``uses_globals`` NFs).
+
+        results   one per op queued by this batch's ``process``, in queuing order
+                  (``STALE`` for each if a replayed batch's entry was superseded)
         """
         raise NotImplementedError
 

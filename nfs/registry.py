@@ -13,6 +13,7 @@ NF_KINDS: dict[str, str] = {
     "nat": "deft.nfs.nat:Nat",
     "loadbalancer": "deft.nfs.loadbalancer:LoadBalancer",
     "firewall": "deft.nfs.firewall:Firewall",
+    "portscan": "deft.nfs.portscan:PortScan",
 }
 
 

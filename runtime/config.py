@@ -35,7 +35,7 @@ Reference (defaults in brackets)::
     ring_slots = 4096                     # slots of each worker -> egress ring
 
     [nf]
-    kind = "nat"                          # flowcounter | nat | loadbalancer | firewall
+    kind = "nat"                          # flowcounter | nat | loadbalancer | firewall | portscan
     instances = 2                         # NF worker processes on this node
     batch_size = 64                       # output buffer: release when this many are processed...
     flush_us = 200                        # ...or when this long passed since the first one

@@ -10,13 +10,24 @@ twice) is applied once and every copy returns the first results. A command
 older than that returns ``STALE`` (its client has moved on; nobody waits).
 
 Commands and snapshots are JSON (orjson); values must be JSON-serialisable.
-Operations: get, put, delete, incr, add_to_set, compare_and_set. For a batch
-``apply`` returns the list of results.
+Operations: get, put, delete, incr, add_to_set, compare_and_set,
+add_to_window (a set whose members expire: the sliding window of a scan
+detector) and multi. For a batch ``apply`` returns the list of results.
+
+An NF batch's global operations are one ``multi`` command (``batch_entry``):
+one (client, seq) for the whole batch, its result the list of the operations'
+results. So the batch is deduplicated as a unit: a re-proposal (a secondary
+replaying the batch after a failover, with the same client and seq) returns
+the first results and changes nothing, and ``STALE`` once the client's next
+batch was applied (``batch_results`` spreads it over the operations). An
+operation inside ``multi`` that fails (a type mismatch) yields
+``{"error": <exception name>}`` and the others still apply, on every replica
+alike.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +58,8 @@ class Command:
             raise BadCommand(f"unknown op {self.op!r}")
         if self.seq < 1:
             raise BadCommand("seq starts at 1")
+        if self.op == "multi":
+            _check_multi(self.args)
         return {"c": self.client, "s": self.seq, "o": self.op, "k": self.key, "a": list(self.args)}
 
     @staticmethod
@@ -67,6 +80,40 @@ def decode_commands(data: bytes) -> list[Command]:
     """The commands in an entry, whether it holds one (``encode``) or a batch."""
     d = orjson.loads(data)
     return [Command.from_dict(x) for x in d] if isinstance(d, list) else [Command.from_dict(d)]
+
+
+def batch_entry(client: str, seq: int, ops: Sequence[Sequence[Any]]) -> bytes:
+    """One log entry with all of a batch's operations ``[(op, key, args), ...]`` (group commit).
+
+    The entry is a single ``multi`` command under one session slot ``(client, seq)``:
+    ``KVStateMachine.apply`` returns the list of results (aligned with ``ops``), a
+    re-proposal of the same ``(client, seq)`` returns the first list without applying
+    anything, and ``STALE`` after the client's next entry. BadCommand for malformed ops.
+    """
+    items = [list(item) if isinstance(item, (list, tuple)) else item for item in ops]
+    return Command(client, seq, "multi", "", (items,)).encode()   # BadCommand from _check_multi
+
+
+def batch_results(result: Any, n: int) -> list[Any]:
+    """The per-operation results of a ``batch_entry``: ``STALE`` for each if the entry was stale."""
+    if result == STALE:
+        return [STALE] * n
+    if not isinstance(result, list) or len(result) != n:
+        raise ValueError(f"expected {n} results, got {result!r}")
+    return result
+
+
+def _check_multi(args: tuple[Any, ...]) -> None:
+    if len(args) != 1 or not isinstance(args[0], (list, tuple)):
+        raise BadCommand("multi takes one argument, the list of [op, key, args]")
+    for item in args[0]:
+        if not (isinstance(item, (list, tuple)) and len(item) == 3):
+            raise BadCommand(f"multi: expected [op, key, args], got {item!r}")
+        op, key, a = item
+        if op not in _OPS or op == "multi":
+            raise BadCommand(f"multi: unknown op {op!r}")
+        if not isinstance(key, str) or not isinstance(a, (list, tuple)):
+            raise BadCommand(f"multi: bad key or args in {item!r}")
 
 
 def _get(st: dict[str, Any], k: str) -> Any:
@@ -101,9 +148,39 @@ def _cas(st: dict[str, Any], k: str, expected: Any, new: Any) -> bool:
     return True
 
 
+def _add_to_window(st: dict[str, Any], k: str, member: Any, now_ns: int, window_ns: int) -> int:
+    """Insert ``member`` seen at ``now_ns``, forget members last seen before ``now_ns - window_ns``;
+    return the set's size. Stored as ``{member: last_ns}`` (member as a string)."""
+    if not isinstance(member, str):
+        member = orjson.dumps(member).decode()
+    cur = st.get(k)
+    if cur is None:
+        cur = st[k] = {}
+    elif not isinstance(cur, dict):
+        raise TypeError(f"{k!r} holds no window")
+    now_ns, cutoff = int(now_ns), int(now_ns) - int(window_ns)
+    if cur.get(member, now_ns) <= now_ns:   # keep the newest time (instances' clocks differ)
+        cur[member] = now_ns
+    old = [m for m, t in cur.items() if t < cutoff]   # the whole set: order-independent, so
+    for m in old:                                      # a restored replica evicts alike
+        del cur[m]
+    return len(cur)
+
+
+def _multi(st: dict[str, Any], _k: str, ops: list[list[Any]]) -> list[Any]:
+    out: list[Any] = []
+    for op, key, args in ops:
+        try:
+            out.append(_OPS[op](st, key, *args))
+        except (TypeError, ValueError, AttributeError, KeyError) as exc:  # same on every replica
+            out.append({"error": type(exc).__name__})
+    return out
+
+
 _OPS: dict[str, Callable[..., Any]] = {
     "get": _get, "put": _put, "delete": _delete, "incr": _incr,
     "add_to_set": _add_to_set, "compare_and_set": _cas,
+    "add_to_window": _add_to_window, "multi": _multi,
 }
 
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from deft.runtime.consensus.kv import (STALE, BadCommand, Command, KVStateMachine, decode_commands,
-                                       encode_batch)
+from deft.runtime.consensus.kv import (STALE, BadCommand, Command, KVStateMachine, batch_entry,
+                                       batch_results, decode_commands, encode_batch)
 
 
 def apply(sm: KVStateMachine, client: str, seq: int, op: str, key: str, *args: object) -> object:
@@ -68,3 +68,70 @@ def test_a_batch_is_one_entry_with_per_command_dedup() -> None:
     assert sm.apply(entry)[1] is None
     assert decode_commands(entry) == batch
     assert decode_commands(batch[0].encode()) == [batch[0]]
+
+
+def test_add_to_window_counts_the_members_of_the_sliding_window() -> None:
+    sm = KVStateMachine()
+    assert apply(sm, "c", 1, "add_to_window", "w", "a", 100, 50) == 1
+    assert apply(sm, "c", 2, "add_to_window", "w", "b", 120, 50) == 2
+    assert apply(sm, "c", 3, "add_to_window", "w", "a", 130, 50) == 2     # a again: refreshed, not added
+    assert apply(sm, "c", 4, "add_to_window", "w", "c", 175, 50) == 2     # b (120 < 125) evicted
+    assert sm.data["w"] == {"a": 130, "c": 175}
+    assert apply(sm, "c", 5, "add_to_window", "w", "a", 110, 50) == 2     # an older clock: keeps 130
+    assert sm.data["w"] == {"a": 130, "c": 175}
+    assert apply(sm, "c", 6, "add_to_window", "w", "d", 1000, 50) == 1
+    assert apply(sm, "c", 7, "add_to_window", "w", 7, 1000, 50) == 2      # non-string member: its JSON
+    assert sm.data["w"] == {"d": 1000, "7": 1000}
+    restored = KVStateMachine.restore(sm.snapshot())
+    assert restored.data == sm.data and restored.snapshot() == sm.snapshot()
+    # Eviction does not depend on the dict's order: a restored replica (sorted keys) evicts alike.
+    for m in (sm, restored):
+        assert m.apply(Command("c", 8, "add_to_window", "w", ("e", 1040, 50)).encode()) == 3
+    assert restored.snapshot() == sm.snapshot()
+
+
+def test_batch_entry_is_one_session_slot_retried_whole() -> None:
+    sm = KVStateMachine()
+    ops = [("incr", "n", (2,)), ("add_to_set", "s", ("x",)), ("add_to_window", "w", ("m", 10, 5)),
+           ("get", "n", ()), ("compare_and_set", "n", (2, 9))]
+    entry = batch_entry("pair0", 1, ops)
+    assert sm.apply(entry) == [2, True, 1, 2, True]
+    snap = sm.snapshot()
+    assert sm.apply(entry) == [2, True, 1, 2, True]      # re-proposed after a failover: first results
+    assert sm.apply(batch_entry("pair0", 1, ops[:1])) == [2, True, 1, 2, True]   # same slot, any content
+    assert sm.snapshot() == snap and sm.data["n"] == 9
+    restored = KVStateMachine.restore(snap)
+    assert restored.apply(entry) == [2, True, 1, 2, True] and restored.snapshot() == snap
+    assert batch_results(sm.apply(entry), len(ops)) == [2, True, 1, 2, True]
+    # Another client's batches do not disturb pair0's slot; pair0's next batch does.
+    assert sm.apply(batch_entry("pair1", 1, [("incr", "n", (1,))])) == [10]
+    assert sm.apply(entry) == [2, True, 1, 2, True]
+    assert sm.apply(batch_entry("pair0", 2, [("incr", "n", (1,))])) == [11]
+    assert sm.apply(entry) == STALE
+    assert batch_results(sm.apply(entry), len(ops)) == [STALE] * len(ops)
+    assert sm.data["n"] == 11
+    assert decode_commands(entry)[0].op == "multi"
+    assert Command.decode(entry).client == "pair0"        # one command: the driver's _apply reads it
+
+
+def test_batch_entry_with_a_failing_op_applies_the_others_on_every_replica() -> None:
+    a = KVStateMachine()
+    apply(a, "c", 1, "put", "k", "text")
+    b = KVStateMachine.restore(a.snapshot())
+    entry = batch_entry("w", 1, [("incr", "n", (1,)), ("incr", "k", (1,)), ("add_to_window", "k", ("m", 1, 1))])
+    assert a.apply(entry) == b.apply(entry) == [1, {"error": "ValueError"}, {"error": "TypeError"}]
+    assert a.snapshot() == b.snapshot()
+
+
+@pytest.mark.parametrize("ops", [[("drop_table", "k", ())], [("multi", "", ([],))], [("incr", 3, (1,))],
+                                 [("incr", "k")], [("incr", "k", 1)], ["incr"], [7]])
+def test_batch_entry_refuses_malformed_ops(ops: list) -> None:
+    with pytest.raises(BadCommand):
+        batch_entry("w", 1, ops)
+
+
+def test_batch_results_checks_the_shape() -> None:
+    assert batch_results([1, 2], 2) == [1, 2]
+    with pytest.raises(ValueError):
+        batch_results([1], 2)
+    assert batch_results(STALE, 0) == []

@@ -79,6 +79,7 @@ def test_example_config_builds():
     ("nat", {"public_ip": "203.0.113.1"}),
     ("loadbalancer", {"backends": ["10.1.0.1"], "table_size": 7}),
     ("firewall", {"rules": [{"action": "deny", "proto": "udp"}]}),
+    ("portscan", {"threshold": 5}),
 ])
 def test_every_nf_takes_an_empty_batch(kind, params):
     nf = make_nf(kind, Params(params), Context())
