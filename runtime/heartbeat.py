@@ -42,7 +42,7 @@ class Heartbeats:
         sup = self.sup
         instances = [
             {"id": f"{sup.topo.node_id}/nf{c.index}", "index": c.index, "pid": c.pid, "alive": c.alive,
-             "restarts": c.restarts}
+             "restarts": c.restarts, "ready": bool(c.alive and sup.stats[c.stats_key].get("ready"))}
             for c in sup.children if c.role == "worker"
         ]
         self.send(wire.HEARTBEAT, {"node": sup.topo.node_id, "pid": os.getpid(), "seq": self.seq,
@@ -51,9 +51,12 @@ class Heartbeats:
                                    "buckets": sup.config.ingress.buckets, "routes_epoch": sup.routes.epoch,
                                    "instances": instances})
 
-    def failed(self, child) -> None:
-        self.send(wire.FAILED, {"node": self.sup.topo.node_id, "process": child.stats_key,
-                                "pid": child.pid, "exit": child.last_exit})
+    def failed(self, child, decisions: dict[int, int] | None = None) -> None:
+        header = {"node": self.sup.topo.node_id, "process": child.stats_key, "pid": child.pid,
+                  "exit": child.last_exit}
+        if decisions is not None:
+            header["decisions"] = {str(p): b for p, b in decisions.items()}
+        self.send(wire.FAILED, header)
 
     def send(self, kind: bytes, header: dict) -> None:
         try:

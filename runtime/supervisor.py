@@ -27,6 +27,7 @@ import zmq
 
 from deft.runtime.config import NodeConfig
 from deft.runtime.control import ControlServer
+from deft.runtime.dataplane.commit_record import CommitRecord
 from deft.runtime.dataplane.routes import RouteError, Routes, RouteSet
 from deft.runtime.dataplane.packet import PACKET_DTYPE
 from deft.runtime.errors import DeftError
@@ -43,6 +44,7 @@ RESTART_BACKOFF_S = 0.2     # first restart delay; doubles while a child keeps d
 RESTART_BACKOFF_MAX_S = 5.0
 HEALTHY_AFTER_S = 10.0      # a child that ran this long starts again from the first delay
 STOP_GRACE_S = 3.0
+EGRESS_DRAIN_S = 0.02       # a dead worker's released packets leave before its pairs move (well under a beat miss)
 
 
 @dataclasses.dataclass
@@ -86,6 +88,7 @@ class Supervisor:
         self.rings: dict[str, Ring] = {}
         self.bells: list[Doorbell] = []
         self.stats: dict[str, CounterBlock] = {}
+        self.records: dict[int, CommitRecord] = {}  # per worker: the replicated batches it released
         self.routes: Routes | None = None
         self.segments: list[tuple[str, object]] = []
         self.takeover_bells: dict[str, Doorbell] = {}
@@ -119,7 +122,9 @@ class Supervisor:
             self._ring(topo.egress_ring(i), cfg.egress.ring_slots)
             self.bells.append(Doorbell.create(topo.nf_bell(i)))
             self.stats[f"nf{i}"] = CounterBlock.create(topo.stats(f"nf{i}"), worker.counter_names(cfg.nf.kind))
-        self.bells.append(Doorbell.create(topo.egress_bell()))
+            self.records[i] = CommitRecord.create(topo.commit_record(i))
+        self.egress_bell = Doorbell.create(topo.egress_bell())
+        self.bells.append(self.egress_bell)
         self.bells.append(Doorbell.create(topo.ingress_bell()))
         self.takeover_bells["ingress"] = Doorbell.create(topo.takeover_bell("ingress"))
         self.stats["ingress"] = CounterBlock.create(topo.stats("ingress"), ingress.COUNTERS)
@@ -148,6 +153,8 @@ class Supervisor:
             bell.close()
         for block in self.stats.values():
             block.close()
+        for record in self.records.values():
+            record.close()
         if self.routes:
             self.routes.close()
         for name, mm in self.segments:
@@ -220,8 +227,9 @@ class Supervisor:
             if child.died_at == 0.0:
                 child.last_exit = child.proc.returncode
                 child.died_at = now
+                decisions = self.finish_releases(child.index) if child.role == "worker" else None
                 if self.heartbeats:
-                    self.heartbeats.failed(child)
+                    self.heartbeats.failed(child, decisions)
                 if now - child.started_at >= HEALTHY_AFTER_S:
                     child.backoff = RESTART_BACKOFF_S
                 else:
@@ -236,6 +244,25 @@ class Supervisor:
                 child.restarts += 1
                 child.died_at = 0.0
                 self.spawn(child)
+
+    def finish_releases(self, index: int) -> dict[int, int]:
+        """A worker died: finish the release it was in (commit record), let the egress send it; the decisions.
+
+        The controller moves the worker's pairs to their secondaries when it
+        hears of the death; they replay what this worker did not release. So
+        everything it did release must have left before: wait (briefly) for
+        the egress sender to empty the worker's ring.
+        """
+        ring = self.rings[self.topo.egress_ring(index)]
+        decisions = self.records[index].recover(ring)
+        self.egress_bell.ring()
+        deadline = time.monotonic() + EGRESS_DRAIN_S
+        while len(ring) and time.monotonic() < deadline:
+            time.sleep(0.0002)
+        if len(ring):
+            self.log.warning("nf%d: egress ring not drained after %.0f ms (%d packets left)", index,
+                             EGRESS_DRAIN_S * 1000, len(ring))
+        return decisions
 
     def stop_children(self) -> None:
         procs = [p for c in self.children for p in (c.proc, c.standby) if p is not None]

@@ -99,6 +99,10 @@ class Topology:
     def stamper_table(self, u: int) -> str:
         return self._name(f"stamper.u{u}")
 
+    def commit_record(self, i: int) -> str:
+        """Instance i's commit record: the replicated batches it released (supervisor-owned)."""
+        return self._name(f"commit.nf{i}")
+
     def routes(self) -> str:
         return self._name("routes")
 

@@ -7,9 +7,11 @@ what is wrong, so a receiver counts and ignores garbage instead of crashing.
 Kinds:
   HEARTBEAT  node supervisor -> controller, every heartbeat_ms:
              {node, pid, seq, control, fabric, replication, buckets, routes_epoch,
-              instances: [{id, index, pid, alive, restarts}]}
+              instances: [{id, index, pid, alive, restarts, ready?}]}
   FAILED     node supervisor -> controller, at once when a child dies:
-             {node, process, pid, exit}
+             {node, process, pid, exit, decisions?}; for an NF worker, ``decisions``
+             maps each pair it replicated to the last batch it released (its commit
+             record, read after the supervisor finished an interrupted release)
   PACKETS    stamping unit -> another node's fabric: a batch of stamped packet records
              {epoch, instance, n, width}, then one frame of n x width bytes: the first
              ``width`` bytes of each record (header + the longest frame in the batch)
@@ -66,6 +68,13 @@ def decode(frames: list[bytes]) -> tuple[bytes, dict[str, Any]]:
             if not isinstance(inst, dict):
                 raise WireError(f"heartbeat: instances[{i}] is not an object")
             _check_fields(f"heartbeat instances[{i}]", inst, _INSTANCE)
+            if not isinstance(inst.get("ready", False), bool):
+                raise WireError(f"heartbeat instances[{i}]: 'ready' has the wrong type")
+    elif kind == FAILED and "decisions" in header:
+        decisions = header["decisions"]
+        if not isinstance(decisions, dict) or not all(
+                k.isdigit() and type(v) is int and v >= 0 for k, v in decisions.items()):
+            raise WireError("failed: 'decisions' must map pair numbers to batches >= 0")
     return kind, header
 
 

@@ -163,10 +163,11 @@ class LocalNode:
         return left
 
 
-def controller_config(heartbeat_ms: int = 10, miss_limit: int = 3) -> dict[str, dict]:
+def controller_config(heartbeat_ms: int = 10, miss_limit: int = 3, expect_nodes: int = 1) -> dict[str, dict]:
     return {"controller": {"control": f"tcp://127.0.0.1:{free_port(socket.SOCK_STREAM)}",
                            "heartbeats": f"tcp://127.0.0.1:{free_port(socket.SOCK_STREAM)}",
-                           "heartbeat_ms": heartbeat_ms, "miss_limit": miss_limit}}
+                           "heartbeat_ms": heartbeat_ms, "miss_limit": miss_limit,
+                           "expect_nodes": expect_nodes}}
 
 
 class LocalController:
@@ -239,7 +240,7 @@ class LocalCluster:
 
     def __init__(self, tmp: Path, tag: str, n_nodes: int = 2, *, replicate: bool = False,
                  miss_limit: int = 10, logs: bool = True):
-        cfg = controller_config(heartbeat_ms=10, miss_limit=miss_limit)
+        cfg = controller_config(heartbeat_ms=10, miss_limit=miss_limit, expect_nodes=n_nodes)
         (tmp / f"{tag}-controller.toml").write_text(to_toml(cfg))
         self.ctl = LocalController.start(tmp / f"{tag}-controller.toml",
                                          tmp / f"{tag}-controller.log" if logs else None)

@@ -7,6 +7,8 @@
     manage_routes = true                  # place pairs and push routes when the live nodes change
     miss_limit = 5                        # a node silent for heartbeat_ms x miss_limit has failed
                                           # (3 gave false suspicions on a loaded 2-core machine)
+    expect_nodes = 1                      # place the pairs once this many nodes are up; their number is
+                                          # fixed from then on (later nodes only take secondaries)
 
 One poll loop: heartbeats and failure notices in (garbage frames are counted
 and ignored), the failure detector ticked every heartbeat_ms, deft-ctl
@@ -14,13 +16,16 @@ requests answered. Requests: ``status``, and the drills ``fail`` with
 ``{"what": "nf"|"node", "id": ...}``, which ask the owning node's supervisor to
 SIGKILL the process (an instance id is ``<node>/nf<i>``).
 
-Routes: when the set of live nodes with a fabric endpoint changes (a node
-joins, fails or comes back), the controller computes a placement (every
-instance the primary of a pair, its secondary on the next node) and pushes it
-as ``set_routes`` with a new epoch (above any epoch a node reports) to every
-such node, so the switch stops sending to a failed node within a heartbeat
-timeout. Without replication wired into the workers (issue 3, next) the moved
-flows lose their state; the replication itself is the next step.
+Routes (``placement.Assignment``): once ``expect_nodes`` nodes are up, every
+instance becomes the primary of a pair, its secondary on the next node. When
+a worker fails (FAILED notice, with its commit record) or a node fails (missed
+beats), each pair it served as primary goes to its secondary, which takes
+the pair over (replaying what was not released), and each pair that lost its
+secondary gets a new one on another node; when instances come back they
+become secondaries where one is missing. Every change is pushed as
+``set_routes`` with a new epoch (above any epoch a node reports) to every
+live node, so the switch stops sending to a failed instance within a
+heartbeat timeout (a FAILED notice: at once).
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ class ControllerConfig:
     heartbeat_ms: int
     miss_limit: int
     manage_routes: bool
+    expect_nodes: int
 
 
 def load_controller_config(path: str | Path) -> ControllerConfig:
@@ -75,6 +81,7 @@ def load_controller_config(path: str | Path) -> ControllerConfig:
         heartbeat_ms=p.int("heartbeat_ms", 10, min=1, max=10_000),
         miss_limit=p.int("miss_limit", 5, min=1, max=1000),
         manage_routes=p.bool("manage_routes", True),
+        expect_nodes=p.int("expect_nodes", 1, min=1, max=1000),
     )
     p.check_unknown()
     return cfg
@@ -96,9 +103,16 @@ class Controller:
         self.view = ClusterView(cfg.heartbeat_ms, cfg.miss_limit)
         self.counters = {"heartbeats": 0, "failure_notices": 0, "bad_frames": 0, "route_pushes": 0,
                          "route_push_failures": 0}
-        self.placed: tuple = ()      # the membership the current routes were computed for
+        self.placed: tuple = ()      # the membership the current routes were pushed to
         self.routes_epoch = 0
+        self.routes_due = False
         self.next_push_ms = 0.0
+        from deft.runtime.controller.placement import Assignment
+
+        self.assignment = Assignment(0)  # placed once expect_nodes nodes are up
+        self.handled_nodes: set[str] = set()
+        self.handled_instances: set[str] = set()
+        self.decisions: dict[str, dict[int, int]] = {}  # instance id -> commit record from its FAILED notice
         self.zctx = zmq.Context()
         try:
             self.sub = make_socket(self.zctx, zmq.SUB, bind=cfg.heartbeats)
@@ -138,16 +152,53 @@ class Controller:
         self.log.warning("drill: killed %s %s (pid %s)", what, ident, reply["pid"])
         return {"killed": ident, "pid": reply["pid"]}
 
-    def maybe_push_routes(self) -> None:
-        """Place and push routes when the live nodes (with a fabric) changed since the last push."""
+    def usable(self) -> list[tuple[str, int]]:
+        """Instances that can take a role now: up, ready, on a live node with a fabric."""
+        return sorted((node.id, info.index) for node in self.view.nodes.values() if node.state == "up" and node.fabric
+                      for info in node.instances.values() if info.state == "up" and info.ready)
+
+    def update_assignment(self) -> bool:
+        """Apply what happened since the last look (failures, returns, joins); True if the routes must change."""
         members = tuple(m for m in self.view.membership() if m[1])
-        if not members or members == self.placed or now_ms() < self.next_push_ms:
+        if not self.assignment.placed:
+            if len(members) < self.cfg.expect_nodes:
+                return False
+            from deft.runtime.controller.placement import Assignment
+
+            self.assignment = Assignment(members[0][3])
+            self.assignment.place({n: k for n, _, k, _, _ in members})
+            return True
+        usable = self.usable()
+        changed = False
+        for node in sorted(self.view.nodes.values(), key=lambda n: n.id):
+            if node.state == "failed":
+                if node.id not in self.handled_nodes:
+                    self.handled_nodes.add(node.id)
+                    changed |= bool(self.assignment.node_failed(node.id, usable))
+                continue
+            self.handled_nodes.discard(node.id)
+            for info in node.instances.values():
+                if info.state == "failed" and info.id not in self.handled_instances:
+                    self.handled_instances.add(info.id)
+                    decisions = self.decisions.pop(info.id, None)  # None: no FAILED notice came
+                    changed |= bool(self.assignment.instance_failed((node.id, info.index), decisions, usable))
+                elif info.state == "up":
+                    self.handled_instances.discard(info.id)
+        changed |= bool(self.assignment.fill(usable))
+        return changed or members != self.placed
+
+    def maybe_push_routes(self) -> None:
+        """Push a new route set when the assignment changed (or the last push failed), with a new epoch."""
+        if self.update_assignment():
+            self.routes_due = True
+        if not self.routes_due or now_ms() < self.next_push_ms:
             return
-        from deft.runtime.controller.placement import place
         from deft.tools.ctl import NoAnswer, query
 
+        members = tuple(m for m in self.view.membership() if m[1])
         self.routes_epoch = max(self.routes_epoch, self.view.max_routes_epoch()) + 1
-        request = place([(n, f, k, r) for n, f, k, _, r in members], members[0][3], self.routes_epoch)
+        endpoints = {n.id: (n.fabric, n.replication) for n in self.view.nodes.values()}
+        request = self.assignment.request(self.routes_epoch, endpoints, {m[0] for m in members})
         ok = True
         for node_id, *_ in members:
             try:
@@ -160,10 +211,11 @@ class Controller:
                 ok = False
         self.counters["route_pushes"] += 1
         self.view.record(now_ms(), "routes_pushed", epoch=self.routes_epoch, nodes=[m[0] for m in members],
-                         ok=ok)
+                         ok=ok, takeovers=[k for k, p in enumerate(request["pairs"])
+                                           if p[4] != -2 and p[5] == self.routes_epoch])
+        self.view.set_placement(request)
         if ok:
-            self.placed = members
-            self.view.set_placement(request)
+            self.placed, self.routes_due = members, False
         else:
             self.counters["route_push_failures"] += 1
             self.next_push_ms = now_ms() + 100  # try again soon, with a newer epoch
@@ -181,6 +233,9 @@ class Controller:
             self.view.on_heartbeat(header, now_ms())
         else:
             self.counters["failure_notices"] += 1
+            if "decisions" in header:
+                self.decisions[f"{header['node']}/{header['process']}"] = {
+                    int(p): b for p, b in header["decisions"].items()}
             self.view.on_failed(header, now_ms())
             self.log.warning("%s/%s (pid %s) failed, exit %s", header["node"], header["process"], header["pid"],
                              header["exit"])

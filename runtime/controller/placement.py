@@ -1,39 +1,149 @@
-"""Placement: which node and instance serves each bucket, as a route set for the switch.
+"""Placement: which instance serves each pair as primary and as secondary, and how that changes on failures.
 
-Pure and deterministic: the same live nodes give the same routes. Every
-instance of every live node is the primary of one pair; its secondary is the
-same-numbered instance on the next node (in id order), never on its own node,
-or none when only one node is up. Buckets go round-robin over the pairs.
+Pure and deterministic (no clock, no sockets). The first placement fixes the
+number of pairs (one per instance of the nodes up at that moment) and gives
+the buckets round-robin to them; after that pairs never change number, only
+where they are served:
 
-Without replication wired into the workers (issue 3, next), moving a bucket
-moves its flows without their state; the route set already names the
-secondaries the workers will replicate to.
+* a failed primary's pair goes to its secondary (a take-over), with the
+  dead primary's commit record (``decision``: the last batch it released, or
+  ``UNKNOWN`` after a node failure) so the new primary knows what to replay;
+* a pair that lost its secondary (or whose secondary became its primary)
+  gets a new one on another node, from the instances that are up, the least
+  busy first; none if there is no such instance, until one comes up;
+* a pair whose primary failed without a secondary restarts with fresh state
+  on a live instance (its flows' state is lost: no redundancy was left).
+
+A pair's *generation* is the epoch at which its primary or secondary last
+changed; workers rebuild a pair's replication only when it changes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 NONE = -1
+FRESH, UNKNOWN = -2, -1   # as in deft.runtime.dataplane.routes
+
+Instance = tuple[str, int]  # (node id, instance index)
+
+
+@dataclasses.dataclass
+class Pair:
+    primary: Instance
+    secondary: Instance | None
+    decision: int = FRESH        # how the current primary got the pair
+    generation: int | None = None  # None: changed since the last route set; stamped at the next
+
+
+class Assignment:
+    def __init__(self, n_buckets: int):
+        self.n_buckets = n_buckets
+        self.pairs: list[Pair] = []
+        self.buckets: list[int] = []
+        self.dead: set[Instance] = set()  # failed and not seen usable since
+
+    @property
+    def placed(self) -> bool:
+        return bool(self.pairs)
+
+    def place(self, instances: dict[str, int]) -> None:
+        """First placement: every instance the primary of a pair, its secondary the same index on the next node."""
+        nodes = sorted(instances)
+        if not nodes or any(instances[n] < 1 for n in nodes):
+            raise ValueError("placement needs at least one node with at least one instance")
+        for k, node in enumerate(nodes):
+            nxt = nodes[(k + 1) % len(nodes)]
+            for i in range(instances[node]):
+                second = (nxt, i) if nxt != node and i < instances[nxt] else None
+                self.pairs.append(Pair((node, i), second))
+        self.buckets = [b % len(self.pairs) for b in range(self.n_buckets)]
+
+    # -- failures ---------------------------------------------------------------------------------------
+    def instance_failed(self, failed: Instance, decisions: dict[int, int] | None, usable: list[Instance]) -> list[int]:
+        """``failed`` died; ``decisions`` its commit record per pair (None: unreadable). The pairs changed."""
+        return self._lose({failed}, decisions, usable)
+
+    def node_failed(self, node: str, usable: list[Instance]) -> list[int]:
+        lost = {p.primary for p in self.pairs if p.primary[0] == node}
+        lost |= {p.secondary for p in self.pairs if p.secondary and p.secondary[0] == node}
+        return self._lose(lost, None, usable)
+
+    def _lose(self, lost: set[Instance], decisions: dict[int, int] | None, usable: list[Instance]) -> list[int]:
+        self.dead |= lost
+        usable = [u for u in usable if u not in lost]
+        changed = []
+        for k, pair in enumerate(self.pairs):
+            if pair.primary in lost:
+                if pair.secondary is not None and pair.secondary not in lost:
+                    pair.primary, pair.secondary = pair.secondary, None
+                    pair.decision = UNKNOWN if decisions is None else decisions.get(k, 0)
+                else:
+                    fresh = self._pick(usable, exclude_node=None)
+                    if fresh is None:
+                        continue  # nothing left to serve it: it stays where it was until something comes up
+                    pair.primary, pair.secondary, pair.decision = fresh, None, FRESH
+            elif pair.secondary in lost:
+                pair.secondary = None
+            else:
+                continue
+            pair.generation = None
+            changed.append(k)
+        return sorted(set(changed) | set(self.fill(usable)))
+
+    def fill(self, usable: list[Instance]) -> list[int]:
+        """Serve pairs stuck on a dead primary, and give a secondary to every pair without one."""
+        self.dead -= set(usable)
+        changed = []
+        for k, pair in enumerate(self.pairs):
+            if pair.primary in self.dead:
+                fresh = self._pick(usable, exclude_node=None)
+                if fresh is not None:
+                    pair.primary, pair.secondary, pair.decision, pair.generation = fresh, None, FRESH, None
+                    changed.append(k)
+            if pair.secondary is None:
+                pick = self._pick(usable, exclude_node=pair.primary[0])
+                if pick is not None:
+                    pair.secondary, pair.generation = pick, None
+                    changed.append(k)
+        return changed
+
+    def _pick(self, usable: list[Instance], exclude_node: str | None) -> Instance | None:
+        load: dict[Instance, int] = {u: 0 for u in usable}
+        for p in self.pairs:
+            for inst in (p.primary, p.secondary):
+                if inst in load:
+                    load[inst] += 1
+        candidates = [u for u in usable if u[0] != exclude_node]
+        return min(candidates, key=lambda u: (load[u], u)) if candidates else None
+
+    # -- the route set ------------------------------------------------------------------------------------
+    def nodes_used(self) -> set[str]:
+        return {inst[0] for p in self.pairs for inst in (p.primary, p.secondary) if inst is not None}
+
+    def request(self, epoch: int, endpoints: dict[str, tuple[str, str]], live: set[str] | None = None) -> dict[str, Any]:
+        """A ``set_routes`` request naming the nodes in use and the ``live`` ones (default: all of ``endpoints``).
+
+        ``endpoints`` = {node id: (fabric, replication)}. Pairs changed since
+        the last request get generation ``epoch``.
+        """
+        names = sorted((set(endpoints) if live is None else set(live)) | self.nodes_used())
+        index = {n: k for k, n in enumerate(names)}
+        rows = []
+        for pair in self.pairs:
+            if pair.generation is None:
+                pair.generation = epoch
+            sn, si = (index[pair.secondary[0]], pair.secondary[1]) if pair.secondary else (NONE, NONE)
+            rows.append([index[pair.primary[0]], pair.primary[1], sn, si, pair.decision, pair.generation])
+        return {"cmd": "set_routes", "epoch": epoch,
+                "nodes": [[n, *endpoints.get(n, ("", ""))] for n in names],
+                "pairs": rows, "buckets": list(self.buckets)}
 
 
 def place(nodes: list[tuple], n_buckets: int, epoch: int) -> dict[str, Any]:
-    """A ``set_routes`` request for ``nodes`` = [(id, fabric, instances[, replication endpoint])]."""
-    nodes = sorted(tuple(n) + ("",) * (4 - len(n)) for n in nodes)
-    if not nodes or any(n[2] < 1 for n in nodes):
-        raise ValueError("placement needs at least one node with at least one instance")
-    pairs = []
-    for k, (_, _, n_inst, _) in enumerate(nodes):
-        nxt = (k + 1) % len(nodes)
-        for i in range(n_inst):
-            if nxt == k or i >= nodes[nxt][2]:
-                pairs.append([k, i, NONE, NONE])
-            else:
-                pairs.append([k, i, nxt, i])
-    return {
-        "cmd": "set_routes",
-        "epoch": epoch,
-        "nodes": [[node_id, fabric, replication] for node_id, fabric, _, replication in nodes],
-        "pairs": pairs,
-        "buckets": [b % len(pairs) for b in range(n_buckets)],
-    }
+    """A first ``set_routes`` request for ``nodes`` = [(id, fabric, instances[, replication endpoint])]."""
+    nodes = [tuple(n) + ("",) * (4 - len(n)) for n in nodes]
+    assignment = Assignment(n_buckets)
+    assignment.place({n[0]: n[2] for n in nodes})
+    return assignment.request(epoch, {n[0]: (n[1], n[3]) for n in nodes})

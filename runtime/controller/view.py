@@ -27,9 +27,13 @@ class InstanceInfo:
     state: str = "up"            # up | failed
     restarts: int = 0
     failed_at_ms: float | None = None
-    role: str = "primary"        # of its own pair (placement makes every instance a primary)
-    peer: str | None = None      # the instance holding its pair's secondary
-    secondary_of: str | None = None  # the instance whose pair this one is the secondary of
+    ready: bool = False
+    role: str = "primary"        # of its pair(s); secondary (of some, primary of none); spare. Until the
+                                 # controller places pairs each node serves its own: all primaries
+    peer: str | None = None      # the instance holding the secondary of its (first) pair
+    secondary_of: str | None = None  # the primary of the (first) pair this one is the secondary of
+    primary_pairs: list = dataclasses.field(default_factory=list)
+    secondary_pairs: list = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -53,6 +57,7 @@ class ClusterView:
         self.nodes: dict[str, NodeInfo] = {}
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=EVENTS_KEPT)
         self.false_suspicions = 0
+        self.pairs: list[dict[str, Any]] = []  # from the last route set pushed
 
     def _event(self, now_ms: float, what: str, **details: Any) -> None:
         self.events.append({"t_ms": round(now_ms, 3), "event": what, **details})
@@ -91,6 +96,7 @@ class ClusterView:
         elif not inst["alive"] and info.state == "up":
             self._mark_failed(info, now_ms, "reported dead by its node")
         info.pid, info.restarts = inst["pid"], inst["restarts"]
+        info.ready = bool(inst.get("ready", inst["alive"]))
 
     def _mark_failed(self, info: InstanceInfo, now_ms: float, why: str) -> None:
         info.state, info.failed_at_ms = "failed", now_ms
@@ -130,8 +136,9 @@ class ClusterView:
             for info in sorted(node.instances.values(), key=lambda i: i.index):
                 instances.append({"id": info.id, "node": info.node, "role": info.role, "peer": info.peer,
                                   "secondary_of": info.secondary_of, "pid": info.pid, "state": info.state,
-                                  "restarts": info.restarts})
-        return {"nodes": nodes, "instances": instances, "events": list(self.events),
+                                  "ready": info.ready, "restarts": info.restarts,
+                                  "primary_of_pairs": info.primary_pairs, "secondary_of_pairs": info.secondary_pairs})
+        return {"nodes": nodes, "instances": instances, "pairs": self.pairs, "events": list(self.events),
                 "false_suspicions": self.false_suspicions}
 
 
@@ -144,16 +151,31 @@ class ClusterView:
         return max((n.routes_epoch for n in self.nodes.values()), default=0)
 
     def set_placement(self, request: dict[str, Any]) -> None:
-        """Record, per instance, its pair's secondary (``peer``) and whose secondary it is."""
+        """Record, per instance, the pairs it serves and as what (status), from a set_routes request."""
         names = [n[0] for n in request["nodes"]]
+        self.pairs = []
         for node in self.nodes.values():
             for info in node.instances.values():
                 info.peer = info.secondary_of = None
-        for pn, pi, sn, si in request["pairs"]:
-            primary = self._instance(f"{names[pn]}/nf{pi}")
-            secondary = self._instance(f"{names[sn]}/nf{si}") if sn >= 0 else None
-            if primary is not None and secondary is not None:
-                primary.peer, secondary.secondary_of = secondary.id, primary.id
+                info.primary_pairs, info.secondary_pairs = [], []
+        for k, (pn, pi, sn, si, *rest) in enumerate(request["pairs"]):
+            primary = f"{names[pn]}/nf{pi}"
+            secondary = f"{names[sn]}/nf{si}" if sn >= 0 else None
+            self.pairs.append({"pair": k, "primary": primary, "secondary": secondary,
+                               "generation": rest[1] if rest else request.get("epoch")})
+            p_info = self._instance(primary)
+            s_info = self._instance(secondary) if secondary else None
+            if p_info is not None:
+                p_info.primary_pairs.append(k)
+                if p_info.peer is None:
+                    p_info.peer = secondary
+            if s_info is not None:
+                s_info.secondary_pairs.append(k)
+                if s_info.secondary_of is None:
+                    s_info.secondary_of = primary
+        for node in self.nodes.values():
+            for info in node.instances.values():
+                info.role = "primary" if info.primary_pairs else "secondary" if info.secondary_pairs else "spare"
 
     def _instance(self, instance_id: str) -> InstanceInfo | None:
         node = self.nodes.get(instance_id.split("/")[0])

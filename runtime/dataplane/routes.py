@@ -9,13 +9,21 @@ table says which number is this node.
 Layout (little-endian int64 words, then the endpoint strings):
   [epoch, n_buckets, n_pairs, n_nodes, self_node]
   pair of bucket b           n_buckets words
-  pair p: primary node, primary instance, secondary node, secondary instance   MAX_PAIRS x 4
+  pair p: primary node, primary instance, secondary node, secondary instance,
+          take-over decision, generation                                     MAX_PAIRS x 6
   node ids, fabric and replication endpoints: MAX_NODES x 3 x ENDPOINT_BYTES, zero padded ASCII
 
 Writers (the supervisor, on a ``set_routes`` from the controller or an
 operator) write everything, then bump the epoch last; readers that see a new
 epoch re-read the small tables. A route set whose epoch is not newer than the
 current one is refused: a stale controller cannot move flows back.
+
+A pair's *generation* is the epoch at which its primary or secondary last
+changed: workers rebuild a pair's replication only when it changes, so a
+failover elsewhere does not resync every pair. Its *take-over decision* says
+how the current primary got the pair: ``FRESH`` (new state), ``UNKNOWN`` (its
+previous primary's node died with the commit record: every staged batch is in
+doubt), or the last batch the previous primary released (a worker crash).
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ ENDPOINT_BYTES = 120
 HEADER = 5
 W_EPOCH, W_BUCKETS, W_PAIRS, W_NODES, W_SELF = range(HEADER)
 NONE = -1
+FRESH, UNKNOWN = -2, -1   # take-over decision column: no take-over; a take-over without a commit record
+PAIR_WORDS = 6
 TARGET_SCALE = 1024  # target id of (node, instance) = node * TARGET_SCALE + instance
 
 
@@ -49,22 +59,39 @@ class RouteSet:
     nodes: list[tuple[str, str, str]]              # (node id, fabric endpoint, replication base endpoint)
     pairs: list[tuple[int, int, int, int]]          # primary node, instance, secondary node, instance
     buckets: np.ndarray                             # pair of each bucket
+    decisions: list[int] | None = None              # per pair: FRESH, UNKNOWN or the released batch
+    generations: list[int] | None = None            # per pair: epoch of its last role change
+
+    def rows(self) -> np.ndarray:
+        """The pairs table as written to shared memory (PAIR_WORDS columns)."""
+        n = len(self.pairs)
+        rows = np.empty((n, PAIR_WORDS), dtype=np.int64)
+        rows[:, :4] = np.asarray(self.pairs, dtype=np.int64).reshape(n, 4)
+        rows[:, 4] = FRESH if self.decisions is None else self.decisions
+        rows[:, 5] = self.epoch if self.generations is None else self.generations
+        return rows
 
     @classmethod
     def from_request(cls, req: dict[str, Any], n_buckets: int, n_instances_of: dict[str, int]) -> "RouteSet":
-        """From JSON: {"epoch", "nodes": [[id, fabric, replication?], ...], "pairs": [[pn, pi, sn, si], ...],
-        "buckets": [...]}."""
+        """From JSON: {"epoch", "nodes": [[id, fabric, replication?], ...],
+        "pairs": [[pn, pi, sn, si(, decision, generation)], ...], "buckets": [...]}."""
         try:
             epoch = int(req["epoch"])
             nodes = [(str(n[0]), str(n[1]), str(n[2]) if len(n) > 2 else "") for n in req["nodes"]]
-            pairs = [tuple(int(x) for x in p) for p in req["pairs"]]
+            full = [tuple(int(x) for x in p) for p in req["pairs"]]
             buckets = np.asarray(req["buckets"], dtype=np.int64)
         except (KeyError, TypeError, ValueError) as exc:
             raise RouteError(f"set_routes: malformed request ({exc})") from None
-        if not 0 < len(nodes) <= MAX_NODES or not 0 < len(pairs) <= MAX_PAIRS:
-            raise RouteError(f"set_routes: 1..{MAX_NODES} nodes and 1..{MAX_PAIRS} pairs, got {len(nodes)}, {len(pairs)}")
-        if any(len(p) != 4 for p in pairs):
-            raise RouteError("set_routes: a pair is [primary node, instance, secondary node, instance]")
+        if not 0 < len(nodes) <= MAX_NODES or not 0 < len(full) <= MAX_PAIRS:
+            raise RouteError(f"set_routes: 1..{MAX_NODES} nodes and 1..{MAX_PAIRS} pairs, got {len(nodes)}, {len(full)}")
+        if any(len(p) not in (4, 6) for p in full):
+            raise RouteError("set_routes: a pair is [primary node, instance, secondary node, instance"
+                             "(, take-over decision, generation)]")
+        pairs = [p[:4] for p in full]
+        decisions = [p[4] if len(p) == 6 else FRESH for p in full]
+        generations = [p[5] if len(p) == 6 else epoch for p in full]
+        if any(d < FRESH for d in decisions) or any(not 0 < g <= epoch for g in generations):
+            raise RouteError("set_routes: a take-over decision is -2, -1 or a batch; a generation is 1..epoch")
         if buckets.shape != (n_buckets,) or buckets.min() < 0 or buckets.max() >= len(pairs):
             raise RouteError(f"set_routes: buckets must be {n_buckets} pair numbers below {len(pairs)}")
         if any(len(text.encode()) >= ENDPOINT_BYTES for node in nodes for text in node):
@@ -80,7 +107,7 @@ class RouteSet:
                     raise RouteError(f"set_routes: pair {k} {what} instance {inst} not on {nodes[node][0]}")
             if sn == pn and sn != NONE:
                 raise RouteError(f"set_routes: pair {k} has primary and secondary on the same node")
-        return cls(epoch, nodes, pairs, buckets)
+        return cls(epoch, nodes, pairs, buckets, decisions, generations)
 
 
 class Routes:
@@ -92,13 +119,14 @@ class Routes:
         n_buckets = int(words[W_BUCKETS])
         self.words = words
         self.bucket_pair = np.ndarray((n_buckets,), dtype=np.int64, buffer=mm, offset=8 * HEADER)
-        self.pairs = np.ndarray((MAX_PAIRS, 4), dtype=np.int64, buffer=mm, offset=8 * (HEADER + n_buckets))
+        self.table = np.ndarray((MAX_PAIRS, PAIR_WORDS), dtype=np.int64, buffer=mm, offset=8 * (HEADER + n_buckets))
+        self.pairs = self.table[:, :4]
         self._names = np.ndarray((MAX_NODES, 3, ENDPOINT_BYTES), dtype=np.uint8, buffer=mm,
-                                 offset=8 * (HEADER + n_buckets + 4 * MAX_PAIRS))
+                                 offset=8 * (HEADER + n_buckets + PAIR_WORDS * MAX_PAIRS))
 
     @staticmethod
     def nbytes(n_buckets: int) -> int:
-        return 8 * (HEADER + n_buckets + 4 * MAX_PAIRS) + MAX_NODES * 3 * ENDPOINT_BYTES
+        return 8 * (HEADER + n_buckets + PAIR_WORDS * MAX_PAIRS) + MAX_NODES * 3 * ENDPOINT_BYTES
 
     @classmethod
     def create(cls, name: str, n_buckets: int, node_id: str, fabric: str, n_instances: int,
@@ -137,8 +165,8 @@ class Routes:
             for j, text in enumerate(node):
                 raw = text.encode()[: ENDPOINT_BYTES - 1]
                 self._names[k, j, : len(raw)] = np.frombuffer(raw, np.uint8)
-        self.pairs[:] = NONE
-        self.pairs[: len(routes.pairs)] = routes.pairs
+        self.table[:] = NONE
+        self.table[: len(routes.pairs)] = routes.rows()
         self.bucket_pair[:] = routes.buckets
         self.words[W_PAIRS], self.words[W_NODES], self.words[W_SELF] = len(routes.pairs), len(routes.nodes), self_node
         self.words[W_EPOCH] = routes.epoch
@@ -154,5 +182,5 @@ class Routes:
         return int(((p[:, 0] == self.self_node) & (p[:, 1] == instance)).sum())
 
     def close(self) -> None:
-        self.words = self.bucket_pair = self.pairs = self._names = None  # type: ignore[assignment]
+        self.words = self.bucket_pair = self.pairs = self.table = self._names = None  # type: ignore[assignment]
         release_segment(self._mm, self.name, self._owner)

@@ -1,35 +1,33 @@
 """A worker's replication roles, wired to the 2PC core (``runtime/replication``) over ZeroMQ.
 
-With ``[nf] replicate``, the routes name for every pair a primary and a
-secondary on another node. This worker is the primary of the pairs whose
-primary is (this node, its index), and the secondary of those whose secondary
-is; it binds its replication ROUTER at ``[node] replication`` port + index.
+With ``[nf] replicate`` the routes name, for every pair, a primary and maybe
+a secondary on another node. A worker binds one replication ROUTER at
+``[node] replication`` port + its index and plays:
 
-Primary: at every release the batch (its stamps in processing order and the
-state it changed) goes to the secondary by 2PC; the batch's output is staged
-and leaves for the egress ring only on the core's ``Release``, after the
-``WriteDecision`` (the commit record word) and before the Commit is sent. A
-new pair (new routes epoch) starts with a Sync of the whole flow table;
-batches processed before it is decided are held and released when it is.
+* ``PrimaryRole`` for each pair it is the primary of that has a secondary:
+  every released output batch goes to the secondary by 2PC first (its stamps
+  in processing order and the state it changed); its output is staged and
+  leaves on the core's ``Release``, through the commit record
+  (``Worker.release_committed``), before the Commit is sent. A new secondary
+  (or a new generation of the pair) starts with a Sync of the whole table;
+  batches processed before it is decided are held and released when it is.
+* ``SecondaryRoles`` for the pairs it is the secondary of: duplicates
+  (``dup = 1`` records) are buffered by stamp in the core, Prepares staged
+  and voted on, Commits applied to the replica's own table. When the routes
+  make this worker the pair's primary, the worker takes the replica over
+  (``Worker.take_over``).
 
-Secondary: duplicates (``dup = 1`` records) are buffered by stamp in the core;
-Prepares are staged and voted on, Commits applied to a copy of the table.
-
-Not yet (issue 3): take-over on a failure, the commit record in supervisor
-shared memory (today the worker's counter block), a bound on the secondary's
-buffer, packets pending in the primary's ordering unit at Sync time.
+The 2PC epoch of a pair is its generation in the routes (the epoch of its
+last role change), so both sides derive it from the same route set and a
+failover elsewhere does not resync this pair.
 """
 
 from __future__ import annotations
 
-
 import numpy as np
-import zmq
 
-from deft.runtime.dataplane.routes import NONE, W_PAIRS, Routes
 from deft.runtime.params import split_host_port
 from deft.runtime.replication.actions import Refused, Release, WriteDecision
-from deft.runtime.replication.codec import Codec
 from deft.runtime.replication.driver import PrimaryLink, Router, SecondaryLink
 from deft.runtime.replication.messages import STAMP_DTYPE, Delta, stamps_of
 from deft.runtime.replication.primary import PrimaryReplicator
@@ -44,150 +42,129 @@ def endpoint_of(base: str, index: int) -> str:
     return f"tcp://{host}:{port + index}"
 
 
-class Replication:
-    def __init__(self, topo, index: int, worker, log):
-        self.index = index
+class PrimaryRole:
+    """The primary's side of one pair: 2PC per output batch, release through the commit record."""
+
+    def __init__(self, worker, slot, core: PrimaryReplicator, endpoint: str, key: tuple):
         self.worker = worker
-        self.log = log
-        self.routes = Routes.attach(topo.routes())
-        self.zctx = zmq.Context()
-        self.router = Router(self.zctx, endpoint_of(topo.config.node.replication, index))
-        self.codec = Codec(worker.table.export_dtype())
-        self.epoch = 0
-        self.primary: PrimaryLink | None = None
-        self.primary_core: PrimaryReplicator | None = None
-        self.secondaries: dict[int, SecondaryLink] = {}
+        self.slot = slot
+        self.core = core
+        self.key = key  # (secondary node, instance, generation): a change means a new secondary
+        self.link = PrimaryLink(worker.zctx, core, worker.codec, endpoint)
         self.staged: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
-        self.committed = 0
-        self.refused = 0
-        self.unknown_duplicates = 0
-        self.next_tick = 0
 
-    # -- roles ------------------------------------------------------------------------------
-    def refresh(self) -> None:
-        """Take up the roles of a new routes epoch."""
-        epoch = self.routes.epoch
-        if epoch == self.epoch:
-            return
-        self.epoch = epoch
-        me, nodes = self.routes.self_node, self.routes.nodes()
-        pairs = self.routes.pairs[: int(self.routes.words[W_PAIRS])].tolist()
-        mine = [(p, sn, si) for p, (pn, pi, sn, si) in enumerate(pairs) if (pn, pi) == (me, self.index)]
-        serving = {p for p, (_, _, sn, si) in enumerate(pairs) if (sn, si) == (me, self.index)}
-        self._become_primary(mine[0] if mine and mine[0][1] != NONE else None, nodes)
-        for p in list(self.secondaries):
-            if p not in serving:
-                self.secondaries.pop(p).close()
-        for p in serving:  # a fresh replica per epoch: the primary's Sync brings its state
-            if p in self.secondaries:
-                self.secondaries.pop(p).close()
-            core = SecondaryReplica(epoch, p, self.worker.nf.new_table(), synced=False)
-            self.secondaries[p] = SecondaryLink(self.router, core, self.codec)
-
-    def _become_primary(self, pair, nodes) -> None:
-        if self.primary is not None:
-            self.primary.close()
-            self.primary = None
-        if pair is None:
-            if self.primary_core is not None:  # no secondary any more: release what is staged now
-                self.primary_core = None
-                for t in sorted(self.staged):
-                    self._release(t)
-            return
-        p, sn, si = pair
-        if self.primary_core is None or self.primary_core.pair != p:
-            self.primary_core = PrimaryReplicator(0, p, has_secondary=False, last_batch=0)
-        else:
-            self.execute(self.primary_core.secondary_lost())
-        self.primary = PrimaryLink(self.zctx, self.primary_core, self.codec, endpoint_of(nodes[sn][2], si))
-        table, ordering = self.worker.table, self.worker.ordering
+    def start_sync(self, generation: int) -> None:
+        """Bring the (new) secondary up to date: the whole table and nextExpectedPktID, as one batch."""
+        table, ordering = self.slot.table, self.slot.ordering
         table.take_changes()  # the Sync carries everything; later Prepares carry what changes after it
         flows = np.array(sorted(ordering.next_expected), dtype=np.uint64)
         nexts = np.array([ordering.next_expected[f] for f in flows.tolist()], dtype=np.uint64)
         records = table.export_rows(table.live_rows())
-        self.execute(self.primary.execute(self.primary_core.start_sync(
-            self.epoch, records, flows, nexts, np.zeros(0, dtype=STAMP_DTYPE))))
-
-    # -- the primary's release path --------------------------------------------------------------
-    @property
-    def replicating(self) -> bool:
-        return self.primary is not None
+        self.execute(self.link.execute(self.core.start_sync(
+            generation, records, flows, nexts, np.zeros(0, dtype=STAMP_DTYPE))))
 
     def window_open(self) -> bool:
-        return self.primary is None or self.primary.window_open
+        return self.link.window_open
 
     def in_flight(self) -> int:
-        return 0 if self.primary_core is None else self.primary_core.in_flight
+        return self.core.in_flight
 
     def submit(self, batch: np.ndarray, forward: np.ndarray | None) -> None:
         """A processed batch: stage its output, send its state by 2PC; it leaves on Release."""
-        core = self.primary_core
-        t = core.next_batch
+        t = self.core.next_batch
         stamps = stamps_of(batch)
-        delta = Delta.capture(self.worker.table, self.worker.ordering.next_expected, stamps)
+        delta = Delta.capture(self.slot.table, self.slot.ordering.next_expected, stamps)
         self.staged[t] = (batch.copy(), None if forward is None else forward.copy())
-        self.execute(self.primary.submit_batch(t, stamps, delta))
-
-    def _release(self, t: int) -> None:
-        records, forward = self.staged.pop(t)
-        self.worker.push_egress(records, forward)
-        self.worker.count["released"] += len(records) if forward is None else len(forward)
+        self.execute(self.link.submit_batch(t, stamps, delta))
 
     def execute(self, actions) -> None:
+        decided = 0
         for action in actions:
             if isinstance(action, WriteDecision):
-                self.committed = action.batch  # the commit record (supervisor memory: next step)
+                decided = max(decided, action.batch)
             elif isinstance(action, Release):
-                self._release(action.batch)
+                records, forward = self.staged.pop(action.batch)
+                self.worker.release_committed(self.slot.pair, action.batch, records, forward)
             elif isinstance(action, Refused):
-                self.refused += 1
-        if self.primary is not None:
-            self.primary.flush()  # only now may the Commit go out (WriteDecision -> Release -> Commit)
+                self.worker.count["repl_refused"] += 1
+        if decided:  # a decided batch without output (a Sync) is recorded too: a successor needs it
+            self.worker.record.decided(self.slot.pair, decided)
+        self.link.flush()  # only now may the Commit go out (WriteDecision -> Release -> Commit)
 
-    # -- the secondary's side ---------------------------------------------------------------------
-    def on_duplicates(self, records: np.ndarray) -> None:
-        for p in np.unique(records["pair"]).tolist():
-            part = records[records["pair"] == p]
-            link = self.secondaries.get(p)
-            if link is None:
-                self.unknown_duplicates += len(part)
-                continue
-            self.execute(link.on_packets(stamps_of(part), [r.tobytes() for r in part]))  # copies, not views
+    def poll(self) -> None:
+        self.execute(self.link.poll_once(0))
 
-    # -- every loop ---------------------------------------------------------------------------------
-    def poll(self, now_ns: int) -> None:
-        self.refresh()
-        if self.primary is not None:
-            self.execute(self.primary.poll_once(0))
-        for link in list(self.secondaries.values()):
-            self.execute(link.poll_once(0))
-        if now_ns >= self.next_tick:
-            self.next_tick = now_ns + TICK_NS
-            if self.primary is not None:
-                self.execute(self.primary.tick())
-            for link in self.secondaries.values():
-                self.execute(link.tick())
+    def tick(self) -> None:
+        self.execute(self.link.tick())
+
+    def close(self) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:
+        """Stop replicating; return the staged (undecided) batches, oldest first."""
+        self.link.close()
+        staged, self.staged = dict(sorted(self.staged.items())), {}
+        return staged
+
+
+class SecondaryRoles:
+    """The replicas this worker keeps for the pairs it is the secondary of."""
+
+    def __init__(self, worker, endpoint: str):
+        self.worker = worker
+        self.router = Router(worker.zctx, endpoint)
+        self.links: dict[int, SecondaryLink] = {}
+        self.keys: dict[int, tuple] = {}
+        self.unknown_duplicates = 0
+
+    def ensure(self, pair: int, key: tuple, generation: int) -> None:
+        """Be the secondary of ``pair`` for primary+generation ``key``: a fresh replica when it changed."""
+        if self.keys.get(pair) == key:
+            return
+        self.drop(pair)
+        core = SecondaryReplica(generation, pair, self.worker.new_table(), synced=False)
+        self.links[pair] = SecondaryLink(self.router, core, self.worker.codec)
+        self.keys[pair] = key
+
+    def drop(self, pair: int) -> None:
+        link = self.links.pop(pair, None)
+        self.keys.pop(pair, None)
+        if link is not None:
+            link.close()
+
+    def take(self, pair: int) -> SecondaryLink | None:
+        """Hand the replica of ``pair`` to a take-over (the caller closes the link)."""
+        self.keys.pop(pair, None)
+        return self.links.pop(pair, None)
+
+    def on_duplicates(self, pair: int, records: np.ndarray) -> None:
+        link = self.links.get(pair)
+        if link is None:
+            self.unknown_duplicates += len(records)
+            return
+        self._execute(link.on_packets(stamps_of(records), [r.tobytes() for r in records]))  # copies, not views
+
+    def poll(self) -> None:
+        for link in list(self.links.values()):
+            self._execute(link.poll_once(0))
+
+    def tick(self) -> None:
+        for link in self.links.values():
+            self._execute(link.tick())
+
+    def _execute(self, actions) -> None:
+        for action in actions:
+            if isinstance(action, Refused):
+                self.worker.count["repl_refused"] += 1
 
     def counters(self) -> dict[str, int]:
-        """The worker's replication counters (published with its others, once per batch)."""
-        replicas = [link.core for link in self.secondaries.values()]
+        replicas = [link.core for link in self.links.values()]
         return {
-            "repl_committed": self.committed, "repl_staged": len(self.staged), "repl_refused": self.refused,
-            "repl_in_flight": self.in_flight(), "repl_unknown_duplicates": self.unknown_duplicates,
-            "repl_bad_frames": self.router.bad_frames + sum(link.bad_frames for link in self._links()),
             "replica_committed": sum(r.committed for r in replicas),
             "replica_flows": sum(len(r.table) for r in replicas),
             "replica_buffered": sum(r.buffered for r in replicas),
+            "repl_unknown_duplicates": self.unknown_duplicates,
+            "repl_bad_frames": self.router.bad_frames + sum(link.bad_frames for link in self.links.values()),
         }
 
-    def _links(self) -> list:
-        return [*self.secondaries.values(), *([self.primary] if self.primary is not None else [])]
-
     def close(self) -> None:
-        if self.primary is not None:
-            self.primary.close()
-        for link in self.secondaries.values():
-            link.close()
+        for pair in list(self.links):
+            self.drop(pair)
         self.router.close()
-        self.routes.close()
-        self.zctx.term()

@@ -205,9 +205,9 @@ class StampingUnit:
         self._v[self._i["dropped_stalled"]] += consumed - (consumed if picked is None else len(picked))
         keep = slice(0, consumed) if picked is None else picked
         batch, dest, buckets = view[keep], dest[keep], buckets[keep]
+        batch["pair"] = self.dest.pair_of_bucket[buckets]  # a worker may serve several pairs
         if dest2 is not None:
             dest2 = dest2[keep]
-            batch["pair"] = self.dest.pair_of_bucket[buckets]
         ok = self.stamper.stamp(batch, ring_head=self.in_ring.popped)
         if not ok.all():  # flow table full: new flows without a slot are dropped unstamped
             self._v[self._i["table_full"]] += int((~ok).sum())

@@ -1,28 +1,33 @@
-"""NF worker: input rings -> ordering unit -> NF -> output buffer -> egress ring.
+"""NF worker: input rings -> per pair: ordering unit -> NF -> output buffer -> egress ring.
 
-One process per NF instance (paper IV-B):
+One process per NF instance (paper IV-B). It serves, as their primary, the
+pairs the routes give it (normally one; one more after each take-over), each
+in a ``PairSlot``:
 
-1. Packets are taken from the input rings only while the output buffer has
-   room (``batch_size - buffered``), so the input rings are the input buffer
-   and they fill up (and the switch drops, counted) when the NF falls behind.
-2. The ordering unit passes on packets in per-flow stamp order and keeps the
+1. Packets are taken from the input rings only while the output buffers have
+   room, so the input rings are the input buffer and they fill up (and the
+   switch holds back) when the NF falls behind.
+2. Each packet goes to its pair's slot (the record's ``pair``); packets of a
+   pair this worker does not serve (left in a ring by a route change) are
+   counted (``not_mine``) and dropped: the pair's new primary has them.
+3. The ordering unit passes on packets in per-flow stamp order and keeps the
    rest pending (bounded by ``buffer_batches x batch_size``).
-3. The NF processes what is ready as one numpy batch against its flow table.
-4. The output buffer is released as one batch when it holds ``batch_size``
-   packets or ``flush_us`` after its first packet went in (adaptive batching:
-   at low rates a packet waits at most ``flush_us``, not for 63 others). With
-   ``flush_on_idle`` (the default) it is also released as soon as the input
-   rings are empty: waiting longer buys batching only if more packets are
-   already on their way, so at low load every packet leaves at once and at
-   high load batches fill by themselves (group commit; latency no longer
-   depends on the rate).
-   Release = forwarded packets pushed to the supervisor-owned egress ring.
-   Later, replication commits the batch first (``release`` is the hook).
+4. The NF processes what is ready as one numpy batch against the flow table.
+5. The output buffer is released as one batch when it holds ``batch_size``
+   packets or ``flush_us`` after its first packet went in, or (``flush_on_idle``,
+   the default) as soon as the input rings are empty: group commit, so latency
+   does not depend on the rate.
+   Release = forwarded packets pushed to the supervisor-owned egress ring;
+   with replication, after the batch is committed by 2PC and recorded in the
+   commit record (``release_committed``).
 
-A worker adopts a flow it has not seen at whatever seq it arrives with, and
-skips a gap that has not filled within ``gap_timeout_ms``: a restarted worker
-(state lost, no replication yet) or a route change sends it flows mid-stream,
-and it must not wait for seqs that went elsewhere (see ordering.py).
+With ``[nf] replicate`` the worker also keeps replicas of the pairs it is the
+secondary of (``replica.SecondaryRoles``) and takes one over when the routes
+make it that pair's primary (``take_over``, paper VI).
+
+A fresh slot adopts a flow it has not seen at whatever seq it arrives with,
+and skips a gap that has not filled within ``gap_timeout_ms``: a restarted
+worker without replication, or a route change, sends it flows mid-stream.
 """
 
 from __future__ import annotations
@@ -31,9 +36,12 @@ import time
 
 import numpy as np
 
-from deft.nfs import Context, make_nf
-from deft.runtime.dataplane.ordering import OrderingUnit
-from deft.runtime.dataplane.packet import DROP, FORWARD, PACKET_DTYPE, copy_records
+from deft.nfs import nf_class
+from deft.nfs.base import FlowTable
+from deft.runtime.dataplane.commit_record import CommitRecord
+from deft.runtime.dataplane.packet import FORWARD, PACKET_DTYPE
+from deft.runtime.dataplane.routes import FRESH, NONE, UNKNOWN, W_PAIRS, Routes
+from deft.runtime.procs.pairslot import SLOT_COUNTERS, PairSlot
 from deft.runtime.ring import Doorbell, Ring
 from deft.runtime.stats import CounterBlock
 from deft.runtime.topology import Topology
@@ -41,47 +49,23 @@ from deft.runtime.topology import Topology
 COUNTERS = [
     "ready", "received", "processed", "released", "dropped_by_nf", "stale", "duplicate",
     "pending_overflow", "pending", "batches", "egress_waits", "flows", "nf_errors", "adopted", "gaps_skipped",
-    "expired",
-    # replication ([nf] replicate): as primary, as secondary
+    "expired", "pairs", "not_mine",
+    # replication ([nf] replicate): as primary, as secondary, take-overs
     "repl_committed", "repl_in_flight", "repl_staged", "replica_committed", "replica_flows", "replica_buffered",
     "duplicates", "repl_refused", "repl_unknown_duplicates", "repl_bad_frames",
+    "takeovers", "takeover_failed", "replayed", "replay_released",
 ]
-
-
-class OutputBuffer:
-    """Processed packets waiting to be released together; time is passed in."""
-
-    def __init__(self, batch_size: int, extra: int, flush_ns: int):
-        self.batch_size = batch_size
-        self.records = np.zeros(batch_size + extra, dtype=PACKET_DTYPE)
-        self.n = 0
-        self.flush_ns = flush_ns
-        self.deadline = 0
-
-    @property
-    def room(self) -> int:
-        return self.batch_size - self.n
-
-    def append(self, records: np.ndarray, now_ns: int) -> None:
-        if self.n == 0:
-            self.deadline = now_ns + self.flush_ns
-        copy_records(self.records[self.n: self.n + len(records)], records)
-        self.n += len(records)
-
-    def due(self, now_ns: int) -> bool:
-        return self.n >= self.batch_size or (self.n > 0 and now_ns >= self.deadline)
-
-    def take(self) -> np.ndarray:
-        out = self.records[: self.n]
-        self.n = 0
-        return out
+ORDERING_COUNTERS = {"stale": "stale", "duplicate": "duplicate", "pending_overflow": "overflow",
+                     "adopted": "adopted", "gaps_skipped": "gaps_skipped"}
 
 
 class Worker:
     def __init__(self, topo: Topology, index: int, stop, log, restarted: bool):
-        cfg = topo.config
+        cfg = self.cfg = topo.config
+        self.index = index
         self.stop = stop
         self.log = log
+        self.restarted = restarted
         self.inputs = [Ring.attach(topo.nf_ring(index, u), PACKET_DTYPE) for u in topo.units]
         self.inputs.append(Ring.attach(topo.fabric_ring(index), PACKET_DTYPE))  # from other nodes' units
         self.dup_inputs = ([Ring.attach(topo.dup_ring(index, u), PACKET_DTYPE) for u in topo.units]
@@ -90,118 +74,229 @@ class Worker:
         self.egress = Ring.attach(topo.egress_ring(index), PACKET_DTYPE)
         self.egress_bell = Doorbell.attach(topo.egress_bell())
         self.stats = CounterBlock.attach(topo.stats(f"nf{index}"))
-        self.ctx = Context(index, cfg.nf.instances, seed=index)
-        self.nf = make_nf(cfg.nf.kind, cfg.nf_params(), self.ctx)
-        self.table = self.nf.new_table()
-        capacity = cfg.nf.input_capacity
-        # every path into a worker is FIFO; only a route change sends a flow here mid-stream
-        self.ordering = OrderingUnit(PACKET_DTYPE, capacity, adopt_unknown=True)
+        self.record = CommitRecord.attach(topo.commit_record(index))
+        self.routes = Routes.attach(topo.routes())
+        self.state_dtype = nf_class(cfg.nf.kind).state_dtype
+        self.slots: dict[int, PairSlot] = {}
+        self.epoch = 0
+        # A restarted worker's pairs with a secondary are being taken over there: it must not serve
+        # them again with empty state from the route set it died under, only from a newer one.
+        self.start_epoch = self.routes.epoch if restarted else -1
         self.gap_ns = cfg.nf.gap_timeout_ms * 1_000_000
         self.next_gap_check = 0
         self.idle_ns = int(cfg.nf.flow_idle_s * 1e9)
         self.next_expiry = 0
         self.next_publish = 0
-        self.out = OutputBuffer(cfg.nf.batch_size, capacity, cfg.nf.flush_us * 1000)
+        self.next_tick = 0
         self.flush_on_idle = cfg.nf.flush_on_idle
+        self.flush_ns = cfg.nf.flush_us * 1000
         self._next_input = 0
         # counters live in plain ints and reach shared memory in one numpy write per batch
         self.count = dict.fromkeys(COUNTERS[1:], 0)
-        self.repl = None
+        self.retired = dict.fromkeys([*SLOT_COUNTERS, *ORDERING_COUNTERS], 0)  # of slots given up
+        self.retired_nf: dict[str, int] = {}
+        self.secondaries = None
         if cfg.nf.replicate:
-            from deft.runtime.procs.replica import Replication
+            import zmq
 
-            self.repl = Replication(topo, index, self, log)
+            from deft.runtime.procs.replica import SecondaryRoles, endpoint_of
+            from deft.runtime.replication.codec import Codec
+
+            self.zctx = zmq.Context()
+            self.codec = Codec(self.new_table().export_dtype())
+            self.secondaries = SecondaryRoles(self, endpoint_of(cfg.node.replication, index))
         self._published = [c for c in self.stats.fields if c != "ready"]
         self._published_at = np.array([self.stats.index[c] for c in self._published], dtype=np.int64)
+        self.refresh()
 
+    def new_table(self) -> FlowTable:
+        return FlowTable(self.state_dtype)
+
+    # -- roles ----------------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Take up the roles of a new routes epoch: primary slots, replication, replicas."""
+        epoch = self.routes.epoch
+        if epoch == self.epoch:
+            return
+        self.epoch = epoch
+        me, rows = self.routes.self_node, self.routes.table[: int(self.routes.words[W_PAIRS])].tolist()
+        n_pairs = len(rows)
+        nodes = self.routes.nodes()
+        for p, (pn, pi, sn, si, decision, gen) in enumerate(rows):
+            if (pn, pi) == (me, self.index):
+                if p not in self.slots:
+                    if epoch == self.start_epoch and sn != NONE:
+                        continue  # see start_epoch
+                    self.slots[p] = self.take_over(p, decision, n_pairs) or PairSlot(self.cfg, p, n_pairs, self.log)
+                if self.secondaries is not None:
+                    self.replicate(self.slots[p], (sn, si, gen), nodes)
+            elif p in self.slots:
+                self.retire(self.slots.pop(p))
+            if self.secondaries is not None:
+                if (sn, si) == (me, self.index):
+                    self.secondaries.ensure(p, (pn, pi, gen), gen)
+                else:
+                    self.secondaries.drop(p)
+        for p in [p for p in self.slots if p >= n_pairs]:
+            self.retire(self.slots.pop(p))
+
+    def replicate(self, slot: PairSlot, key: tuple, nodes) -> None:
+        """Give ``slot`` the secondary the routes name (``key`` = node, instance, generation)."""
+        from deft.runtime.procs.replica import PrimaryRole, endpoint_of
+        from deft.runtime.replication.primary import PrimaryReplicator
+
+        role = slot.role
+        if role is not None and role.key == key:
+            return
+        sn, si, gen = key
+        core = None
+        if role is not None:
+            slot.role = None
+            core = role.core
+            staged = role.close()
+            if sn == NONE:  # no redundancy left: what waited for the old secondary's vote goes now
+                for t, (records, forward) in staged.items():
+                    self.release_committed(slot.pair, t, records, forward)
+                return
+            core.secondary_lost()
+            role_staged = staged
+        else:
+            role_staged = {}
+        if sn == NONE:
+            return
+        if core is None:
+            core = getattr(slot, "taken_core", None) or PrimaryReplicator(
+                0, slot.pair, has_secondary=False, last_batch=int(self.record.committed[slot.pair]))
+            slot.taken_core = None
+        endpoint = endpoint_of(nodes[sn][2], si)
+        slot.role = PrimaryRole(self, slot, core, endpoint, key)
+        slot.role.staged.update(role_staged)
+        slot.role.start_sync(max(gen, core.epoch + 1))
+
+    def take_over(self, pair: int, decision: int, n_pairs: int) -> PairSlot | None:
+        """Become the primary of ``pair`` from the replica kept here (paper VI); None if there is none.
+
+        Batches the dead primary released (``decision``) are applied from
+        their staged state; the rest it had prepared are replayed through the
+        NF and released (with ``UNKNOWN``, after a node crash, all of them:
+        the in-doubt batch may go out twice, G3); then what is buffered
+        beyond them goes through the ordering unit like new input.
+        """
+        if self.secondaries is None or decision == FRESH:
+            return None
+        link = self.secondaries.take(pair)
+        if link is None:
+            return None
+        from deft.runtime.replication.errors import ReplicationError
+        from deft.runtime.replication.primary import PrimaryReplicator
+
+        try:
+            plan = link.core.take_over(None if decision == UNKNOWN else decision)
+        except ReplicationError as exc:
+            self.count["takeover_failed"] += 1
+            self.log.error("pair %d: cannot take over (%s); serving it with fresh state", pair, exc)
+            link.close()
+            return None
+        link.close()
+        slot = PairSlot(self.cfg, pair, n_pairs, self.log, adopt_unknown=False, table=plan.table,
+                        next_expected=plan.next_expected)
+        for replay in plan.replays:
+            records = slot.replay(records_of(replay.payloads))
+            if replay.release:
+                forward = np.flatnonzero(records["verdict"] == FORWARD)
+                self.release_committed(pair, replay.batch, records, forward)
+                self.count["replay_released"] += len(forward)
+        slot.table.take_changes()
+        self.record.reset_pair(pair, plan.last_batch)
+        slot.taken_core = PrimaryReplicator(link.core.epoch, pair, has_secondary=False,
+                                            last_batch=plan.last_batch)
+        if plan.rest_payloads:
+            slot.process(records_of(plan.rest_payloads))
+        self.count["takeovers"] += 1
+        self.log.warning("pair %d taken over: decision %s, %d batches replayed (%d in doubt), %d packets after",
+                         pair, "unknown" if decision == UNKNOWN else decision, len(plan.replays),
+                         len(plan.in_doubt), len(plan.rest_payloads))
+        return slot
+
+    def retire(self, slot: PairSlot) -> None:
+        """The routes moved ``slot``'s pair away: keep its counters, drop its state and output."""
+        if slot.role is not None:
+            slot.role.close()
+        for name in SLOT_COUNTERS:
+            self.retired[name] += slot.count[name]
+        for name, attr in ORDERING_COUNTERS.items():
+            self.retired[name] += getattr(slot.ordering, attr)
+        for name, value in slot.nf.stats.items():
+            self.retired_nf[name] = self.retired_nf.get(name, 0) + value
+        self.log.warning("pair %d moved away; %d packets unreleased dropped", slot.pair, slot.out.n)
+
+    # -- input -------------------------------------------------------------------------------------------
     def pull_duplicates(self) -> int:
         """Buffer the copies for the pairs this worker is the secondary of (independent of its own output)."""
         taken = 0
         for ring in self.dup_inputs:
             view = ring.peek(1024)
             if len(view):
-                self.count["duplicates"] += len(view)
-                self.repl.on_duplicates(view)
+                self.on_duplicates(view)
                 ring.release(len(view))
                 taken += len(view)
         return taken
 
+    def on_duplicates(self, records: np.ndarray) -> None:
+        self.count["duplicates"] += len(records)
+        for p, part in by_pair(records):
+            slot = self.slots.get(p)
+            if slot is not None:  # a copy sent before this worker took the pair over: it is input now
+                part = part.copy()
+                part["dup"] = 0
+                slot.process(part)
+            elif self.secondaries is not None:
+                self.secondaries.on_duplicates(p, part)
+
     def pull(self) -> int:
-        """Move up to the output buffer's room from the input rings through the NF."""
+        """Move up to the output buffers' room from the input rings through the NF."""
         taken = self.pull_duplicates() if self.dup_inputs else 0
+        room = min((s.out.room for s in self.slots.values()), default=1024)
         n_in = len(self.inputs)
         for k in range(n_in):
-            room = self.out.room
             if room <= 0:
                 break
             ring = self.inputs[(self._next_input + k) % n_in]
             view = ring.peek(room)
             if len(view) == 0:
                 continue
-            self.process(view)
+            self.dispatch(view)
             ring.release(len(view))
             taken += len(view)
+            room = min((s.out.room for s in self.slots.values()), default=1024)
         self._next_input = (self._next_input + 1) % n_in
         return taken
 
-    def process(self, arrived: np.ndarray) -> None:
-        if arrived["dup"].any():  # copies come through the dup rings; one on this path is still a copy, never input
+    def dispatch(self, arrived: np.ndarray) -> None:
+        if arrived["dup"].any():  # copies come through the dup rings; one on this path is still a copy
             dup = arrived["dup"] != 0
-            self.count["duplicates"] += int(dup.sum())
-            if self.repl is not None:
-                self.repl.on_duplicates(arrived[dup])
+            self.on_duplicates(arrived[dup])
             arrived = arrived[~dup]
-            if len(arrived) == 0:
+        if len(self.slots) == 1:
+            (p, slot), = self.slots.items()
+            if (arrived["pair"] == p).all():  # the common case: one pair, nothing to split
+                slot.process(arrived)
                 return
-        self.count["received"] += len(arrived)
-        self.run_nf(self.ordering.order(arrived, time.monotonic_ns()))
+        for p, part in by_pair(arrived):
+            slot = self.slots.get(p)
+            if slot is None:
+                self.count["not_mine"] += len(part)
+            else:
+                slot.process(part)
 
-    def expire_idle(self, now_ns: int) -> None:
-        """Once a second: forget flows whose newest packet is older than flow_idle_s (packet time).
-
-        Table and ordering state of a flow that stopped would otherwise stay for
-        ever. NFs with their own expiry (the NAT's idle_timeout_s) see the rows
-        go like any other removal; the removal is part of the next state clock.
-        """
-        if now_ns < self.next_expiry:
-            return
-        self.next_expiry = now_ns + 1_000_000_000
-        rows = self.table.idle_rows(self.ctx.now_ns, self.idle_ns)
-        if len(rows):
-            flows = self.table.flow_ids[rows].tolist()
-            self.table.remove(rows)
-            self.ordering.forget(flows)
-            self.count["expired"] += len(flows)
-
-    def skip_gaps(self, now_ns: int) -> None:
-        """Every few ms: flows whose gap did not fill within gap_timeout_ms go on without it."""
-        if now_ns >= self.next_gap_check and self.ordering.waiting_since:
-            self.next_gap_check = now_ns + 10_000_000
-            self.run_nf(self.ordering.skip_gaps(now_ns, self.gap_ns))
-
-    def run_nf(self, ready: np.ndarray) -> None:
-        if len(ready) == 0:
-            return
-        rows, new_rows = self.table.rows_for(ready["flow_id"])
-        self.table.last_ns[rows] = ready["ts_ns"]  # per flow the last write wins: packets are in order
-        self.ctx.now_ns = int(ready["ts_ns"].max())
-        try:
-            ready["verdict"] = self.nf.process(ready, rows, new_rows, self.table, self.ctx)
-        except Exception:  # noqa: BLE001 - an NF bug must cost its batch, not the worker and all its state
-            self.count["nf_errors"] += len(ready)
-            ready["verdict"] = DROP
-            if self.count["nf_errors"] == len(ready):  # log the first one in full, count the rest
-                self.log.exception("NF %s raised on a batch of %d packets; batch dropped", self.nf.name, len(ready))
-        self.out.append(ready, time.monotonic_ns())
-        self.count["processed"] += len(ready)
-
-    def release(self) -> None:
-        batch = self.out.take()
+    # -- output ------------------------------------------------------------------------------------------
+    def release(self, slot: PairSlot) -> None:
+        batch = slot.out.take()
         verdict = batch["verdict"]
         forward = None if not verdict.any() else np.flatnonzero(verdict == FORWARD)
         n_forward = len(batch) if forward is None else len(forward)
-        if self.repl is not None and self.repl.replicating:
-            self.repl.submit(batch, forward)  # leaves for the egress on the 2PC's Release
+        if slot.role is not None:
+            slot.role.submit(batch, forward)  # leaves for the egress on the 2PC's Release
         else:
             self.push_egress(batch, forward)
             self.count["released"] += n_forward
@@ -210,17 +305,32 @@ class Worker:
         c["batches"] += 1
         self.publish()
 
-    def publish(self) -> None:
-        o, c = self.ordering, self.count
-        c["stale"], c["duplicate"], c["pending_overflow"] = o.stale, o.duplicate, o.overflow
-        c["adopted"], c["gaps_skipped"] = o.adopted, o.gaps_skipped
-        c["pending"], c["flows"] = o.pending_count, len(self.table)
-        if self.repl is not None:
-            c.update(self.repl.counters())
-        nf = self.nf.stats
-        self.stats.values[self._published_at] = [
-            c[name] if name in c else nf.get(name[3:], 0) for name in self._published
-        ]
+    def release_committed(self, pair: int, batch_id: int, records: np.ndarray, index: np.ndarray | None) -> None:
+        """Release a decided batch so that a crash at any point is finished or undone by the supervisor.
+
+        Stage the output past the egress ring's tail, write the commit record
+        (pair, batch, tail after it), publish the tail, mark it done (see
+        ``commit_record``). A batch larger than the ring goes out in parts,
+        without that guarantee.
+        """
+        n = len(records) if index is None else len(index)
+        while True:
+            end = self.egress.stage(records, index)
+            if end is not None:
+                break
+            if n > self.egress.n_slots or self.stop:
+                self.record.releasing(pair, batch_id, int(self.egress.pushed))
+                self.push_egress(records, index)
+                self.record.released(pair, batch_id)
+                self.count["released"] += n
+                return
+            self.count["egress_waits"] += 1
+            time.sleep(0.0002)
+        self.record.releasing(pair, batch_id, end)
+        self.egress.publish_to(end)
+        self.egress_bell.ring()
+        self.record.released(pair, batch_id)
+        self.count["released"] += n
 
     def push_egress(self, records: np.ndarray, index: np.ndarray | None) -> None:
         """Hand a batch (or ``records[index]``) to the egress sender; wait, never drop, while its ring is full."""
@@ -238,62 +348,136 @@ class Worker:
                     return
                 time.sleep(0.0002)
 
+    def publish(self) -> None:
+        c, slots = self.count, list(self.slots.values())
+        for name in SLOT_COUNTERS:
+            c[name] = self.retired[name] + sum(s.count[name] for s in slots)
+        for name, attr in ORDERING_COUNTERS.items():
+            c[name] = self.retired[name] + sum(getattr(s.ordering, attr) for s in slots)
+        c["pending"] = sum(s.ordering.pending_count for s in slots)
+        c["flows"] = sum(len(s.table) for s in slots)
+        c["pairs"] = len(slots)
+        roles = [s.role for s in slots if s.role is not None]
+        c["repl_committed"] = int(self.record.committed.max())
+        c["repl_staged"] = sum(len(r.staged) for r in roles)
+        c["repl_in_flight"] = sum(r.in_flight() for r in roles)
+        if self.secondaries is not None:
+            c.update(self.secondaries.counters())
+        nf = dict(self.retired_nf)
+        for s in slots:
+            for name, value in s.nf.stats.items():
+                nf[name] = nf.get(name, 0) + value
+        self.stats.values[self._published_at] = [
+            c[name] if name in c else nf.get(name[3:], 0) for name in self._published
+        ]
+
+    # -- the loop ----------------------------------------------------------------------------------------
     def run(self) -> None:
-        flush_s = self.out.flush_ns / 1e9
         while not self.stop:
             got = self.pull()
             now = time.monotonic_ns()
-            if self.repl is not None:
-                self.repl.poll(now)
-                if now >= self.next_publish:  # a secondary releases nothing: publish on a timer too
-                    self.next_publish = now + 100_000_000
-                    self.publish()
-            self.skip_gaps(now)
-            self.expire_idle(now)
-            if self.should_release(now):
-                self.release()
+            if self.secondaries is not None:
+                self.poll_replication(now)
+            self.refresh()
+            self.housekeeping(now)
+            released = False
+            for slot in list(self.slots.values()):
+                if self.should_release(slot, now):
+                    self.release(slot)
+                    released = True
+            if released or got:
                 continue
-            if got == 0:
-                wait = (self.out.deadline - now) / 1e9 if self.out.n else 0.1
-                if self.ordering.waiting_since:  # a gap may time out before anything arrives
+            wait = 0.1
+            for slot in self.slots.values():
+                if slot.out.n:
+                    wait = min(wait, (slot.out.deadline - now) / 1e9)
+                if slot.ordering.waiting_since:  # a gap may time out before anything arrives
                     wait = min(wait, 0.01)
-                if self.repl is not None:  # votes and commits arrive on sockets, not on the bell
-                    wait = min(wait, 0.001)
-                self.bell.wait(max(min(wait, 0.1), 0.00005 if flush_s else 0.0))
+            if self.secondaries is not None:  # votes and commits arrive on sockets, not on the bell
+                wait = min(wait, 0.001)
+            self.bell.wait(max(wait, 0.00005 if self.flush_ns else 0.0))
 
-    def should_release(self, now: int) -> bool:
+    def poll_replication(self, now: int) -> None:
+        roles = [s.role for s in self.slots.values() if s.role is not None]
+        for role in roles:
+            role.poll()
+        self.secondaries.poll()
+        if now >= self.next_tick:
+            self.next_tick = now + 5_000_000
+            for role in roles:
+                role.tick()
+            self.secondaries.tick()
+        if now >= self.next_publish:  # a secondary releases nothing: publish on a timer too
+            self.next_publish = now + 100_000_000
+            self.publish()
+
+    def housekeeping(self, now: int) -> None:
+        if now >= self.next_gap_check:
+            self.next_gap_check = now + 10_000_000
+            for slot in self.slots.values():
+                slot.skip_gaps(now, self.gap_ns)
+        if now >= self.next_expiry:  # once a second: forget idle flows
+            self.next_expiry = now + 1_000_000_000
+            for slot in self.slots.values():
+                slot.expire_idle(self.idle_ns)
+
+    def should_release(self, slot: PairSlot, now: int) -> bool:
         """Full, past the flush deadline, or idle; with replication, also a free 2PC window.
 
         Replicating, "idle" means idle with no batch in flight: while one is being
         committed the next one keeps filling (group commit), so a 2PC round trip
         carries as many packets as arrived during it.
         """
-        if self.out.n == 0:
+        if slot.out.n == 0:
             return False
-        repl = self.repl
-        if repl is not None and repl.replicating and not repl.window_open():
+        role = slot.role
+        if role is not None and not role.window_open():
             return False
-        if self.out.due(now):
+        if slot.out.due(now):
             return True
         if not (self.flush_on_idle and self.inputs_empty()):
             return False
-        return repl is None or not repl.replicating or repl.in_flight() == 0
+        return role is None or role.in_flight() == 0
 
     def inputs_empty(self) -> bool:
         return all(len(r) == 0 for r in self.inputs)
 
     def close(self) -> None:
-        if self.repl is not None:
-            self.repl.close()
+        for slot in self.slots.values():
+            if slot.role is not None:
+                slot.role.close()
+        if self.secondaries is not None:
+            self.secondaries.close()
+            self.zctx.term()
         for r in self.inputs + self.dup_inputs:
             r.close()
         self.egress.close()
+        self.record.close()
+        self.routes.close()
         self.stats.close()
 
 
-def counter_names(kind: str) -> list[str]:
-    from deft.nfs import nf_class
+def by_pair(records: np.ndarray):
+    """(pair, records of that pair) in the order pairs first appear; one pair costs no copy."""
+    pairs = records["pair"]
+    first = int(pairs[0]) if len(pairs) else 0
+    if len(pairs) == 0 or (pairs == first).all():
+        if len(pairs):
+            yield first, records
+        return
+    for p in np.unique(pairs).tolist():
+        yield p, records[pairs == p]
 
+
+def records_of(payloads) -> np.ndarray:
+    """Packet records from buffered duplicates (each the bytes of one record), as input again."""
+    records = np.frombuffer(b"".join(payloads), dtype=PACKET_DTYPE).copy() if payloads else \
+        np.zeros(0, dtype=PACKET_DTYPE)
+    records["dup"] = 0
+    return records
+
+
+def counter_names(kind: str) -> list[str]:
     return COUNTERS + [f"nf.{c}" for c in nf_class(kind).counters]
 
 

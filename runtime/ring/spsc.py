@@ -119,6 +119,40 @@ class Ring:
         w[layout.W_TAIL] = tail + n  # publish after the data is in place
         return n
 
+    def stage(self, records: np.ndarray, index: np.ndarray | None = None) -> int | None:
+        """Write all of ``records`` (or ``records[index]``) past the tail WITHOUT publishing them.
+
+        Returns the tail position that would publish them (see ``publish_to``),
+        or None when they do not all fit. The consumer sees nothing until then:
+        a batch staged here can be released later by whoever owns the ring,
+        even if this producer dies in between (the commit record names the position).
+        """
+        w = self._words
+        tail = int(w[layout.W_TAIL])
+        n = len(records) if index is None else len(index)
+        if n > self.n_slots - (tail - int(w[layout.W_HEAD])):
+            return None
+        start = tail & self._mask
+        first = min(n, self.n_slots - start)
+        if index is None:
+            copy_records(self.slots[start: start + first], records[:first])
+            if first < n:
+                copy_records(self.slots[: n - first], records[first:n])
+        else:
+            copy_records(self.slots[start: start + first], records, index[:first])
+            if first < n:
+                copy_records(self.slots[: n - first], records, index[first:n])
+        return tail + n
+
+    def publish_to(self, position: int) -> bool:
+        """Make everything staged up to ``position`` visible; False if it already was (or is beyond reach)."""
+        w = self._words
+        tail = int(w[layout.W_TAIL])
+        if not tail < position <= int(w[layout.W_HEAD]) + self.n_slots:
+            return False
+        w[layout.W_TAIL] = position
+        return True
+
     def push_nowait(self, records: np.ndarray) -> None:
         """Push the whole batch or nothing (RingFull)."""
         if len(records) > self.free():

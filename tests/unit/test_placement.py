@@ -7,7 +7,7 @@ import collections
 import numpy as np
 import pytest
 
-from deft.runtime.controller.placement import place
+from deft.runtime.controller.placement import FRESH, UNKNOWN, Assignment, place
 from deft.runtime.dataplane.routes import RouteSet
 
 
@@ -18,7 +18,8 @@ def nodes(*counts):
 def test_three_nodes_pairs_and_buckets():
     req = place(nodes(2, 2, 2), 4096, epoch=7)
     assert req["epoch"] == 7 and len(req["pairs"]) == 6
-    for pn, pi, sn, si in req["pairs"]:
+    for pn, pi, sn, si, decision, gen in req["pairs"]:
+        assert decision == FRESH and gen == 7
         assert sn != pn and sn == (pn + 1) % 3 and si == pi
     counts = collections.Counter(req["buckets"])
     assert max(counts.values()) - min(counts.values()) <= 1
@@ -32,7 +33,7 @@ def test_one_node_has_no_secondaries():
 
 def test_uneven_instance_counts_leave_extra_primaries_without_a_secondary():
     req = place(nodes(1, 3), 64, epoch=2)
-    assert [p for p in req["pairs"] if p[0] == 1] == [[1, 0, 0, 0], [1, 1, -1, -1], [1, 2, -1, -1]]
+    assert [p[:4] for p in req["pairs"] if p[0] == 1] == [[1, 0, 0, 0], [1, 1, -1, -1], [1, 2, -1, -1]]
 
 
 def test_same_input_same_routes_whatever_the_order():
@@ -45,3 +46,69 @@ def test_same_input_same_routes_whatever_the_order():
 def test_no_nodes_is_an_error():
     with pytest.raises(ValueError):
         place([], 64, 1)
+
+
+def three_by_two() -> Assignment:
+    a = Assignment(64)
+    a.place({"n0": 2, "n1": 2, "n2": 2})
+    a.request(1, {})
+    return a
+
+
+def up(*down):
+    return [(f"n{k}", i) for k in range(3) for i in range(2) if (f"n{k}", i) not in down and f"n{k}" not in down]
+
+
+def test_a_failed_worker_hands_its_pair_to_the_secondary_with_its_commit_record():
+    a = three_by_two()
+    changed = a.instance_failed(("n0", 1), {1: 41}, up(("n0", 1)))
+    pair = a.pairs[1]
+    assert pair.primary == ("n1", 1) and pair.decision == 41        # taken over, knowing what was released
+    assert pair.secondary is not None and pair.secondary[0] not in ("n1",) and pair.secondary != ("n0", 1)
+    assert 1 in changed and pair.generation is None
+    assert a.pairs[5].secondary not in (("n0", 1), None)             # n2/1 had its secondary there
+    req = a.request(2, {})
+    assert req["pairs"][1][4:] == [41, 2] and req["pairs"][0][5] == 1  # untouched pairs keep their generation
+
+
+def test_a_failed_node_leaves_every_take_over_in_doubt_and_secondaries_elsewhere():
+    a = three_by_two()
+    a.node_failed("n1", up("n1"))
+    for k, pair in enumerate(a.pairs):
+        assert pair.primary[0] != "n1" and (pair.secondary is None or pair.secondary[0] != "n1")
+        assert pair.secondary is not None and pair.secondary[0] != pair.primary[0]
+    assert a.pairs[2].primary == ("n2", 0) and a.pairs[2].decision == UNKNOWN
+    assert a.pairs[0].decision == FRESH                              # n0's own pairs kept their primary
+
+
+def test_a_pair_without_a_secondary_restarts_fresh_elsewhere_and_a_returning_instance_is_used_again():
+    a = Assignment(8)
+    a.place({"n0": 1, "n1": 1})
+    a.node_failed("n0", [("n1", 0)])
+    a.node_failed("n1", [])                                          # nothing left: pairs stay put
+    assert a.pairs[1].primary == ("n1", 0)
+    assert a.fill([("n0", 0)]) == [0, 1]                              # n0 is back: it serves them, fresh
+    assert all(p.primary == ("n0", 0) and p.decision == FRESH for p in a.pairs)
+    assert a.fill([("n0", 0), ("n1", 0)]) == [0, 1]                   # and n1: secondaries again
+    assert all(p.secondary == ("n1", 0) for p in a.pairs)
+
+
+def test_random_failures_never_put_both_roles_on_one_node():
+    import random
+
+    rng = random.Random(5)
+    for _ in range(200):
+        a = three_by_two()
+        down: set = set()
+        for _ in range(6):
+            if rng.random() < 0.5:
+                victim = (f"n{rng.randrange(3)}", rng.randrange(2))
+                down.add(victim)
+                a.instance_failed(victim, {}, [u for u in up() if u not in down])
+            else:
+                down = set()
+                a.fill(up())
+            for pair in a.pairs:
+                assert pair.secondary is None or pair.secondary[0] != pair.primary[0]
+                assert pair.secondary not in down
+            assert len(a.pairs) == 6

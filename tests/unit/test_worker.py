@@ -33,7 +33,7 @@ def node(node_id):
         feed = Ring.attach(sup.topo.nf_ring(0, 0), PACKET_DTYPE)
         out = Ring.attach(sup.topo.egress_ring(0), PACKET_DTYPE)
         rings.extend([feed, out])
-        return worker, feed, out
+        return worker, feed, out, worker.slots[0]
 
     made, workers, rings = [], [], []
     yield make
@@ -54,80 +54,123 @@ def packets(flow_seq: list[tuple[int, int]]) -> np.ndarray:
 
 
 def test_releases_when_the_batch_is_full(node):
-    worker, feed, out = node(batch_size=4, flush_on_idle=False, flush_us=10_000_000)
+    worker, feed, out, slot = node(batch_size=4, flush_on_idle=False, flush_us=10_000_000)
     feed.push_some(packets([(1, 1), (1, 2), (2, 1)]))
     worker.pull()
-    assert not worker.out.due(0) and len(out) == 0
+    assert not slot.out.due(0) and len(out) == 0
     feed.push_some(packets([(2, 2), (1, 3)]))
     worker.pull()                      # takes only the room left: one packet
-    assert worker.out.due(0)
-    worker.release()
+    assert slot.out.due(0)
+    worker.release(slot)
     assert out.pop(10)["seq"].tolist() == [1, 2, 1, 2]
     assert len(feed) == 1
 
 
 def test_flush_deadline_releases_a_partial_batch(node):
-    worker, feed, out = node(batch_size=64, flush_on_idle=False, flush_us=100)
+    worker, feed, out, slot = node(batch_size=64, flush_on_idle=False, flush_us=100)
     feed.push_some(packets([(1, 1)]))
     worker.pull()
-    deadline = worker.out.deadline
-    assert not worker.out.due(deadline - 1) and worker.out.due(deadline)
+    deadline = slot.out.deadline
+    assert not slot.out.due(deadline - 1) and slot.out.due(deadline)
 
 
 def test_an_nf_exception_costs_the_batch_not_the_worker(node):
-    worker, feed, out = node(batch_size=2)
+    worker, feed, out, slot = node(batch_size=2)
 
     def broken(*args):
         raise RuntimeError("bug in the NF")
 
-    worker.nf.process = broken
+    slot.nf.process = broken
     feed.push_some(packets([(1, 1), (1, 2)]))
     worker.pull()
-    worker.release()
+    worker.release(slot)
+    worker.publish()
     assert worker.count["nf_errors"] == 2
     assert worker.count["dropped_by_nf"] == 2 and len(out) == 0
 
 
 def test_out_of_order_arrivals_are_released_in_order(node):
-    worker, feed, out = node(batch_size=8)
+    worker, feed, out, slot = node(batch_size=8)
     feed.push_some(packets([(1, 1)]))
     worker.pull()
     feed.push_some(packets([(1, 4), (1, 2), (2, 1), (1, 3)]))
     worker.pull()
-    worker.release()
+    worker.release(slot)
     got = out.pop(10)
     assert list(zip(got["flow_id"].tolist(), got["seq"].tolist())) == [(1, 1), (1, 2), (2, 1), (1, 3), (1, 4)]
 
 
 def test_a_flow_arriving_mid_stream_is_adopted_and_a_stale_gap_skipped(node):
-    worker, feed, out = node(batch_size=8, gap_timeout_ms=1)
+    worker, feed, out, slot = node(batch_size=8, gap_timeout_ms=1)
     feed.push_some(packets([(3, 10), (3, 12)]))        # a flow whose route moved here; 11 went elsewhere
     worker.pull()
-    worker.skip_gaps(time.monotonic_ns() + 5_000_000)
-    worker.release()
+    slot.skip_gaps(time.monotonic_ns() + 5_000_000, worker.gap_ns)
+    worker.release(slot)
     assert out.pop(10)["seq"].tolist() == [10, 12]
-    assert worker.ordering.adopted == 1 and worker.ordering.gaps_skipped == 1
+    assert slot.ordering.adopted == 1 and slot.ordering.gaps_skipped == 1
 
 
 def test_a_restarted_worker_adopts_flows_at_their_current_seq(node):
-    worker, feed, out = node(batch_size=8, _restarted=True)
+    worker, feed, out, slot = node(batch_size=8, _restarted=True)
     feed.push_some(packets([(7, 40), (7, 41)]))
     worker.pull()
-    worker.release()
+    worker.release(slot)
     assert out.pop(10)["seq"].tolist() == [40, 41]
 
 
 def test_idle_flows_are_forgotten_by_packet_time(node):
-    worker, feed, out = node(batch_size=8, flow_idle_s=1.0)
+    worker, feed, out, slot = node(batch_size=8, flow_idle_s=1.0)
     old, new = packets([(1, 1)]), packets([(2, 1)])
     old["ts_ns"], new["ts_ns"] = 1_000_000_000, 3_000_000_000
     feed.push_some(old)
     worker.pull()
     feed.push_some(new)
     worker.pull()
-    worker.expire_idle(now_ns=10**18)
+    slot.expire_idle(worker.idle_ns)
+    worker.publish()
     assert worker.count["expired"] == 1
-    assert 1 not in worker.table and 2 in worker.table
-    assert 1 not in worker.ordering.next_expected and 2 in worker.ordering.next_expected
-    records, removed = worker.table.take_changes()
+    assert 1 not in slot.table and 2 in slot.table
+    assert 1 not in slot.ordering.next_expected and 2 in slot.ordering.next_expected
+    records, removed = slot.table.take_changes()
     assert removed.tolist() == [1]            # the removal travels with the next state clock
+
+
+def test_packets_of_a_pair_served_elsewhere_are_counted_not_processed(node):
+    worker, feed, out, slot = node(batch_size=8)
+    b = packets([(1, 1), (2, 1)])
+    b["pair"] = [0, 5]                       # pair 5 is not this worker's (left over from a route change)
+    feed.push_some(b)
+    worker.pull()
+    worker.release(slot)
+    assert out.pop(10)["flow_id"].tolist() == [1]
+    assert worker.count["not_mine"] == 1
+
+
+def test_a_committed_release_interrupted_by_a_crash_is_finished_by_the_supervisor(node):
+    from deft.runtime.dataplane.commit_record import CommitRecord
+
+    worker, feed, out, slot = node(batch_size=8)
+    batch = packets([(1, 1), (1, 2)])
+    end = worker.egress.stage(batch)         # step 1: staged past the tail, invisible
+    assert end is not None and len(out) == 0
+    worker.record.releasing(0, 7, end)       # step 2: the record; the worker "dies" here
+    record = CommitRecord.attach(worker.record.name)
+    try:
+        assert record.recover(out) == {0: 7}
+        assert out.pop(10)["seq"].tolist() == [1, 2]      # released once, by the supervisor
+        assert record.recover(out) == {}                  # and cleared for the successor
+    finally:
+        record.close()
+
+
+def test_a_release_interrupted_before_its_record_is_not_published(node):
+    from deft.runtime.dataplane.commit_record import CommitRecord
+
+    worker, feed, out, slot = node(batch_size=8)
+    worker.record.decided(0, 3)
+    assert worker.egress.stage(packets([(1, 1)])) is not None   # step 1 only
+    record = CommitRecord.attach(worker.record.name)
+    try:
+        assert record.recover(out) == {0: 3} and len(out) == 0  # batch 4 is replayed by the secondary
+    finally:
+        record.close()
