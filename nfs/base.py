@@ -247,11 +247,13 @@ class FlowTable:
         return self.export_rows(rows), removed
 
     def export_dtype(self) -> np.dtype:
-        return np.dtype([("flow_id", "<u8"), ("state", self.state_dtype)])
+        # last_ns travels with the state: a replica that takes over must not think every flow idle
+        return np.dtype([("flow_id", "<u8"), ("last_ns", "<u8"), ("state", self.state_dtype)])
 
     def export_rows(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty(len(rows), dtype=self.export_dtype())
         out["flow_id"] = self.flow_ids[rows]
+        out["last_ns"] = self.last_ns[rows]
         out["state"] = self.state[rows]
         return out
 
@@ -268,6 +270,8 @@ class FlowTable:
         if len(records):
             rows, _ = self.rows_for(records["flow_id"])
             self.state[rows] = records["state"]
+            if "last_ns" in records.dtype.names:
+                self.last_ns[rows] = records["last_ns"]
             self._changed[rows] = False
 
     def live_rows(self) -> np.ndarray:

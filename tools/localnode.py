@@ -240,6 +240,7 @@ class LocalCluster:
 
     def __init__(self, tmp: Path, tag: str, n_nodes: int = 2, *, replicate: bool = False,
                  miss_limit: int = 10, logs: bool = True):
+        self.tmp = tmp
         cfg = controller_config(heartbeat_ms=10, miss_limit=miss_limit, expect_nodes=n_nodes)
         (tmp / f"{tag}-controller.toml").write_text(to_toml(cfg))
         self.ctl = LocalController.start(tmp / f"{tag}-controller.toml",
@@ -252,7 +253,8 @@ class LocalCluster:
                     "fabric": f"tcp://127.0.0.1:{free_port(socket.SOCK_STREAM)}"}
             if replicate:
                 node["replication"] = f"tcp://127.0.0.1:{consecutive_ports()}"
-            conf = node_config(node_id, "nat", 2, {"public_ip": f"203.0.113.{n}"}, node=node,
+            # one public address for the cluster: a pair (and its port slice) moves between nodes on failover
+            conf = node_config(node_id, "nat", 2, {"public_ip": "203.0.113.1"}, node=node,
                                egress={"send_to": self.egress}, nf={"replicate": replicate},
                                **({"ingress": {"listen": "none"}} if n > 1 else {}))
             self.nodes.append(LocalNode.start(write_config(tmp / f"{node_id}.toml", conf),

@@ -57,7 +57,7 @@ class OutputBuffer:
 
 class PairSlot:
     def __init__(self, cfg, pair: int, n_pairs: int, log, *, adopt_unknown: bool = True, table=None,
-                 next_expected: dict[int, int] | None = None):
+                 next_expected: dict[int, int] | None = None, keep_inputs: bool = False):
         self.pair = pair
         self.log = log
         self.ctx = Context(pair, n_pairs, seed=pair)
@@ -73,6 +73,9 @@ class PairSlot:
         if next_expected:
             self.ordering.next_expected.update(next_expected)
         self.out = OutputBuffer(cfg.nf.batch_size, capacity, cfg.nf.flush_us * 1000)
+        # Replicating, the packets of each output batch as they were before the NF rewrote them: a
+        # secondary that never got some of them (it became the secondary after they were sent) asks.
+        self.inputs = OutputBuffer(cfg.nf.batch_size, capacity, 0) if keep_inputs else None
         self.count = dict.fromkeys(SLOT_COUNTERS, 0)
         self.role = None  # the primary's replication (PrimaryRole), when the pair has a secondary
         self.taken_core = None  # after a take-over: the 2PC core that continues the pair's batch ids
@@ -83,7 +86,13 @@ class PairSlot:
 
     def run_nf(self, ready: np.ndarray) -> None:
         if len(ready):
+            if self.inputs is not None:
+                self.inputs.append(ready, 0)
             self.out.append(self.apply_nf(ready), time.monotonic_ns())
+
+    def take_output(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The output batch and, replicating, its packets as they arrived (views, valid until the next append)."""
+        return self.out.take(), None if self.inputs is None else self.inputs.take()
 
     def apply_nf(self, ready: np.ndarray) -> np.ndarray:
         """The NF on packets in order (verdicts and rewrites in place); returns ``ready``."""

@@ -25,6 +25,7 @@ failover elsewhere does not resync this pair.
 from __future__ import annotations
 
 import numpy as np
+import zmq
 
 from deft.runtime.params import split_host_port
 from deft.runtime.replication.actions import Refused, Release, WriteDecision
@@ -50,8 +51,9 @@ class PrimaryRole:
         self.slot = slot
         self.core = core
         self.key = key  # (secondary node, instance, generation): a change means a new secondary
-        self.link = PrimaryLink(worker.zctx, core, worker.codec, endpoint)
-        self.staged: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        self.link = PrimaryLink(worker.zctx, core, worker.codec, endpoint, payloads_for=self.payloads_for)
+        # batch -> (output records, index of the forwarded ones, the records as they arrived)
+        self.staged: dict[int, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = {}
 
     def start_sync(self, generation: int) -> None:
         """Bring the (new) secondary up to date: the whole table and nextExpectedPktID, as one batch."""
@@ -60,6 +62,9 @@ class PrimaryRole:
         flows = np.array(sorted(ordering.next_expected), dtype=np.uint64)
         nexts = np.array([ordering.next_expected[f] for f in flows.tolist()], dtype=np.uint64)
         records = table.export_rows(table.live_rows())
+        self.worker.log.info("pair %d: sync to %s as generation %d (batch %d, %d flows)", self.slot.pair,
+                             self.link.sock.getsockopt_string(zmq.LAST_ENDPOINT), generation,
+                             self.core.next_batch, len(records))
         self.execute(self.link.execute(self.core.start_sync(
             generation, records, flows, nexts, np.zeros(0, dtype=STAMP_DTYPE))))
 
@@ -69,13 +74,24 @@ class PrimaryRole:
     def in_flight(self) -> int:
         return self.core.in_flight
 
-    def submit(self, batch: np.ndarray, forward: np.ndarray | None) -> None:
+    def submit(self, batch: np.ndarray, forward: np.ndarray | None, inputs: np.ndarray | None) -> None:
         """A processed batch: stage its output, send its state by 2PC; it leaves on Release."""
         t = self.core.next_batch
         stamps = stamps_of(batch)
         delta = Delta.capture(self.slot.table, self.slot.ordering.next_expected, stamps)
-        self.staged[t] = (batch.copy(), None if forward is None else forward.copy())
+        self.staged[t] = (batch.copy(), None if forward is None else forward.copy(),
+                          None if inputs is None else inputs.copy())
         self.execute(self.link.submit_batch(t, stamps, delta))
+
+    def payloads_for(self, batch: int, stamps: np.ndarray) -> list[bytes]:
+        """The packets of ``batch`` the secondary lacks, as they arrived here (empty for any not kept)."""
+        entry = self.staged.get(batch)
+        inputs = None if entry is None else entry[2]
+        if inputs is None:
+            return [b""] * len(stamps)
+        row = {key: k for k, key in enumerate(zip(inputs["flow_id"].tolist(), inputs["seq"].tolist()))}
+        wanted = zip(stamps["flow_id"].tolist(), stamps["seq"].tolist())
+        return [b"" if (k := row.get(key)) is None else inputs[k].tobytes() for key in wanted]
 
     def execute(self, actions) -> None:
         decided = 0
@@ -83,7 +99,7 @@ class PrimaryRole:
             if isinstance(action, WriteDecision):
                 decided = max(decided, action.batch)
             elif isinstance(action, Release):
-                records, forward = self.staged.pop(action.batch)
+                records, forward, _ = self.staged.pop(action.batch)
                 self.worker.release_committed(self.slot.pair, action.batch, records, forward)
             elif isinstance(action, Refused):
                 self.worker.count["repl_refused"] += 1
@@ -97,7 +113,7 @@ class PrimaryRole:
     def tick(self) -> None:
         self.execute(self.link.tick())
 
-    def close(self) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:
+    def close(self) -> dict[int, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
         """Stop replicating; return the staged (undecided) batches, oldest first."""
         self.link.close()
         staged, self.staged = dict(sorted(self.staged.items())), {}
@@ -120,6 +136,7 @@ class SecondaryRoles:
             return
         self.drop(pair)
         core = SecondaryReplica(generation, pair, self.worker.new_table(), synced=False)
+        self.worker.log.info("pair %d: secondary here, generation %d", pair, generation)
         self.links[pair] = SecondaryLink(self.router, core, self.worker.codec)
         self.keys[pair] = key
 

@@ -33,8 +33,9 @@ from deft.runtime.stats import CounterBlock
 from deft.runtime.topology import Topology
 
 MAX_BATCH = 256
-COUNTERS = ["ready", "owner", "received", "stamped", "duplicated", "sent_remote", "blocked", "dropped_stalled", "table_full",
-            "new_flows", "flows", "expired"]
+FABRIC_SEND_TIMEOUT_MS = 50
+COUNTERS = ["ready", "owner", "received", "stamped", "duplicated", "sent_remote", "dropped_fabric", "blocked",
+            "dropped_stalled", "table_full", "new_flows", "flows", "expired"]
 STALL_S = 1.0  # an instance whose ring stays full this long is treated as stuck
 
 
@@ -126,7 +127,10 @@ class Destinations:
         self.sockets: dict[str, zmq.Socket] = {}
         for node_index in sorted({n for n, _ in remote}):
             fabric = nodes[node_index][1]
-            sock = reuse.pop(fabric, None) or make_socket(zctx, zmq.PUSH, connect=fabric, hwm=64)
+            sock = reuse.pop(fabric, None)
+            if sock is None:
+                sock = make_socket(zctx, zmq.PUSH, connect=fabric, hwm=64)
+                sock.sndtimeo = FABRIC_SEND_TIMEOUT_MS
             self.sockets[fabric] = sock
         for sock in reuse.values():
             sock.close()
@@ -261,8 +265,15 @@ class StampingUnit:
                 self.out_bells[k].ring()
             else:
                 instance = d.remote[k - d.n_local][1]
-                d.socket_of[k - d.n_local].send_multipart(wire.encode_packets(d.epoch, instance, batch, part),
-                                                          copy=False)
+                try:
+                    d.socket_of[k - d.n_local].send_multipart(
+                        wire.encode_packets(d.epoch, instance, batch, part), copy=False)
+                except zmq.Again:
+                    # full for FABRIC_SEND_TIMEOUT_MS although the room check saw space: the node is
+                    # gone (its packets have copies at their secondaries); waiting longer would stop
+                    # this unit, and every flow with it, until the routes move
+                    self._v[self._i["dropped_fabric"]] += len(part)
+                    continue
                 self._v[self._i["sent_remote"]] += len(part)
 
     def idle(self) -> None:

@@ -53,7 +53,7 @@ COUNTERS = [
     # replication ([nf] replicate): as primary, as secondary, take-overs
     "repl_committed", "repl_in_flight", "repl_staged", "replica_committed", "replica_flows", "replica_buffered",
     "duplicates", "repl_refused", "repl_unknown_duplicates", "repl_bad_frames",
-    "takeovers", "takeover_failed", "replayed", "replay_released",
+    "takeovers", "takeover_failed", "replayed", "replay_released", "repl_sent", "repl_received", "repl_dropped",
 ]
 ORDERING_COUNTERS = {"stale": "stale", "duplicate": "duplicate", "pending_overflow": "overflow",
                      "adopted": "adopted", "gaps_skipped": "gaps_skipped"}
@@ -127,7 +127,8 @@ class Worker:
                 if p not in self.slots:
                     if epoch == self.start_epoch and sn != NONE:
                         continue  # see start_epoch
-                    self.slots[p] = self.take_over(p, decision, n_pairs) or PairSlot(self.cfg, p, n_pairs, self.log)
+                    self.slots[p] = self.take_over(p, decision, n_pairs) or PairSlot(
+                        self.cfg, p, n_pairs, self.log, keep_inputs=self.secondaries is not None)
                 if self.secondaries is not None:
                     self.replicate(self.slots[p], (sn, si, gen), nodes)
             elif p in self.slots:
@@ -155,7 +156,7 @@ class Worker:
             core = role.core
             staged = role.close()
             if sn == NONE:  # no redundancy left: what waited for the old secondary's vote goes now
-                for t, (records, forward) in staged.items():
+                for t, (records, forward, _) in staged.items():
                     self.release_committed(slot.pair, t, records, forward)
                 return
             core.secondary_lost()
@@ -171,6 +172,8 @@ class Worker:
         endpoint = endpoint_of(nodes[sn][2], si)
         slot.role = PrimaryRole(self, slot, core, endpoint, key)
         slot.role.staged.update(role_staged)
+        if slot.out.n:  # processed already: the sync's state includes it, so it must be a batch before the sync
+            self.release(slot)
         slot.role.start_sync(max(gen, core.epoch + 1))
 
     def take_over(self, pair: int, decision: int, n_pairs: int) -> PairSlot | None:
@@ -199,7 +202,7 @@ class Worker:
             return None
         link.close()
         slot = PairSlot(self.cfg, pair, n_pairs, self.log, adopt_unknown=False, table=plan.table,
-                        next_expected=plan.next_expected)
+                        next_expected=plan.next_expected, keep_inputs=True)
         for replay in plan.replays:
             records = slot.replay(records_of(replay.payloads))
             if replay.release:
@@ -291,12 +294,12 @@ class Worker:
 
     # -- output ------------------------------------------------------------------------------------------
     def release(self, slot: PairSlot) -> None:
-        batch = slot.out.take()
+        batch, inputs = slot.take_output()
         verdict = batch["verdict"]
         forward = None if not verdict.any() else np.flatnonzero(verdict == FORWARD)
         n_forward = len(batch) if forward is None else len(forward)
         if slot.role is not None:
-            slot.role.submit(batch, forward)  # leaves for the egress on the 2PC's Release
+            slot.role.submit(batch, forward, inputs)  # leaves for the egress on the 2PC's Release
         else:
             self.push_egress(batch, forward)
             self.count["released"] += n_forward
@@ -363,6 +366,9 @@ class Worker:
         c["repl_in_flight"] = sum(r.in_flight() for r in roles)
         if self.secondaries is not None:
             c.update(self.secondaries.counters())
+            links = [r.link for r in roles] + list(self.secondaries.links.values())
+            for name in ("sent", "received", "dropped"):
+                c[f"repl_{name}"] = self.retired.get(f"repl_{name}", 0) + sum(getattr(k, name) for k in links)
         nf = dict(self.retired_nf)
         for s in slots:
             for name, value in s.nf.stats.items():
@@ -471,7 +477,8 @@ def by_pair(records: np.ndarray):
 
 def records_of(payloads) -> np.ndarray:
     """Packet records from buffered duplicates (each the bytes of one record), as input again."""
-    records = np.frombuffer(b"".join(payloads), dtype=PACKET_DTYPE).copy() if payloads else \
+    whole = [p for p in payloads if p is not None and len(p) == PACKET_DTYPE.itemsize]
+    records = np.frombuffer(b"".join(whole), dtype=PACKET_DTYPE).copy() if whole else \
         np.zeros(0, dtype=PACKET_DTYPE)
     records["dup"] = 0
     return records

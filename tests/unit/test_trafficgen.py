@@ -440,3 +440,18 @@ def test_pcap_timing_keeps_the_gaps(tmp_path):
     # shorten the next gap, so gaps themselves are not checked; that made the test flaky under load)
     since_first = (log.send_ns - log.send_ns[0]) / 1e6
     assert all(since_first >= np.arange(4) * 20.0 - 1.0), since_first
+
+
+def test_analysis_counts_flows_whose_translated_source_changed():
+    flow = np.array([0, 0, 0, 0, 1, 1])
+    seq = np.array([1, 2, 3, 4, 1, 2])
+    send_ns = np.arange(1, 7) * 1000
+    log = tg.SendLog(send_ns, start_ns=1000, end_ns=6000, attempted=6, send_errors=0)
+    u = lambda xs: np.array(xs, dtype=np.uint64)  # noqa: E731
+    server, nat1, nat2, client = 10 << 16 | 80, 99 << 16 | 10001, 99 << 16 | 10002, 7 << 16 | 5000
+    # flow 0: forward packets keep nat1, a reverse packet (toward the client) is not rewritten; flow 1 moves
+    src = u([nat1, server, nat1, nat1, nat1, nat2])
+    dst = u([server, client, server, server, server, server])
+    received = tg.Received(u(range(6)), u(send_ns), u(send_ns + 10), src=src, dst=dst)
+    assert tg.analyze(flow, seq, log, received)["remapped_flows"] == 1
+    assert tg.analyze(flow, seq, log, _received(range(6), send_ns, send_ns + 10))["remapped_flows"] is None

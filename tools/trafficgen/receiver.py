@@ -1,8 +1,9 @@
 """Receiving, in a separate process so that receiving does not compete with sending for the GIL.
 
 The process binds --listen, records (packet id, trailer send time, receive
-time) of every tagged datagram until the sender is done and the drain
-silence has passed, and ships the records back through a pipe.
+time, and the inner packet's source and destination endpoint as they arrive,
+rewritten by the NFs) of every tagged datagram until the sender is done and
+the drain silence has passed, and ships the records back through a pipe.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import multiprocessing
 import select
 import signal
 import socket
+import struct
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,13 +23,24 @@ from deft.tools.trafficgen.common import SOCKET_BUFFER_BYTES, TrafficGenError, r
 from deft.tools.trafficgen.plan import MIN_TAGGED_DATAGRAM
 from deft.tools.trailer import TRAILER, TRAILER_MAGIC
 
+INNER_IP = 8 + 14                   # VXLAN header, inner Ethernet header
+INNER_PROTO = INNER_IP + 9
+INNER_ADDRESSES = INNER_IP + 12
+ENDPOINT_ADDRESSES = struct.Struct("!II")
+ENDPOINT_PORTS = struct.Struct("!HH")
+
 
 @dataclass
 class Received:
-    """Tagged datagrams in arrival order (packet id, trailer send time, receive time) and counts."""
+    """Tagged datagrams in arrival order (packet id, trailer send time, receive time, endpoints) and counts.
+
+    An endpoint is ``ipv4 << 16 | port`` of the inner TCP/UDP packet as received (0 for other protocols).
+    """
     ids: np.ndarray
     sent_ns: np.ndarray
     recv_ns: np.ndarray
+    src: np.ndarray | None = None
+    dst: np.ndarray | None = None
     foreign: int = 0
     overflow: int = 0
     rcvbuf_bytes: int = 0
@@ -53,10 +66,10 @@ def _receiver_main(conn: Any, host: str, port: int, capacity: int, rcvbuf: int, 
         sock.setblocking(False)
         conn.send(("ready", sock.getsockname()[1], actual))
         result = _receive_loop(sock, conn, capacity, int(drain_ms * 1e6))
-        ids, sent, recv, count, foreign, overflow = result
+        ids, sent, recv, src, dst, count, foreign, overflow = result
         try:
             conn.send(("result", count, foreign, overflow, actual))
-            for column in (ids, sent, recv):
+            for column in (ids, sent, recv, src, dst):
                 conn.send_bytes(memoryview(column[:count]).cast("B"))
         except OSError:   # the parent stopped us or is gone: nobody wants the records
             pass
@@ -69,7 +82,10 @@ def _receive_loop(sock: socket.socket, conn: Any, capacity: int, drain_ns: int) 
     ids = np.zeros(capacity, dtype=np.uint64)
     sent = np.zeros(capacity, dtype=np.uint64)
     recv = np.zeros(capacity, dtype=np.uint64)
-    ids_v, sent_v, recv_v = (memoryview(a).cast("B").cast("Q") for a in (ids, sent, recv))
+    src = np.zeros(capacity, dtype=np.uint64)
+    dst = np.zeros(capacity, dtype=np.uint64)
+    ids_v, sent_v, recv_v, src_v, dst_v = (memoryview(a).cast("B").cast("Q") for a in (ids, sent, recv, src, dst))
+    addresses, ports = ENDPOINT_ADDRESSES.unpack_from, ENDPOINT_PORTS.unpack_from
     buf = bytearray(65536)
     recv_into = sock.recv_into
     unpack = TRAILER.unpack_from
@@ -111,6 +127,10 @@ def _receive_loop(sock: socket.socket, conn: Any, capacity: int, drain_ns: int) 
                     ids_v[count] = pid
                     sent_v[count] = ts
                     recv_v[count] = t
+                    if buf[INNER_PROTO] in (6, 17):  # VXLAN + Ethernet + IPv4: where a NAT left its mark
+                        sa, da = addresses(buf, INNER_ADDRESSES)
+                        sp, dp = ports(buf, INNER_IP + 4 * (buf[INNER_IP] & 15))
+                        src_v[count], dst_v[count] = sa << 16 | sp, da << 16 | dp
                     count += 1
                 else:
                     overflow += 1
@@ -124,7 +144,7 @@ def _receive_loop(sock: socket.socket, conn: Any, capacity: int, drain_ns: int) 
             done_at, stop = _check_control(conn, done_at)
             if stop or (done_at and t - done_at >= max_drain_ns):
                 break
-    return ids, sent, recv, count, foreign, overflow
+    return ids, sent, recv, src, dst, count, foreign, overflow
 
 
 def _check_control(conn: Any, done_at: int) -> tuple[int, bool]:
@@ -168,7 +188,7 @@ class ReceiverProcess:
         self._conn.send(("done",))
         timeout = 10 * self.drain_ms / 1000 + 30
         _, count, foreign, overflow, rcvbuf = self._expect(timeout, "finish")
-        columns = [np.frombuffer(self._conn.recv_bytes(), dtype=np.uint64) for _ in range(3)]
+        columns = [np.frombuffer(self._conn.recv_bytes(), dtype=np.uint64) for _ in range(5)]
         if any(len(c) != count for c in columns):
             raise TrafficGenError(f"receiver process sent {[len(c) for c in columns]} records, announced {count}")
         return Received(*columns, foreign=foreign, overflow=overflow, rcvbuf_bytes=rcvbuf)

@@ -55,12 +55,17 @@ def analyze(plan_flow: np.ndarray, plan_flow_seq: np.ndarray, sent: SendLog, rec
         "lost": n_sent - len(first_ids),
         "loss_ratio": (n_sent - len(first_ids)) / n_sent if n_sent else 0.0,
         "flows_with_loss": len(np.unique(plan_flow[lost_mask])),
+        # a few of the lost packets, to look for a pattern (a flow's first packets? one instant?)
+        "lost_sample": [{"id": int(i), "flow": int(plan_flow[i]), "flow_seq": int(plan_flow_seq[i]),
+                         "sent_ms": round((int(send_ns[i]) - sent.start_ns) / 1e6, 3)}
+                        for i in np.flatnonzero(lost_mask)[:20]],
         "duplicated": len(ids) - len(first_ids),
         "reordered": reordered,
         "reordered_flows": reordered_flows,
         "foreign": received.foreign + int((~valid).sum()),
         "receiver_overflow": received.overflow,
     }
+    report["remapped_flows"] = _count_remapped(plan_flow[first_ids], received, valid, first)
     report.update(_rates(send_ns[tagged], recv_ns, sent, datagram_len, first_ids))
     report["latency_us"] = _latency_summary(latency_ns)
     report["timeline"] = _timeline(send_ns[tagged], recv_ns, latency_ns, sent.start_ns, bin_ns)
@@ -74,6 +79,25 @@ def _valid_records(received: Received, send_ns: np.ndarray, tagged: np.ndarray) 
     ids = np.where(in_range, raw, 0).astype(np.int64)
     valid = in_range & tagged[ids] & (send_ns[ids] == received.sent_ns.astype(np.int64))
     return valid, ids[valid]
+
+
+def _count_remapped(flow: np.ndarray, received: Received, valid: np.ndarray, first: np.ndarray) -> int | None:
+    """Flows whose packets toward one destination arrived from more than one source endpoint.
+
+    A NAT gives a flow one public endpoint for its life; a failover that lost
+    the flow's state would give it a new one (G5). Grouping by destination
+    separates a flow's two directions (the NAT rewrites only the source).
+    """
+    if received.src is None:
+        return None
+    src = received.src[valid][first]
+    dst = received.dst[valid][first]
+    keep = src != 0
+    if not keep.any():
+        return 0
+    groups = np.unique(np.stack([flow[keep].astype(np.uint64), dst[keep], src[keep]]), axis=1)
+    flow_dst, counts = np.unique(groups[:2], axis=1, return_counts=True)
+    return len(np.unique(flow_dst[0][counts > 1]))
 
 
 def _count_reordered(flow: np.ndarray, seq: np.ndarray) -> tuple[int, int]:
@@ -221,7 +245,8 @@ def format_report(r: dict[str, Any]) -> str:
         f"  sent        {r['sent']:>10,}   send errors {r['send_errors']}   untagged {r['untagged_sent']}",
         f"  received    {r['received']:>10,}   lost {r['lost']:,} ({100 * r['loss_ratio']:.3f}%, "
         f"{r['flows_with_loss']} flows)   duplicated {r['duplicated']:,}   "
-        f"reordered {r['reordered']:,} in {r['reordered_flows']} flows   foreign {r['foreign']:,}",
+        f"reordered {r['reordered']:,} in {r['reordered_flows']} flows   remapped flows {r.get('remapped_flows')}"
+        f"   foreign {r['foreign']:,}",
         f"  nf drops    {_format_drops(r)}",
         f"  rate        offered {offered}   sent {_pps(r['send_rate_pps'])}   received "
         f"{_pps(r['receive_rate_pps'])}" + (f" ({r['receive_mbps']:.1f} Mbit/s)" if "receive_mbps" in r else ""),
