@@ -28,6 +28,7 @@ import zmq
 from deft.runtime.config import NodeConfig
 from deft.runtime.control import ControlServer
 from deft.runtime.dataplane.commit_record import CommitRecord
+from deft.runtime.dataplane.sentlog import SentLog
 from deft.runtime.dataplane.routes import RouteError, Routes, RouteSet
 from deft.runtime.dataplane.packet import PACKET_DTYPE
 from deft.runtime.errors import DeftError
@@ -89,6 +90,7 @@ class Supervisor:
         self.bells: list[Doorbell] = []
         self.stats: dict[str, CounterBlock] = {}
         self.records: dict[int, CommitRecord] = {}  # per worker: the replicated batches it released
+        self.sent_logs: list[SentLog] = []            # per unit: its recent sends to other nodes
         self.routes: Routes | None = None
         self.segments: list[tuple[str, object]] = []
         self.takeover_bells: dict[str, Doorbell] = {}
@@ -114,6 +116,7 @@ class Supervisor:
             StamperTable.over(mm, cfg.ingress.flows_per_unit, fresh=True)  # writes the empty table's header
             self.segments.append((topo.stamper_table(u), mm))
             self.bells.append(Doorbell.create(topo.unit_bell(u)))
+            self.sent_logs.append(SentLog.create(topo.sent_log(u)))
             self.takeover_bells[f"unit{u}"] = Doorbell.create(topo.takeover_bell(f"unit{u}"))
             self.stats[f"unit{u}"] = CounterBlock.create(topo.stats(f"unit{u}"), unit.COUNTERS)
         for i in topo.instances:
@@ -155,6 +158,8 @@ class Supervisor:
             block.close()
         for record in self.records.values():
             record.close()
+        for sent_log in self.sent_logs:
+            sent_log.close()
         if self.routes:
             self.routes.close()
         for name, mm in self.segments:

@@ -103,6 +103,10 @@ class Topology:
         """Instance i's commit record: the replicated batches it released (supervisor-owned)."""
         return self._name(f"commit.nf{i}")
 
+    def sent_log(self, u: int) -> str:
+        """Unit u's log of recent sends to other nodes (resent by its successor)."""
+        return self._name(f"sentlog.u{u}")
+
     def routes(self) -> str:
         return self._name("routes")
 

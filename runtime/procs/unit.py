@@ -23,6 +23,7 @@ import numpy as np
 import zmq
 
 from deft.runtime import wire
+from deft.runtime.dataplane.sentlog import SentLog
 from deft.runtime.dataplane.routes import NONE, TARGET_SCALE, W_PAIRS, Routes
 from deft.runtime.dataplane.packet import PACKET_DTYPE
 from deft.runtime.dataplane.stamper import Stamper, StamperTable, bucket_of
@@ -34,7 +35,7 @@ from deft.runtime.topology import Topology
 
 MAX_BATCH = 256
 FABRIC_SEND_TIMEOUT_MS = 50
-COUNTERS = ["ready", "owner", "received", "stamped", "duplicated", "sent_remote", "dropped_fabric", "blocked",
+COUNTERS = ["ready", "owner", "received", "stamped", "duplicated", "sent_remote", "dropped_fabric", "resent", "blocked",
             "dropped_stalled", "table_full", "new_flows", "flows", "expired"]
 STALL_S = 1.0  # an instance whose ring stays full this long is treated as stuck
 
@@ -182,6 +183,7 @@ class StampingUnit:
         self.stamper = Stamper(index, table=StamperTable.over(self._table_mm, capacity, fresh=False))
         # a predecessor may have died in the middle of a batch: undo it (or keep it, if released)
         self.recovered = self.stamper.recover(ring_head=self.in_ring.popped)
+        self.sent_log = SentLog.attach(topo.sent_log(index))
         self.watch = StallWatch()
         self.idle_ns = int(topo.config.ingress.flow_idle_s * 1e9)
         self.next_expiry = time.monotonic() + 1.0
@@ -240,6 +242,24 @@ class StampingUnit:
         picked, consumed = plan_handoff(dest, rooms, self.watch.stuck(rooms, time.monotonic()))
         return (None if len(picked) == consumed else picked), consumed
 
+    def resend_logged(self) -> int:
+        """Send again what a predecessor handed to ZeroMQ for other nodes lately (it may have died with it)."""
+        records = self.sent_log.recent(time.monotonic_ns())
+        if len(records) == 0:
+            return 0
+        buckets = bucket_of(records["key_hash"], self.dest.n_buckets)
+        copies = records["dup"] != 0
+        originals = np.flatnonzero(~copies)
+        if len(originals):
+            self.hand_on(records[originals], self.dest.of_bucket[buckets[originals]])
+        copies = np.flatnonzero(copies)
+        if len(copies):
+            to = self.dest.second_of_bucket[buckets[copies]]
+            keep = to >= 0
+            self.hand_on(records[copies[keep]], to[keep], self.dup_rings)
+        self._v[self._i["resent"]] += len(records)
+        return len(records)
+
     def hand_on_copies(self, batch: np.ndarray, dest2: np.ndarray) -> None:
         copies = np.flatnonzero(dest2 >= 0)
         if len(copies):
@@ -265,6 +285,7 @@ class StampingUnit:
                 self.out_bells[k].ring()
             else:
                 instance = d.remote[k - d.n_local][1]
+                self.sent_log.append(batch, part, time.monotonic_ns())  # before the send: see sentlog.py
                 try:
                     d.socket_of[k - d.n_local].send_multipart(
                         wire.encode_packets(d.epoch, instance, batch, part), copy=False)
@@ -298,14 +319,16 @@ class StampingUnit:
         self.dest.close()
         self.zctx.term()
         self.stats.close()
+        self.sent_log.close()
         self.stamper = None  # drop the views before the mapping goes
         release_segment(self._table_mm, "", unlink=False)
 
 
 def run(topo: Topology, index: int, stop, log, restarted: bool = False) -> None:
     unit = StampingUnit(topo, index)
-    log.info("stamping unit %d up (%d NF instance(s), %d flows carried over, journal %s)", index, unit.n_inst,
-             len(unit.stamper), unit.recovered)
+    resent = unit.resend_logged()
+    log.info("stamping unit %d up (%d NF instance(s), %d flows carried over, journal %s, %d remote sends repeated)",
+             index, unit.n_inst, len(unit.stamper), unit.recovered, resent)
     unit.stats.set("ready", 1)
     try:
         while not stop:

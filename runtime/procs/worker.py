@@ -7,9 +7,12 @@ in a ``PairSlot``:
 1. Packets are taken from the input rings only while the output buffers have
    room, so the input rings are the input buffer and they fill up (and the
    switch holds back) when the NF falls behind.
-2. Each packet goes to its pair's slot (the record's ``pair``); packets of a
-   pair this worker does not serve (left in a ring by a route change) are
-   counted (``not_mine``) and dropped: the pair's new primary has them.
+2. Each packet goes to its pair's slot (the record's ``pair``). A packet of a
+   pair this worker keeps the replica of (the switch saw the route set that
+   makes this worker its primary before this worker did) joins the replica's
+   buffer (``early``); one of a pair it does not serve at all (left in a ring
+   by a route change) is counted (``not_mine``) and dropped: the pair's new
+   primary has its copy.
 3. The ordering unit passes on packets in per-flow stamp order and keeps the
    rest pending (bounded by ``buffer_batches x batch_size``).
 4. The NF processes what is ready as one numpy batch against the flow table.
@@ -49,7 +52,7 @@ from deft.runtime.topology import Topology
 COUNTERS = [
     "ready", "received", "processed", "released", "dropped_by_nf", "stale", "duplicate",
     "pending_overflow", "pending", "batches", "egress_waits", "flows", "nf_errors", "adopted", "gaps_skipped",
-    "expired", "pairs", "not_mine",
+    "expired", "pairs", "not_mine", "early",
     # replication ([nf] replicate): as primary, as secondary, take-overs
     "repl_committed", "repl_in_flight", "repl_staged", "replica_committed", "replica_flows", "replica_buffered",
     "duplicates", "repl_refused", "repl_unknown_duplicates", "repl_bad_frames",
@@ -287,10 +290,15 @@ class Worker:
                 return
         for p, part in by_pair(arrived):
             slot = self.slots.get(p)
-            if slot is None:
-                self.count["not_mine"] += len(part)
-            else:
+            if slot is not None:
                 slot.process(part)
+            elif self.secondaries is not None and p in self.secondaries.links:
+                # the switch already has the route set that makes this worker the pair's primary and
+                # this worker does not yet: keep it with the replica, the take-over processes it
+                self.secondaries.on_duplicates(p, part)
+                self.count["early"] += len(part)
+            else:
+                self.count["not_mine"] += len(part)
 
     # -- output ------------------------------------------------------------------------------------------
     def release(self, slot: PairSlot) -> None:
