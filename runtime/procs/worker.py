@@ -57,6 +57,8 @@ COUNTERS = [
     "repl_committed", "repl_in_flight", "repl_staged", "replica_committed", "replica_flows", "replica_buffered",
     "duplicates", "repl_refused", "repl_unknown_duplicates", "repl_bad_frames",
     "takeovers", "takeover_failed", "replayed", "replay_released", "repl_sent", "repl_received", "repl_dropped",
+    # the last take-over: when it started, and when its pair's first packet was released (monotonic ns)
+    "takeover_ns", "takeover_release_ns",
 ]
 ORDERING_COUNTERS = {"stale": "stale", "duplicate": "duplicate", "pending_overflow": "overflow",
                      "adopted": "adopted", "gaps_skipped": "gaps_skipped"}
@@ -81,6 +83,7 @@ class Worker:
         self.routes = Routes.attach(topo.routes())
         self.state_dtype = nf_class(cfg.nf.kind).state_dtype
         self.slots: dict[int, PairSlot] = {}
+        self.first_release_of = -1  # the pair just taken over, until its first packet leaves
         self.epoch = 0
         # A restarted worker's pairs with a secondary are being taken over there: it must not serve
         # them again with empty state from the route set it died under, only from a newer one.
@@ -195,6 +198,9 @@ class Worker:
             return None
         from deft.runtime.replication.errors import ReplicationError
         from deft.runtime.replication.primary import PrimaryReplicator
+
+        self.count["takeover_ns"], self.count["takeover_release_ns"] = time.monotonic_ns(), 0
+        self.first_release_of = pair
 
         try:
             plan = link.core.take_over(None if decision == UNKNOWN else decision)
@@ -311,6 +317,8 @@ class Worker:
         else:
             self.push_egress(batch, forward)
             self.count["released"] += n_forward
+            if slot.pair == self.first_release_of and n_forward:
+                self.count["takeover_release_ns"], self.first_release_of = time.monotonic_ns(), -1
         c = self.count
         c["dropped_by_nf"] += len(batch) - n_forward
         c["batches"] += 1
@@ -342,6 +350,9 @@ class Worker:
         self.egress_bell.ring()
         self.record.released(pair, batch_id)
         self.count["released"] += n
+        if pair == self.first_release_of and n:
+            self.count["takeover_release_ns"], self.first_release_of = time.monotonic_ns(), -1
+            self.publish()
 
     def push_egress(self, records: np.ndarray, index: np.ndarray | None) -> None:
         """Hand a batch (or ``records[index]``) to the egress sender; wait, never drop, while its ring is full."""
