@@ -126,7 +126,10 @@ class Controller:
     def status(self, request: dict) -> dict:
         return {"controller": {"pid": os.getpid(), "uptime_s": round(time.time() - self.started, 3),
                                "heartbeat_ms": self.cfg.heartbeat_ms, "miss_limit": self.cfg.miss_limit,
-                               "counters": {**self.counters, "bad_requests": self.control.bad_requests}},
+                               "counters": {**self.counters, "bad_requests": self.control.bad_requests},
+                               # event times are ms after this monotonic instant (CLOCK_MONOTONIC is
+                               # system-wide: a local tool can line them up with its own clock)
+                               "t0_monotonic_ns": _T0},
                 **self.view.status(now_ms())}
 
     def fail(self, request: dict) -> dict:
