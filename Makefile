@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-cluster test test-fast bench bench-e2e clean
+.PHONY: demo demo-node test test-fast bench bench-e2e bench-recovery clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,11 +13,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# a controller and three replicated NAT nodes under traffic; a primary worker, then a node, SIGKILLed
 demo: $(STAMP)
-	$(PY) -m deft.tools.demo
-
-demo-cluster: $(STAMP)
 	$(PY) -m deft.tools.demo_cluster
+
+# one node: its stamping unit and ingress SIGKILLed under traffic (their hot standbys take over)
+demo-node: $(STAMP)
+	$(PY) -m deft.tools.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
@@ -30,6 +32,9 @@ bench: $(STAMP)
 
 bench-e2e: $(STAMP)
 	$(PY) benchmarks/e2e_rates.py
+
+bench-recovery: $(STAMP)
+	$(PY) benchmarks/failover_recovery.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,68 +1,87 @@
-"""``make demo-cluster``: a controller and three nodes on loopback, traffic, a node killed mid-run.
+"""``make demo``: a controller and three NAT nodes on loopback, traffic, a primary and then a node killed mid-run.
 
-    python -m deft.tools.demo_cluster [--rate 5000] [--seconds 8]
+    python -m deft.tools.demo_cluster [--rate 3000] [--seconds 8] [--flows 1000]
 
-node1 takes the traffic (VXLAN); node2 and node3 have no ingress and get the
-buckets the controller placed on them through their fabric. Half-way through,
-node3 is SIGKILLed (a node failure): the controller declares it failed after
-missed heartbeats and pushes routes without it. The report shows what the
-traffic saw. Until replication is wired into the workers (issue 3), the
-packets node3 held when it died are lost and its flows continue elsewhere
-without their state; this demo shows exactly that, with numbers.
+node1 takes the traffic (VXLAN over UDP); node2 and node3 get the buckets the
+controller placed on them through their fabric. Every pair's state is
+replicated by 2PC to a secondary on another node. A third of the way in, the
+worker serving pair 2 is SIGKILLed; two thirds in, a whole node. The report
+shows what the traffic saw (lost, duplicated, reordered, NAT mappings
+changed), how long each failover took, and the cluster as the controller
+sees it afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import orjson
 
 from deft.tools.ctl import render_cluster
+from deft.tools.drills import Failover, kill_node, kill_primary_worker, wait_for, healthy
 from deft.tools.localnode import LocalCluster
+
+
+def describe(what: str, f: Failover) -> str:
+    return (f"{what} {f.victim} (pairs {list(f.pairs)}): failure detected {f.detected_ms:.0f} ms after the kill, "
+            f"first packet of the taken-over pairs out {f.released_ms:.0f} ms after it "
+            f"({f.recovery_ms:.0f} ms after detection)")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="deft-demo-cluster")
-    parser.add_argument("--rate", type=int, default=5000)
+    parser.add_argument("--rate", type=int, default=3000)
     parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--flows", type=int, default=300)
+    parser.add_argument("--flows", type=int, default=1000)
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="deft-demo-cluster-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="deft-demo-") as tmp:
         tmp_path = Path(tmp)
-        cluster = LocalCluster(tmp_path, "dc", 3, miss_limit=5)
-        ctl, nodes, egress = cluster.ctl, cluster.nodes, cluster.egress
+        cluster = LocalCluster(tmp_path, "demo", 3, replicate=True, miss_limit=5)
+        gen = None
         try:
             cluster.wait_ready()
-            print(f"== controller {ctl.control}; nodes {[n.node_id for n in nodes]} up; routes over all three")
-            victim = nodes[2]
-            timer = threading.Timer(args.seconds / 2, lambda: os.kill(victim.pid, 9))
-            print(f"== traffic into {nodes[0].node_id}: {args.flows} flows at {args.rate} pps for "
-                  f"{args.seconds:.0f} s; SIGKILL {victim.node_id} (supervisor pid {victim.pid}) at "
-                  f"{args.seconds / 2:.0f} s")
+            nodes = cluster.nodes
+            print(f"== controller {cluster.ctl.control}; nodes {', '.join(n.node_id for n in nodes)} up; "
+                  "6 pairs, each with a secondary on another node")
+            print(f"== traffic into {nodes[0].ingress}: {args.flows} flows (half TCP) at {args.rate} pps "
+                  f"for {args.seconds:.0f} s")
             report_path = tmp_path / "report.json"
-            timer.start()
-            gen = subprocess.run([sys.executable, "-m", "deft.tools.trafficgen", "--to", nodes[0].ingress,
-                                  "--listen", egress, "--flows", str(args.flows), "--rate", str(args.rate),
-                                  "--duration", str(args.seconds), "--json", str(report_path)])
-            timer.join()
-            time.sleep(0.3)
+            gen = subprocess.Popen([sys.executable, "-m", "deft.tools.trafficgen", "--to", nodes[0].ingress,
+                                    "--listen", cluster.egress, "--flows", str(args.flows), "--rate", str(args.rate),
+                                    "--duration", str(args.seconds), "--json", str(report_path), "--quiet"])
+            time.sleep(args.seconds / 3)
+            worker = kill_primary_worker(cluster, 2)
+            print("== SIGKILL " + describe("worker", worker))
+            time.sleep(max(0.0, args.seconds / 3 - worker.released_ms / 1000))
+            node = kill_node(cluster)
+            if node is not None:
+                print("== SIGKILL " + describe("node", node))
+            gen.wait(args.seconds + 60)
+            wait_for(cluster, healthy)
             print("\n== deft-ctl --controller status")
-            print(render_cluster(ctl.status()))
-            if gen.returncode == 0:
-                r = orjson.loads(report_path.read_bytes())
-                print(f"\n== lost {r['lost']} of {r['sent']} (the failed node's in-flight packets: no replication yet), "
-                      f"reordered {r['reordered']}, duplicated {r['duplicated']}")
+            print(render_cluster(cluster.ctl.status()))
+            if gen.returncode != 0:
+                return 1
+            r = orjson.loads(report_path.read_bytes())
+            ok = (r["lost"], r["duplicated"], r["reordered"], r["remapped_flows"]) == (0, 0, 0, 0)
+            print(f"\n== traffic: sent {r['sent']:,}, lost {r['lost']}, duplicated {r['duplicated']}, reordered "
+                  f"{r['reordered']}, flows whose NAT mapping changed {r['remapped_flows']}"
+                  f"{'  -> no harm done' if ok else ''}")
+            lat = r.get("latency_us") or {}
+            if lat:
+                print(f"   latency p50 {lat['p50']:.0f} us, p99 {lat['p99']:.0f} us, max {lat['max']:.0f} us")
+            return 0
         finally:
-            left = cluster.stop()
-        print(f"== stopped; shared memory the killed node left (removed now): {left[victim.node_id] and 'yes'}")
-        return 0 if gen.returncode == 0 else 1
+            if gen is not None and gen.poll() is None:
+                gen.kill()
+                gen.wait()
+            cluster.stop()
+            print("== stopped; every process by its PID, shared memory removed")
 
 
 if __name__ == "__main__":

@@ -135,13 +135,13 @@ class Worker:
                         continue  # see start_epoch
                     self.slots[p] = self.take_over(p, decision, n_pairs) or PairSlot(
                         self.cfg, p, n_pairs, self.log, keep_inputs=self.secondaries is not None)
-                if self.secondaries is not None:
+                if self.secondaries is not None:  # keyed by node id: node numbers shift as nodes come and go
                     self.replicate(self.slots[p], (sn, si, gen), nodes)
             elif p in self.slots:
                 self.retire(self.slots.pop(p))
             if self.secondaries is not None:
                 if (sn, si) == (me, self.index):
-                    self.secondaries.ensure(p, (pn, pi, gen), gen)
+                    self.secondaries.ensure(p, (nodes[pn][0], pi, gen), gen)
                 else:
                     self.secondaries.drop(p)
         for p in [p for p in self.slots if p >= n_pairs]:
@@ -152,10 +152,11 @@ class Worker:
         from deft.runtime.procs.replica import PrimaryRole, endpoint_of
         from deft.runtime.replication.primary import PrimaryReplicator
 
+        sn, si, gen = key
+        key = (nodes[sn][0] if sn != NONE else None, si, gen)  # node numbers shift as nodes come and go
         role = slot.role
         if role is not None and role.key == key:
             return
-        sn, si, gen = key
         core = None
         if role is not None:
             slot.role = None
