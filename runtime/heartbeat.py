@@ -42,7 +42,8 @@ class Heartbeats:
         sup = self.sup
         instances = [
             {"id": f"{sup.topo.node_id}/nf{c.index}", "index": c.index, "pid": c.pid, "alive": c.alive,
-             "restarts": c.restarts, "ready": bool(c.alive and sup.stats[c.stats_key].get("ready"))}
+             "restarts": c.restarts, "ready": bool(c.alive and sup.stats[c.stats_key].get("ready")),
+             "lag": self.lag(sup.stats[c.stats_key])}
             for c in sup.children if c.role == "worker"
         ]
         self.send(wire.HEARTBEAT, {"node": sup.topo.node_id, "pid": os.getpid(), "seq": self.seq,
@@ -50,6 +51,11 @@ class Heartbeats:
                                    "replication": sup.config.node.replication,
                                    "buckets": sup.config.ingress.buckets, "routes_epoch": sup.routes.epoch,
                                    "instances": instances})
+
+    @staticmethod
+    def lag(stats) -> int:
+        """Replication lag of a worker: its batches waiting for their secondary's vote or for release."""
+        return stats.get("repl_in_flight") + stats.get("repl_staged") if "repl_in_flight" in stats.index else 0
 
     def failed(self, child, decisions: dict[int, int] | None = None) -> None:
         header = {"node": self.sup.topo.node_id, "process": child.stats_key, "pid": child.pid,

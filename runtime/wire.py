@@ -7,7 +7,7 @@ what is wrong, so a receiver counts and ignores garbage instead of crashing.
 Kinds:
   HEARTBEAT  node supervisor -> controller, every heartbeat_ms:
              {node, pid, seq, control, fabric, replication, buckets, routes_epoch,
-              instances: [{id, index, pid, alive, restarts, ready?}]}
+              instances: [{id, index, pid, alive, restarts, ready?, lag?}]}
   FAILED     node supervisor -> controller, at once when a child dies:
              {node, process, pid, exit, decisions?}; for an NF worker, ``decisions``
              maps each pair it replicated to the last batch it released (its commit
@@ -70,6 +70,8 @@ def decode(frames: list[bytes]) -> tuple[bytes, dict[str, Any]]:
             _check_fields(f"heartbeat instances[{i}]", inst, _INSTANCE)
             if not isinstance(inst.get("ready", False), bool):
                 raise WireError(f"heartbeat instances[{i}]: 'ready' has the wrong type")
+            if type(inst.get("lag", 0)) is not int:
+                raise WireError(f"heartbeat instances[{i}]: 'lag' has the wrong type")
     elif kind == FAILED and "decisions" in header:
         decisions = header["decisions"]
         if not isinstance(decisions, dict) or not all(

@@ -94,8 +94,12 @@ def render_cluster(st: dict) -> str:
         peer = f"  secondary {inst['peer']}" if inst["peer"] else ""
         if inst.get("secondary_of"):
             peer += f"  (secondary of {inst['secondary_of']})"
+        lag = f"  lag {inst['replication_lag']}" if inst.get("replication_lag") else ""
         lines.append(f"  instance {inst['id']}  {inst['role']}{peer}  pid {inst['pid']}  {inst['state']}  "
-                     f"restarts {inst['restarts']}")
+                     f"restarts {inst['restarts']}{lag}")
+    for pair in st.get("pairs", []):
+        lines.append(f"  pair {pair['pair']}  primary {pair['primary']}  secondary {pair['secondary'] or '-'}  "
+                     f"generation {pair['generation']}")
     for ev in st["events"][-10:]:
         details = " ".join(f"{k}={v}" for k, v in ev.items() if k not in ("t_ms", "event"))
         lines.append(f"event {ev['t_ms']:.1f} ms  {ev['event']}  {details}")

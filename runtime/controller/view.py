@@ -28,6 +28,7 @@ class InstanceInfo:
     restarts: int = 0
     failed_at_ms: float | None = None
     ready: bool = False
+    lag: int = 0                 # replication: batches waiting for the secondary's vote or for release
     role: str = "primary"        # of its pair(s); secondary (of some, primary of none); spare. Until the
                                  # controller places pairs each node serves its own: all primaries
     peer: str | None = None      # the instance holding the secondary of its (first) pair
@@ -97,6 +98,7 @@ class ClusterView:
             self._mark_failed(info, now_ms, "reported dead by its node")
         info.pid, info.restarts = inst["pid"], inst["restarts"]
         info.ready = bool(inst.get("ready", inst["alive"]))
+        info.lag = int(inst.get("lag", 0))
 
     def _mark_failed(self, info: InstanceInfo, now_ms: float, why: str) -> None:
         info.state, info.failed_at_ms = "failed", now_ms
@@ -136,7 +138,7 @@ class ClusterView:
             for info in sorted(node.instances.values(), key=lambda i: i.index):
                 instances.append({"id": info.id, "node": info.node, "role": info.role, "peer": info.peer,
                                   "secondary_of": info.secondary_of, "pid": info.pid, "state": info.state,
-                                  "ready": info.ready, "restarts": info.restarts,
+                                  "ready": info.ready, "restarts": info.restarts, "replication_lag": info.lag,
                                   "primary_of_pairs": info.primary_pairs, "secondary_of_pairs": info.secondary_pairs})
         return {"nodes": nodes, "instances": instances, "pairs": self.pairs, "events": list(self.events),
                 "false_suspicions": self.false_suspicions}
