@@ -37,6 +37,7 @@ from deft.runtime.params import split_host_port
 from deft.runtime.procs import egress, fabric, ingress, standby, unit, worker
 from deft.runtime.dataplane.stamper import StamperTable
 from deft.runtime.ring import Doorbell, Ring, cleanup_node
+from deft.runtime.ring.fdbell import FdBell
 from deft.runtime.ring.shm import create_segment, release_segment
 from deft.runtime.stats import CounterBlock
 from deft.runtime.topology import Topology
@@ -123,7 +124,7 @@ class Supervisor:
             for u in topo.units:
                 self._ring(topo.nf_ring(i, u), topo.nf_ring_slots())
             self._ring(topo.egress_ring(i), cfg.egress.ring_slots)
-            self.bells.append(Doorbell.create(topo.nf_bell(i)))
+            self.bells.append(FdBell.create(topo.nf_bell(i)))  # a worker polls it beside its sockets
             self.stats[f"nf{i}"] = CounterBlock.create(topo.stats(f"nf{i}"), worker.counter_names(cfg.nf.kind))
             self.records[i] = CommitRecord.create(topo.commit_record(i))
         self.egress_bell = Doorbell.create(topo.egress_bell())

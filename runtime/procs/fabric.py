@@ -17,7 +17,8 @@ import zmq
 from deft.runtime import wire
 from deft.runtime.dataplane.packet import PACKET_DTYPE
 from deft.runtime.errors import WireError
-from deft.runtime.ring import Doorbell, Ring
+from deft.runtime.ring import Ring
+from deft.runtime.ring.fdbell import FdBell
 from deft.runtime.sockets import make_socket
 from deft.runtime.stats import CounterBlock
 from deft.runtime.topology import Topology
@@ -30,7 +31,7 @@ def run(topo: Topology, index: int, stop, log, restarted: bool = False) -> None:
     rings = [Ring.attach(topo.fabric_ring(i), PACKET_DTYPE) for i in topo.instances]
     dup_rings = ([Ring.attach(topo.fabric_dup_ring(i), PACKET_DTYPE) for i in topo.instances]
                  if topo.config.nf.replicate else None)
-    bells = [Doorbell.attach(topo.nf_bell(i)) for i in topo.instances]
+    bells = [FdBell.attach(topo.nf_bell(i)) for i in topo.instances]
     stats = CounterBlock.attach(topo.stats("fabric"))
     ctx = zmq.Context()
     sock = make_socket(ctx, zmq.PULL, bind=topo.config.node.fabric, hwm=64)

@@ -28,6 +28,7 @@ from deft.runtime.dataplane.routes import NONE, TARGET_SCALE, W_PAIRS, Routes
 from deft.runtime.dataplane.packet import PACKET_DTYPE
 from deft.runtime.dataplane.stamper import Stamper, StamperTable, bucket_of
 from deft.runtime.ring import Doorbell, Ring
+from deft.runtime.ring.fdbell import FdBell
 from deft.runtime.ring.shm import attach_segment, release_segment
 from deft.runtime.sockets import make_socket
 from deft.runtime.stats import CounterBlock
@@ -170,7 +171,7 @@ class StampingUnit:
         self.in_ring = Ring.attach(topo.unit_ring(index), PACKET_DTYPE)
         self.bell = Doorbell.attach(topo.unit_bell(index))
         self.out_rings = [Ring.attach(topo.nf_ring(i, index), PACKET_DTYPE) for i in topo.instances]
-        self.out_bells = [Doorbell.attach(topo.nf_bell(i)) for i in topo.instances]
+        self.out_bells = [FdBell.attach(topo.nf_bell(i)) for i in topo.instances]
         self.routes = Routes.attach(topo.routes())
         self.zctx = zmq.Context()
         self.replicate = topo.config.nf.replicate

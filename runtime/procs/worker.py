@@ -46,6 +46,7 @@ from deft.runtime.dataplane.packet import FORWARD, PACKET_DTYPE
 from deft.runtime.dataplane.routes import FRESH, NONE, UNKNOWN, W_PAIRS, Routes
 from deft.runtime.procs.pairslot import SLOT_COUNTERS, PairSlot
 from deft.runtime.ring import Doorbell, Ring
+from deft.runtime.ring.fdbell import FdBell
 from deft.runtime.stats import CounterBlock
 from deft.runtime.topology import Topology
 
@@ -75,7 +76,7 @@ class Worker:
         self.inputs.append(Ring.attach(topo.fabric_ring(index), PACKET_DTYPE))  # from other nodes' units
         self.dup_inputs = ([Ring.attach(topo.dup_ring(index, u), PACKET_DTYPE) for u in topo.units]
                            + [Ring.attach(topo.fabric_dup_ring(index), PACKET_DTYPE)]) if cfg.nf.replicate else []
-        self.bell = Doorbell.attach(topo.nf_bell(index))
+        self.bell = FdBell.attach(topo.nf_bell(index))  # pollable: see run()
         self.egress = Ring.attach(topo.egress_ring(index), PACKET_DTYPE)
         self.egress_bell = Doorbell.attach(topo.egress_bell())
         self.stats = CounterBlock.attach(topo.stats(f"nf{index}"))
