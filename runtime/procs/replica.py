@@ -35,6 +35,7 @@ from deft.runtime.replication.primary import PrimaryReplicator
 from deft.runtime.replication.secondary import SecondaryReplica
 
 TICK_NS = 5_000_000  # retransmits and Missing requests count in these
+TRIM_EVERY_TICKS = 200  # a secondary drops copies its applied state covers about once a second
 
 
 def endpoint_of(base: str, index: int) -> str:
@@ -129,6 +130,7 @@ class SecondaryRoles:
         self.links: dict[int, SecondaryLink] = {}
         self.keys: dict[int, tuple] = {}
         self.unknown_duplicates = 0
+        self.ticks = 0
 
     def ensure(self, pair: int, key: tuple, generation: int) -> None:
         """Be the secondary of ``pair`` for primary+generation ``key``: a fresh replica when it changed."""
@@ -163,8 +165,11 @@ class SecondaryRoles:
             self._execute(link.poll_once(0))
 
     def tick(self) -> None:
+        self.ticks += 1
         for link in self.links.values():
             self._execute(link.tick())
+            if self.ticks % TRIM_EVERY_TICKS == 0:
+                link.core.trim()
 
     def _execute(self, actions) -> None:
         for action in actions:

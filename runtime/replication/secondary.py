@@ -121,6 +121,24 @@ class SecondaryReplica:
             buf[key] = None if payloads is None else payloads[i]
         return self._advance()
 
+    def trim(self) -> int:
+        """Drop buffered copies the applied state already covers (seq below nextExpectedPktID); how many.
+
+        A batch's copies leave the buffer when it is applied, but a copy of a
+        packet the primary never put in a batch (it skipped the gap, or the
+        copy came twice by different paths) would stay for ever. The driver
+        calls this now and then; it scans the buffer, so not per message.
+        """
+        self._check_live()
+        if not self._base:
+            return 0
+        ne = self.next_expected
+        old = [k for k in self._buffer if k[1] < ne.get(k[0], 1)]
+        for key in old:
+            del self._buffer[key]
+        self.stale += len(old)
+        return len(old)
+
     def tick(self) -> list[Action]:
         """Logical time: ask for the packets of a Prepare that has waited ``missing_ticks``."""
         self._check_live()

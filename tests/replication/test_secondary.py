@@ -225,3 +225,15 @@ def test_take_over_with_a_decided_but_uncommitted_sync():
         s.take_over(6)
     plan = s.take_over(7)
     assert counts_of(plan.table) == {1: 4} and plan.rest.tolist() == [(1, 5)]
+
+
+def test_trim_drops_copies_the_applied_state_covers_and_keeps_the_rest():
+    s = secondary()
+    with_packets(s, (1, 1), (1, 2), (1, 3), (2, 5))
+    s.step(prepare(1, [(1, 1), (1, 3)]))           # the primary skipped 1.2 (a gap it gave up on)
+    s.step(Commit(EPOCH, PAIR, 1))
+    assert s.buffered == 2                          # 1.2 would stay for ever, 2.5 is still to come
+    assert s.trim() == 1 and s.buffered == 1 and s.stale == 1
+    unsynced = secondary(synced=False)
+    with_packets(unsynced, (1, 1))
+    assert unsynced.trim() == 0 and unsynced.buffered == 1   # no applied state yet: nothing is known covered
