@@ -25,7 +25,11 @@ stale). The runtime then ``take()``s the ops: none, and ``process``'s verdicts
 are final; else it commits them as one entry (``batch_entry``, deduplicated
 per batch) and calls ``on_global_results(batch, results, table, ctx)``, whose
 verdicts are final (results aligned with the ops; ``STALE`` if a replay came
-too late: use ``local``). The batch is released only after that.
+too late: use ``local``). The batch is released only after that. An output
+batch may hold several ``process`` calls: the runtime commits all their ops as
+one entry, then calls ``on_global_results`` once per call, in order, each
+with the part of the batch and the results of that call (an empty list for a
+call that queued none, so its verdicts can follow what the others decided).
 ``deft.nfs.globals`` has the sequence (``run_batch``) and an in-process commit.
 
 Example, a per-flow byte counter::

@@ -7,7 +7,10 @@ Synopsis
     replication at full rate.
 
 Params
-    none
+    global_updates_per_batch   default 0; queue this many global increments
+                               (``flowcounter/updates/<i>``, by the call's packet
+                               count) per NF call: a benchmark load for the global
+                               state (benchmarks/global_updates.py); 0 = none
 
 State (per flow)
     packets   packets seen
@@ -37,6 +40,9 @@ class FlowCounter(NetworkFunction):
 
     def __init__(self, params: Params, ctx: Context):
         super().__init__(params, ctx)
+        self.global_updates = params.int("global_updates_per_batch", 0, min=0, max=1000)
+        self.uses_globals = self.global_updates > 0   # per instance: the runtime reads the NF object's
+        self._keys = [f"flowcounter/updates/{i}" for i in range(self.global_updates)]
 
     def process(self, batch, rows, new_rows, table, ctx):
         st = table.state
@@ -47,4 +53,9 @@ class FlowCounter(NetworkFunction):
         self.stats["new_flows"] += len(new_rows)
         verdict = np.zeros(len(batch), np.uint8)
         batch["verdict"] = verdict
+        for key in self._keys:
+            ctx.globals.incr(key, len(batch))
         return verdict
+
+    def on_global_results(self, batch, results, table, ctx):
+        return np.zeros(len(batch), np.uint8)    # the counts change nothing here: everything forwarded

@@ -16,8 +16,17 @@ Reads: ``get_local`` from this replica (may be stale), or ``read`` through
 ReadIndex (linearizable). Writes: ``propose``, answered when applied. The
 supervisor's poll loop is the driver's (its control socket is watched).
 
-Not yet: NF workers' global operations (issue 4: the NF context's incr /
-add_to_set / compare_and_set, group commit per batch, release after commit).
+A node without ``[raft]`` whose NF uses global operations serves them from a
+``LocalState`` (node-wide, not replicated) over the same channel. NF workers
+reach it through ``WorkerChannel``: the supervisor binds a ROUTER
+for its workers (``worker_endpoints``: ``ipc://<tmp>/deft.<node id>.globals``)
+on which each worker's DEALER sends one batch entry (``batch_entry``, group
+commit) per output batch and gets its results once this replica applied it;
+and a PUB (``...globals.pub``) on which every applied entry's changes
+(``{key: value}``) go out, so each worker keeps a replica for stale-ok reads
+(``ctx.globals.local``). A member that is not the leader forwards the
+proposal to the leader (``RaftCore.propose_or_forward``, MsgProp); if it is
+lost there the worker retries with the same (client, seq), applied once.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import hashlib
 import itertools
 import os
 import random
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +44,7 @@ import zmq
 
 from deft.runtime.consensus import Config, Entry, EntryKind, NotLeader, NotReady, RaftCore, Snapshot
 from deft.runtime.consensus.driver import RaftDriver
-from deft.runtime.consensus.kv import Command, KVStateMachine
+from deft.runtime.consensus.kv import BadCommand, Command, KVStateMachine
 from deft.runtime.consensus.storage import DiskStorage
 
 Respond = Callable[[dict[str, Any]], None]
@@ -66,6 +76,11 @@ class GlobalState:
         self._ids = itertools.count(1)
         self._waiting: dict[str, list[Respond]] = {}
         self._reads: dict[bytes, tuple[Respond, str]] = {}
+        #: workers' batch entries, by (client, seq): a retry replaces the responder
+        self._batch_waiting: dict[tuple[str, int], Respond] = {}
+        #: called with {key: value} of what each applied entry changed (the workers' PUB)
+        self.on_change: Callable[[dict[str, Any]], None] | None = None
+        self.worker_counts: dict[str, int] = {}  # the WorkerChannel's counters, in status
 
     # -- the state machine side --------------------------------------------------------------
     def _apply(self, entry: Entry) -> None:
@@ -75,9 +90,17 @@ class GlobalState:
         cmd = Command.decode(entry.data)
         for respond in self._waiting.pop(cmd.client, []):
             respond({"result": result, "index": entry.index})
+        batch = self._batch_waiting.pop((cmd.client, cmd.seq), None)
+        if batch is not None:
+            batch({"ok": True, "results": result, "index": entry.index})
+        if self.on_change is not None:
+            keys = {item[1] for item in cmd.args[0]} if cmd.op == "multi" else {cmd.key}
+            self.on_change({k: self.kv.data.get(k) for k in keys})
 
     def _restore(self, snap: Snapshot) -> None:
         self.kv = KVStateMachine.restore(snap.data)
+        if self.on_change is not None:
+            self.on_change(dict(self.kv.data))
 
     def _on_read(self, context: bytes) -> None:
         respond, key = self._reads.pop(context)
@@ -109,6 +132,17 @@ class GlobalState:
             self._waiting.pop(client, None)
             respond(self._refusal(exc))
 
+    def propose_entry(self, client: str, seq: int, entry: bytes, respond: Respond) -> None:
+        """A worker's batch entry (``batch_entry(client, seq, ops)``): ``respond`` gets the results when
+        this replica applies it, or a refusal now (no leader known). On a follower it is forwarded."""
+        key = (client, seq)
+        self._batch_waiting[key] = respond
+        try:
+            self.driver.propose_or_forward(entry)
+        except (NotLeader, NotReady) as exc:
+            self._batch_waiting.pop(key, None)
+            respond(self._refusal(exc))
+
     def _refusal(self, exc: Exception) -> dict[str, Any]:
         if isinstance(exc, NotLeader):
             hint = exc.leader_hint
@@ -122,8 +156,133 @@ class GlobalState:
                 "commit": core.log.committed, "applied": core.log.applied,
                 "members": {str(k): v for k, v in sorted(self.cfg.members.items())},
                 "digest": hashlib.sha256(self.kv.snapshot()).hexdigest()[:16],
-                "dropped": dict(self.driver.dropped)}
+                "dropped": dict(self.driver.dropped), "workers": dict(self.worker_counts)}
 
     def close(self) -> None:
         self.driver.close()
         self.storage.close()
+
+
+class LocalState:
+    """A node's global state without Raft (no ``[raft]``, an NF that uses globals).
+
+    One in-process ``KVStateMachine`` in the supervisor, shared by the node's
+    workers through the same ``WorkerChannel``: an entry is applied when it
+    arrives and answered at once. Node-wide (the instances of the node share
+    the counts), not replicated: another node has its own.
+    """
+
+    def __init__(self) -> None:
+        self.kv = KVStateMachine()
+        self.on_change: Callable[[dict[str, Any]], None] | None = None
+        self.worker_counts: dict[str, int] = {}
+
+    def propose_entry(self, client: str, seq: int, entry: bytes, respond: Respond) -> None:
+        result = self.kv.apply(entry)
+        respond({"ok": True, "results": result})
+        if self.on_change is not None:
+            cmd = Command.decode(entry)
+            self.on_change({item[1]: self.kv.data.get(item[1]) for item in cmd.args[0]})
+
+
+# -- the workers' channel ------------------------------------------------------------------------------
+MAGIC = b"g1"
+
+
+def worker_endpoints(node_id: str) -> tuple[str, str]:
+    """(requests ROUTER, changes PUB) endpoints of a node's supervisor for its workers (ipc, per node id)."""
+    base = os.path.join(tempfile.gettempdir(), f"deft.{node_id}.globals")
+    return f"ipc://{base}", f"ipc://{base}.pub"
+
+
+class WorkerChannel:
+    """The supervisor's side of the workers' global operations.
+
+    Requests (DEALER -> ROUTER), every frame bytes:
+      ``[b"g1", req_id, b"B", client, seq, entry]``  propose a batch entry (``batch_entry``)
+      ``[b"g1", req_id, b"D"]``                      the whole applied state (a worker starting)
+    Replies ``[b"g1", req_id, json]``: ``{"ok": true, "results": ...}`` when applied here,
+    ``{"ok": true, "data": {...}}``, or ``{"ok": false, "error": ..., "retry": true}`` (no
+    leader known: the worker retries later). Anything else is counted (``bad_frames``) and
+    ignored. Every applied entry's changes go out on the PUB as one JSON frame ``{key: value}``.
+    """
+
+    def __init__(self, gs: GlobalState | LocalState, zctx: zmq.Context, node_id: str):
+        import orjson
+
+        self._dumps = orjson.dumps
+        self.gs = gs
+        self.endpoints = worker_endpoints(node_id)
+        for ep in self.endpoints:  # a predecessor that was killed leaves its socket files
+            try:
+                os.unlink(ep[len("ipc://"):])
+            except FileNotFoundError:
+                pass
+        self.sock = zctx.socket(zmq.ROUTER)
+        self.sock.linger = 0
+        self.sock.bind(self.endpoints[0])
+        self.pub = zctx.socket(zmq.PUB)
+        self.pub.linger = 0
+        self.pub.sndhwm = 100_000
+        self.pub.bind(self.endpoints[1])
+        self.counts = {"requests": 0, "bad_frames": 0, "refused": 0, "published": 0}
+        gs.on_change = self.publish
+        gs.worker_counts = self.counts
+
+    def publish(self, changes: dict[str, Any]) -> None:
+        try:
+            self.pub.send(self._dumps(changes), zmq.NOBLOCK)
+            self.counts["published"] += 1
+        except zmq.Again:
+            pass
+
+    def handle_all(self) -> None:
+        while True:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.handle(frames)
+
+    def handle(self, frames: list[bytes]) -> None:
+        if len(frames) < 4 or frames[1] != MAGIC:
+            self.counts["bad_frames"] += 1
+            return
+        ident, req_id, kind = frames[0], frames[2], frames[3]
+
+        def respond(reply: dict[str, Any]) -> None:
+            if not reply.get("ok", True):
+                reply = {**reply, "retry": True}
+                self.counts["refused"] += 1
+            try:
+                self.sock.send_multipart([ident, MAGIC, req_id, self._dumps(reply)], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+
+        if kind == b"D" and len(frames) == 4:
+            respond({"ok": True, "data": self.gs.kv.data})
+            return
+        if kind != b"B" or len(frames) != 7:
+            self.counts["bad_frames"] += 1
+            return
+        try:
+            client, seq, entry = frames[4].decode(), int(frames[5]), frames[6]
+            cmd = Command.decode(entry)
+            if (cmd.client, cmd.seq, cmd.op) != (client, seq, "multi"):
+                raise BadCommand("entry does not match its envelope")
+            cmd.as_dict()  # checks every op of the multi: a malformed one must never reach the log
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            self.counts["bad_frames"] += 1
+            return
+        self.counts["requests"] += 1
+        self.gs.propose_entry(client, seq, entry, respond)
+
+    def close(self) -> None:
+        self.gs.on_change = None
+        self.sock.close(0)
+        self.pub.close(0)
+        for ep in self.endpoints:
+            try:
+                os.unlink(ep[len("ipc://"):])
+            except FileNotFoundError:
+                pass

@@ -102,6 +102,7 @@ class Supervisor:
         self.heartbeats: Heartbeats | None = None
         self.pending_kill: tuple[str, float] | None = None
         self.globalstate = None  # this node's Raft member, with [raft]
+        self.globals_channel = None  # its workers' global operations (WorkerChannel)
 
     # -- shared memory ------------------------------------------------------
     def create_shared(self) -> None:
@@ -299,6 +300,11 @@ class Supervisor:
         return {"epoch": routes.epoch}
 
     # -- global state -------------------------------------------------------------
+    def nf_uses_globals(self) -> bool:
+        from deft.nfs import Context, make_nf
+
+        return make_nf(self.config.nf.kind, self.config.nf_params(), Context(0, 1)).uses_globals
+
     def _need_raft(self):
         if self.globalstate is None:
             raise ValueError("this node has no [raft] section: no global state here")
@@ -321,6 +327,20 @@ class Supervisor:
         if not isinstance(request.get("key"), str) or not isinstance(request.get("args", []), list):
             raise ValueError("key must be a string and args a list")
         gs.propose(request["op"], request["key"], tuple(request.get("args", [])), respond)
+
+    def on_raft_transfer(self, request: dict) -> dict:
+        """``{"cmd": "raft_transfer", "to": ID}``: this member, the leader, hands leadership to ``to`` (drills)."""
+        gs = self._need_raft()
+        to = request.get("to")
+        if not isinstance(to, int):
+            raise ValueError("to must be a member id")
+        from deft.runtime.consensus import ConsensusError
+
+        try:
+            gs.core.transfer_leadership(to)
+        except ConsensusError as exc:
+            raise ValueError(str(exc)) from None
+        return {"to": to}
 
     # -- drills ---------------------------------------------------------------
     def on_kill(self, request: dict) -> dict:
@@ -385,13 +405,19 @@ class Supervisor:
         try:
             self.check_ports()
             if self.config.raft is not None:
-                from deft.runtime.globalstate import GlobalState
+                from deft.runtime.globalstate import GlobalState, WorkerChannel
 
                 self.globalstate = GlobalState(self.config.raft, self.topo.node_id, self.zctx)
+                self.globals_channel = WorkerChannel(self.globalstate, self.zctx, self.topo.node_id)
+            elif self.nf_uses_globals():  # no Raft: the node's workers share one in-process state
+                from deft.runtime.globalstate import LocalState, WorkerChannel
+
+                self.globals_channel = WorkerChannel(LocalState(), self.zctx, self.topo.node_id)
             try:
                 self.control = ControlServer(self.zctx, self.config.node.control,
                                              {"status": lambda req: node_status(self), "kill": self.on_kill,
-                                              "set_routes": self.on_set_routes},
+                                              "set_routes": self.on_set_routes,
+                                              "raft_transfer": self.on_raft_transfer},
                                              self.log,
                                              deferred={"global_get": self.on_global_get,
                                                        "global_op": self.on_global_op})
@@ -403,14 +429,21 @@ class Supervisor:
             self.heartbeats = Heartbeats(self) if self.config.node.controller else None
             poller = zmq.Poller()
             poller.register(self.control.sock, zmq.POLLIN)
+            if self.globals_channel and not self.globalstate:
+                poller.register(self.globals_channel.sock, zmq.POLLIN)
             if self.globalstate:  # the Raft driver owns the poll loop; it watches the control socket
                 self.globalstate.driver.watch(self.control.sock, self.control.handle_all)
+                self.globalstate.driver.watch(self.globals_channel.sock, self.globals_channel.handle_all)
             while not self.stop:
                 wait_ms = self.heartbeats.due_in_ms() if self.heartbeats else 20
                 if self.globalstate:
                     self.globalstate.driver.run_once(max_wait=min(20, wait_ms) / 1000)
-                elif poller.poll(min(20, wait_ms)):
-                    self.control.handle_all()
+                else:
+                    events = dict(poller.poll(min(20, wait_ms)))
+                    if self.control.sock in events:
+                        self.control.handle_all()
+                    if self.globals_channel and self.globals_channel.sock in events:
+                        self.globals_channel.handle_all()
                 self.reap_and_restart()
                 if self.heartbeats:
                     self.heartbeats.beat_if_due()
@@ -420,6 +453,8 @@ class Supervisor:
             self.stop_children()
             if self.heartbeats:
                 self.heartbeats.close()
+            if self.globals_channel:
+                self.globals_channel.close()
             if self.globalstate:
                 self.globalstate.close()
             if self.control:

@@ -160,6 +160,13 @@ class LocalNode:
                 pass
         left = leftovers(self.node_id)
         cleanup_node(self.node_id)
+        from deft.runtime.globalstate import worker_endpoints  # a killed supervisor leaves its ipc files
+
+        for endpoint in worker_endpoints(self.node_id):
+            try:
+                os.unlink(endpoint[len("ipc://"):])
+            except FileNotFoundError:
+                pass
         return left
 
 
@@ -239,14 +246,22 @@ class LocalCluster:
     """
 
     def __init__(self, tmp: Path, tag: str, n_nodes: int = 2, *, replicate: bool = False,
-                 miss_limit: int = 10, logs: bool = True):
+                 miss_limit: int = 10, logs: bool = True, kind: str = "nat", params: dict | None = None,
+                 instances: int = 2, raft: bool | dict = False, nf: dict | None = None):
+        """``kind``/``params``/``instances``/``nf`` (extra ``[nf]`` keys) choose the NF (NAT by
+        default); ``raft`` gives every node a member of the global-state Raft (``[raft]``, members on
+        free loopback ports, data in ``tmp``; a dict adds its keys, e.g. ``{"fsync": False}``)."""
         self.tmp = tmp
+        self.configs: list[Path] = []
         cfg = controller_config(heartbeat_ms=10, miss_limit=miss_limit, expect_nodes=n_nodes)
         (tmp / f"{tag}-controller.toml").write_text(to_toml(cfg))
         self.ctl = LocalController.start(tmp / f"{tag}-controller.toml",
                                          tmp / f"{tag}-controller.log" if logs else None)
         self.egress = f"udp://127.0.0.1:{free_port()}"
         self.nodes: list[LocalNode] = []
+        members = {str(n): f"tcp://127.0.0.1:{free_port(socket.SOCK_STREAM)}" for n in range(1, n_nodes + 1)}
+        if params is None:
+            params = {"public_ip": "203.0.113.1"} if kind == "nat" else {}
         for n in range(1, n_nodes + 1):
             node_id = f"{tag}{os.getpid()}n{n}"
             node = {"controller": cfg["controller"]["heartbeats"],
@@ -254,11 +269,16 @@ class LocalCluster:
             if replicate:
                 node["replication"] = f"tcp://127.0.0.1:{consecutive_ports()}"
             # one public address for the cluster: a pair (and its port slice) moves between nodes on failover
-            conf = node_config(node_id, "nat", 2, {"public_ip": "203.0.113.1"}, node=node,
-                               egress={"send_to": self.egress}, nf={"replicate": replicate},
-                               **({"ingress": {"listen": "none"}} if n > 1 else {}))
-            self.nodes.append(LocalNode.start(write_config(tmp / f"{node_id}.toml", conf),
-                                              tmp / f"{node_id}.log" if logs else None))
+            extra: dict[str, dict] = {"ingress": {"listen": "none"}} if n > 1 else {}
+            if raft:
+                extra["raft"] = {"id": n, "members": members, "data_dir": str(tmp / f"{node_id}-raft"),
+                                 **(raft if isinstance(raft, dict) else {})}
+            conf = node_config(node_id, kind, instances, dict(params), node=node,
+                               egress={"send_to": self.egress}, nf={"replicate": replicate, **(nf or {})},
+                               **extra)
+            path = write_config(tmp / f"{node_id}.toml", conf)
+            self.configs.append(path)
+            self.nodes.append(LocalNode.start(path, tmp / f"{node_id}.log" if logs else None))
 
     def wait_ready(self) -> "LocalCluster":
         """Every process serving and routes pushed over all the nodes."""
@@ -271,6 +291,16 @@ class LocalCluster:
     @property
     def ingress(self) -> str:
         return self.nodes[0].ingress
+
+    def restart(self, k: int, log_tag: str = "again") -> LocalNode:
+        """Start node ``k`` (0-based) again from its config (and disk), after it died; the old one is
+        stopped by PID first (what it left in /dev/shm is removed)."""
+        old = self.nodes[k]
+        old.stop()
+        log = old.log_path.with_name(f"{old.node_id}-{log_tag}.log") if old.log_path else None
+        self.nodes[k] = LocalNode.start(self.configs[k], log)
+        self.nodes[k].known_pids |= old.known_pids
+        return self.nodes[k]
 
     def stop(self) -> dict[str, list[str]]:
         left = {node.node_id: node.stop() for node in self.nodes}

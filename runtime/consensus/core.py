@@ -115,6 +115,22 @@ class RaftCore:
         self._unsent_proposals = True
         return index
 
+    def propose_or_forward(self, data: bytes) -> int | None:
+        """``propose`` on the leader (its index); on a follower, forward ``data`` to the leader (None).
+
+        A forwarded proposal (MsgProp, as etcd-raft's) is appended by the leader
+        if it still leads and is not handing over; otherwise it is dropped
+        silently, like any message: the client learns the outcome only by
+        seeing its command applied, and retries (with the same session seq)
+        after a timeout. Raises NotLeader when no leader is known.
+        """
+        if self.role is Role.LEADER:
+            return self.propose(data)
+        if self.lead is None or self.role is not Role.FOLLOWER:
+            raise NotLeader(self.id, self.lead)
+        self.send(Message(MsgType.PROP, self.id, self.lead, self.term, entries=(Entry(0, 0, data),)))
+        return None
+
     def transfer_leadership(self, to: int) -> None:
         """Hand leadership to ``to`` (Raft dissertation §3.10).
 

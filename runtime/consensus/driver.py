@@ -92,6 +92,13 @@ class RaftDriver:
             self._drain()
         return index
 
+    def propose_or_forward(self, data: bytes) -> int | None:
+        """``propose`` on the leader; on a follower, forward to the leader (``RaftCore.propose_or_forward``)."""
+        index = self.core.propose_or_forward(data)
+        if not self._defer_drain:
+            self._drain()
+        return index
+
     def run_once(self, max_wait: float | None = None) -> None:
         """Handle what arrives until the next tick (or ``max_wait`` seconds), then tick if due."""
         now = self.clock()

@@ -11,7 +11,7 @@ class NotLeader(ConsensusError):
     """propose() was called on a node that is not the leader.
 
     ``leader_hint`` is the id of the leader this node last heard from, or
-    None; clients retry there (the core never forwards proposals).
+    None; clients retry there (``propose_or_forward`` forwards instead).
     """
 
     def __init__(self, node_id: int, leader_hint: int | None) -> None:

@@ -65,6 +65,8 @@ class MsgType(enum.Enum):
     TIMEOUT_NOW = "MsgTimeoutNow"
     READ_INDEX = "MsgReadIndex"
     READ_INDEX_RESP = "MsgReadIndexResp"
+    #: a follower forwards a client's proposal to its leader (entries: the data, term/index 0)
+    PROP = "MsgProp"
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from deft.runtime.consensus import election
 from deft.runtime.consensus.errors import InvariantViolation
-from deft.runtime.consensus.messages import Message, MsgType
+from deft.runtime.consensus.messages import EntryKind, Message, MsgType
 from deft.runtime.consensus.progress import ProgressState
 from deft.runtime.consensus.quorum import majority
 from deft.runtime.consensus.ready import ReadState
@@ -95,6 +95,12 @@ def step_leader(core: RaftCore, m: Message) -> None:
         raise InvariantViolation(f"two leaders in term {core.term}: {core.id} and {m.src}")
     pr = core.prs.get(m.src)
     if pr is None:
+        return
+    if m.type is MsgType.PROP:  # forwarded by a follower; refused (NotLeader) while handing over: dropped
+        if core.lead_transferee is None:
+            for e in m.entries:
+                if e.kind is EntryKind.NORMAL:
+                    core.propose(e.data)
         return
     if m.type is MsgType.READ_INDEX:
         start_read(core, m.context, m.src)  # not ready yet: dropped, the follower's client retries

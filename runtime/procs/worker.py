@@ -24,6 +24,17 @@ in a ``PairSlot``:
    with replication, after the batch is committed by 2PC and recorded in the
    commit record (``release_committed``).
 
+6. Global operations (NFs with ``uses_globals``; see ``pairslot``): with
+   ``[raft]``, an output batch whose NF calls queued ops is held while its
+   ops go to the node's supervisor as one entry (``GlobalClient``: a DEALER
+   to the supervisor's ROUTER, polled in this loop, retried with the same
+   (client, seq) until applied); once the results are in, the NF's
+   ``on_global_results`` gives the final verdicts, and only then is the batch
+   released (state clock, 2PC, egress) as in 5. A SUB to the supervisor's PUB
+   keeps this worker's replica of the global state (``ctx.globals.local``).
+   Without ``[raft]`` the supervisor answers from one in-process state for
+   the node (``globalstate.LocalState``): same path, no replication.
+
 With ``[nf] replicate`` the worker also keeps replicas of the pairs it is the
 secondary of (``replica.SecondaryRoles``) and takes one over when the routes
 make it that pair's primary (``take_over``, paper VI).
@@ -35,16 +46,20 @@ worker without replication, or a route change, sends it flows mid-stream.
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
+from types import MappingProxyType
 
 import numpy as np
 
-from deft.nfs import nf_class
+from deft.nfs import Context, make_nf, nf_class
 from deft.nfs.base import FlowTable
 from deft.runtime.dataplane.commit_record import CommitRecord
 from deft.runtime.dataplane.packet import FORWARD, PACKET_DTYPE
 from deft.runtime.dataplane.routes import FRESH, NONE, UNKNOWN, W_PAIRS, Routes
-from deft.runtime.procs.pairslot import SLOT_COUNTERS, PairSlot
+from deft.runtime.procs.globals_client import GLOBAL_WAIT_S, STALE, GlobalClient
+from deft.runtime.procs.pairslot import SLOT_COUNTERS, PairSlot, PendingBatch, replay_prefix, session_of
 from deft.runtime.ring import Doorbell, Ring
 from deft.runtime.ring.fdbell import FdBell
 from deft.runtime.stats import CounterBlock
@@ -60,6 +75,10 @@ COUNTERS = [
     "takeovers", "takeover_failed", "replayed", "replay_released", "repl_sent", "repl_received", "repl_dropped",
     # the last take-over: when it started, and when its pair's first packet was released (monotonic ns)
     "takeover_ns", "takeover_release_ns",
+    # global operations: batches committed, retries, answers that never came (replay), held packets,
+    # frames on the global-state sockets that made no sense, results that came back STALE
+    "global_batches", "global_ops", "global_retries", "global_timeouts", "global_waiting", "global_held",
+    "global_bad_frames", "global_stale", "global_ns",
 ]
 ORDERING_COUNTERS = {"stale": "stale", "duplicate": "duplicate", "pending_overflow": "overflow",
                      "adopted": "adopted", "gaps_skipped": "gaps_skipped"}
@@ -112,12 +131,33 @@ class Worker:
             self.zctx = zmq.Context()
             self.codec = Codec(self.new_table().export_dtype())
             self.secondaries = SecondaryRoles(self, endpoint_of(cfg.node.replication, index))
+        self.gclient: GlobalClient | None = None
+        self._slot_ids = itertools.count()
+        if make_nf(cfg.nf.kind, cfg.nf_params(), Context(0, 1)).uses_globals:  # may depend on params
+            import zmq
+
+            if not hasattr(self, "zctx"):
+                self.zctx = zmq.Context()
+            # the supervisor serves them: from its Raft member, or (no [raft]) from one state for the node
+            self.gclient = GlobalClient(self.zctx, topo.node_id, self.count)
         self._published = [c for c in self.stats.fields if c != "ready"]
         self._published_at = np.array([self.stats.index[c] for c in self._published], dtype=np.int64)
         self.refresh()
 
     def new_table(self) -> FlowTable:
         return FlowTable(self.state_dtype)
+
+    def new_slot(self, pair: int, n_pairs: int, **kw) -> PairSlot:
+        """A PairSlot whose NF context reaches the global state this worker has (Raft, in-process, none)."""
+        global_ops = None
+        if self.gclient is not None:
+            from deft.nfs.base import GlobalOps
+
+            global_ops = GlobalOps(MappingProxyType(self.gclient.replica))
+        slot = PairSlot(self.cfg, pair, n_pairs, self.log, global_ops=global_ops, **kw)
+        # batches of a slot without a 2PC core are numbered by the slot: its sessions are its own
+        slot.session_name = f"pair{pair}/{self.cfg.node.id}.{os.getpid()}.{next(self._slot_ids)}"
+        return slot
 
     # -- roles ----------------------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -134,8 +174,8 @@ class Worker:
                 if p not in self.slots:
                     if epoch == self.start_epoch and sn != NONE:
                         continue  # see start_epoch
-                    self.slots[p] = self.take_over(p, decision, n_pairs) or PairSlot(
-                        self.cfg, p, n_pairs, self.log, keep_inputs=self.secondaries is not None)
+                    self.slots[p] = self.take_over(p, decision, n_pairs) or self.new_slot(
+                        p, n_pairs, keep_inputs=self.secondaries is not None)
                 if self.secondaries is not None:  # keyed by node id: node numbers shift as nodes come and go
                     self.replicate(self.slots[p], (sn, si, gen), nodes)
             elif p in self.slots:
@@ -158,6 +198,7 @@ class Worker:
         role = slot.role
         if role is not None and role.key == key:
             return
+        self.finish_global_now(slot)  # a batch waiting for its global results goes out under the old role
         core = None
         if role is not None:
             slot.role = None
@@ -182,7 +223,9 @@ class Worker:
         slot.role.staged.update(role_staged)
         if slot.out.n:  # processed already: the sync's state includes it, so it must be a batch before the sync
             self.release(slot)
+            self.finish_global_now(slot)
         slot.role.start_sync(max(gen, core.epoch + 1))
+        slot.session_epoch = slot.role.core.epoch  # batches from here on are replayable: named after it
 
     def take_over(self, pair: int, decision: int, n_pairs: int) -> PairSlot | None:
         """Become the primary of ``pair`` from the replica kept here (paper VI); None if there is none.
@@ -195,6 +238,7 @@ class Worker:
         """
         if self.secondaries is None or decision == FRESH:
             return None
+        primary = self.secondaries.keys.get(pair)  # the dead primary: (node id, instance, generation)
         link = self.secondaries.take(pair)
         if link is None:
             return None
@@ -212,10 +256,15 @@ class Worker:
             link.close()
             return None
         link.close()
-        slot = PairSlot(self.cfg, pair, n_pairs, self.log, adopt_unknown=False, table=plan.table,
-                        next_expected=plan.next_expected, keep_inputs=True)
+        slot = self.new_slot(pair, n_pairs, adopt_unknown=False, table=plan.table,
+                             next_expected=plan.next_expected, keep_inputs=True)
         for replay in plan.replays:
             records = slot.replay(records_of(replay.payloads))
+            if slot.last_ops:  # the original batch's entry again: applied once (G4), its first results back
+                ops, slot.last_ops = slot.last_ops, []
+                name = replay_prefix(pair, primary[0], primary[1], link.core.epoch) if primary else "?"
+                results = self.commit_now(name, replay.batch, ops)
+                slot.apply_results(records, [(0, len(records), 0, len(ops))], results)
             if replay.release:
                 forward = np.flatnonzero(records["verdict"] == FORWARD)
                 self.release_committed(pair, replay.batch, records, forward)
@@ -236,6 +285,11 @@ class Worker:
         """The routes moved ``slot``'s pair away: keep its counters, drop its state and output."""
         if slot.role is not None:
             slot.role.close()
+        if slot.waiting is not None:
+            if self.gclient is not None:
+                self.gclient.forget(slot.waiting)
+            self.log.warning("pair %d moved away with a batch of %d packets waiting for its global results; "
+                             "dropped", slot.pair, len(slot.waiting.records))
         for name in SLOT_COUNTERS:
             self.retired[name] += slot.count[name]
         for name, attr in ORDERING_COUNTERS.items():
@@ -270,7 +324,7 @@ class Worker:
     def pull(self) -> int:
         """Move up to the output buffers' room from the input rings through the NF."""
         taken = self.pull_duplicates() if self.dup_inputs else 0
-        room = min((s.out.room for s in self.slots.values()), default=1024)
+        room = min((s.out.room - s.held_n for s in self.slots.values()), default=1024)
         n_in = len(self.inputs)
         for k in range(n_in):
             if room <= 0:
@@ -282,7 +336,7 @@ class Worker:
             self.dispatch(view)
             ring.release(len(view))
             taken += len(view)
-            room = min((s.out.room for s in self.slots.values()), default=1024)
+            room = min((s.out.room - s.held_n for s in self.slots.values()), default=1024)
         self._next_input = (self._next_input + 1) % n_in
         return taken
 
@@ -310,7 +364,107 @@ class Worker:
 
     # -- output ------------------------------------------------------------------------------------------
     def release(self, slot: PairSlot) -> None:
+        if slot.has_global_ops() and self.gclient is not None:
+            self.hold_for_globals(slot)
+            return
         batch, inputs = slot.take_output()
+        self.release_batch(slot, batch, inputs)
+
+    # -- global operations ------------------------------------------------------------------------------
+    def session_prefix(self, slot: PairSlot) -> tuple[str, int, int]:
+        """(session name, batch number, expected 2PC batch id or -1) of the slot's next output batch.
+
+        Batches a secondary may replay (prepared under the 2PC epoch this worker
+        started with its Sync) are named after this primary and that epoch
+        (``replay_prefix``: node id, instance, epoch, all known to the
+        secondary) and numbered by their 2PC batch id, so a take-over replaying
+        batch t re-proposes exactly that entry. Any other batch (no secondary;
+        a core taken over or fresh, before its first Sync) is never replayed:
+        the slot numbers those and names them after this process, so they
+        cannot collide with another primary's (a dead primary's batch whose
+        entry was committed but never prepared has the taken core's next id).
+        """
+        role = slot.role
+        if role is not None and role.core.epoch == slot.session_epoch:
+            t = role.core.next_batch
+            return replay_prefix(slot.pair, self.cfg.node.id, self.index, role.core.epoch), t, t
+        t, slot.global_serial = slot.global_serial, slot.global_serial + 1
+        return slot.session_name, t, -1
+
+    def hold_for_globals(self, slot: PairSlot) -> None:
+        """Take the output buffer as a batch waiting for its global results; send its entry."""
+        from deft.runtime.consensus.kv import BadCommand, batch_entry
+
+        pending = slot.hold()
+        prefix, pending.t, pending.batch_id = self.session_prefix(slot)
+        pending.client, pending.seq = session_of(prefix, pending.t)
+        try:
+            pending.entry = batch_entry(pending.client, pending.seq, pending.ops)
+        except (BadCommand, TypeError, ValueError) as exc:  # an NF queued what JSON cannot carry
+            self.log.error("pair %d: global ops not encodable (%s); judged on the local replica", slot.pair, exc)
+            pending.results = STALE
+            return
+        self.gclient.submit(pending)
+
+    def finish_global(self, slot: PairSlot) -> None:
+        """The waiting batch's results are in: final verdicts, release, then what arrived meanwhile."""
+        pending = slot.waiting
+        results = self.results_of(pending.results, len(pending.ops))
+        slot.apply_results(pending.records, pending.segments, results)
+        self.count["global_batches"] += 1
+        self.count["global_ops"] += len(pending.ops)
+        self.count["global_ns"] = time.monotonic_ns() - pending.sent_ns if pending.sent_ns else 0
+        if pending.batch_id >= 0 and (slot.role is None or slot.role.core.next_batch != pending.batch_id):
+            self.log.warning("pair %d: batch committed its global ops as batch %d but goes out as %s", slot.pair,
+                             pending.batch_id, slot.role.core.next_batch if slot.role else "unreplicated")
+        self.release_batch(slot, pending.records, pending.inputs)
+        slot.resume()
+
+    def finish_global_now(self, slot: PairSlot) -> None:
+        """Wait here for the waiting batch's results and release it (role changes: rare, short)."""
+        if slot.waiting is None:
+            return
+        if slot.waiting.results is None:
+            self.gclient.wait(slot.waiting, GLOBAL_WAIT_S)
+        self.finish_global(slot)
+
+    def commit_now(self, client_prefix: str, t: int, ops: list) -> list:
+        """Commit ``ops`` as batch ``t``'s entry and wait for the results (the take-over's replay path)."""
+        if self.gclient is None:
+            return [STALE] * len(ops)  # a context that commits at once (LocalGlobals) applied them already
+        from deft.runtime.consensus.kv import BadCommand, batch_entry
+
+        pending = PendingBatch(None, None, [], ops)
+        pending.t = t
+        pending.client, pending.seq = session_of(client_prefix, t)
+        try:
+            pending.entry = batch_entry(pending.client, pending.seq, ops)
+        except (BadCommand, TypeError, ValueError):
+            return [STALE] * len(ops)
+        self.gclient.submit(pending)
+        self.gclient.wait(pending, GLOBAL_WAIT_S)
+        return self.results_of(pending.results, len(ops))
+
+    def results_of(self, result, n: int) -> list:
+        """The per-op results of an applied entry; STALE for each if it was stale or does not fit."""
+        from deft.runtime.consensus.kv import batch_results
+
+        try:
+            results = batch_results(result, n)
+        except ValueError:  # a replay whose NF call queued other ops than the original batch's calls
+            results = [STALE] * n
+        if n and results[0] == STALE:
+            self.count["global_stale"] += 1
+        return results
+
+    def poll_globals(self, now_ns: int) -> None:
+        self.gclient.poll()
+        self.gclient.tick(time.monotonic())
+        for slot in list(self.slots.values()):
+            if slot.waiting is not None and slot.waiting.results is not None:
+                self.finish_global(slot)
+
+    def release_batch(self, slot: PairSlot, batch: np.ndarray, inputs: np.ndarray | None) -> None:
         verdict = batch["verdict"]
         forward = None if not verdict.any() else np.flatnonzero(verdict == FORWARD)
         n_forward = len(batch) if forward is None else len(forward)
@@ -379,6 +533,8 @@ class Worker:
         for name, attr in ORDERING_COUNTERS.items():
             c[name] = self.retired[name] + sum(getattr(s.ordering, attr) for s in slots)
         c["pending"] = sum(s.ordering.pending_count for s in slots)
+        c["global_waiting"] = sum(s.waiting is not None for s in slots)
+        c["global_held"] = sum(s.held_n for s in slots)
         c["flows"] = sum(len(s.table) for s in slots)
         c["pairs"] = len(slots)
         roles = [s.role for s in slots if s.role is not None]
@@ -405,6 +561,8 @@ class Worker:
             now = time.monotonic_ns()
             if self.secondaries is not None:
                 self.poll_replication(now)
+            if self.gclient is not None:
+                self.poll_globals(now)
             self.refresh()
             self.housekeeping(now)
             released = False
@@ -422,6 +580,12 @@ class Worker:
                     wait = min(wait, 0.01)
             if self.secondaries is not None:  # votes and commits arrive on sockets, not on the bell
                 wait = min(wait, 0.001)
+            if self.gclient is not None:
+                waiting = sum(s.waiting is not None for s in self.slots.values())
+                if waiting and waiting == len(self.slots):  # nothing to do but wait for the answers
+                    self.gclient.sock.poll(max(1, int(min(wait, 0.005) * 1000)))
+                    continue
+                wait = min(wait, 0.0005 if waiting else 0.01)  # the replica's updates arrive on a socket
             self.bell.wait(max(wait, 0.00005 if self.flush_ns else 0.0))
 
     def poll_replication(self, now: int) -> None:
@@ -455,7 +619,7 @@ class Worker:
         committed the next one keeps filling (group commit), so a 2PC round trip
         carries as many packets as arrived during it.
         """
-        if slot.out.n == 0:
+        if slot.out.n == 0 or slot.waiting is not None:
             return False
         role = slot.role
         if role is not None and not role.window_open():
@@ -475,6 +639,9 @@ class Worker:
                 slot.role.close()
         if self.secondaries is not None:
             self.secondaries.close()
+        if self.gclient is not None:
+            self.gclient.close()
+        if hasattr(self, "zctx"):
             self.zctx.term()
         for r in self.inputs + self.dup_inputs:
             r.close()
