@@ -24,6 +24,8 @@ failover elsewhere does not resync this pair.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import zmq
 
@@ -53,6 +55,7 @@ class PrimaryRole:
         self.core = core
         self.key = key  # (secondary node, instance, generation): a change means a new secondary
         self.link = PrimaryLink(worker.zctx, core, worker.codec, endpoint, payloads_for=self.payloads_for)
+        self.submitted_ns: dict[int, int] = {}
         # batch -> (output records, index of the forwarded ones, the records as they arrived)
         self.staged: dict[int, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = {}
 
@@ -82,6 +85,7 @@ class PrimaryRole:
         delta = Delta.capture(self.slot.table, self.slot.ordering.next_expected, stamps)
         self.staged[t] = (batch.copy(), None if forward is None else forward.copy(),
                           None if inputs is None else inputs.copy())
+        self.submitted_ns[t] = time.monotonic_ns()
         self.execute(self.link.submit_batch(t, stamps, delta))
 
     def payloads_for(self, batch: int, stamps: np.ndarray) -> list[bytes]:
@@ -102,6 +106,11 @@ class PrimaryRole:
             elif isinstance(action, Release):
                 records, forward, _ = self.staged.pop(action.batch)
                 self.worker.release_committed(self.slot.pair, action.batch, records, forward)
+                sent = self.submitted_ns.pop(action.batch, None)
+                if sent is not None:  # 2PC round trip, smoothed: what replication adds to a batch's wait
+                    rtt_us = (time.monotonic_ns() - sent) // 1000
+                    c = self.worker.count
+                    c["repl_rtt_us"] = rtt_us if not c["repl_rtt_us"] else (7 * c["repl_rtt_us"] + rtt_us) // 8
             elif isinstance(action, Refused):
                 self.worker.count["repl_refused"] += 1
         if decided:  # a decided batch without output (a Sync) is recorded too: a successor needs it

@@ -65,12 +65,14 @@ from deft.runtime.ring.fdbell import FdBell
 from deft.runtime.stats import CounterBlock
 from deft.runtime.topology import Topology
 
+POLLIN = 1  # zmq.POLLIN, without importing zmq into a worker that does not replicate
+
 COUNTERS = [
     "ready", "received", "processed", "released", "dropped_by_nf", "stale", "duplicate",
     "pending_overflow", "pending", "batches", "egress_waits", "flows", "nf_errors", "adopted", "gaps_skipped",
     "expired", "pairs", "not_mine", "early",
     # replication ([nf] replicate): as primary, as secondary, take-overs
-    "repl_committed", "repl_in_flight", "repl_staged", "replica_committed", "replica_flows", "replica_buffered",
+    "repl_committed", "repl_in_flight", "repl_staged", "repl_rtt_us", "replica_committed", "replica_flows", "replica_buffered",
     "duplicates", "repl_refused", "repl_unknown_duplicates", "repl_bad_frames",
     "takeovers", "takeover_failed", "replayed", "replay_released", "repl_sent", "repl_received", "repl_dropped",
     # the last take-over: when it started, and when its pair's first packet was released (monotonic ns)
@@ -578,15 +580,44 @@ class Worker:
                     wait = min(wait, (slot.out.deadline - now) / 1e9)
                 if slot.ordering.waiting_since:  # a gap may time out before anything arrives
                     wait = min(wait, 0.01)
-            if self.secondaries is not None:  # votes and commits arrive on sockets, not on the bell
-                wait = min(wait, 0.001)
-            if self.gclient is not None:
-                waiting = sum(s.waiting is not None for s in self.slots.values())
-                if waiting and waiting == len(self.slots):  # nothing to do but wait for the answers
-                    self.gclient.sock.poll(max(1, int(min(wait, 0.005) * 1000)))
-                    continue
-                wait = min(wait, 0.0005 if waiting else 0.01)  # the replica's updates arrive on a socket
-            self.bell.wait(max(wait, 0.00005 if self.flush_ns else 0.0))
+            if self.secondaries is not None:  # retransmits and Missing requests are due at the next tick
+                wait = min(wait, max(0.0, (self.next_tick - now) / 1e9))
+            if self.gclient is not None:  # its retries are timed too
+                wait = min(wait, 0.01)
+            self.sleep(max(wait, 0.00005 if self.flush_ns else 0.0))
+
+    def sleep(self, wait: float) -> None:
+        """Until the bell rings, a 2PC or global-state socket has a message, or ``wait`` seconds pass.
+
+        The bell is a FIFO (``FdBell``), so one poll covers the input rings and
+        the sockets: votes, commits and Raft results wake the worker at once
+        instead of at its next look.
+        """
+        socks = self.watched_sockets()
+        if not socks or wait < 0.001:  # a poll's timeout is whole milliseconds: below that, the bell alone
+            self.bell.wait(wait)
+            return
+        poller = self.zmq_poller()
+        poller.register(self.bell.fileno(), POLLIN)
+        for sock in socks:
+            poller.register(sock, POLLIN)
+        poller.poll(int(wait * 1000))
+        self.bell.drain()
+
+    def watched_sockets(self) -> list:
+        socks = []
+        if self.secondaries is not None:
+            socks.append(self.secondaries.router.sock)
+            socks += [s.role.link.sock for s in self.slots.values() if s.role is not None]
+        if self.gclient is not None:
+            socks += [self.gclient.sock, self.gclient.sub]
+        return socks
+
+    @staticmethod
+    def zmq_poller():
+        import zmq
+
+        return zmq.Poller()
 
     def poll_replication(self, now: int) -> None:
         roles = [s.role for s in self.slots.values() if s.role is not None]
