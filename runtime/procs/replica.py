@@ -191,6 +191,7 @@ class SecondaryRoles:
             "replica_committed": sum(r.committed for r in replicas),
             "replica_flows": sum(len(r.table) for r in replicas),
             "replica_buffered": sum(r.buffered for r in replicas),
+            "replica_waited": sum(r.waited for r in replicas),
             "repl_unknown_duplicates": self.unknown_duplicates,
             "repl_bad_frames": self.router.bad_frames + sum(link.bad_frames for link in self.links.values()),
         }

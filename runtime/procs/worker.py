@@ -72,7 +72,7 @@ COUNTERS = [
     "pending_overflow", "pending", "batches", "egress_waits", "flows", "nf_errors", "adopted", "gaps_skipped",
     "expired", "pairs", "not_mine", "early",
     # replication ([nf] replicate): as primary, as secondary, take-overs
-    "repl_committed", "repl_in_flight", "repl_staged", "repl_rtt_us", "replica_committed", "replica_flows", "replica_buffered",
+    "repl_committed", "repl_in_flight", "repl_staged", "repl_rtt_us", "replica_committed", "replica_flows", "replica_buffered", "replica_waited",
     "duplicates", "repl_refused", "repl_unknown_duplicates", "repl_bad_frames",
     "takeovers", "takeover_failed", "replayed", "replay_released", "repl_sent", "repl_received", "repl_dropped",
     # the last take-over: when it started, and when its pair's first packet was released (monotonic ns)

@@ -77,6 +77,7 @@ class SecondaryReplica:
         self.max_held = max_held
         self.refused: Counter[str] = Counter()
         self.stale = 0                   # duplicates of packets already applied
+        self.waited = 0                  # Prepares that had to wait for their packets' copies
         self._base = synced              # has a committed state to build on
         self._sync_batch: int | None = None
         self._staged: dict[int, Prepare | Sync] = {}
@@ -231,6 +232,7 @@ class SecondaryReplica:
             if any(k not in self._buffer for k in stamp_keys(msg.stamps)):
                 if self._waiting_since is None:
                     self._waiting_since = self._now
+                    self.waited += 1  # the Prepare came before its packets' copies
                 break
             del self._held[t]
             self._staged[t] = msg
