@@ -90,12 +90,13 @@ class GlobalState:
         cmd = Command.decode(entry.data)
         for respond in self._waiting.pop(cmd.client, []):
             respond({"result": result, "index": entry.index})
+        keys = {item[1] for item in cmd.args[0]} if cmd.op == "multi" else {cmd.key}
+        changes = {k: self.kv.data.get(k) for k in keys}
         batch = self._batch_waiting.pop((cmd.client, cmd.seq), None)
-        if batch is not None:
-            batch({"ok": True, "results": result, "index": entry.index})
+        if batch is not None:  # the changes too: the worker's replica must not depend on the PUB alone
+            batch({"ok": True, "results": result, "index": entry.index, "changes": changes})
         if self.on_change is not None:
-            keys = {item[1] for item in cmd.args[0]} if cmd.op == "multi" else {cmd.key}
-            self.on_change({k: self.kv.data.get(k) for k in keys})
+            self.on_change(changes)
 
     def _restore(self, snap: Snapshot) -> None:
         self.kv = KVStateMachine.restore(snap.data)
@@ -179,10 +180,11 @@ class LocalState:
 
     def propose_entry(self, client: str, seq: int, entry: bytes, respond: Respond) -> None:
         result = self.kv.apply(entry)
-        respond({"ok": True, "results": result})
+        cmd = Command.decode(entry)
+        changes = {item[1]: self.kv.data.get(item[1]) for item in cmd.args[0]}
+        respond({"ok": True, "results": result, "changes": changes})
         if self.on_change is not None:
-            cmd = Command.decode(entry)
-            self.on_change({item[1]: self.kv.data.get(item[1]) for item in cmd.args[0]})
+            self.on_change(changes)
 
 
 # -- the workers' channel ------------------------------------------------------------------------------

@@ -113,6 +113,8 @@ class GlobalClient:
         if reply.get("ok") and "results" in reply:
             pending.results = reply["results"]
             del self.requests[frames[1]]
+            if isinstance(reply.get("changes"), dict):  # what this entry changed, in case the PUB lost it
+                self.replica.update(reply["changes"])
         else:  # refused (no leader known yet): ask again soon
             pending.retry_at = min(pending.retry_at, time.monotonic() + GLOBAL_REFUSED_RETRY_S)
 
