@@ -13,6 +13,7 @@ first, and reports what it had to clean up.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -224,16 +225,30 @@ class LocalController:
 
 
 def consecutive_ports() -> int:
-    """A free port p with p + 1 free too (worker i binds a node's replication base port + i)."""
-    for _ in range(50):
-        p = free_port(socket.SOCK_STREAM)
+    """A free port p with p + 1 free too (worker i binds a node's replication base port + i).
+
+    Picked below the kernel's ephemeral range: a port from there can be handed to any later
+    ``bind(0)`` or outgoing connection between now and the worker's bind, and p + 1 would be lost.
+    """
+    low = _ephemeral_low()
+    rng = random.Random()
+    for _ in range(200):
+        p = rng.randrange(max(1024, low - 12_000), low - 2)
         try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", p + 1))
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", p))
+                b.bind(("127.0.0.1", p + 1))
             return p
         except OSError:
             continue
     raise RuntimeError("no two consecutive free ports")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 class LocalCluster:
