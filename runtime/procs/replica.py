@@ -56,6 +56,7 @@ class PrimaryRole:
         self.key = key  # (secondary node, instance, generation): a change means a new secondary
         self.link = PrimaryLink(worker.zctx, core, worker.codec, endpoint, payloads_for=self.payloads_for)
         self.submitted_ns: dict[int, int] = {}
+        self.commit_after: int | None = None  # egress ring position the Commit waits for (see flush_when_sent)
         # batch -> (output records, index of the forwarded ones, the records as they arrived)
         self.staged: dict[int, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = {}
 
@@ -92,20 +93,25 @@ class PrimaryRole:
         """The packets of ``batch`` the secondary lacks, as they arrived here (empty for any not kept)."""
         entry = self.staged.get(batch)
         inputs = None if entry is None else entry[2]
+        self.worker.count["repl_packets_asked"] += len(stamps)
         if inputs is None:
+            self.worker.count["repl_packets_unknown"] += len(stamps)
             return [b""] * len(stamps)
         row = {key: k for k, key in enumerate(zip(inputs["flow_id"].tolist(), inputs["seq"].tolist()))}
         wanted = zip(stamps["flow_id"].tolist(), stamps["seq"].tolist())
-        return [b"" if (k := row.get(key)) is None else inputs[k].tobytes() for key in wanted]
+        out = [b"" if (k := row.get(key)) is None else inputs[k].tobytes() for key in wanted]
+        self.worker.count["repl_packets_unknown"] += sum(1 for x in out if not x)
+        return out
 
     def execute(self, actions) -> None:
-        decided = 0
+        decided, released = 0, False
         for action in actions:
             if isinstance(action, WriteDecision):
                 decided = max(decided, action.batch)
             elif isinstance(action, Release):
                 records, forward, _ = self.staged.pop(action.batch)
                 self.worker.release_committed(self.slot.pair, action.batch, records, forward)
+                released = True
                 sent = self.submitted_ns.pop(action.batch, None)
                 if sent is not None:  # 2PC round trip, smoothed: what replication adds to a batch's wait
                     rtt_us = (time.monotonic_ns() - sent) // 1000
@@ -115,10 +121,27 @@ class PrimaryRole:
                 self.worker.count["repl_refused"] += 1
         if decided:  # a decided batch without output (a Sync) is recorded too: a successor needs it
             self.worker.record.decided(self.slot.pair, decided)
-        self.link.flush()  # only now may the Commit go out (WriteDecision -> Release -> Commit)
+        if released:
+            self.commit_after = self.worker.last_release_end
+        self.flush_when_sent()
+
+    def flush_when_sent(self) -> None:
+        """Let the Commit (and what queued behind it) go once the egress has SENT the released output.
+
+        Released means published to the egress ring; a node that dies before its
+        egress sent it loses it, and a secondary that had heard "committed"
+        would not replay it. So the secondary hears it only when the egress
+        ring's consumer has passed the batch (the contract in
+        runtime/replication/README.md: Release finished = the packets left the node).
+        """
+        if self.commit_after is not None and self.worker.egress.popped < self.commit_after:
+            return
+        self.commit_after = None
+        self.link.flush()
 
     def poll(self) -> None:
         self.execute(self.link.poll_once(0))
+        self.flush_when_sent()
 
     def tick(self) -> None:
         self.execute(self.link.tick())

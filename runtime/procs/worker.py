@@ -72,7 +72,8 @@ COUNTERS = [
     "pending_overflow", "pending", "batches", "egress_waits", "flows", "nf_errors", "adopted", "gaps_skipped",
     "expired", "pairs", "not_mine", "early",
     # replication ([nf] replicate): as primary, as secondary, take-overs
-    "repl_committed", "repl_in_flight", "repl_staged", "repl_rtt_us", "replica_committed", "replica_flows", "replica_buffered", "replica_waited",
+    "repl_committed", "repl_in_flight", "repl_staged", "repl_rtt_us", "replica_committed", "replica_flows", "replica_buffered", "replica_waited", "repl_packets_asked",
+    "repl_packets_unknown", "replay_unusable",
     "duplicates", "repl_refused", "repl_unknown_duplicates", "repl_bad_frames",
     "takeovers", "takeover_failed", "replayed", "replay_released", "repl_sent", "repl_received", "repl_dropped",
     # the last take-over: when it started, and when its pair's first packet was released (monotonic ns)
@@ -106,6 +107,7 @@ class Worker:
         self.state_dtype = nf_class(cfg.nf.kind).state_dtype
         self.slots: dict[int, PairSlot] = {}
         self.first_release_of = -1  # the pair just taken over, until its first packet leaves
+        self.last_release_end = 0   # egress ring position after the newest committed release
         self.epoch = 0
         # A restarted worker's pairs with a secondary are being taken over there: it must not serve
         # them again with empty state from the route set it died under, only from a newer one.
@@ -261,7 +263,7 @@ class Worker:
         slot = self.new_slot(pair, n_pairs, adopt_unknown=False, table=plan.table,
                              next_expected=plan.next_expected, keep_inputs=True)
         for replay in plan.replays:
-            records = slot.replay(records_of(replay.payloads))
+            records = slot.replay(records_of(replay.payloads, self.count))
             if slot.last_ops:  # the original batch's entry again: applied once (G4), its first results back
                 ops, slot.last_ops = slot.last_ops, []
                 name = replay_prefix(pair, primary[0], primary[1], link.core.epoch) if primary else "?"
@@ -276,7 +278,7 @@ class Worker:
         slot.taken_core = PrimaryReplicator(link.core.epoch, pair, has_secondary=False,
                                             last_batch=plan.last_batch)
         if plan.rest_payloads:
-            slot.process(records_of(plan.rest_payloads))
+            slot.process(records_of(plan.rest_payloads, self.count))
         self.count["takeovers"] += 1
         self.log.warning("pair %d taken over: decision %s, %d batches replayed (%d in doubt), %d packets after",
                          pair, "unknown" if decision == UNKNOWN else decision, len(plan.replays),
@@ -499,6 +501,7 @@ class Worker:
                 self.record.releasing(pair, batch_id, int(self.egress.pushed))
                 self.push_egress(records, index)
                 self.record.released(pair, batch_id)
+                self.last_release_end = int(self.egress.pushed)
                 self.count["released"] += n
                 return
             self.count["egress_waits"] += 1
@@ -507,6 +510,7 @@ class Worker:
         self.egress.publish_to(end)
         self.egress_bell.ring()
         self.record.released(pair, batch_id)
+        self.last_release_end = end
         self.count["released"] += n
         if pair == self.first_release_of and n:
             self.count["takeover_release_ns"], self.first_release_of = time.monotonic_ns(), -1
@@ -582,6 +586,8 @@ class Worker:
                     wait = min(wait, 0.01)
             if self.secondaries is not None:  # retransmits and Missing requests are due at the next tick
                 wait = min(wait, max(0.0, (self.next_tick - now) / 1e9))
+                if any(s.role is not None and s.role.commit_after is not None for s in self.slots.values()):
+                    wait = min(wait, 0.0002)  # a Commit waits for the egress to send (nothing rings for it)
             if self.gclient is not None:  # its retries are timed too
                 wait = min(wait, 0.01)
             self.sleep(max(wait, 0.00005 if self.flush_ns else 0.0))
@@ -694,9 +700,11 @@ def by_pair(records: np.ndarray):
         yield p, records[pairs == p]
 
 
-def records_of(payloads) -> np.ndarray:
+def records_of(payloads, count: dict | None = None) -> np.ndarray:
     """Packet records from buffered duplicates (each the bytes of one record), as input again."""
     whole = [p for p in payloads if p is not None and len(p) == PACKET_DTYPE.itemsize]
+    if count is not None:  # an empty payload: the primary had no copy to send when asked (a lost packet)
+        count["replay_unusable"] += len(payloads) - len(whole)
     records = np.frombuffer(b"".join(whole), dtype=PACKET_DTYPE).copy() if whole else \
         np.zeros(0, dtype=PACKET_DTYPE)
     records["dup"] = 0
