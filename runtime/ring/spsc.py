@@ -106,16 +106,7 @@ class Ring:
         n = min(total, self.n_slots - (tail - w[layout.W_HEAD]))
         if n <= 0:
             return 0
-        start = tail & self._mask
-        first = min(n, self.n_slots - start)
-        if index is None:
-            copy_records(self.slots[start: start + first], records[:first])
-            if first < n:
-                copy_records(self.slots[: n - first], records[first:n])
-        else:
-            copy_records(self.slots[start: start + first], records, index[:first])
-            if first < n:
-                copy_records(self.slots[: n - first], records, index[first:n])
+        self._write_at(tail, records, index, n)
         w[layout.W_TAIL] = tail + n  # publish after the data is in place
         return n
 
@@ -132,6 +123,11 @@ class Ring:
         n = len(records) if index is None else len(index)
         if n > self.n_slots - (tail - int(w[layout.W_HEAD])):
             return None
+        self._write_at(tail, records, index, n)
+        return tail + n
+
+    def _write_at(self, tail: int, records: np.ndarray, index: np.ndarray | None, n: int) -> None:
+        """The first ``n`` of ``records`` (or of ``records[index]``) into the slots from ``tail``, wrapping once."""
         start = tail & self._mask
         first = min(n, self.n_slots - start)
         if index is None:
@@ -142,7 +138,6 @@ class Ring:
             copy_records(self.slots[start: start + first], records, index[:first])
             if first < n:
                 copy_records(self.slots[: n - first], records, index[first:n])
-        return tail + n
 
     def publish_to(self, position: int) -> bool:
         """Make everything staged up to ``position`` visible; False if it already was (or is beyond reach)."""
