@@ -86,7 +86,7 @@ class GlobalState:
     def _apply(self, entry: Entry) -> None:
         if entry.kind is not EntryKind.NORMAL:
             return
-        result = self.kv.apply(entry.data)
+        result = self.kv.apply(entry.data, entry.index)
         cmd = Command.decode(entry.data)
         for respond in self._waiting.pop(cmd.client, []):
             respond({"result": result, "index": entry.index})

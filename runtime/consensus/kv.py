@@ -36,6 +36,9 @@ import orjson
 from deft.runtime.consensus.errors import ConsensusError
 
 STALE = "__stale__"
+SESSION_TTL_ENTRIES = 1_000_000   # a client silent for this many log entries is forgotten (a retry
+                                  # later than that would be applied again)
+EXPIRE_EVERY_ENTRIES = 1024
 
 
 class BadCommand(ConsensusError, ValueError):
@@ -190,17 +193,33 @@ class KVStateMachine:
         #: client -> (highest applied seq, {seq: result} of its commands in the latest entry
         #: that applied any of them): enough to answer a retry of that entry or command.
         self.sessions: dict[str, tuple[int, dict[int, Any]]] = {}
+        #: client -> log index of its newest entry (when the caller gives indices): sessions idle for
+        #: SESSION_TTL_ENTRIES entries are forgotten, or every operator command and every failover
+        #: (new session names) would grow the table for ever. Decided by log index: every replica
+        #: forgets the same sessions at the same entry.
+        self.last_index: dict[str, int] = {}
 
-    def apply(self, payload: bytes) -> Any:
-        """Apply a committed entry: one command's result, or a list for a batch.
+    def apply(self, payload: bytes, index: int | None = None) -> Any:
+        """Apply a committed entry (at log ``index``): one command's result, or a list for a batch.
 
         Each command takes effect once per (client, seq); a retry returns the first result.
         """
         d = orjson.loads(payload)
         fresh: set[str] = set()  # clients whose result window this entry replaced
-        if isinstance(d, list):
-            return [self._apply(Command.from_dict(x), fresh) for x in d]
-        return self._apply(Command.from_dict(d), fresh)
+        commands = [Command.from_dict(x) for x in d] if isinstance(d, list) else [Command.from_dict(d)]
+        results = [self._apply(cmd, fresh) for cmd in commands]
+        if index is not None:
+            for cmd in commands:
+                self.last_index[cmd.client] = index
+            if index % EXPIRE_EVERY_ENTRIES == 0:
+                self._expire(index)
+        return results if isinstance(d, list) else results[0]
+
+    def _expire(self, index: int) -> None:
+        old = [c for c, i in self.last_index.items() if i < index - SESSION_TTL_ENTRIES]
+        for client in old:
+            del self.last_index[client]
+            self.sessions.pop(client, None)
 
     def _apply(self, cmd: Command, fresh: set[str]) -> Any:
         session = self.sessions.get(cmd.client)
@@ -222,7 +241,8 @@ class KVStateMachine:
     def snapshot(self) -> bytes:
         """Data and the dedup table together: a restored replica must still dedup retries."""
         sessions = {c: [top, sorted(w.items())] for c, (top, w) in self.sessions.items()}
-        return orjson.dumps({"data": self.data, "sessions": sessions}, option=orjson.OPT_SORT_KEYS)
+        return orjson.dumps({"data": self.data, "sessions": sessions, "last_index": self.last_index},
+                            option=orjson.OPT_SORT_KEYS)
 
     @classmethod
     def restore(cls, blob: bytes) -> KVStateMachine:
@@ -230,4 +250,5 @@ class KVStateMachine:
         sm = cls()
         sm.data = d["data"]
         sm.sessions = {c: (top, {seq: r for seq, r in w}) for c, (top, w) in d["sessions"].items()}
+        sm.last_index = dict(d.get("last_index", {}))
         return sm

@@ -135,3 +135,20 @@ def test_batch_results_checks_the_shape() -> None:
     with pytest.raises(ValueError):
         batch_results([1], 2)
     assert batch_results(STALE, 0) == []
+
+
+def test_sessions_idle_for_the_ttl_are_forgotten_the_same_way_on_every_replica(monkeypatch):
+    from deft.runtime.consensus import kv
+
+    monkeypatch.setattr(kv, "SESSION_TTL_ENTRIES", 10)
+    monkeypatch.setattr(kv, "EXPIRE_EVERY_ENTRIES", 4)
+    a, b = KVStateMachine(), KVStateMachine()
+    for sm in (a, b):
+        sm.apply(Command("op1", 1, "incr", "k").encode(), index=1)   # an operator command: never again
+        for i in range(2, 17):
+            sm.apply(Command("worker", i - 1, "incr", "w").encode(), index=i)
+    assert "op1" not in a.sessions and "worker" in a.sessions        # idle > 10 entries at index 16
+    assert a.snapshot() == b.snapshot()                               # deterministic across replicas
+    restored = KVStateMachine.restore(a.snapshot())
+    assert restored.last_index == a.last_index
+    assert restored.apply(Command("worker", 15, "incr", "w").encode(), index=17) == 15  # still deduplicated
