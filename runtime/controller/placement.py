@@ -23,8 +23,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-NONE = -1
-FRESH, UNKNOWN = -2, -1   # as in deft.runtime.dataplane.routes
+from deft.runtime.dataplane.routes import FRESH, NONE, UNKNOWN  # the route set's own codes
 
 Instance = tuple[str, int]  # (node id, instance index)
 

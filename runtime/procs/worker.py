@@ -219,7 +219,7 @@ class Worker:
         if sn == NONE:
             return
         if core is None:
-            core = getattr(slot, "taken_core", None) or PrimaryReplicator(
+            core = slot.taken_core or PrimaryReplicator(
                 0, slot.pair, has_secondary=False, last_batch=int(self.record.committed[slot.pair]))
             slot.taken_core = None
         endpoint = endpoint_of(nodes[sn][2], si)

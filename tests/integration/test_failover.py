@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from deft.tools.ctl import query
+from deft.tools.drills import healthy, wait_for
 from deft.tools.localnode import LocalCluster
 
 pytestmark = pytest.mark.slow
@@ -70,16 +71,13 @@ def primary_of_pair(st: dict, pair: int) -> str:
 
 def assert_healthy_again(cluster: LocalCluster, dead_node: str | None = None) -> dict:
     """Every pair served by a live instance and replicated to another node (the controller's view)."""
-    deadline = time.monotonic() + 10
-    while True:
-        st = controller_status(cluster)
-        live = {i["id"] for i in st["instances"] if i["state"] == "up"}
-        ok = all(p["primary"] in live and p["secondary"] in live
-                 and p["primary"].split("/")[0] != p["secondary"].split("/")[0] for p in st["pairs"])
-        if ok or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert ok, st["pairs"]
+    def on_two_nodes(st: dict) -> bool:
+        return healthy(st) and all(p["primary"].split("/")[0] != p["secondary"].split("/")[0] for p in st["pairs"])
+
+    try:
+        st = wait_for(cluster, on_two_nodes, timeout=10)
+    except TimeoutError:
+        raise AssertionError(controller_status(cluster)["pairs"]) from None
     assert len(st["pairs"]) == 6
     if dead_node is not None:
         assert all(dead_node not in (p["primary"].split("/")[0], p["secondary"].split("/")[0]) for p in st["pairs"])
