@@ -90,8 +90,7 @@ class GlobalState:
         cmd = Command.decode(entry.data)
         for respond in self._waiting.pop(cmd.client, []):
             respond({"result": result, "index": entry.index})
-        keys = {item[1] for item in cmd.args[0]} if cmd.op == "multi" else {cmd.key}
-        changes = {k: self.kv.data.get(k) for k in keys}
+        changes = {k: self.kv.data.get(k) for k in changed_keys(cmd)}
         batch = self._batch_waiting.pop((cmd.client, cmd.seq), None)
         if batch is not None:  # the changes too: the worker's replica must not depend on the PUB alone
             batch({"ok": True, "results": result, "index": entry.index, "changes": changes})
@@ -180,11 +179,17 @@ class LocalState:
 
     def propose_entry(self, client: str, seq: int, entry: bytes, respond: Respond) -> None:
         result = self.kv.apply(entry)
-        cmd = Command.decode(entry)
-        changes = {item[1]: self.kv.data.get(item[1]) for item in cmd.args[0]}
+        changes = {k: self.kv.data.get(k) for k in changed_keys(Command.decode(entry))}
         respond({"ok": True, "results": result, "changes": changes})
         if self.on_change is not None:
             self.on_change(changes)
+
+
+def changed_keys(cmd: Command) -> set[str]:
+    """The data keys an applied command may have changed (none for a fence: it closes sessions)."""
+    if cmd.op == "multi":
+        return {item[1] for item in cmd.args[0]}
+    return set() if cmd.op == "fence" else {cmd.key}
 
 
 # -- the workers' channel ------------------------------------------------------------------------------
@@ -201,7 +206,8 @@ class WorkerChannel:
     """The supervisor's side of the workers' global operations.
 
     Requests (DEALER -> ROUTER), every frame bytes:
-      ``[b"g1", req_id, b"B", client, seq, entry]``  propose a batch entry (``batch_entry``)
+      ``[b"g1", req_id, b"B", client, seq, entry]``  propose a batch entry (``batch_entry``) or a
+                                                     take-over's fence (``fence_entry``)
       ``[b"g1", req_id, b"D"]``                      the whole applied state (a worker starting)
     Replies ``[b"g1", req_id, json]``: ``{"ok": true, "results": ...}`` when applied here,
     ``{"ok": true, "data": {...}}``, or ``{"ok": false, "error": ..., "retry": true}`` (no
@@ -270,7 +276,7 @@ class WorkerChannel:
         try:
             client, seq, entry = frames[4].decode(), int(frames[5]), frames[6]
             cmd = Command.decode(entry)
-            if (cmd.client, cmd.seq, cmd.op) != (client, seq, "multi"):
+            if (cmd.client, cmd.seq) != (client, seq) or cmd.op not in ("multi", "fence"):
                 raise BadCommand("entry does not match its envelope")
             cmd.as_dict()  # checks every op of the multi: a malformed one must never reach the log
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):

@@ -1,6 +1,7 @@
 """Failure drills on a LocalCluster, timed: kill a primary worker or a node, see the pair taken over.
 
     from deft.tools.drills import kill_primary_worker, kill_node, restart_node, wait_for, healthy
+    from deft.tools.drills import start_traffic, traffic_report
 
 Times are on CLOCK_MONOTONIC, which is system-wide on Linux, so the
 controller's event times (``t0_monotonic_ns`` + ``t_ms``), the workers'
@@ -18,8 +19,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
+
+import orjson
 
 from deft.tools.ctl import NoAnswer, query
 from deft.tools.localnode import LocalCluster, LocalNode
@@ -36,6 +41,26 @@ class Failover:
     def recovery_ms(self) -> float:
         """Failure detected -> traffic of the affected flows leaving again."""
         return self.released_ms - self.detected_ms
+
+
+def start_traffic(cluster: LocalCluster, report: Path, flows: int, rate: int, duration: float,
+                  *extra: str) -> subprocess.Popen:
+    """The traffic generator against ``cluster`` (its ingress, back at its egress), report to ``report``."""
+    return subprocess.Popen([sys.executable, "-m", "deft.tools.trafficgen", "--to", cluster.ingress,
+                             "--listen", cluster.egress, "--json", str(report), "--quiet", "--flows", str(flows),
+                             "--rate", str(rate), "--duration", str(duration), *extra])
+
+
+def traffic_report(gen: subprocess.Popen, report: Path, timeout: float = 90) -> dict:
+    """Wait for the generator (killed by PID if it outlives ``timeout``) and read its report."""
+    try:
+        if gen.wait(timeout) != 0:
+            raise RuntimeError(f"trafficgen exited with {gen.returncode}")
+    finally:
+        if gen.poll() is None:
+            gen.kill()
+            gen.wait()
+    return orjson.loads(Path(report).read_bytes())
 
 
 def healthy(st: dict) -> bool:

@@ -106,14 +106,16 @@ class LocalNode:
         self.known_pids: set[int] = set()
 
     @classmethod
-    def start(cls, config_path: Path, log_path: Path | None = None) -> "LocalNode":
+    def start(cls, config_path: Path, log_path: Path | None = None, env: dict | None = None) -> "LocalNode":
+        """Start ``deft-node`` on ``config_path``; ``env`` adds variables (e.g. ``DEFT_FAILPOINTS``)."""
         import tomllib
 
         config = tomllib.loads(Path(config_path).read_text())
         out = open(log_path, "w") if log_path else subprocess.DEVNULL
         try:
             proc = subprocess.Popen([sys.executable, "-m", "deft.runtime.node", "--config", str(config_path)],
-                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env={**os.environ, **env} if env else None)
         finally:
             if log_path:
                 out.close()
@@ -262,10 +264,12 @@ class LocalCluster:
 
     def __init__(self, tmp: Path, tag: str, n_nodes: int = 2, *, replicate: bool = False,
                  miss_limit: int = 10, logs: bool = True, kind: str = "nat", params: dict | None = None,
-                 instances: int = 2, raft: bool | dict = False, nf: dict | None = None):
+                 instances: int = 2, raft: bool | dict = False, nf: dict | None = None,
+                 env: dict[int, dict] | None = None):
         """``kind``/``params``/``instances``/``nf`` (extra ``[nf]`` keys) choose the NF (NAT by
         default); ``raft`` gives every node a member of the global-state Raft (``[raft]``, members on
-        free loopback ports, data in ``tmp``; a dict adds its keys, e.g. ``{"fsync": False}``)."""
+        free loopback ports, data in ``tmp``; a dict adds its keys, e.g. ``{"fsync": False}``);
+        ``env`` maps a node number (1-based) to extra environment variables of its processes."""
         self.tmp = tmp
         self.configs: list[Path] = []
         cfg = controller_config(heartbeat_ms=10, miss_limit=miss_limit, expect_nodes=n_nodes)
@@ -293,7 +297,7 @@ class LocalCluster:
                                **extra)
             path = write_config(tmp / f"{node_id}.toml", conf)
             self.configs.append(path)
-            self.nodes.append(LocalNode.start(path, tmp / f"{node_id}.log" if logs else None))
+            self.nodes.append(LocalNode.start(path, tmp / f"{node_id}.log" if logs else None, (env or {}).get(n)))
 
     def wait_ready(self) -> "LocalCluster":
         """Every process serving and routes pushed over all the nodes."""

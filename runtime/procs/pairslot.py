@@ -161,6 +161,11 @@ class PairSlot:
                 self.last_ops = []
 
     # -- global operations ------------------------------------------------------------------------
+    def next_serial(self) -> int:
+        """The next number of a batch under this slot's own sessions (``session_name``: not replayable)."""
+        t, self.global_serial = self.global_serial, self.global_serial + 1
+        return t
+
     def has_global_ops(self) -> bool:
         """The output buffer's NF calls queued global ops (its release must wait for their results)."""
         return bool(self.ops)

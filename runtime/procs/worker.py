@@ -55,11 +55,13 @@ import numpy as np
 
 from deft.nfs import Context, make_nf, nf_class
 from deft.nfs.base import FlowTable
+from deft.runtime.consensus.failpoints import failpoint
 from deft.runtime.dataplane.commit_record import CommitRecord
 from deft.runtime.dataplane.packet import FORWARD, PACKET_DTYPE
-from deft.runtime.dataplane.routes import FRESH, NONE, UNKNOWN, W_PAIRS, Routes
+from deft.runtime.dataplane.routes import NONE, W_PAIRS, Routes
 from deft.runtime.procs.globals_client import GLOBAL_WAIT_S, STALE, GlobalClient
 from deft.runtime.procs.pairslot import SLOT_COUNTERS, PairSlot, PendingBatch, replay_prefix, session_of
+from deft.runtime.procs.takeover import TAKEOVER_COUNTERS, TakeOver, batch_meta
 from deft.runtime.ring import Doorbell, Ring
 from deft.runtime.ring.fdbell import FdBell
 from deft.runtime.stats import CounterBlock
@@ -75,7 +77,10 @@ COUNTERS = [
     "repl_committed", "repl_in_flight", "repl_staged", "repl_rtt_us", "replica_committed", "replica_flows", "replica_buffered", "replica_waited", "repl_packets_asked",
     "repl_packets_unknown", "replay_unusable",
     "duplicates", "repl_refused", "repl_unknown_duplicates", "repl_bad_frames",
-    "takeovers", "takeover_failed", "replayed", "replay_released", "repl_sent", "repl_received", "repl_dropped",
+    "replayed", "repl_sent", "repl_received", "repl_dropped",
+    # take-overs (see takeover.py): fenced = the dead primary's global sessions closed; rebuilt = batches
+    # applied to the global state but never prepared, run again from the buffered packets
+    *TAKEOVER_COUNTERS,
     # the last take-over: when it started, and when its pair's first packet was released (monotonic ns)
     "takeover_ns", "takeover_release_ns",
     # global operations: batches committed, retries, answers that never came (replay), held packets,
@@ -232,58 +237,8 @@ class Worker:
         slot.session_epoch = slot.role.core.epoch  # batches from here on are replayable: named after it
 
     def take_over(self, pair: int, decision: int, n_pairs: int) -> PairSlot | None:
-        """Become the primary of ``pair`` from the replica kept here (paper VI); None if there is none.
-
-        Batches the dead primary released (``decision``) are applied from
-        their staged state; the rest it had prepared are replayed through the
-        NF and released (with ``UNKNOWN``, after a node crash, all of them:
-        the in-doubt batch may go out twice, G3); then what is buffered
-        beyond them goes through the ordering unit like new input.
-        """
-        if self.secondaries is None or decision == FRESH:
-            return None
-        primary = self.secondaries.keys.get(pair)  # the dead primary: (node id, instance, generation)
-        link = self.secondaries.take(pair)
-        if link is None:
-            return None
-        from deft.runtime.replication.errors import ReplicationError
-        from deft.runtime.replication.primary import PrimaryReplicator
-
-        self.count["takeover_ns"], self.count["takeover_release_ns"] = time.monotonic_ns(), 0
-        self.first_release_of = pair
-
-        try:
-            plan = link.core.take_over(None if decision == UNKNOWN else decision)
-        except ReplicationError as exc:
-            self.count["takeover_failed"] += 1
-            self.log.error("pair %d: cannot take over (%s); serving it with fresh state", pair, exc)
-            link.close()
-            return None
-        link.close()
-        slot = self.new_slot(pair, n_pairs, adopt_unknown=False, table=plan.table,
-                             next_expected=plan.next_expected, keep_inputs=True)
-        for replay in plan.replays:
-            records = slot.replay(records_of(replay.payloads, self.count))
-            if slot.last_ops:  # the original batch's entry again: applied once (G4), its first results back
-                ops, slot.last_ops = slot.last_ops, []
-                name = replay_prefix(pair, primary[0], primary[1], link.core.epoch) if primary else "?"
-                results = self.commit_now(name, replay.batch, ops)
-                slot.apply_results(records, [(0, len(records), 0, len(ops))], results)
-            if replay.release:
-                forward = np.flatnonzero(records["verdict"] == FORWARD)
-                self.release_committed(pair, replay.batch, records, forward)
-                self.count["replay_released"] += len(forward)
-        slot.table.take_changes()
-        self.record.reset_pair(pair, plan.last_batch)
-        slot.taken_core = PrimaryReplicator(link.core.epoch, pair, has_secondary=False,
-                                            last_batch=plan.last_batch)
-        if plan.rest_payloads:
-            slot.process(records_of(plan.rest_payloads, self.count))
-        self.count["takeovers"] += 1
-        self.log.warning("pair %d taken over: decision %s, %d batches replayed (%d in doubt), %d packets after",
-                         pair, "unknown" if decision == UNKNOWN else decision, len(plan.replays),
-                         len(plan.in_doubt), len(plan.rest_payloads))
-        return slot
+        """Become the primary of ``pair`` from the replica kept here (``takeover``); None if there is none."""
+        return TakeOver(self, pair, decision, n_pairs).run()
 
     def retire(self, slot: PairSlot) -> None:
         """The routes moved ``slot``'s pair away: keep its counters, drop its state and output."""
@@ -392,8 +347,7 @@ class Worker:
         if role is not None and role.core.epoch == slot.session_epoch:
             t = role.core.next_batch
             return replay_prefix(slot.pair, self.cfg.node.id, self.index, role.core.epoch), t, t
-        t, slot.global_serial = slot.global_serial, slot.global_serial + 1
-        return slot.session_name, t, -1
+        return slot.session_name, slot.next_serial(), -1
 
     def hold_for_globals(self, slot: PairSlot) -> None:
         """Take the output buffer as a batch waiting for its global results; send its entry."""
@@ -402,8 +356,11 @@ class Worker:
         pending = slot.hold()
         prefix, pending.t, pending.batch_id = self.session_prefix(slot)
         pending.client, pending.seq = session_of(prefix, pending.t)
+        # a replayable batch carries its stamps and NF calls: a take-over rebuilds it from them if the
+        # primary dies after the entry is applied and before the secondary heard of the batch
+        meta = batch_meta(pending.records, pending.segments) if pending.batch_id >= 0 else None
         try:
-            pending.entry = batch_entry(pending.client, pending.seq, pending.ops)
+            pending.entry = batch_entry(pending.client, pending.seq, pending.ops, meta)
         except (BadCommand, TypeError, ValueError) as exc:  # an NF queued what JSON cannot carry
             self.log.error("pair %d: global ops not encodable (%s); judged on the local replica", slot.pair, exc)
             pending.results = STALE
@@ -421,6 +378,7 @@ class Worker:
         if pending.batch_id >= 0 and (slot.role is None or slot.role.core.next_batch != pending.batch_id):
             self.log.warning("pair %d: batch committed its global ops as batch %d but goes out as %s", slot.pair,
                              pending.batch_id, slot.role.core.next_batch if slot.role else "unreplicated")
+        failpoint("worker_global_applied")  # tests: die with the entry applied, the batch unknown to the secondary
         self.release_batch(slot, pending.records, pending.inputs)
         slot.resume()
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from deft.runtime.consensus.kv import (STALE, BadCommand, Command, KVStateMachine, batch_entry,
-                                       batch_results, decode_commands, encode_batch)
+from deft.runtime.consensus.kv import (FENCED, STALE, BadCommand, Command, KVStateMachine, batch_entry,
+                                       batch_results, decode_commands, encode_batch, fence_entry)
 
 
 def apply(sm: KVStateMachine, client: str, seq: int, op: str, key: str, *args: object) -> object:
@@ -152,3 +152,45 @@ def test_sessions_idle_for_the_ttl_are_forgotten_the_same_way_on_every_replica(m
     restored = KVStateMachine.restore(a.snapshot())
     assert restored.last_index == a.last_index
     assert restored.apply(Command("worker", 15, "incr", "w").encode(), index=17) == 15  # still deduplicated
+
+
+def test_a_fence_returns_what_the_closed_sessions_applied_and_refuses_their_new_commands() -> None:
+    """The take-over's view of a dead primary (G4): its batches applied so far, with their meta;
+    nothing it proposed can take effect after the fence; retries of what took effect still answer."""
+    sm = KVStateMachine()
+    old = "pair3/node2.0/e5"
+    assert sm.apply(batch_entry(f"{old}/0", 1, [("incr", "n", (2,))], {"calls": [[2, 1]]}), index=1) == [2]
+    assert sm.apply(batch_entry(f"{old}/1", 1, [("incr", "n", (3,))]), index=2) == [5]
+    assert sm.apply(batch_entry("pair3/node2.0/e4/0", 7, [("incr", "other", (1,))]), index=3) == [1]
+    got = sm.apply(fence_entry("pair3/node1.1.1/fence", 1, old), index=4)
+    assert got == {f"{old}/0": {"seq": 1, "results": [2], "meta": {"calls": [[2, 1]]}},
+                   f"{old}/1": {"seq": 1, "results": [5], "meta": None}}     # not the e4 session
+    assert sm.apply(fence_entry("pair3/node1.1.1/fence", 1, old), index=5) == got   # a retried fence
+    late = batch_entry(f"{old}/2", 1, [("incr", "n", (100,))], {"calls": [[1, 1]]})
+    assert sm.apply(late, index=6) == FENCED and sm.data["n"] == 5        # in flight at the crash
+    assert sm.apply(batch_entry(f"{old}/0", 2, [("incr", "n", (1,))]), index=7) == FENCED
+    assert sm.apply(batch_entry(f"{old}/0", 1, [("incr", "n", (9,))]), index=8) == [2]  # a replay's retry
+    assert batch_results(FENCED, 2) == [STALE, STALE]
+    restored = KVStateMachine.restore(sm.snapshot())                       # a restored replica fences alike
+    assert restored.apply(late, index=9) == FENCED and restored.data == sm.data
+    assert apply(sm, "pair3/node1.1.1/fence", 2, "incr", "n", 1) == 6      # the fencer's own prefix is open
+
+
+def test_fences_expire_with_the_session_ttl(monkeypatch) -> None:
+    from deft.runtime.consensus import kv
+
+    monkeypatch.setattr(kv, "SESSION_TTL_ENTRIES", 10)
+    monkeypatch.setattr(kv, "EXPIRE_EVERY_ENTRIES", 4)
+    sm = KVStateMachine()
+    sm.apply(batch_entry("p/a/0", 1, [("incr", "n", (1,))], [1]), index=1)
+    sm.apply(fence_entry("f", 1, "p/a"), index=2)
+    for i in range(3, 17):
+        sm.apply(Command("w", i, "incr", "w").encode(), index=i)
+    assert sm.fenced == {} and sm.meta == {} and "p/a/0" not in sm.sessions
+
+
+def test_a_fence_needs_a_prefix_and_stays_out_of_a_batch() -> None:
+    with pytest.raises(BadCommand):
+        fence_entry("c", 1, "")
+    with pytest.raises(BadCommand):
+        batch_entry("c", 1, [("fence", "p", ())])

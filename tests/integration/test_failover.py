@@ -10,15 +10,13 @@ show every pair with a live primary and a secondary again.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import orjson
 import pytest
 
 from deft.tools.ctl import query
-from deft.tools.drills import healthy, wait_for
+from deft.tools.drills import healthy, start_traffic, traffic_report, wait_for
 from deft.tools.localnode import LocalCluster
 
 pytestmark = pytest.mark.slow
@@ -41,19 +39,13 @@ killed_nodes: set[str] = set()
 
 def under_traffic(cluster: LocalCluster, tmp_path, kill) -> dict:
     """Run the generator, call ``kill(status)`` KILL_AT_S into it, return the report."""
-    report = tmp_path / "report.json"
-    gen = subprocess.Popen([sys.executable, "-m", "deft.tools.trafficgen", "--to", cluster.ingress,
-                            "--listen", cluster.egress, "--json", str(report), "--quiet", "--flows", str(FLOWS),
-                            "--rate", str(RATE), "--duration", str(DURATION_S)])
+    gen = start_traffic(cluster, tmp_path / "report.json", FLOWS, RATE, DURATION_S)
     try:
         time.sleep(KILL_AT_S)
         kill(controller_status(cluster))
-        assert gen.wait(90) == 0
     finally:
-        if gen.poll() is None:
-            gen.kill()
-            gen.wait()
-    return orjson.loads(report.read_bytes())
+        report = traffic_report(gen, tmp_path / "report.json")
+    return report
 
 
 def controller_status(cluster: LocalCluster) -> dict:
