@@ -214,25 +214,37 @@ def parse_config(raw: dict, source: str = "<config>") -> NodeConfig:
 
 
 def _raft_section(raw: dict, source: str):
-    """``[raft] id, members, data_dir, fsync, tick_ms``: this node as a member of the global-state Raft."""
+    """``[raft] id, members, learners, data_dir, fsync, tick_ms``: this node in the global-state Raft.
+
+    ``members`` are the voters every node starts with; ``learners`` (optional) members that
+    receive the log without voting. A node joining a running cluster lists itself under
+    ``learners`` and is added by ``deft-ctl raft add-learner`` on the leader (then ``promote``)."""
     from deft.runtime.globalstate import RaftSection
 
     p = _section(raw, "raft", source)
-    members_raw = p.table("members")
-    members: dict[int, str] = {}
-    for key, endpoint in members_raw.items():
-        if not str(key).isdigit() or int(key) < 1:
-            raise p.error("members", f"member ids are positive integers, got {key!r}")
-        if not isinstance(endpoint, str) or not endpoint.startswith(("tcp://", "ipc://")):
-            raise p.error("members", f"member {key}: expected tcp://HOST:PORT, got {endpoint!r}")
-        members[int(key)] = endpoint
+    members = _raft_endpoints(p, "members", p.table("members"))
+    learners = _raft_endpoints(p, "learners", p.table("learners", {}))
+    if set(members) & set(learners):
+        raise p.error("learners", f"{sorted(set(members) & set(learners))} listed as members and learners")
     member_id = p.int("id", min=1)
-    if member_id not in members:
-        raise p.error("id", f"{member_id} is not in members ({sorted(members)})")
+    if member_id not in members and member_id not in learners:
+        raise p.error("id", f"{member_id} is not in members ({sorted(members)}) or learners ({sorted(learners)})")
     section = RaftSection(id=member_id, members=members, data_dir=p.str("data_dir"),
-                          fsync=p.bool("fsync", True), tick_ms=p.int("tick_ms", 10, min=1, max=10_000))
+                          fsync=p.bool("fsync", True), tick_ms=p.int("tick_ms", 10, min=1, max=10_000),
+                          learners=learners)
     p.check_unknown()
     return section
+
+
+def _raft_endpoints(p, name: str, table: dict) -> dict[int, str]:
+    out: dict[int, str] = {}
+    for key, endpoint in table.items():
+        if not str(key).isdigit() or int(key) < 1:
+            raise p.error(name, f"member ids are positive integers, got {key!r}")
+        if not isinstance(endpoint, str) or not endpoint.startswith(("tcp://", "ipc://")):
+            raise p.error(name, f"member {key}: expected tcp://HOST:PORT, got {endpoint!r}")
+        out[int(key)] = endpoint
+    return out
 
 
 def _check_nf(config: NodeConfig) -> None:

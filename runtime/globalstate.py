@@ -3,14 +3,21 @@
 The supervisor hosts it when the config has a ``[raft]`` section::
 
     [raft]
-    id = 1                                             # this member's id in ``members``
+    id = 1                                             # this member's id in ``members`` or ``learners``
     members = { 1 = "tcp://127.0.0.1:7401", 2 = "tcp://127.0.0.1:7402", 3 = "tcp://127.0.0.1:7403" }
+    learners = { 4 = "tcp://127.0.0.1:7404" }          # optional: receive the log, do not vote
     data_dir = "/var/lib/deft/node1-raft"              # term, vote and log, fsynced
     fsync = true
     tick_ms = 10                                       # election after 10 ticks, heartbeat every 2
 
 A ``RaftDriver`` (``runtime/consensus/driver.py``) runs the pure core over
-ZeroMQ with a ``DiskStorage``; the state machine is the replicated
+ZeroMQ with a ``DiskStorage``; ``members`` are the voters every node starts
+with, ``learners`` members that get the log without voting (the Raft
+dissertation's catch-up before a vote). Membership changes at run time go
+one member at a time through the leader (``add_learner``, ``promote``,
+``remove``: ``deft-ctl raft ...``); a new member's address is replicated
+under ``_raft/addr/<id>`` so that every member (a future leader) reaches it.
+The state machine is the replicated
 ``KVStateMachine`` (client sessions: a retried command is applied once).
 Reads: ``get_local`` from this replica (may be stale), or ``read`` through
 ReadIndex (linearizable). Writes: ``propose``, answered when applied. The
@@ -42,12 +49,16 @@ from typing import Any
 
 import zmq
 
-from deft.runtime.consensus import Config, Entry, EntryKind, NotLeader, NotReady, RaftCore, Snapshot
+from deft.runtime.consensus import (Config, ConsensusError, Entry, EntryKind, NotLeader, NotReady, RaftCore,
+                                    Snapshot)
 from deft.runtime.consensus.driver import RaftDriver
 from deft.runtime.consensus.kv import BadCommand, Command, KVStateMachine
+from deft.runtime.consensus.membership import Membership
+from deft.runtime.consensus.role import Role
 from deft.runtime.consensus.storage import DiskStorage
 
 Respond = Callable[[dict[str, Any]], None]
+ADDR_PREFIX = "_raft/addr/"   # global key of a member added at run time: its endpoint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,19 +68,24 @@ class RaftSection:
     data_dir: str
     fsync: bool
     tick_ms: int
+    learners: dict[int, str] = dataclasses.field(default_factory=dict)
 
 
 class GlobalState:
     def __init__(self, cfg: RaftSection, node_id: str, zctx: zmq.Context):
         self.cfg = cfg
         self.storage = DiskStorage(cfg.data_dir, fsync=cfg.fsync)
-        self.core = RaftCore(Config(cfg.id, tuple(sorted(cfg.members)), election_tick=10, heartbeat_tick=2),
-                             self.storage, random.Random())
+        self.core = RaftCore(Config(cfg.id, tuple(sorted(cfg.members)), tuple(sorted(cfg.learners)),
+                                    election_tick=10, heartbeat_tick=2), self.storage, random.Random())
         snap = self.storage.snapshot
         self.kv = KVStateMachine.restore(snap.data) if snap else KVStateMachine()
-        self.driver = RaftDriver(self.core, self.storage, cfg.members[cfg.id], self._apply, self._restore,
+        own = {**cfg.members, **cfg.learners}[cfg.id]
+        self.driver = RaftDriver(self.core, self.storage, own, self._apply, self._restore,
                                  tick_seconds=cfg.tick_ms / 1000, ctx=zctx, on_read=self._on_read)
-        self.driver.connect(dict(cfg.members))
+        #: every member's endpoint this node knows: config, then ``_raft/addr/<id>`` from the log
+        self.addresses = {**cfg.members, **cfg.learners}
+        self._learn_addresses(self.kv.data)
+        self.driver.connect(self.addresses)
         # operator commands each get a client id of their own: many may be outstanding at once,
         # and a session allows one entry outstanding per client
         self._client = f"{node_id}/{os.getpid()}"
@@ -91,14 +107,30 @@ class GlobalState:
         for respond in self._waiting.pop(cmd.client, []):
             respond({"result": result, "index": entry.index})
         changes = {k: self.kv.data.get(k) for k in changed_keys(cmd)}
+        if cmd.key.startswith(ADDR_PREFIX):
+            self._learn_addresses(changes)
         batch = self._batch_waiting.pop((cmd.client, cmd.seq), None)
         if batch is not None:  # the changes too: the worker's replica must not depend on the PUB alone
             batch({"ok": True, "results": result, "index": entry.index, "changes": changes})
         if self.on_change is not None:
             self.on_change(changes)
 
+    def _learn_addresses(self, data: dict[str, Any]) -> None:
+        """Connect to members added at run time (their endpoints are in the replicated state)."""
+        found = {}
+        for key, endpoint in data.items():
+            tail = key[len(ADDR_PREFIX):] if key.startswith(ADDR_PREFIX) else ""
+            if tail.isdigit() and isinstance(endpoint, str) and endpoint.startswith(("tcp://", "ipc://")):
+                found[int(tail)] = endpoint
+        new = {k: v for k, v in found.items() if k not in self.addresses}
+        if new:
+            self.addresses.update(new)
+            if hasattr(self, "driver"):
+                self.driver.connect(new)
+
     def _restore(self, snap: Snapshot) -> None:
         self.kv = KVStateMachine.restore(snap.data)
+        self._learn_addresses(self.kv.data)
         if self.on_change is not None:
             self.on_change(dict(self.kv.data))
 
@@ -143,10 +175,61 @@ class GlobalState:
             self._batch_waiting.pop(key, None)
             respond(self._refusal(exc))
 
+    # -- membership (one member at a time, through the leader) ------------------------------------
+    def add_learner(self, member: int, endpoint: str, respond: Respond) -> None:
+        """Add ``member`` (at ``endpoint``) as a learner: it gets the log, it does not vote yet."""
+        if member in self.core.membership.members:
+            raise ValueError(f"{member} is a member already ({self.core.membership.describe()})")
+        if not endpoint.startswith(("tcp://", "ipc://")):
+            raise ValueError(f"expected tcp://HOST:PORT, got {endpoint!r}")
+        m = self.core.membership
+        self._change(Membership.of(m.voters, (*m.learners, member)), respond,
+                     before=lambda: self._announce(member, endpoint))
+
+    def promote(self, member: int, respond: Respond) -> None:
+        """Make learner ``member`` a voter, once it has caught up with the commit index."""
+        m = self.core.membership
+        if member not in m.learners:
+            raise ValueError(f"{member} is not a learner ({m.describe()})")
+        pr = self.core.prs.get(member)
+        if self.core.role is Role.LEADER and (pr is None or pr.match < self.core.log.committed):
+            raise ValueError(f"learner {member} has not caught up yet (has {pr.match if pr else 0} of "
+                             f"{self.core.log.committed}); try again")
+        self._change(Membership.of((*m.voters, member), set(m.learners) - {member}), respond)
+
+    def remove(self, member: int, respond: Respond) -> None:
+        m = self.core.membership
+        if member not in m.members:
+            raise ValueError(f"{member} is not a member ({m.describe()})")
+        if member == self.cfg.id:
+            raise ValueError("the leader cannot remove itself: transfer leadership first (raft_transfer)")
+        self._change(Membership.of(set(m.voters) - {member}, set(m.learners) - {member}), respond)
+
+    def _announce(self, member: int, endpoint: str) -> None:
+        """Connect here now and replicate the endpoint (a later leader must reach the member too)."""
+        self.addresses[member] = endpoint
+        self.driver.connect({member: endpoint})
+        self.propose("put", f"{ADDR_PREFIX}{member}", (endpoint,), lambda _reply: None)
+
+    def _change(self, new: Membership, respond: Respond, before: Callable[[], None] | None = None) -> None:
+        try:
+            if self.core.role is not Role.LEADER:
+                raise NotLeader(self.cfg.id, self.core.lead)
+            if before is not None:
+                before()
+            index = self.core.propose_conf_change(new)
+        except NotLeader as exc:
+            respond(self._refusal(exc))
+            return
+        except ConsensusError as exc:
+            raise ValueError(str(exc)) from None
+        respond({"ok": True, "index": index, "membership": {"voters": list(new.voters),
+                                                          "learners": list(new.learners)}})
+
     def _refusal(self, exc: Exception) -> dict[str, Any]:
         if isinstance(exc, NotLeader):
             hint = exc.leader_hint
-            return {"ok": False, "error": f"not the leader; try member {hint} at {self.cfg.members.get(hint)}",
+            return {"ok": False, "error": f"not the leader; try member {hint} at {self.addresses.get(hint)}",
                     "leader": hint}
         return {"ok": False, "error": "no leader yet; try again"}
 
@@ -154,7 +237,10 @@ class GlobalState:
         core = self.core
         return {"id": self.cfg.id, "role": core.role.value, "term": core.term, "leader": core.lead,
                 "commit": core.log.committed, "applied": core.log.applied,
-                "members": {str(k): v for k, v in sorted(self.cfg.members.items())},
+                "members": {str(k): v for k, v in sorted(self.addresses.items())},
+                "voters": list(core.membership.voters), "learners": list(core.membership.learners),
+                "progress": ({str(p): pr.match for p, pr in sorted(core.prs.items())}
+                             if core.role is Role.LEADER else {}),
                 "digest": hashlib.sha256(self.kv.snapshot()).hexdigest()[:16],
                 "dropped": dict(self.driver.dropped), "workers": dict(self.worker_counts)}
 

@@ -328,6 +328,25 @@ class Supervisor:
             raise ValueError("key must be a string and args a list")
         gs.propose(request["op"], request["key"], tuple(request.get("args", [])), respond)
 
+    def on_raft_member(self, request: dict, respond) -> None:
+        """``{"cmd": "raft_member", "op": add_learner|promote|remove, "id": ID, "endpoint": E}`` on the leader:
+        one membership change (a new member joins as a learner, then is promoted to voter)."""
+        gs = self._need_raft()
+        member, op = request.get("id"), request.get("op")
+        if not isinstance(member, int) or isinstance(member, bool) or member < 1:
+            raise ValueError("id must be a positive member id")
+        if op == "add_learner":
+            endpoint = request.get("endpoint")
+            if not isinstance(endpoint, str):
+                raise ValueError("add_learner needs the member's endpoint (tcp://HOST:PORT)")
+            gs.add_learner(member, endpoint, respond)
+        elif op == "promote":
+            gs.promote(member, respond)
+        elif op == "remove":
+            gs.remove(member, respond)
+        else:
+            raise ValueError(f"op must be add_learner, promote or remove, got {op!r}")
+
     def on_raft_transfer(self, request: dict) -> dict:
         """``{"cmd": "raft_transfer", "to": ID}``: this member, the leader, hands leadership to ``to`` (drills)."""
         gs = self._need_raft()
@@ -420,7 +439,8 @@ class Supervisor:
                                               "raft_transfer": self.on_raft_transfer},
                                              self.log,
                                              deferred={"global_get": self.on_global_get,
-                                                       "global_op": self.on_global_op})
+                                                       "global_op": self.on_global_op,
+                                                       "raft_member": self.on_raft_member})
             except zmq.ZMQError as exc:
                 raise DeftError(f"{self.config.source}: [node] control {self.config.node.control}: {exc}") from None
             self.start_children()

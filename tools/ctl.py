@@ -64,6 +64,11 @@ def render_status(st: dict) -> str:
     if raft:
         lines.append(f"raft member {raft['id']}  {raft['role']}  term {raft['term']}  leader {raft['leader']}  "
                      f"commit {raft['commit']}  applied {raft['applied']}  digest {raft['digest']}")
+        if "voters" in raft:
+            progress = raft.get("progress") or {}
+            lines.append("  members: " + "  ".join(
+                f"{m} {'voter' if int(m) in raft['voters'] else 'learner' if int(m) in raft['learners'] else 'gone'}"
+                + (f" (match {progress[m]})" if m in progress else "") for m in raft["members"]))
     fab = st.get("fabric")
     if fab:
         lines.append(f"fabric {fab['listen']}  pid {fab['pid']}  {_fmt_counters(fab['counters'])}")
@@ -124,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     p_global.add_argument("value", nargs="?", help="incr: a number (default 1); put/add_to_set: JSON")
     p_global.add_argument("--linearizable", action="store_true", help="get: through ReadIndex, not this replica")
     p_global.add_argument("--json", action="store_true")
+    p_raft = sub.add_parser("raft", help="Raft membership, one change at a time, on the leader's node")
+    p_raft.add_argument("op", choices=("add-learner", "promote", "remove", "transfer"))
+    p_raft.add_argument("id", type=int, help="the member id")
+    p_raft.add_argument("endpoint", nargs="?", help="add-learner: the new member's tcp://HOST:PORT")
+    p_raft.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.cmd == "fail" and not args.controller:
         parser.error("fail needs --controller")
@@ -132,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         request = {"cmd": "status"}
     elif args.cmd == "fail":
         request = {"cmd": "fail", "what": args.what, "id": args.id}
+    elif args.cmd == "raft":
+        if args.op == "add-learner" and not args.endpoint:
+            parser.error("raft add-learner needs the member's endpoint")
+        request = {"cmd": "raft_transfer", "to": args.id} if args.op == "transfer" else \
+            {"cmd": "raft_member", "op": args.op.replace("-", "_"), "id": args.id, "endpoint": args.endpoint}
     elif args.op == "get":
         request = {"cmd": "global_get", "key": args.key, "linearizable": args.linearizable}
     else:
@@ -151,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.cmd == "fail":
         print(f"killed {reply['killed']} (pid {reply['pid']})")
+    elif args.cmd == "raft" and not args.json:
+        m = reply.get("membership")
+        print(f"raft {args.op} {args.id}: ok" + (f"; voters {m['voters']} learners {m['learners']}" if m else ""))
     elif args.cmd == "global":
         if args.json:
             sys.stdout.write(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode() + "\n")

@@ -112,3 +112,65 @@ def test_a_node_without_raft_says_so(tmp_path):
         assert node.status()["raft"] is None
     finally:
         node.stop()
+
+
+def raft_cmd(node: LocalNode, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "deft.tools.ctl", "--node", node.control, "raft", *args],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_a_new_node_joins_as_a_learner_catches_up_and_is_promoted_to_voter(raft_nodes, tmp_path):
+    """Membership at run time, one member at a time: a 4th node that lists the voters and itself as a
+    learner gets the whole state once the leader adds it, votes once promoted, and a write then needs
+    it (one original voter down: 3 of 4)."""
+    import tomllib
+
+    nodes, configs, started = raft_nodes
+    leader = wait_leader(list(nodes.values()))
+    for _ in range(5):
+        op(leader, "incr", "joined/count", "1")
+    members = tomllib.loads(configs[1].read_text())["raft"]["members"]
+    endpoint = f"tcp://127.0.0.1:{free_port(socket.SOCK_STREAM)}"
+    conf = node_config(f"g{os.getpid()}n4", "flowcounter", 1, {},
+                       raft={"id": 4, "members": members, "learners": {"4": endpoint},
+                             "data_dir": str(tmp_path / "raft4")})
+    fourth = LocalNode.start(write_config(tmp_path / "n4.toml", conf), tmp_path / "n4.log")
+    started.append(fourth)
+    fourth.wait_ready()
+    assert raft_of(fourth)["role"] != "leader" and op(fourth, "get", "joined/count")["value"] is None
+
+    for bad, says in (({"op": "explode", "id": 4}, "op must be"), ({"op": "promote", "id": "4"}, "id must be"),
+                      ({"op": "add_learner", "id": 4}, "needs the member's endpoint"),
+                      ({"op": "promote", "id": 4}, "4 is not a learner"), ({"op": "remove", "id": 9}, "not a member")):
+        reply = query(leader.control, {"cmd": "raft_member", **bad})
+        assert not reply["ok"] and says in reply["error"], (bad, reply)
+    follower = next(n for n in nodes.values() if n is not leader)
+    refused = raft_cmd(follower, "add-learner", "4", endpoint)
+    assert refused.returncode == 1 and "not the leader" in refused.stderr
+    added = raft_cmd(leader, "add-learner", "4", endpoint)
+    assert added.returncode == 0 and "learners [4]" in added.stdout, added.stderr
+    deadline = time.monotonic() + 10
+    while op(fourth, "get", "joined/count")["value"] != 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert op(fourth, "get", "joined/count")["value"] == 5                  # caught up as a learner
+    assert raft_of(leader)["learners"] == [4] and raft_of(leader)["voters"] == [1, 2, 3]
+
+    deadline = time.monotonic() + 10
+    while (promoted := raft_cmd(leader, "promote", "4")).returncode != 0 and time.monotonic() < deadline:
+        assert "not caught up" in promoted.stderr, promoted.stderr
+        time.sleep(0.1)
+    assert promoted.returncode == 0 and "voters [1, 2, 3, 4]" in promoted.stdout, promoted.stderr
+    assert raft_of(fourth)["voters"] == [1, 2, 3, 4] or time.sleep(0.5) or raft_of(fourth)["voters"] == [1, 2, 3, 4]
+
+    # one original voter down: the write needs the new voter's ack (3 of 4)
+    down = next(n for n in nodes.values() if n is not leader)
+    os.kill(down.pid, 9)
+    down.proc.wait(10)
+    down.stop()
+    assert op(leader, "incr", "joined/count", "1")["result"] == 6
+    deadline = time.monotonic() + 10
+    while op(fourth, "get", "joined/count")["value"] != 6 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert op(fourth, "get", "joined/count")["value"] == 6
+    live = [n for n in [*nodes.values(), fourth] if n is not down]
+    assert len({raft_of(n)["digest"] for n in live}) == 1

@@ -100,8 +100,20 @@ def test_a_node_without_ingress_needs_a_fabric():
         ({"id": 1, "members": {"1": "udp://x"}, "data_dir": "/tmp/x"}, r"\[raft\] members: member 1: expected tcp"),
         ({"id": 1, "members": {"1": "tcp://127.0.0.1:1"}}, r"\[raft\] data_dir: is required"),
         ({"id": 1, "members": {"1": "tcp://127.0.0.1:1"}, "data_dir": "d", "votes": 3}, r"\[raft\] votes: unknown"),
+        ({"id": 1, "members": {"1": "tcp://127.0.0.1:1"}, "learners": {"1": "tcp://127.0.0.1:2"}, "data_dir": "d"},
+         r"\[raft\] learners: \[1\] listed as members and learners"),
+        ({"id": 1, "members": {"1": "tcp://127.0.0.1:1"}, "learners": {"2": "udp://x"}, "data_dir": "d"},
+         r"\[raft\] learners: member 2: expected tcp"),
+        ({"id": 1, "members": {"1": "tcp://127.0.0.1:1"}, "learners": [2], "data_dir": "d"},
+         r"\[raft\] learners: expected a table"),
     ],
 )
 def test_raft_section_errors_name_the_key(raft, message):
     with pytest.raises(ConfigError, match=message):
         parse_config({**BASE, "raft": raft}, "x.toml")
+
+
+def test_a_joining_node_is_a_learner_of_the_voters_it_lists():
+    raft = {"id": 4, "members": {"1": "tcp://127.0.0.1:1"}, "learners": {"4": "tcp://127.0.0.1:4"}, "data_dir": "d"}
+    section = parse_config({**BASE, "raft": raft}, "x.toml").raft
+    assert (section.id, section.members, section.learners) == (4, {1: "tcp://127.0.0.1:1"}, {4: "tcp://127.0.0.1:4"})
