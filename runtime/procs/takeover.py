@@ -117,10 +117,7 @@ class TakeOver:
         try:
             plan = link.core.take_over(None if self.decision == UNKNOWN else self.decision)
         except ReplicationError as exc:
-            self.count["takeover_failed"] += 1
-            self.log.error("pair %d: cannot take over (%s); serving it with fresh state", pair, exc)
-            link.close()
-            return None
+            return self.fresh(link, exc)
         link.close()
         slot = w.new_slot(pair, self.n_pairs, adopt_unknown=False, table=plan.table,
                           next_expected=plan.next_expected, keep_inputs=True)
@@ -149,6 +146,25 @@ class TakeOver:
                          "%d packets after", pair, "unknown" if self.decision == UNKNOWN else self.decision,
                          len(plan.replays), len(plan.in_doubt), last_batch - plan.last_batch,
                          0 if rest is None else len(rest))
+        return slot
+
+    def fresh(self, link, exc: Exception) -> PairSlot:
+        """No state to take over (the primary died before its sync here was decided: two failures
+        within one sync): the pair starts fresh, with the packets this replica holds (G1 kept, G5 not)."""
+        from deft.runtime.procs.worker import records_of
+        from deft.runtime.replication.errors import ReplicationError
+
+        self.count["takeover_failed"] += 1
+        try:
+            payloads = link.core.salvage()
+        except ReplicationError:
+            payloads = ()
+        link.close()
+        self.log.error("pair %d: cannot take over (%s); serving it with fresh state and the %d packets "
+                       "buffered here", self.pair, exc, len(payloads))
+        slot = self.w.new_slot(self.pair, self.n_pairs, keep_inputs=True)
+        if payloads:
+            slot.process(records_of(payloads, self.count))
         return slot
 
     # -- global operations ------------------------------------------------------------------------------

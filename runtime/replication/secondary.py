@@ -314,6 +314,14 @@ class SecondaryReplica:
         return TakeOver(self.table, dict(self.next_expected), state_batch, tuple(replays),
                         rest, rest_payloads, self.prepared, in_doubt)
 
+    def salvage(self) -> tuple:
+        """The buffered packets (per flow in seq order), for a take-over that cannot have the state
+        (``NotSynced``): the new primary starts the pair fresh but loses no packet it holds."""
+        self._check_live()
+        _, payloads = self._rest()
+        self._retired = True
+        return payloads
+
     def _rest(self) -> tuple[np.ndarray, tuple]:
         """Buffered packets past the replays: arrival order across flows, seq order within a flow."""
         ne = self.next_expected

@@ -14,7 +14,8 @@ prepare: the one window where the global state has a batch the secondary
 never heard of. The take-over must fence the dead primary's sessions, learn
 that batch from the fence, rebuild it from the buffered packets and release
 it, with no packet lost, duplicated or reordered and no count doubled.
-A whole-node kill (node 3) under the same traffic checks the in-doubt path.
+A kill of the Raft leader's whole node (node 3) under the same traffic checks the
+in-doubt path, with fences that wait for a new leader.
 """
 
 from __future__ import annotations
@@ -68,18 +69,24 @@ def check(report: dict, value, totals: dict, duplicates_allowed: int = 0) -> Non
 
 
 @pytest.fixture
-def cluster(tmp_path):
-    cluster = LocalCluster(tmp_path, "xo", 3, replicate=True, kind="flowcounter",
-                           params={"global_updates_per_batch": 1}, raft={"fsync": False},
-                           env={2: {"DEFT_FAILPOINTS": "worker_global_applied=exit#40"}})
-    try:
-        yield cluster.wait_ready()
-    finally:
+def start(tmp_path):
+    """A cluster; ``failpoints`` arms node 2's processes (``DEFT_FAILPOINTS``)."""
+    made = []
+
+    def make(failpoints: str | None = None) -> LocalCluster:
+        made.append(LocalCluster(tmp_path, "xo", 3, replicate=True, kind="flowcounter",
+                                 params={"global_updates_per_batch": 1}, raft={"fsync": False},
+                                 env={2: {"DEFT_FAILPOINTS": failpoints}} if failpoints else None))
+        return made[-1].wait_ready()
+
+    yield make
+    for cluster in made:
         left = cluster.stop()
         assert not any(v for k, v in left.items() if not k.endswith("n3")), left
 
 
-def test_a_primary_dying_between_its_global_commit_and_its_prepare_counts_once(cluster, tmp_path):
+def test_a_primary_dying_between_its_global_commit_and_its_prepare_counts_once(start, tmp_path):
+    cluster = start("worker_global_applied=exit#40")
     report = traffic_report(traffic(cluster, tmp_path), tmp_path / "r.json")
     totals = worker_totals(cluster)
     assert totals.get("takeover_rebuilt", 0) >= 1, totals    # the window was hit, and rebuilt
@@ -89,7 +96,16 @@ def test_a_primary_dying_between_its_global_commit_and_its_prepare_counts_once(c
     assert len(set(counts(cluster))) == 1
 
 
-def test_a_node_killed_under_global_traffic_counts_every_packet_once(cluster, tmp_path):
+def test_the_raft_leaders_node_killed_under_global_traffic_counts_every_packet_once(start, tmp_path):
+    """Node 3 holds the Raft leader and primaries: its take-overs' fences wait for a new leader."""
+    cluster = start()
+    deadline = time.monotonic() + 10
+    while (raft := cluster.nodes[2].status()["raft"])["role"] != "leader" and time.monotonic() < deadline:
+        leader = raft["leader"]
+        if leader:
+            query(cluster.nodes[leader - 1].control, {"cmd": "raft_transfer", "to": 3}, 3000)
+        time.sleep(0.2)
+    assert cluster.nodes[2].status()["raft"]["role"] == "leader"
     gen = traffic(cluster, tmp_path)
     time.sleep(1.5)
     victim = cluster.nodes[2]

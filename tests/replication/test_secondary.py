@@ -237,3 +237,13 @@ def test_trim_drops_copies_the_applied_state_covers_and_keeps_the_rest():
     unsynced = secondary(synced=False)
     with_packets(unsynced, (1, 1))
     assert unsynced.trim() == 0 and unsynced.buffered == 1   # no applied state yet: nothing is known covered
+
+
+def test_a_secondary_that_cannot_take_over_still_hands_over_its_packets():
+    """Never synced (the primary died within the sync): no state, but every buffered packet, per flow
+    in seq order, for the new primary to start the pair fresh with (G1 kept, G5 lost)."""
+    s = secondary(synced=False)
+    with_packets(s, (1, 6), (2, 1), (1, 4))
+    with pytest.raises(NotSynced):
+        s.take_over(None)
+    assert s.salvage() == ("pkt1.4", "pkt2.1", "pkt1.6")
