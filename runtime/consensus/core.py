@@ -209,9 +209,10 @@ class RaftCore:
     def has_ready(self) -> bool:
         self._flush_proposals()
         lg = self.log
-        return bool(self.msgs or self.hard_state() != self._prev_hs or self._unstable_snapshot
-                    or self.read_states
-                    or lg.stable < lg.last_index() or lg.committed > lg.applied)
+        if self.msgs or self._unstable_snapshot is not None or self.read_states \
+                or lg.stable < lg.last_index() or lg.committed > lg.applied:
+            return True
+        return self.hard_state() != self._prev_hs
 
     def ready(self) -> Ready | None:
         """The next batch of work, or None if there is none. Call ``advance`` before the next."""

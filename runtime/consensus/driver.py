@@ -7,11 +7,28 @@ socket. Sends never block: a message to an unreachable or slow peer is
 dropped (``IMMEDIATE`` + ``NOBLOCK``), which Raft tolerates by retrying.
 
 Loop (``run_once``): poll the ROUTER (and any sockets added with ``watch``)
-up to the next tick, ``step`` each decoded message, ``tick`` when due, then
-drain Readys in the contract's order: persist (storage.save), send, apply
-(callback), advance; confirmed ReadIndex reads are handed to ``on_read`` once
-the state machine has applied their index. Failpoints (``failpoints.py``)
-sit before persisting and between persisting and sending.
+up to the next tick, ``step`` each decoded message, ``tick`` when due, and
+drain Readys: persist (storage.save), send and apply (a leader applies first,
+a follower sends first), advance; confirmed ReadIndex reads are handed to
+``on_read`` once the state machine has applied their index. Failpoints
+(``failpoints.py``) sit before persisting and right after it (before anything
+is applied or sent).
+
+For the latency of one operation (client -> leader -> followers -> leader ->
+client) the loop drains early, not only once at the end of an iteration: right
+after the watched handlers (their proposals go out before the peers' backlog,
+e.g. acks of earlier appends, is read) and right after any message that moved
+the commit index (the entry is applied and its client answered before the rest
+of the backlog is read). An append without entries, which only tells a follower
+a new commit index, is held up to ``coalesce_seconds`` (1 ms): the next
+proposal's append carries that commit too and replaces it, so a stream of
+single operations costs one append and one ack per follower each, not two;
+when nothing follows, the held append goes out on time. Not held: appends to a
+follower whose forwarded proposals (MsgProp) it has not yet been told are
+committed (its clients wait for it to apply them). Holding or dropping
+such a message is safe: Raft tolerates delayed and lost messages (and an empty
+append carries no entry anyone waits for). Wire format: one binary frame per message
+(``codec.py``).
 """
 
 from __future__ import annotations
@@ -25,8 +42,9 @@ import zmq
 from deft.runtime.consensus import codec
 from deft.runtime.consensus.core import RaftCore
 from deft.runtime.consensus.failpoints import failpoint
-from deft.runtime.consensus.messages import Entry, Message, Snapshot
-from deft.runtime.consensus.ready import ReadState
+from deft.runtime.consensus.messages import Entry, Message, MsgType, Snapshot
+from deft.runtime.consensus.ready import Ready, ReadState
+from deft.runtime.consensus.role import Role
 from deft.runtime.consensus.storage_api import Storage
 from deft.runtime.errors import WireError
 
@@ -37,8 +55,14 @@ class RaftDriver:
                  tick_seconds: float = 0.1, ctx: zmq.Context | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  on_read: Callable[[bytes], None] | None = None,
-                 net_filter: Callable[[Message], bool] | None = None) -> None:
-        """``net_filter(msg) -> False`` drops a message in either direction (fault tests)."""
+                 net_filter: Callable[[Message], bool] | None = None,
+                 coalesce_seconds: float = 0.001) -> None:
+        """``net_filter(msg) -> False`` drops a message in either direction (fault tests).
+
+        ``coalesce_seconds``: how long an append without entries (the leader telling
+        a follower a new commit index) may wait for a later append to the same
+        follower, which carries that commit too and replaces it; 0 sends at once.
+        """
         self.core, self.storage = core, storage
         self.apply, self.restore, self.on_read = apply, restore, on_read
         self.net_filter = net_filter
@@ -61,6 +85,13 @@ class RaftDriver:
         self._defer_drain = False
         self.next_tick = clock() + tick_seconds
         self.dropped = {"bad_frames": 0, "send_full": 0}
+        self.coalesce_seconds = coalesce_seconds
+        #: held appends without entries, by follower, all sent at ``_held_until``
+        self._held: dict[int, Message] = {}
+        self._held_until = 0.0
+        #: follower -> last index after its forwarded proposals (MsgProp): commits go
+        #: to it at once (it waits to apply them) until one covering that index was sent
+        self._forwarded: dict[int, int] = {}
 
     def connect(self, peers: dict[int, str]) -> None:
         """Open a DEALER to every other member: ``{node id: endpoint}``."""
@@ -105,6 +136,8 @@ class RaftDriver:
         wait = max(0.0, self.next_tick - now)
         if max_wait is not None:
             wait = min(wait, max_wait)
+        if self._held:
+            wait = min(wait, max(0.0, self._held_until - now))
         events = dict(self.poller.poll(math.ceil(wait * 1000)))  # rounded down, it would spin the last ms
         self._defer_drain = True
         try:
@@ -113,28 +146,41 @@ class RaftDriver:
                     handler()
         finally:
             self._defer_drain = False
+        if self._watched and self.core.has_ready():
+            self._drain()  # proposals go out before the peers' backlog is read
         if self.router in events:
             while True:
                 try:
                     frames = self.router.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                self._on_frames(frames[1:])  # frames[0] is the sender's identity
+                self._on_frames(frames)
+                if self.core.log.committed > self.core.log.applied:
+                    self._drain()  # apply (and answer) as soon as an entry commits
         now = self.clock()
         if now >= self.next_tick:
             # One tick per call; after a long stall, do not burst the missed ones.
             self.next_tick = max(self.next_tick + self.tick_seconds, now)
             self.core.tick()
         self._drain()
+        if self._held and self.clock() >= self._held_until:
+            held, self._held = self._held, {}
+            for m in held.values():
+                self._send(m)
 
     def _on_frames(self, frames: list[bytes]) -> None:
+        """``frames``: the sender's identity (added by the ROUTER), then one message frame."""
         try:
-            m = codec.decode(frames)
+            if len(frames) != 2:
+                raise WireError(f"raft: {len(frames) - 1} frames, expected 1")
+            m = codec.decode(frames[1])
         except WireError:
             self.dropped["bad_frames"] += 1
             return
         if m.dst == self.core.id and (self.net_filter is None or self.net_filter(m)):
             self.core.step(m)
+            if m.type is MsgType.PROP:
+                self._forwarded[m.src] = self.core.log.last_index()
 
     def read_index(self, context: bytes) -> None:
         """Start a ReadIndex read; ``on_read(context)`` is called when it may be served."""
@@ -147,21 +193,47 @@ class RaftDriver:
             failpoint("raft_before_persist")
             self.storage.save(rd.hard_state, rd.entries, rd.snapshot)  # durable first
             failpoint("raft_after_persist")
+            # A leader applies (answers its clients) before sending: what it sends
+            # then are follow-ups (the new commit, further batches). A follower sends
+            # first: its acks are what the leader waits for. The contract allows both.
+            leading = self.core.role is Role.LEADER
+            if leading:
+                self._apply_ready(rd)
             for m in rd.messages:
-                sock = self.dealers.get(m.dst)
-                if sock is None or (self.net_filter is not None and not self.net_filter(m)):
-                    continue
-                try:
-                    sock.send_multipart(codec.encode(m), zmq.NOBLOCK)
-                except zmq.Again:
-                    self.dropped["send_full"] += 1
-            if rd.snapshot is not None:
-                self.restore(rd.snapshot)
-            for e in rd.committed:
-                self.apply(e)
+                if m.type is MsgType.APP:
+                    waits = self._forwarded.get(m.dst)
+                    if waits is not None and m.commit >= waits:
+                        del self._forwarded[m.dst]  # this append tells it its entries committed
+                    if not m.entries and self.coalesce_seconds > 0 and waits is None:
+                        # Only a commit index to tell (or a probe): wait a little for an
+                        # append with entries, the next proposal's, that says it too.
+                        if not self._held:
+                            self._held_until = self.clock() + self.coalesce_seconds
+                        self._held[m.dst] = m  # an older held one is superseded
+                        continue
+                    # Built later, so its commit >= a held one's: that one is redundant.
+                    self._held.pop(m.dst, None)
+                self._send(m)
+            if not leading:
+                self._apply_ready(rd)
             self._confirmed += rd.read_states
             self.core.advance(rd)
             self._serve_reads()
+
+    def _apply_ready(self, rd: Ready) -> None:
+        if rd.snapshot is not None:
+            self.restore(rd.snapshot)
+        for e in rd.committed:
+            self.apply(e)
+
+    def _send(self, m: Message) -> None:
+        sock = self.dealers.get(m.dst)
+        if sock is None or (self.net_filter is not None and not self.net_filter(m)):
+            return
+        try:
+            sock.send(codec.encode(m), zmq.NOBLOCK)
+        except zmq.Again:
+            self.dropped["send_full"] += 1
 
     def _serve_reads(self) -> None:
         applied = self.core.log.applied

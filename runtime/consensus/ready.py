@@ -29,6 +29,10 @@ class Ready:
     3. Apply ``committed`` to the state machine, in order. Only NORMAL entries
        carry commands: NOOP entries are empty and CONF entries already took
        effect inside the core. They may include entries from step 1.
+       Steps 2 and 3 may be swapped (on a leader, ``RaftDriver`` applies first,
+       so clients are answered before the appends that spread the new commit
+       index go out): the entries are committed and nothing sent depends on
+       applying.
     4. ``read_states``: reads confirmed by ReadIndex; serve each from the local
        state machine once it has applied ``index`` (maybe in a later Ready).
     """

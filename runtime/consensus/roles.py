@@ -151,6 +151,8 @@ def send_append(core: RaftCore, to: int, send_if_empty: bool) -> bool:
     if pr.paused():
         return False
     prev = pr.next - 1
+    if not send_if_empty and prev == core.log.last_index():
+        return False  # nothing new for it (the common case once a batch is out)
     prev_term = core.log.term(prev)
     if prev_term is None:  # compacted away: the follower needs the snapshot
         snap = core.snapshot

@@ -22,11 +22,34 @@ def test_round_trip(m: Message) -> None:
     assert decode(encode(m)) == m
 
 
-@pytest.mark.parametrize("frames", [
-    [], [b"nope", b"{}"], [b"raft1", b"not json"], [b"raft1", b"{}"],
-    encode(MESSAGES[1])[:-1],                      # an entry frame missing
-    [b"raft1", encode(MESSAGES[0])[1].replace(b"MsgVote", b"MsgBogus")],
-])
-def test_malformed_frames_raise_wire_error(frames: list[bytes]) -> None:
+def _bad_frames() -> list[bytes]:
+    good = encode(MESSAGES[1])
+    vote = encode(MESSAGES[0])
+    snap = encode(MESSAGES[5])
+    bad_type = bytearray(vote)
+    bad_type[5] = 200                                     # no such message type
+    bad_kind = bytearray(good)
+    bad_kind[len(encode(Message(MsgType.APP, 1, 3, 4))) + 16] = 9   # first entry's kind
+    return [
+        b"", b"nope", vote[:-1], b"raft1" + vote[5:],     # short, foreign, truncated, old magic
+        good[:-1],                                        # the last entry's data cut short
+        good + b"x",                                      # stray bytes
+        bytes(bad_type), bytes(bad_kind),
+        snap.replace(b'"v"', b'"q"'),                     # snapshot membership not decodable
+    ]
+
+
+@pytest.mark.parametrize("frame", _bad_frames())
+def test_malformed_frames_raise_wire_error(frame: bytes) -> None:
     with pytest.raises(WireError):
-        decode(frames)
+        decode(frame)
+
+
+def test_one_frame_with_binary_context_and_payloads() -> None:
+    m = Message(MsgType.APP, 2**40, 7, 2**50, log_term=3, index=2**33, commit=2**33 - 1,
+                entries=tuple(Entry(3, 2**33 + k, bytes(range(256)) * k) for k in range(1, 4)),
+                context=b"\x00\xff")
+    frame = encode(m)
+    assert isinstance(frame, bytes)
+    assert decode(frame) == m
+    assert decode(encode(Message(MsgType.PROP, 1, 2, 3, entries=(Entry(0, 0, b"cmd"),)))).entries[0].data == b"cmd"

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
-from deft.runtime.consensus import Config, Entry, EntryKind, MemoryStorage, NotLeader, RaftCore, Role
+from deft.runtime.consensus import (Config, Entry, EntryKind, MemoryStorage, Message, MsgType, NotLeader,
+                                    RaftCore, Role, codec)
 from deft.runtime.consensus.driver import RaftDriver
 
 IDS = (1, 2, 3)
@@ -20,7 +21,7 @@ def ctx() -> Iterator[zmq.Context]:
     c.destroy(linger=0)
 
 
-def make_cluster(ctx: zmq.Context) -> tuple[dict[int, RaftDriver], dict[int, list[bytes]]]:
+def make_cluster(ctx: zmq.Context, **driver_kw: float) -> tuple[dict[int, RaftDriver], dict[int, list[bytes]]]:
     applied: dict[int, list[bytes]] = {i: [] for i in IDS}
     drivers = {}
     for i in IDS:
@@ -32,7 +33,7 @@ def make_cluster(ctx: zmq.Context) -> tuple[dict[int, RaftDriver], dict[int, lis
                 applied[i].append(e.data)
 
         drivers[i] = RaftDriver(core, storage, "tcp://127.0.0.1:*", apply,
-                                restore=lambda s: None, tick_seconds=0.01, ctx=ctx)
+                                restore=lambda s: None, tick_seconds=0.01, ctx=ctx, **driver_kw)
     endpoints = {i: d.endpoint for i, d in drivers.items()}
     for d in drivers.values():
         d.connect(endpoints)
@@ -71,6 +72,181 @@ def test_elect_commit_and_fail_over(ctx: zmq.Context) -> None:
         assert new is not None and new.core.term > first.core.term
         new.propose(b"two")
         run_until(rest, lambda: all(applied[i] == [b"one", b"two"] for i in rest))
+    finally:
+        for d in drivers.values():
+            d.close()
+
+
+def quiet_ticks(drivers: dict[int, RaftDriver]) -> None:
+    """No more ticks (no heartbeats, no elections) during a test's exact ordering checks."""
+    for d in drivers.values():
+        d.tick_seconds = 3600.0
+        d.next_tick = d.clock() + 3600.0
+
+
+def settle(drivers: dict[int, RaftDriver], rounds: int = 20) -> None:
+    for _ in range(rounds):
+        for d in drivers.values():
+            d.run_once(max_wait=0.002)
+
+
+def test_a_commit_is_applied_before_the_appends_that_spread_it(
+        ctx: zmq.Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The leader answers its client (applies) first, then tells the followers the new commit;
+    and it applies as soon as the first ack commits the entry, before reading the second ack.
+    A follower acks first, then applies. (No coalescing here: the commit goes out at once.)"""
+    drivers, applied = make_cluster(ctx, coalesce_seconds=0)
+    events: list[tuple[str, object]] = []
+    encode, decode = codec.encode, codec.decode
+
+    def logged_encode(m: Message) -> bytes:
+        events.append(("send", m))
+        return encode(m)
+
+    def logged_decode(frame: bytes) -> Message:
+        m = decode(frame)
+        events.append(("recv", m))
+        return m
+
+    try:
+        run_until(drivers, lambda: leader(drivers) is not None)
+        lead = leader(drivers)
+        assert lead is not None
+        lead.propose(b"warm")
+        run_until(drivers, lambda: all(a == [b"warm"] for a in applied.values()))
+        settle(drivers)
+        quiet_ticks(drivers)
+        orig_apply = lead.apply
+        lead.apply = lambda e: (events.append(("apply", e)), orig_apply(e))  # type: ignore[method-assign]
+        monkeypatch.setattr(codec, "encode", logged_encode)
+        monkeypatch.setattr(codec, "decode", logged_decode)
+        index = lead.propose(b"x")
+        followers = [d for d in drivers.values() if d is not lead]
+        run_until({d.core.id: d for d in followers},
+                  lambda: all(d.core.log.stable >= index for d in followers))
+        time.sleep(0.05)  # both acks are now queued at the leader
+        events.clear()
+        lead.run_once(max_wait=0.05)
+        kinds = [(k, getattr(x, "type", None)) for k, x in events]
+        first_apply = next(i for i, (k, x) in enumerate(events)
+                           if k == "apply" and x.data == b"x")  # type: ignore[attr-defined]
+        acks = [i for i, (k, x) in enumerate(events) if k == "recv" and x.type is MsgType.APP_RESP
+                and x.index >= index]  # type: ignore[attr-defined]
+        spread = [i for i, (k, x) in enumerate(events) if k == "send" and x.type is MsgType.APP
+                  and x.commit >= index]  # type: ignore[attr-defined]
+        assert len(acks) == 2 and spread, kinds
+        assert acks[0] < first_apply < acks[1], kinds  # the first ack commits: applied at once
+        assert first_apply < min(spread), kinds
+        # A follower: its ack goes out before it applies what the commit covers.
+        fol = followers[0]
+        fol_apply = fol.apply
+        fol.apply = lambda e: (events.append(("apply", e)), fol_apply(e))  # type: ignore[method-assign]
+        events.clear()
+        run_until({fol.core.id: fol}, lambda: applied[fol.core.id][-1:] == [b"x"])
+        ack = next(i for i, (k, x) in enumerate(events) if k == "send" and x.type is MsgType.APP_RESP)  # type: ignore[attr-defined]
+        fol_applied = next(i for i, (k, x) in enumerate(events) if k == "apply")
+        assert ack < fol_applied, [(k, getattr(x, "type", None)) for k, x in events]
+    finally:
+        for d in drivers.values():
+            d.close()
+
+
+def test_proposals_go_out_before_the_backlog_and_bad_frames_are_dropped(
+        ctx: zmq.Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    drivers, applied = make_cluster(ctx)
+    events: list[str] = []
+    encode = codec.encode
+    wake_in, wake_out = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    wake_in.bind("inproc://wake")
+    wake_out.connect("inproc://wake")
+    junk = ctx.socket(zmq.DEALER)
+    junk.linger = 0
+    try:
+        run_until(drivers, lambda: leader(drivers) is not None)
+        lead = leader(drivers)
+        assert lead is not None
+        settle(drivers)
+        quiet_ticks(drivers)
+
+        def on_wake() -> None:
+            wake_in.recv()
+            lead.propose(b"p")
+
+        lead.watch(wake_in, on_wake)
+        monkeypatch.setattr(codec, "encode", lambda m: (events.append(f"send {m.type.value}"), encode(m))[1])
+        orig_on_frames = lead._on_frames
+        monkeypatch.setattr(lead, "_on_frames", lambda f: (events.append("read backlog"), orig_on_frames(f)))
+        junk.connect(lead.endpoint)
+        junk.send_multipart([b"raft2", b"two frames"])   # not one frame: dropped
+        junk.send(b"raft2 but not a message")            # one frame, undecodable: dropped
+        time.sleep(0.1)
+        wake_out.send(b"")
+        time.sleep(0.02)
+        lead.run_once(max_wait=0.05)
+        assert events[:3] == ["send MsgApp", "send MsgApp", "read backlog"], events
+        assert lead.dropped["bad_frames"] == 2
+        run_until(drivers, lambda: all(a == [b"p"] for a in applied.values()))
+    finally:
+        for s in (wake_in, wake_out, junk):
+            s.close(linger=0)
+        for d in drivers.values():
+            d.close()
+
+
+def test_commit_only_appends_wait_for_the_next_proposal_or_coalesce_seconds(
+        ctx: zmq.Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An append that only tells a follower the new commit is held up to ``coalesce_seconds``:
+    the next proposal's append (which carries that commit too) replaces it; alone, it
+    still goes out once the time is up, so idle followers learn the commit."""
+    drivers, applied = make_cluster(ctx, coalesce_seconds=0.5)
+    sent: list[Message] = []
+    encode = codec.encode
+    try:
+        run_until(drivers, lambda: leader(drivers) is not None)
+        lead = leader(drivers)
+        assert lead is not None
+        lead.propose(b"warm")
+        run_until(drivers, lambda: all(a == [b"warm"] for a in applied.values()))
+        settle(drivers)
+        quiet_ticks(drivers)
+        monkeypatch.setattr(codec, "encode", lambda m: (sent.append(m), encode(m))[1])
+        followers = {d.core.id: d for d in drivers.values() if d is not lead}
+        for k in range(5):  # one at a time, each as soon as the previous one is applied
+            index = lead.propose(b"op%d" % k)
+            run_until(drivers, lambda: applied[lead.core.id][-1:] == [b"op%d" % k])
+            assert lead._held  # the commit for op k waits
+        # Nothing but appends with entries (and their acks) was sent: no commit-only appends.
+        apps = [m for m in sent if m.type is MsgType.APP and m.src == lead.core.id]
+        assert apps and all(m.entries for m in apps), [m.describe() for m in apps]
+        # Followers hold op0..op3 applied (carried by the next appends); op4's commit is held.
+        assert all(applied[i][-1:] == [b"op3"] for i in followers)
+        t = time.monotonic()
+        run_until(drivers, lambda: all(applied[i][-1:] == [b"op4"] for i in followers), timeout=2.0)
+        assert time.monotonic() - t < 1.5
+        assert not lead._held
+        assert [m.commit for m in sent if m.type is MsgType.APP and not m.entries] == [index, index]
+    finally:
+        for d in drivers.values():
+            d.close()
+
+
+def test_a_follower_that_forwarded_a_proposal_learns_its_commit_at_once(ctx: zmq.Context) -> None:
+    """Its clients wait for it to apply the forwarded entry: no coalescing delay for it."""
+    drivers, applied = make_cluster(ctx, coalesce_seconds=5.0)
+    try:
+        run_until(drivers, lambda: leader(drivers) is not None)
+        lead = leader(drivers)
+        assert lead is not None
+        settle(drivers)
+        quiet_ticks(drivers)
+        fol, other = [d for d in drivers.values() if d is not lead]
+        t = time.monotonic()
+        assert fol.propose_or_forward(b"fwd") is None
+        run_until(drivers, lambda: applied[fol.core.id] == [b"fwd"], timeout=2.0)
+        assert time.monotonic() - t < 1.0
+        assert not lead._forwarded
+        # The other follower, which forwarded nothing, still gets the commit only later.
+        assert applied[other.core.id] == [] and other.core.id in lead._held
     finally:
         for d in drivers.values():
             d.close()
