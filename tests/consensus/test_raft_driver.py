@@ -84,6 +84,18 @@ def quiet_ticks(drivers: dict[int, RaftDriver]) -> None:
         d.next_tick = d.clock() + 3600.0
 
 
+def warm_leader(drivers: dict[int, RaftDriver], applied: dict) -> RaftDriver:
+    """Elect a leader, commit one entry everywhere, let the cluster go quiet; the leader."""
+    run_until(drivers, lambda: leader(drivers) is not None)
+    lead = leader(drivers)
+    assert lead is not None
+    lead.propose(b"warm")
+    run_until(drivers, lambda: all(a == [b"warm"] for a in applied.values()))
+    settle(drivers)
+    quiet_ticks(drivers)
+    return lead
+
+
 def settle(drivers: dict[int, RaftDriver], rounds: int = 20) -> None:
     for _ in range(rounds):
         for d in drivers.values():
@@ -109,13 +121,7 @@ def test_a_commit_is_applied_before_the_appends_that_spread_it(
         return m
 
     try:
-        run_until(drivers, lambda: leader(drivers) is not None)
-        lead = leader(drivers)
-        assert lead is not None
-        lead.propose(b"warm")
-        run_until(drivers, lambda: all(a == [b"warm"] for a in applied.values()))
-        settle(drivers)
-        quiet_ticks(drivers)
+        lead = warm_leader(drivers, applied)
         orig_apply = lead.apply
         lead.apply = lambda e: (events.append(("apply", e)), orig_apply(e))  # type: ignore[method-assign]
         monkeypatch.setattr(codec, "encode", logged_encode)
@@ -202,13 +208,7 @@ def test_commit_only_appends_wait_for_the_next_proposal_or_coalesce_seconds(
     sent: list[Message] = []
     encode = codec.encode
     try:
-        run_until(drivers, lambda: leader(drivers) is not None)
-        lead = leader(drivers)
-        assert lead is not None
-        lead.propose(b"warm")
-        run_until(drivers, lambda: all(a == [b"warm"] for a in applied.values()))
-        settle(drivers)
-        quiet_ticks(drivers)
+        lead = warm_leader(drivers, applied)
         monkeypatch.setattr(codec, "encode", lambda m: (sent.append(m), encode(m))[1])
         followers = {d.core.id: d for d in drivers.values() if d is not lead}
         for k in range(5):  # one at a time, each as soon as the previous one is applied
