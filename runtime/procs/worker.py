@@ -366,6 +366,7 @@ class Worker:
             pending.results = STALE
             return
         self.gclient.submit(pending)
+        failpoint("worker_global_proposed")  # tests: die with the entry maybe sent, maybe not
 
     def finish_global(self, slot: PairSlot) -> None:
         """The waiting batch's results are in: final verdicts, release, then what arrived meanwhile."""
@@ -380,6 +381,7 @@ class Worker:
                              pending.batch_id, slot.role.core.next_batch if slot.role else "unreplicated")
         failpoint("worker_global_applied")  # tests: die with the entry applied, the batch unknown to the secondary
         self.release_batch(slot, pending.records, pending.inputs)
+        failpoint("worker_global_submitted")  # tests: die with the batch's prepare sent (or queued)
         slot.resume()
 
     def finish_global_now(self, slot: PairSlot) -> None:

@@ -7,11 +7,11 @@ the number of packets sent, exactly: every packet counted once, whatever
 failed (a replayed batch re-proposes its entry; the session gives the first
 result back).
 
-The fault: node 2's workers are armed with the failpoint
-``worker_global_applied=exit#N`` (``DEFT_FAILPOINTS``), so a primary there
-dies right after its batch's global entry was applied and before its 2PC
-prepare: the one window where the global state has a batch the secondary
-never heard of. The take-over must fence the dead primary's sessions, learn
+The faults: node 2's workers are armed with a failpoint (``DEFT_FAILPOINTS``,
+``<point>=exit#40``) at each step of a global batch: right after its entry is
+proposed, right after its results are in (``worker_global_applied``: before
+its 2PC prepare, the one window where the global state has a batch the
+secondary never heard of), and right after the batch went to 2PC. The take-over must fence the dead primary's sessions, learn
 that batch from the fence, rebuild it from the buffered packets and release
 it, with no packet lost, duplicated or reordered and no count doubled.
 A kill of the Raft leader's whole node (node 3) under the same traffic checks the
@@ -85,11 +85,16 @@ def start(tmp_path):
         assert not any(v for k, v in left.items() if not k.endswith("n3")), left
 
 
-def test_a_primary_dying_between_its_global_commit_and_its_prepare_counts_once(start, tmp_path):
-    cluster = start("worker_global_applied=exit#40")
+@pytest.mark.parametrize("point", ["worker_global_proposed", "worker_global_applied", "worker_global_submitted"])
+def test_a_primary_dying_at_each_step_of_a_global_batch_counts_it_once(start, tmp_path, point):
+    """Proposed (the entry maybe sent, maybe not), applied (the batch unknown to the secondary),
+    submitted (the prepare sent or still queued): every packet counted once, none lost."""
+    cluster = start(f"{point}=exit#40")
     report = traffic_report(traffic(cluster, tmp_path), tmp_path / "r.json")
     totals = worker_totals(cluster)
-    assert totals.get("takeover_rebuilt", 0) >= 1, totals    # the window was hit, and rebuilt
+    assert totals.get("takeovers", 0) >= 1 and totals.get("takeover_fenced", 0) >= 1, totals
+    if point == "worker_global_applied":
+        assert totals.get("takeover_rebuilt", 0) >= 1, totals    # the window was hit, and rebuilt
     assert totals.get("takeover_rebuilt_missing", 0) == 0, totals
     assert totals.get("global_timeouts", 0) == 0, totals
     check(report, counts(cluster)[0], totals)
