@@ -12,7 +12,7 @@ anything is replayed, the new primary proposes a fence on the dead primary's
 sessions (``kv.fence_entry``) and waits for it to be applied. The fence's
 result says what each of those sessions applied last, with the batch's meta
 (its packets' stamps and the split into NF calls, written by
-``Worker.hold_for_globals``); and nothing the dead primary still had in flight
+``GlobalBatches.hold``); and nothing the dead primary still had in flight
 can take effect after it. Then:
 
 * a replayed batch whose entry the fence reports runs its original NF calls
@@ -36,7 +36,7 @@ import numpy as np
 
 from deft.runtime.dataplane.packet import FORWARD
 from deft.runtime.dataplane.routes import FRESH, UNKNOWN
-from deft.runtime.procs.globals_client import GLOBAL_WAIT_S
+from deft.runtime.procs.globals_client import GLOBAL_WAIT_S, STALE
 from deft.runtime.procs.pairslot import GLOBAL_WINDOW, PairSlot, PendingBatch, replay_prefix
 
 TAKEOVER_COUNTERS = ("takeovers", "takeover_failed", "replay_released", "takeover_fenced",
@@ -201,17 +201,19 @@ class TakeOver:
                 slot.last_ops = []
                 segments.append((start, end, k0, k1))
                 start, k0 = end, k1
-            slot.apply_results(records, segments, w.results_of(applied.results, k0))
+            slot.apply_results(records, segments, w.globals.results_of(applied.results, k0))
             return records
         slot.replay(records)
         if slot.last_ops:  # the original batch's entry again: applied once (G4), its first results back
             ops, slot.last_ops = slot.last_ops, []
-            if applied is not None:
-                results = w.results_of(applied.results, len(ops))
+            if w.globals is None:   # a context that commits at once (LocalGlobals) applied them already
+                results = [STALE] * len(ops)
+            elif applied is not None:
+                results = w.globals.results_of(applied.results, len(ops))
             elif fresh:
-                results = w.commit_now(slot.session_name, slot.next_serial(), ops)
+                results = w.globals.commit_now(slot.session_name, slot.next_serial(), ops)
             else:
-                results = w.commit_now(self.old_sessions or "?", t, ops)
+                results = w.globals.commit_now(self.old_sessions or "?", t, ops)
             slot.apply_results(records, [(0, len(records), 0, len(ops))], results)
         return records
 

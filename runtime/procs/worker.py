@@ -24,7 +24,7 @@ in a ``PairSlot``:
    with replication, after the batch is committed by 2PC and recorded in the
    commit record (``release_committed``).
 
-6. Global operations (NFs with ``uses_globals``; see ``pairslot``): with
+6. Global operations (NFs with ``uses_globals``; ``globalbatches``, ``pairslot``): with
    ``[raft]``, an output batch whose NF calls queued ops is held while its
    ops go to the node's supervisor as one entry (``GlobalClient``: a DEALER
    to the supervisor's ROUTER, polled in this loop, retried with the same
@@ -55,13 +55,13 @@ import numpy as np
 
 from deft.nfs import Context, make_nf, nf_class
 from deft.nfs.base import FlowTable
-from deft.runtime.consensus.failpoints import failpoint
 from deft.runtime.dataplane.commit_record import CommitRecord
 from deft.runtime.dataplane.packet import FORWARD, PACKET_DTYPE
 from deft.runtime.dataplane.routes import NONE, W_PAIRS, Routes
-from deft.runtime.procs.globals_client import GLOBAL_WAIT_S, STALE, GlobalClient
-from deft.runtime.procs.pairslot import SLOT_COUNTERS, PairSlot, PendingBatch, replay_prefix, session_of
-from deft.runtime.procs.takeover import TAKEOVER_COUNTERS, TakeOver, batch_meta
+from deft.runtime.procs.globalbatches import GlobalBatches
+from deft.runtime.procs.globals_client import GlobalClient
+from deft.runtime.procs.pairslot import SLOT_COUNTERS, PairSlot
+from deft.runtime.procs.takeover import TAKEOVER_COUNTERS, TakeOver
 from deft.runtime.ring import Doorbell, Ring
 from deft.runtime.ring.fdbell import FdBell
 from deft.runtime.stats import CounterBlock
@@ -141,6 +141,7 @@ class Worker:
             self.codec = Codec(self.new_table().export_dtype())
             self.secondaries = SecondaryRoles(self, endpoint_of(cfg.node.replication, index))
         self.gclient: GlobalClient | None = None
+        self.globals: GlobalBatches | None = None   # output batches waiting for their global results
         self._slot_ids = itertools.count()
         if make_nf(cfg.nf.kind, cfg.nf_params(), Context(0, 1)).uses_globals:  # may depend on params
             import zmq
@@ -149,6 +150,7 @@ class Worker:
                 self.zctx = zmq.Context()
             # the supervisor serves them: from its Raft member, or (no [raft]) from one state for the node
             self.gclient = GlobalClient(self.zctx, topo.node_id, self.count)
+            self.globals = GlobalBatches(self, self.gclient)
         self._published = [c for c in self.stats.fields if c != "ready"]
         self._published_at = np.array([self.stats.index[c] for c in self._published], dtype=np.int64)
         self.refresh()
@@ -207,7 +209,8 @@ class Worker:
         role = slot.role
         if role is not None and role.key == key:
             return
-        self.finish_global_now(slot)  # a batch waiting for its global results goes out under the old role
+        if self.globals is not None:  # a batch waiting for its global results goes out under the old role
+            self.globals.finish_now(slot)
         core = None
         if role is not None:
             slot.role = None
@@ -232,7 +235,8 @@ class Worker:
         slot.role.staged.update(role_staged)
         if slot.out.n:  # processed already: the sync's state includes it, so it must be a batch before the sync
             self.release(slot)
-            self.finish_global_now(slot)
+            if self.globals is not None:
+                self.globals.finish_now(slot)
         slot.role.start_sync(max(gen, core.epoch + 1))
         slot.session_epoch = slot.role.core.epoch  # batches from here on are replayable: named after it
 
@@ -323,110 +327,11 @@ class Worker:
 
     # -- output ------------------------------------------------------------------------------------------
     def release(self, slot: PairSlot) -> None:
-        if slot.has_global_ops() and self.gclient is not None:
-            self.hold_for_globals(slot)
+        if slot.has_global_ops() and self.globals is not None:
+            self.globals.hold(slot)
             return
         batch, inputs = slot.take_output()
         self.release_batch(slot, batch, inputs)
-
-    # -- global operations ------------------------------------------------------------------------------
-    def session_prefix(self, slot: PairSlot) -> tuple[str, int, int]:
-        """(session name, batch number, expected 2PC batch id or -1) of the slot's next output batch.
-
-        Batches a secondary may replay (prepared under the 2PC epoch this worker
-        started with its Sync) are named after this primary and that epoch
-        (``replay_prefix``: node id, instance, epoch, all known to the
-        secondary) and numbered by their 2PC batch id, so a take-over replaying
-        batch t re-proposes exactly that entry. Any other batch (no secondary;
-        a core taken over or fresh, before its first Sync) is never replayed:
-        the slot numbers those and names them after this process, so they
-        cannot collide with another primary's (a dead primary's batch whose
-        entry was committed but never prepared has the taken core's next id).
-        """
-        role = slot.role
-        if role is not None and role.core.epoch == slot.session_epoch:
-            t = role.core.next_batch
-            return replay_prefix(slot.pair, self.cfg.node.id, self.index, role.core.epoch), t, t
-        return slot.session_name, slot.next_serial(), -1
-
-    def hold_for_globals(self, slot: PairSlot) -> None:
-        """Take the output buffer as a batch waiting for its global results; send its entry."""
-        from deft.runtime.consensus.kv import BadCommand, batch_entry
-
-        pending = slot.hold()
-        prefix, pending.t, pending.batch_id = self.session_prefix(slot)
-        pending.client, pending.seq = session_of(prefix, pending.t)
-        # a replayable batch carries its stamps and NF calls: a take-over rebuilds it from them if the
-        # primary dies after the entry is applied and before the secondary heard of the batch
-        meta = batch_meta(pending.records, pending.segments) if pending.batch_id >= 0 else None
-        try:
-            pending.entry = batch_entry(pending.client, pending.seq, pending.ops, meta)
-        except (BadCommand, TypeError, ValueError) as exc:  # an NF queued what JSON cannot carry
-            self.log.error("pair %d: global ops not encodable (%s); judged on the local replica", slot.pair, exc)
-            pending.results = STALE
-            return
-        self.gclient.submit(pending)
-        failpoint("worker_global_proposed")  # tests: die with the entry maybe sent, maybe not
-
-    def finish_global(self, slot: PairSlot) -> None:
-        """The waiting batch's results are in: final verdicts, release, then what arrived meanwhile."""
-        pending = slot.waiting
-        results = self.results_of(pending.results, len(pending.ops))
-        slot.apply_results(pending.records, pending.segments, results)
-        self.count["global_batches"] += 1
-        self.count["global_ops"] += len(pending.ops)
-        self.count["global_ns"] = time.monotonic_ns() - pending.sent_ns if pending.sent_ns else 0
-        if pending.batch_id >= 0 and (slot.role is None or slot.role.core.next_batch != pending.batch_id):
-            self.log.warning("pair %d: batch committed its global ops as batch %d but goes out as %s", slot.pair,
-                             pending.batch_id, slot.role.core.next_batch if slot.role else "unreplicated")
-        failpoint("worker_global_applied")  # tests: die with the entry applied, the batch unknown to the secondary
-        self.release_batch(slot, pending.records, pending.inputs)
-        failpoint("worker_global_submitted")  # tests: die with the batch's prepare sent (or queued)
-        slot.resume()
-
-    def finish_global_now(self, slot: PairSlot) -> None:
-        """Wait here for the waiting batch's results and release it (role changes: rare, short)."""
-        if slot.waiting is None:
-            return
-        if slot.waiting.results is None:
-            self.gclient.wait(slot.waiting, GLOBAL_WAIT_S)
-        self.finish_global(slot)
-
-    def commit_now(self, client_prefix: str, t: int, ops: list) -> list:
-        """Commit ``ops`` as batch ``t``'s entry and wait for the results (the take-over's replay path)."""
-        if self.gclient is None:
-            return [STALE] * len(ops)  # a context that commits at once (LocalGlobals) applied them already
-        from deft.runtime.consensus.kv import BadCommand, batch_entry
-
-        pending = PendingBatch(None, None, [], ops)
-        pending.t = t
-        pending.client, pending.seq = session_of(client_prefix, t)
-        try:
-            pending.entry = batch_entry(pending.client, pending.seq, ops)
-        except (BadCommand, TypeError, ValueError):
-            return [STALE] * len(ops)
-        self.gclient.submit(pending)
-        self.gclient.wait(pending, GLOBAL_WAIT_S)
-        return self.results_of(pending.results, len(ops))
-
-    def results_of(self, result, n: int) -> list:
-        """The per-op results of an applied entry; STALE for each if it was stale or does not fit."""
-        from deft.runtime.consensus.kv import batch_results
-
-        try:
-            results = batch_results(result, n)
-        except ValueError:  # a replay whose NF call queued other ops than the original batch's calls
-            results = [STALE] * n
-        if n and results[0] == STALE:
-            self.count["global_stale"] += 1
-        return results
-
-    def poll_globals(self, now_ns: int) -> None:
-        self.gclient.poll()
-        self.gclient.tick(time.monotonic())
-        for slot in list(self.slots.values()):
-            if slot.waiting is not None and slot.waiting.results is not None:
-                self.finish_global(slot)
 
     def release_batch(self, slot: PairSlot, batch: np.ndarray, inputs: np.ndarray | None) -> None:
         verdict = batch["verdict"]
@@ -527,8 +432,8 @@ class Worker:
             now = time.monotonic_ns()
             if self.secondaries is not None:
                 self.poll_replication(now)
-            if self.gclient is not None:
-                self.poll_globals(now)
+            if self.globals is not None:
+                self.globals.poll()
             self.refresh()
             self.housekeeping(now)
             released = False

@@ -144,7 +144,7 @@ def scan(flows, ports):
 def settle(worker, until, timeout=2.0):
     deadline = time.monotonic() + timeout
     while not until() and time.monotonic() < deadline:
-        worker.poll_globals(time.monotonic_ns())
+        worker.globals.poll()
         time.sleep(0.002)
     assert until()
 
@@ -224,7 +224,7 @@ def test_garbage_on_the_channel_is_counted_and_ignored_and_the_replica_follows_t
     for junk in ([b"x"], [MAGIC, b"1", b"not json"], [MAGIC, req[2], b"[1, 2]"], [b"\xff" * 3, b"", b"", b""]):
         sup.router.send_multipart([ident, *junk])
     time.sleep(0.05)
-    worker.poll_globals(time.monotonic_ns())
+    worker.globals.poll()
     assert worker.count["global_bad_frames"] == 4 and slot.waiting is not None
     sup.answer(req)
     settle(worker, lambda: slot.waiting is None)
@@ -235,7 +235,7 @@ def test_garbage_on_the_channel_is_counted_and_ignored_and_the_replica_follows_t
         sup.pub.send(b"garbage")
         sup.pub.send(orjson.dumps({"k": 7}))
         time.sleep(0.02)
-        worker.poll_globals(time.monotonic_ns())
+        worker.globals.poll()
     assert slot.ctx.globals.local("k") == 7 and worker.count["global_bad_frames"] > 4
     with pytest.raises(TypeError):
         slot.ctx.globals.replica["k"] = 8  # read-only for the NF
@@ -280,7 +280,7 @@ def test_without_raft_the_node_shares_one_in_process_state(node, node_id):
             while slot.waiting is not None and time.monotonic() < deadline:
                 if channel.sock.poll(5):
                     channel.handle_all()
-                worker.poll_globals(time.monotonic_ns())
+                worker.globals.poll()
             assert len(out.pop(10)) == back
         assert channel.gs.kv.data["portscan/192.0.2.66"].keys() == {f"10.0.0.5:{p}" for p in range(1, 6)}
         settle(worker, lambda: len(slot.ctx.globals.local("portscan/192.0.2.66") or {}) == 5)   # the PUB
