@@ -15,7 +15,7 @@ a secondary on another node. A worker binds one replication ROUTER at
   (``dup = 1`` records) are buffered by stamp in the core, Prepares staged
   and voted on, Commits applied to the replica's own table. When the routes
   make this worker the pair's primary, the worker takes the replica over
-  (``Worker.take_over``).
+  (``takeover.TakeOver``).
 
 The 2PC epoch of a pair is its generation in the routes (the epoch of its
 last role change), so both sides derive it from the same route set and a
