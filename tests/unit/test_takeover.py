@@ -50,3 +50,91 @@ def test_before_finds_what_precedes_the_rebuilt_batch_in_its_flows():
     batch = records([(1, 7), (2, 3)])
     rest = records([(1, 5), (1, 9), (2, 2), (3, 1)])
     assert before(rest, batch).tolist() == [True, False, True, False]
+
+
+# -- rebuilding a batch the global state has and the replica never heard of ------------------------------
+
+class FakeWorker:
+    """What ``TakeOver.rebuild`` needs of a worker: counters, a log, release, the held-batch logic."""
+
+    def __init__(self):
+        import collections
+        import logging
+
+        from deft.runtime.procs.globalbatches import GlobalBatches
+
+        self.count = collections.Counter()
+        self.log = logging.getLogger("test")
+        self.released: list[tuple[int, list, list]] = []
+        self.proposed: list[tuple[str, int, list]] = []
+        worker = self
+
+        class Globals(GlobalBatches):
+            def commit_now(self, prefix, t, ops):   # fresh ops: what the Raft member would answer
+                worker.proposed.append((prefix, t, ops))
+                return [1] * len(ops)
+
+        self.globals = Globals(self, client=None)
+
+    def release_committed(self, pair, t, records, forward):
+        stamps = list(zip(records["flow_id"].tolist(), records["seq"].tolist()))
+        self.released.append((t, stamps, [stamps[i] for i in forward.tolist()]))
+
+
+def portscan_slot(threshold: int):
+    import logging
+
+    from deft.nfs.base import GlobalOps
+    from deft.runtime.config import parse_config
+    from deft.runtime.procs.pairslot import PairSlot
+
+    cfg = parse_config({"node": {"id": "t"}, "nf": {"kind": "portscan", "instances": 1,
+                                                    "params": {"threshold": threshold}}}, "t.toml")
+    return PairSlot(cfg, 0, 1, logging.getLogger("test"), adopt_unknown=False, keep_inputs=True,
+                    global_ops=GlobalOps())
+
+
+def takeover_of(worker, slot):
+    from deft.runtime.procs.takeover import TakeOver
+
+    to = TakeOver(worker, 0, 7, 1)
+    to.slot, to.old_sessions = slot, "pair0/n2.0/e3"
+    return to
+
+
+def scan_records():
+    from tests.unit.test_global_worker import CLIENT, SCANNER, VICTIM, Flows
+
+    flows = Flows()
+    first = flows.batch([(SCANNER, 40000, VICTIM, 1), (SCANNER, 40000, VICTIM, 2), (CLIENT, 5000, VICTIM, 443)])
+    later = flows.batch([(CLIENT, 5000, VICTIM, 443), (SCANNER, 40000, VICTIM, 3)])
+    return np.concatenate([first, later])   # stamps: (1,1) (2,1) (3,1) (3,2) (4,1)
+
+
+def test_a_rebuilt_batch_runs_its_calls_with_the_recorded_results_after_what_precedes_it():
+    """The dead primary's batch t = [(1,1) (2,1)] [(3,2) (4,1)] (two NF calls) was applied with
+    window counts 1, 2, 3: the third is over the threshold of 2, so the scanner's (4,1) is dropped,
+    though this slot never counted anything. The client's (3,1) precedes (3,2) in its flow: it goes
+    first, as fresh input under this slot's own session. What is left of the buffer stays."""
+    worker, slot = FakeWorker(), portscan_slot(threshold=2)
+    rest = scan_records()
+    applied = AppliedBatch([1, 2, 3], [[2, 2], [4, 3]], [1, 2, 3, 4], [1, 1, 2, 1])
+    left = takeover_of(worker, slot).rebuild(9, applied, rest)
+    assert len(left) == 0
+    assert worker.released == [(9, [(3, 1)], [(3, 1)]),
+                                (9, [(1, 1), (2, 1), (3, 2), (4, 1)], [(1, 1), (2, 1), (3, 2)])]
+    # the client's first packet counted its pair, a new op under this slot's sessions (not the dead primary's)
+    assert [(prefix, [op[:2] for op in ops]) for prefix, _t, ops in worker.proposed] == \
+        [("pair0/local", [("add_to_window", "portscan/10.0.0.7")])]
+    assert worker.count["takeover_rebuilt"] == 1 and worker.count["takeover_rebuilt_before"] == 1
+    assert slot.ordering.next_expected == {1: 2, 2: 2, 3: 3, 4: 2}    # later copies are old news
+
+
+def test_a_rebuilt_batch_with_packets_missing_here_is_counted_and_judged_on_what_came_back():
+    worker, slot = FakeWorker(), portscan_slot(threshold=2)
+    rest = scan_records()[:2]                                      # (1,1) and (2,1) only
+    applied = AppliedBatch([1, 2, 3], [[2, 2], [3, 3]], [1, 2, 4], [1, 1, 1])
+    left = takeover_of(worker, slot).rebuild(9, applied, rest)
+    assert len(left) == 0 and worker.count["takeover_rebuilt_missing"] == 1
+    (t, stamps, _forwarded), = worker.released
+    assert (t, stamps) == (9, [(1, 1), (2, 1)])
