@@ -47,6 +47,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import zmq
 
 from deft.runtime.consensus import (Config, ConsensusError, Entry, EntryKind, NotLeader, NotReady, RaftCore,
@@ -102,16 +103,23 @@ class GlobalState:
     def _apply(self, entry: Entry) -> None:
         if entry.kind is not EntryKind.NORMAL:
             return
-        result = self.kv.apply(entry.data, entry.index)
-        cmd = Command.decode(entry.data)
+        d = orjson.loads(entry.data)   # once: the state machine and the answers share it
+        result = self.kv.apply_decoded(d, entry.index)
+        if not isinstance(d, dict):  # a batch of commands (encode_batch): nobody here waits on those
+            for c, r in zip(d, result):
+                self._after_apply(Command.from_dict(c), r, entry.index)
+            return
+        self._after_apply(Command.from_dict(d), result, entry.index)
+
+    def _after_apply(self, cmd: Command, result: Any, index: int) -> None:
         for respond in self._waiting.pop(cmd.client, []):
-            respond({"result": result, "index": entry.index})
+            respond({"result": result, "index": index})
         changes = {k: self.kv.data.get(k) for k in changed_keys(cmd)}
         if cmd.key.startswith(ADDR_PREFIX):
             self._learn_addresses(changes)
         batch = self._batch_waiting.pop((cmd.client, cmd.seq), None)
         if batch is not None:  # the changes too: the worker's replica must not depend on the PUB alone
-            batch({"ok": True, "results": result, "index": entry.index, "changes": changes})
+            batch({"ok": True, "results": result, "index": index, "changes": changes})
         if self.on_change is not None:
             self.on_change(changes)
 

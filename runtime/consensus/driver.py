@@ -12,7 +12,7 @@ drain Readys: persist (storage.save), send and apply (a leader applies first,
 a follower sends first), advance; confirmed ReadIndex reads are handed to
 ``on_read`` once the state machine has applied their index. Failpoints
 (``failpoints.py``) sit before persisting and right after it (before anything
-is applied or sent).
+is applied; before anything is sent, except the appends of a leader, see below).
 
 For the latency of one operation (client -> leader -> followers -> leader ->
 client) the loop drains early, not only once at the end of an iteration: right
@@ -27,8 +27,20 @@ when nothing follows, the held append goes out on time. Not held: appends to a
 follower whose forwarded proposals (MsgProp) it has not yet been told are
 committed (its clients wait for it to apply them). Holding or dropping
 such a message is safe: Raft tolerates delayed and lost messages (and an empty
-append carries no entry anyone waits for). Wire format: one binary frame per message
-(``codec.py``).
+append carries no entry anyone waits for).
+
+Two disk writes are kept off that path (``lazy_commit``, ``leader_sends_first``,
+both on by default). A Ready that only moves the commit index is not written:
+commit is volatile state in Raft (a restarted member learns it again from the
+leader), so it rides along with the next write of entries (one fsync for both)
+and ``close`` writes what is left (a member that crashed applies up to the
+commit it finds, the rest when the leader tells it again). And a leader sends the appends of a Ready
+with new entries before its own write of them (Raft dissertation §10.2.1): it
+counts itself towards a commit only when it steps an ack, after that write
+returned, so its write and the followers' overlap. Not when the Ready changes
+term or vote, or holds a snapshot: those are written before anything is sent.
+
+Wire format: one binary frame per message (``codec.py``).
 """
 
 from __future__ import annotations
@@ -56,8 +68,12 @@ class RaftDriver:
                  clock: Callable[[], float] = time.monotonic,
                  on_read: Callable[[bytes], None] | None = None,
                  net_filter: Callable[[Message], bool] | None = None,
-                 coalesce_seconds: float = 0.001) -> None:
+                 coalesce_seconds: float = 0.001, lazy_commit: bool = True,
+                 leader_sends_first: bool = True) -> None:
         """``net_filter(msg) -> False`` drops a message in either direction (fault tests).
+
+        ``lazy_commit``: a commit index alone is not written at once (see the module
+        docstring); ``leader_sends_first``: a leader's appends go out before its write.
 
         ``coalesce_seconds``: how long an append without entries (the leader telling
         a follower a new commit index) may wait for a later append to the same
@@ -92,6 +108,11 @@ class RaftDriver:
         #: follower -> last index after its forwarded proposals (MsgProp): commits go
         #: to it at once (it waits to apply them) until one covering that index was sent
         self._forwarded: dict[int, int] = {}
+        self.lazy_commit = lazy_commit
+        self.leader_sends_first = leader_sends_first
+        #: the hard state last written, and a newer one that only moved commit (not written yet)
+        self._saved_hs = core.hard_state()
+        self._unsaved_hs = None
 
     def connect(self, peers: dict[int, str]) -> None:
         """Open a DEALER to every other member: ``{node id: endpoint}``."""
@@ -190,35 +211,66 @@ class RaftDriver:
 
     def _drain(self) -> None:
         while (rd := self.core.ready()) is not None:
+            hs = rd.hard_state
+            # Only the commit index moved: it is volatile in Raft (a restarted member
+            # learns it again from the leader), so no write now; it rides along with
+            # the next write of entries, or is saved at close.
+            commit_only = (self.lazy_commit and hs is not None and not rd.entries and rd.snapshot is None
+                           and (hs.term, hs.vote) == (self._saved_hs.term, self._saved_hs.vote))
+            if commit_only:
+                self._unsaved_hs, hs = hs, None
+            elif hs is None and rd.entries and self._unsaved_hs is not None:
+                hs = self._unsaved_hs
+            leading = self.core.role is Role.LEADER
+            # A leader may send its appends before its own write (Raft dissertation
+            # §10.2.1): it counts itself for a commit only when it steps an ack, which
+            # happens after this write returns. Not when term or vote changed (a vote
+            # or its answer must follow the write of the vote).
+            send_first = (leading and self.leader_sends_first and rd.entries and rd.snapshot is None
+                          and (hs is None or (hs.term, hs.vote) == (self._saved_hs.term, self._saved_hs.vote)))
+            if send_first:
+                self._send_ready(rd)
             failpoint("raft_before_persist")
-            self.storage.save(rd.hard_state, rd.entries, rd.snapshot)  # durable first
+            if hs is not None or rd.entries or rd.snapshot is not None:
+                self.storage.save(hs, rd.entries, rd.snapshot)  # durable first
+                if hs is not None:
+                    self._saved_hs, self._unsaved_hs = hs, None
             failpoint("raft_after_persist")
             # A leader applies (answers its clients) before sending: what it sends
             # then are follow-ups (the new commit, further batches). A follower sends
             # first: its acks are what the leader waits for. The contract allows both.
-            leading = self.core.role is Role.LEADER
             if leading:
                 self._apply_ready(rd)
-            for m in rd.messages:
-                if m.type is MsgType.APP:
-                    waits = self._forwarded.get(m.dst)
-                    if waits is not None and m.commit >= waits:
-                        del self._forwarded[m.dst]  # this append tells it its entries committed
-                    if not m.entries and self.coalesce_seconds > 0 and waits is None:
-                        # Only a commit index to tell (or a probe): wait a little for an
-                        # append with entries, the next proposal's, that says it too.
-                        if not self._held:
-                            self._held_until = self.clock() + self.coalesce_seconds
-                        self._held[m.dst] = m  # an older held one is superseded
-                        continue
-                    # Built later, so its commit >= a held one's: that one is redundant.
-                    self._held.pop(m.dst, None)
-                self._send(m)
+            if not send_first:
+                self._send_ready(rd)
             if not leading:
                 self._apply_ready(rd)
             self._confirmed += rd.read_states
             self.core.advance(rd)
             self._serve_reads()
+
+    def _send_ready(self, rd: Ready) -> None:
+        for m in rd.messages:
+            if m.type is MsgType.APP:
+                waits = self._forwarded.get(m.dst)
+                if waits is not None and m.commit >= waits:
+                    del self._forwarded[m.dst]  # this append tells it its entries committed
+                if not m.entries and self.coalesce_seconds > 0 and waits is None:
+                    # Only a commit index to tell (or a probe): wait a little for an
+                    # append with entries, the next proposal's, that says it too.
+                    if not self._held:
+                        self._held_until = self.clock() + self.coalesce_seconds
+                    self._held[m.dst] = m  # an older held one is superseded
+                    continue
+                # Built later, so its commit >= a held one's: that one is redundant.
+                self._held.pop(m.dst, None)
+            self._send(m)
+
+    def flush_commit(self) -> None:
+        """Write a commit index that moved since the last write (at close: a restart applies up to it)."""
+        if self._unsaved_hs is not None:
+            self.storage.save(self._unsaved_hs, [], None)
+            self._saved_hs, self._unsaved_hs = self._unsaved_hs, None
 
     def _apply_ready(self, rd: Ready) -> None:
         if rd.snapshot is not None:
@@ -243,6 +295,10 @@ class RaftDriver:
                 self.on_read(rs.context)
 
     def close(self) -> None:
+        try:
+            self.flush_commit()
+        except Exception:  # noqa: BLE001 - closing anyway; the commit is learnt again from the leader
+            pass
         for s in self.dealers.values():
             s.close(linger=0)
         self.router.close(linger=0)

@@ -236,7 +236,10 @@ class KVStateMachine:
 
         Each command takes effect once per (client, seq); a retry returns the first result.
         """
-        d = orjson.loads(payload)
+        return self.apply_decoded(orjson.loads(payload), index)
+
+    def apply_decoded(self, d: Any, index: int | None = None) -> Any:
+        """``apply`` of an entry already decoded (``orjson.loads`` of its payload)."""
         fresh: set[str] = set()  # clients whose result window this entry replaced
         commands = [Command.from_dict(x) for x in d] if isinstance(d, list) else [Command.from_dict(d)]
         results = [self._apply(cmd, fresh, index) for cmd in commands]

@@ -250,3 +250,73 @@ def test_a_follower_that_forwarded_a_proposal_learns_its_commit_at_once(ctx: zmq
     finally:
         for d in drivers.values():
             d.close()
+
+
+def record_saves(d: RaftDriver, log: list) -> None:  # type: ignore[type-arg]
+    orig = d.storage.save
+
+    def save(hs, entries, snapshot=None):  # type: ignore[no-untyped-def]
+        log.append(("save", d.core.id, hs, len(entries)))
+        orig(hs, entries, snapshot)
+
+    d.storage.save = save  # type: ignore[method-assign]
+
+
+def test_a_commit_index_alone_is_not_written_it_rides_with_the_next_entries(ctx: zmq.Context) -> None:
+    """Commit is volatile: a Ready that only moves it costs no write (no fsync); the next write of
+    entries carries it, and close writes what is left."""
+    drivers, applied = make_cluster(ctx)
+    try:
+        lead = warm_leader(drivers, applied)
+        saves: list = []  # type: ignore[type-arg]
+        for d in drivers.values():
+            record_saves(d, saves)
+        lead.propose(b"a")
+        run_until(drivers, lambda: all(a[-1:] == [b"a"] for a in applied.values()))
+        settle(drivers)
+        index_a = lead.core.log.last_index()
+        assert saves and all(n > 0 for _, _, _, n in saves), saves   # entries only, no commit-only write
+        saves.clear()
+        lead.propose(b"b")
+        run_until(drivers, lambda: all(a[-1:] == [b"b"] for a in applied.values()))
+        settle(drivers)
+        lead_saves = [(hs, n) for _, i, hs, n in saves if i == lead.core.id]
+        assert lead_saves[0][1] == 1 and lead_saves[0][0] is not None and lead_saves[0][0].commit >= index_a
+        assert all(n > 0 for _, _, _, n in saves), saves
+        for d in drivers.values():
+            d.close()
+            assert d.storage.hard_state.commit == d.core.log.committed  # type: ignore[attr-defined]
+    finally:
+        for d in drivers.values():
+            d.close()
+
+
+@pytest.mark.parametrize("sends_first", [True, False])
+def test_a_leader_sends_its_appends_before_writing_them_a_follower_acks_after(
+        ctx: zmq.Context, monkeypatch: pytest.MonkeyPatch, sends_first: bool) -> None:
+    drivers, applied = make_cluster(ctx, leader_sends_first=sends_first)
+    events: list = []  # type: ignore[type-arg]
+    encode = codec.encode
+    try:
+        lead = warm_leader(drivers, applied)
+        for d in drivers.values():
+            record_saves(d, events)
+        monkeypatch.setattr(codec, "encode", lambda m: (events.append(("send", m.src, m.type, m)), encode(m))[1])
+        events.clear()
+        lead.propose(b"x")  # outside run_once: drained at once
+        kinds = [(e[0], e[1], e[2] if e[0] == "send" else e[3]) for e in events]
+        appends = [k for k, e in enumerate(events) if e[0] == "send" and e[2] is MsgType.APP and e[3].entries]
+        write = next(k for k, e in enumerate(events) if e[0] == "save" and e[3] == 1)
+        assert len(appends) == 2, kinds
+        assert (max(appends) < write) if sends_first else (write < min(appends)), kinds
+        events.clear()
+        run_until(drivers, lambda: all(a[-1:] == [b"x"] for a in applied.values()))
+        for fol in (d for d in drivers.values() if d is not lead):
+            fid = fol.core.id
+            written = next(k for k, e in enumerate(events) if e[0] == "save" and e[1] == fid and e[3] == 1)
+            acked = next(k for k, e in enumerate(events) if e[0] == "send" and e[1] == fid
+                         and e[2] is MsgType.APP_RESP)
+            assert written < acked, events
+    finally:
+        for d in drivers.values():
+            d.close()
