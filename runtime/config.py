@@ -214,7 +214,7 @@ def parse_config(raw: dict, source: str = "<config>") -> NodeConfig:
 
 
 def _raft_section(raw: dict, source: str):
-    """``[raft] id, members, learners, data_dir, fsync, tick_ms``: this node in the global-state Raft.
+    """``[raft] id, members, learners, data_dir, fsync, tick_ms, snapshot_every``: this node in the Raft.
 
     ``members`` are the voters every node starts with; ``learners`` (optional) members that
     receive the log without voting. A node joining a running cluster lists itself under
@@ -231,7 +231,7 @@ def _raft_section(raw: dict, source: str):
         raise p.error("id", f"{member_id} is not in members ({sorted(members)}) or learners ({sorted(learners)})")
     section = RaftSection(id=member_id, members=members, data_dir=p.str("data_dir"),
                           fsync=p.bool("fsync", True), tick_ms=p.int("tick_ms", 10, min=1, max=10_000),
-                          learners=learners)
+                          learners=learners, snapshot_every=p.int("snapshot_every", 10_000, min=1))
     p.check_unknown()
     return section
 

@@ -9,6 +9,7 @@ The supervisor hosts it when the config has a ``[raft]`` section::
     data_dir = "/var/lib/deft/node1-raft"              # term, vote and log, fsynced
     fsync = true
     tick_ms = 10                                       # election after 10 ticks, heartbeat every 2
+    snapshot_every = 10000                             # applied entries between snapshots
 
 A ``RaftDriver`` (``runtime/consensus/driver.py``) runs the pure core over
 ZeroMQ with a ``DiskStorage``; ``members`` are the voters every node starts
@@ -70,6 +71,7 @@ class RaftSection:
     fsync: bool
     tick_ms: int
     learners: dict[int, str] = dataclasses.field(default_factory=dict)
+    snapshot_every: int = 10_000
 
 
 class GlobalState:
@@ -98,6 +100,20 @@ class GlobalState:
         #: called with {key: value} of what each applied entry changed (the workers' PUB)
         self.on_change: Callable[[dict[str, Any]], None] | None = None
         self.worker_counts: dict[str, int] = {}  # the WorkerChannel's counters, in status
+
+    def maybe_compact(self) -> bool:
+        """Every ``snapshot_every`` applied entries, snapshot the state machine and drop the log up to it.
+
+        Without it the log grows for ever, on disk and in memory (``DiskStorage`` keeps its entries),
+        and a restart replays all of it. Called between Readys (after ``run_once``); followers that
+        need what was dropped get the snapshot (InstallSnapshot).
+        """
+        applied = self.core.log.applied
+        base = self.core.snapshot.index if self.core.snapshot is not None else 0
+        if applied - base < self.cfg.snapshot_every:
+            return False
+        self.storage.compact(self.core.compact(applied, self.kv.snapshot()))
+        return True
 
     # -- the state machine side --------------------------------------------------------------
     def _apply(self, entry: Entry) -> None:
@@ -245,6 +261,7 @@ class GlobalState:
         core = self.core
         return {"id": self.cfg.id, "role": core.role.value, "term": core.term, "leader": core.lead,
                 "commit": core.log.committed, "applied": core.log.applied,
+                "snapshot": core.snapshot.index if core.snapshot is not None else 0,
                 "members": {str(k): v for k, v in sorted(self.addresses.items())},
                 "voters": list(core.membership.voters), "learners": list(core.membership.learners),
                 "progress": ({str(p): pr.match for p, pr in sorted(core.prs.items())}

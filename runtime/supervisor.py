@@ -458,6 +458,7 @@ class Supervisor:
                 wait_ms = self.heartbeats.due_in_ms() if self.heartbeats else 20
                 if self.globalstate:
                     self.globalstate.driver.run_once(max_wait=min(20, wait_ms) / 1000)
+                    self.globalstate.maybe_compact()
                 else:
                     events = dict(poller.poll(min(20, wait_ms)))
                     if self.control.sock in events:

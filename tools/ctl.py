@@ -63,7 +63,8 @@ def render_status(st: dict) -> str:
     raft = st.get("raft")
     if raft:
         lines.append(f"raft member {raft['id']}  {raft['role']}  term {raft['term']}  leader {raft['leader']}  "
-                     f"commit {raft['commit']}  applied {raft['applied']}  digest {raft['digest']}")
+                     f"commit {raft['commit']}  applied {raft['applied']}  snapshot {raft.get('snapshot', 0)}  "
+                     f"digest {raft['digest']}")
         if "voters" in raft:
             progress = raft.get("progress") or {}
             lines.append("  members: " + "  ".join(

@@ -8,6 +8,7 @@ a proposal to its leader (MsgProp).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -379,3 +380,48 @@ def test_a_follower_forwards_a_proposal_to_its_leader():
         cand.propose_or_forward(b"y")
     _deliver(cores)
     assert cores[3]._test_applied.count(b"on-leader") == 1
+
+
+def test_the_raft_log_is_compacted_every_snapshot_every_entries_and_a_restart_starts_from_the_snapshot(
+        tmp_path, node_id):
+    """Without compaction the log (on disk and in DiskStorage's memory) grows with every batch."""
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    endpoint = f"tcp://127.0.0.1:{port.getsockname()[1]}"
+    port.close()
+    section = RaftSection(1, {1: endpoint}, str(tmp_path / "raft"), False, 5, snapshot_every=20)
+    zctx = zmq.Context()
+    gs = GlobalState(section, node_id, zctx)
+    try:
+        deadline = time.monotonic() + 5
+        while gs.core.role.value != "leader" and time.monotonic() < deadline:
+            gs.driver.run_once(0.01)
+        answers = []
+        for n in range(1, 51):
+            gs.propose_entry(f"w/{n % 4}", n // 4 + 1, batch_entry(f"w/{n % 4}", n // 4 + 1, [["incr", "k", [1]]]),
+                             answers.append)
+            gs.driver.run_once(0.001)
+            compacted = gs.maybe_compact()
+            assert not compacted or gs.status()["snapshot"] == gs.core.log.applied
+        while len(answers) < 50 and time.monotonic() < deadline:
+            gs.driver.run_once(0.01)
+        gs.maybe_compact()
+        assert gs.kv.data["k"] == 50 and gs.status()["snapshot"] >= 40
+        assert len(gs.storage.load()[2]) < 20                 # what is left of the log after the snapshot
+        digest = gs.status()["digest"]
+    finally:
+        gs.close()
+    port = socket.socket()     # a new port: the old one's close completes asynchronously in zmq
+    port.bind(("127.0.0.1", 0))
+    section = dataclasses.replace(section, members={1: f"tcp://127.0.0.1:{port.getsockname()[1]}"})
+    port.close()
+    again = GlobalState(section, node_id, zctx)               # from the snapshot plus the rest of the log
+    try:
+        deadline = time.monotonic() + 5
+        while again.core.log.applied < again.core.log.committed or again.core.role.value != "leader":
+            again.driver.run_once(0.01)
+            assert time.monotonic() < deadline
+        assert again.kv.data["k"] == 50 and again.status()["digest"] == digest
+    finally:
+        again.close()
+        zctx.term()
