@@ -9,6 +9,9 @@
                                           # (3 gave false suspicions on a loaded 2-core machine)
     expect_nodes = 1                      # place the pairs once this many nodes are up; their number is
                                           # fixed from then on (later nodes only take secondaries)
+    fresh_grace_ms = 500                  # a pair whose every replica's node is suspected waits this long
+                                          # for one to come back (same process: state kept) before it
+                                          # restarts with fresh state
 
 One poll loop: heartbeats and failure notices in (garbage frames are counted
 and ignored), the failure detector ticked every heartbeat_ms, deft-ctl
@@ -58,6 +61,7 @@ class ControllerConfig:
     heartbeats: str
     heartbeat_ms: int
     miss_limit: int
+    fresh_grace_ms: int
     manage_routes: bool
     expect_nodes: int
 
@@ -80,6 +84,7 @@ def load_controller_config(path: str | Path) -> ControllerConfig:
         heartbeats=p.url("heartbeats", ("tcp", "ipc"), "tcp://127.0.0.1:7001"),
         heartbeat_ms=p.int("heartbeat_ms", 10, min=1, max=10_000),
         miss_limit=p.int("miss_limit", 5, min=1, max=1000),
+        fresh_grace_ms=p.int("fresh_grace_ms", 500, min=0, max=600_000),
         manage_routes=p.bool("manage_routes", True),
         expect_nodes=p.int("expect_nodes", 1, min=1, max=1000),
     )
@@ -168,7 +173,7 @@ class Controller:
                 return False
             from deft.runtime.controller.placement import Assignment
 
-            self.assignment = Assignment(members[0][3])
+            self.assignment = Assignment(members[0][3], fresh_grace_ms=self.cfg.fresh_grace_ms)
             self.assignment.place({n: k for n, _, k, _, _ in members})
             return True
         usable = self.usable()
@@ -177,7 +182,8 @@ class Controller:
             if node.state == "failed":
                 if node.id not in self.handled_nodes:
                     self.handled_nodes.add(node.id)
-                    changed |= bool(self.assignment.node_failed(node.id, usable))
+                    silent = self.view.fdu.members[node.id].last_ms if node.id in self.view.fdu.members else None
+                    changed |= bool(self.assignment.node_failed(node.id, usable, now_ms(), silent))
                 continue
             self.handled_nodes.discard(node.id)
             for info in node.instances.values():
@@ -187,7 +193,7 @@ class Controller:
                     changed |= bool(self.assignment.instance_failed((node.id, info.index), decisions, usable))
                 elif info.state == "up":
                     self.handled_instances.discard(info.id)
-        changed |= bool(self.assignment.fill(usable))
+        changed |= bool(self.assignment.fill(usable, now_ms(), self.view.survivors()))
         return changed or members != self.placed
 
     def maybe_push_routes(self) -> None:

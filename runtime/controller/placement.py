@@ -13,6 +13,14 @@ where they are served:
   busy first; none if there is no such instance, until one comes up;
 * a pair whose primary failed without a secondary restarts with fresh state
   on a live instance (its flows' state is lost: no redundancy was left).
+  When that is only suspected (its nodes stopped beating: a crash, or a
+  stall such as overload or a paused VM), it first waits ``fresh_grace_ms``
+  (*stranded*): if the primary comes back as the same process, it keeps the
+  pair and its state; when the grace is over, the pair restarts fresh. (When
+  a primary's and then its secondary's nodes are suspected in one look, the
+  pair first goes to the secondary, a take-over, and strands there: the
+  secondary picked for it meanwhile has no replica yet. Likewise a secondary
+  picked less than ``SYNC_ALLOWANCE_MS`` before its primary fell silent.)
 
 A pair's *generation* is the epoch at which its primary or secondary last
 changed; workers rebuild a pair's replication only when it changes.
@@ -27,6 +35,10 @@ from deft.runtime.dataplane.routes import FRESH, NONE, UNKNOWN  # the route set'
 
 Instance = tuple[str, int]  # (node id, instance index)
 
+#: A secondary counts as a replica of a suspected primary only if it was picked this long before the
+#: primary fell silent: time for the route set to reach the primary and its Sync to be decided.
+SYNC_ALLOWANCE_MS = 100
+
 
 @dataclasses.dataclass
 class Pair:
@@ -34,11 +46,14 @@ class Pair:
     secondary: Instance | None
     decision: int = FRESH        # how the current primary got the pair
     generation: int | None = None  # None: changed since the last route set; stamped at the next
+    stranded_ms: float | None = None  # every replica's node suspected since then (see the module doc)
+    secondary_since_ms: float | None = None  # when its secondary was picked (None: the first placement)
 
 
 class Assignment:
-    def __init__(self, n_buckets: int):
+    def __init__(self, n_buckets: int, fresh_grace_ms: float = 0.0):
         self.n_buckets = n_buckets
+        self.fresh_grace_ms = fresh_grace_ms
         self.pairs: list[Pair] = []
         self.buckets: list[int] = []
         self.dead: set[Instance] = set()  # failed and not seen usable since
@@ -64,20 +79,32 @@ class Assignment:
         """``failed`` died; ``decisions`` its commit record per pair (None: unreadable). The pairs changed."""
         return self._lose({failed}, decisions, usable)
 
-    def node_failed(self, node: str, usable: list[Instance]) -> list[int]:
+    def node_failed(self, node: str, usable: list[Instance], now_ms: float = 0.0,
+                    silent_since_ms: float | None = None) -> list[int]:
+        """``node`` stopped beating at ``silent_since_ms`` (suspected: its processes may be alive, only late)."""
         lost = {p.primary for p in self.pairs if p.primary[0] == node}
         lost |= {p.secondary for p in self.pairs if p.secondary and p.secondary[0] == node}
-        return self._lose(lost, None, usable)
+        return self._lose(lost, None, usable, now_ms, suspected=True,
+                          silent_since_ms=now_ms if silent_since_ms is None else silent_since_ms)
 
-    def _lose(self, lost: set[Instance], decisions: dict[int, int] | None, usable: list[Instance]) -> list[int]:
+    def _lose(self, lost: set[Instance], decisions: dict[int, int] | None, usable: list[Instance],
+              now_ms: float = 0.0, suspected: bool = False, silent_since_ms: float = 0.0) -> list[int]:
         self.dead |= lost
         usable = [u for u in usable if u not in lost]
         changed = []
         for k, pair in enumerate(self.pairs):
             if pair.primary in lost:
-                if pair.secondary is not None and pair.secondary not in lost:
+                replica = pair.secondary is not None and pair.secondary not in lost
+                if replica and suspected and self.fresh_grace_ms > 0 and pair.secondary_since_ms is not None \
+                        and pair.secondary_since_ms + SYNC_ALLOWANCE_MS > silent_since_ms:
+                    replica = False  # picked too late for the silent primary to have synced it
+                if replica:
                     pair.primary, pair.secondary = pair.secondary, None
                     pair.decision = UNKNOWN if decisions is None else decisions.get(k, 0)
+                elif suspected and self.fresh_grace_ms > 0:
+                    if pair.stranded_ms is None:
+                        pair.stranded_ms = now_ms
+                    continue  # no replica left, maybe only late: wait (``fill``)
                 else:
                     fresh = self._pick(usable, exclude_node=None)
                     if fresh is None:
@@ -89,13 +116,21 @@ class Assignment:
                 continue
             pair.generation = None
             changed.append(k)
-        return sorted(set(changed) | set(self.fill(usable)))
+        return sorted(set(changed) | set(self.fill(usable, now_ms)))
 
-    def fill(self, usable: list[Instance]) -> list[int]:
-        """Serve pairs stuck on a dead primary, and give a secondary to every pair without one."""
+    def fill(self, usable: list[Instance], now_ms: float = 0.0, survivors: frozenset = frozenset()) -> list[int]:
+        """Serve pairs stuck on a dead primary, and give a secondary to every pair without one.
+
+        ``survivors``: instances back from a suspicion as the same process (their state intact).
+        """
         self.dead -= set(usable)
         changed = []
         for k, pair in enumerate(self.pairs):
+            if pair.stranded_ms is not None:
+                if self._unstrand(pair, survivors, now_ms):
+                    changed.append(k)
+                elif pair.stranded_ms is not None:
+                    continue  # still waiting for one of its replicas
             if pair.primary in self.dead:
                 fresh = self._pick(usable, exclude_node=None)
                 if fresh is not None:
@@ -104,9 +139,24 @@ class Assignment:
             if pair.secondary is None:
                 pick = self._pick(usable, exclude_node=pair.primary[0])
                 if pick is not None:
-                    pair.secondary, pair.generation = pick, None
+                    pair.secondary, pair.generation, pair.secondary_since_ms = pick, None, now_ms
                     changed.append(k)
         return changed
+
+    def _unstrand(self, pair: Pair, survivors: frozenset, now_ms: float) -> bool:
+        """A stranded pair: keep it on its primary if that is back as the same process, or (grace over) let
+        ``fill`` restart it fresh. True if its roles changed. (A stranded pair has no secondary to hand it
+        to: a suspected secondary is dropped at once, and its replica falls behind from then on.)"""
+        if pair.primary in survivors and pair.primary not in self.dead:
+            pair.stranded_ms = None               # the same process: it kept the pair's state
+            if pair.secondary is not None and pair.secondary in self.dead:
+                pair.secondary, pair.generation = None, None
+                return True
+            return False
+        if now_ms - pair.stranded_ms >= self.fresh_grace_ms:
+            pair.stranded_ms = None               # grace over: ``fill`` restarts it fresh
+            self.dead.add(pair.primary)
+        return False
 
     def _pick(self, usable: list[Instance], exclude_node: str | None) -> Instance | None:
         load: dict[Instance, int] = {u: 0 for u in usable}

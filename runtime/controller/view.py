@@ -27,6 +27,7 @@ class InstanceInfo:
     state: str = "up"            # up | failed
     restarts: int = 0
     failed_at_ms: float | None = None
+    pid_at_failure: int | None = None  # the process marked failed: back with this pid = it never died
     ready: bool = False
     lag: int = 0                 # replication: batches waiting for the secondary's vote or for release
     role: str = "primary"        # of its pair(s); secondary (of some, primary of none); spare. Until the
@@ -100,8 +101,14 @@ class ClusterView:
         info.ready = bool(inst.get("ready", inst["alive"]))
         info.lag = int(inst.get("lag", 0))
 
+    def survivors(self) -> frozenset[tuple[str, int]]:
+        """Instances up again as the very process that was marked failed (a false suspicion): state intact."""
+        return frozenset((n.id, i.index) for n in self.nodes.values() if n.state == "up"
+                         for i in n.instances.values() if i.state == "up" and i.pid_at_failure is not None
+                         and i.pid == i.pid_at_failure)
+
     def _mark_failed(self, info: InstanceInfo, now_ms: float, why: str) -> None:
-        info.state, info.failed_at_ms = "failed", now_ms
+        info.state, info.failed_at_ms, info.pid_at_failure = "failed", now_ms, info.pid
         self._event(now_ms, "instance_failed", instance=info.id, pid=info.pid, why=why)
 
     def on_failed(self, notice: dict[str, Any], now_ms: float) -> None:

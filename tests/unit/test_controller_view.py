@@ -78,3 +78,15 @@ def test_placement_names_each_instance_peer():
     st = {i["id"]: i for i in v.status(0)["instances"]}
     assert st["a/nf0"]["peer"] == "b/nf0" and st["b/nf0"]["secondary_of"] == "a/nf0"
     assert st["b/nf1"]["peer"] is None and st["a/nf1"]["secondary_of"] is None
+
+
+def test_survivors_are_the_processes_back_from_a_suspicion_not_restarted_ones():
+    """A node silent past the timeout comes back: its workers that kept their pid kept their state."""
+    v = ClusterView(10, 3)
+    v.on_heartbeat(beat(seq=1), 0)
+    assert v.survivors() == frozenset()
+    assert v.tick(50) == ["n1"]
+    v.on_heartbeat(beat(seq=2, pids=(11, 99)), 60)        # nf1 was restarted meanwhile
+    assert v.survivors() == frozenset({("n1", 0)})
+    v.on_heartbeat(beat(pid=200, seq=1, pids=(11, 12)), 70)   # a new supervisor: a new incarnation
+    assert v.survivors() == frozenset()

@@ -112,3 +112,65 @@ def test_random_failures_never_put_both_roles_on_one_node():
                 assert pair.secondary is None or pair.secondary[0] != pair.primary[0]
                 assert pair.secondary not in down
             assert len(a.pairs) == 6
+
+
+def three_with_grace(grace_ms: float = 500) -> Assignment:
+    a = Assignment(8, fresh_grace_ms=grace_ms)
+    a.place({"n0": 1, "n1": 1, "n2": 1})     # pairs: 0 n0->n1, 1 n1->n2, 2 n2->n0
+    return a
+
+
+def both_suspected(a: Assignment, now_ms: float) -> None:
+    """n1 and n2 found silent in one look (as the controller does: one node after the other)."""
+    a.node_failed("n1", [("n0", 0)], now_ms)
+    a.node_failed("n2", [("n0", 0)], now_ms)
+
+
+def test_a_pair_whose_every_replica_is_suspected_waits_and_stays_if_its_primary_comes_back_alive():
+    """Pair 1 (n1 -> n2) goes to n2 when n1 is found silent, then n2 is too: nobody is left, so it
+    waits (stranded) instead of restarting fresh; n2 comes back as the same process within the grace
+    (a stall, not a crash): the pair stays there, a take-over from its replica, its state kept."""
+    a = three_with_grace()
+    both_suspected(a, now_ms=1000)
+    assert (a.pairs[1].primary, a.pairs[1].decision, a.pairs[1].stranded_ms) == (("n2", 0), UNKNOWN, 1000)
+    assert a.pairs[2].primary == ("n0", 0) and a.pairs[0].primary == ("n0", 0)   # as before
+    assert 1 not in a.fill([("n0", 0)], now_ms=1400)                             # still waiting
+    a.fill([("n0", 0), ("n2", 0)], now_ms=1450, survivors=frozenset({("n2", 0)}))
+    assert (a.pairs[1].primary, a.pairs[1].decision, a.pairs[1].stranded_ms) == (("n2", 0), UNKNOWN, None)
+    assert a.pairs[1].secondary == ("n0", 0)        # picked when n1 went; it syncs once the routes are out
+    request = a.request(5, {n: ("f", "r") for n in ("n0", "n1", "n2")})
+    assert request["pairs"][1][4:] == [UNKNOWN, 5]  # one route set: n2 takes pair 1 over from its replica
+
+
+def test_a_stranded_pair_restarts_fresh_when_the_grace_is_over_or_its_primary_came_back_as_a_new_process():
+    a = three_with_grace()
+    both_suspected(a, now_ms=0)
+    assert a.fill([("n0", 0)], now_ms=499) == [] and a.pairs[1].primary == ("n2", 0)
+    assert 1 in a.fill([("n0", 0)], now_ms=500)                                  # grace over: fresh, here
+    assert (a.pairs[1].primary, a.pairs[1].decision) == (("n0", 0), FRESH)
+    b = three_with_grace()
+    both_suspected(b, now_ms=0)
+    b.fill([("n0", 0), ("n2", 0)], now_ms=100, survivors=frozenset())           # n2 restarted: no state
+    assert b.pairs[1].stranded_ms == 0                                            # no reason to keep it there
+    b.fill([("n0", 0), ("n2", 0)], now_ms=600)
+    assert b.pairs[1].decision == FRESH and b.pairs[1].stranded_ms is None
+
+
+def test_workers_known_dead_never_strand_a_pair():
+    """A FAILED notice (the process is gone, with its state): no grace, as without it."""
+    c = Assignment(8, fresh_grace_ms=500)
+    c.place({"n0": 2, "n1": 1})                                      # pair 1 (n0/1) has no secondary
+    c.instance_failed(("n0", 1), {}, [("n0", 0), ("n1", 0)])
+    assert (c.pairs[1].decision, c.pairs[1].stranded_ms) == (FRESH, None) and c.pairs[1].primary != ("n0", 1)
+
+
+def test_a_secondary_picked_after_its_primary_fell_silent_is_no_replica():
+    """n1 and n2 stall at t=900; n1 is found silent at 1000 (pair 1 goes to n2, its secondary, and gets
+    a new secondary on n0), n2 only at 1300 (the controller was busy): n0 was picked after n2 fell
+    silent, so n2 never synced it. Pair 1 strands on n2 instead of a take-over from an empty replica."""
+    a = three_with_grace()
+    a.node_failed("n1", [("n0", 0)], now_ms=1000, silent_since_ms=900)
+    assert (a.pairs[1].primary, a.pairs[1].secondary) == (("n2", 0), ("n0", 0))
+    a.node_failed("n2", [("n0", 0)], now_ms=1300, silent_since_ms=900)
+    assert (a.pairs[1].primary, a.pairs[1].stranded_ms) == (("n2", 0), 1300)
+    assert a.pairs[2].primary == ("n0", 0)          # n0 held pair 2's replica from the start: a take-over
