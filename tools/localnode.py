@@ -226,20 +226,28 @@ class LocalController:
         stop_process(self.proc, 10)
 
 
+_handed: set[int] = set()  # ports consecutive_ports() gave out in this process
+
+
 def consecutive_ports() -> int:
     """A free port p with p + 1 free too (worker i binds a node's replication base port + i).
 
     Picked below the kernel's ephemeral range: a port from there can be handed to any later
     ``bind(0)`` or outgoing connection between now and the worker's bind, and p + 1 would be lost.
+    Never the same port twice in one process: two nodes of a cluster checked the same free pair once
+    (CI: the second node's workers could not bind for 30 s).
     """
     low = _ephemeral_low()
     rng = random.Random()
     for _ in range(200):
         p = rng.randrange(max(1024, low - 12_000), low - 2)
+        if {p, p + 1} & _handed:  # free now, but given to another node of this process to bind later
+            continue
         try:
             with socket.socket() as a, socket.socket() as b:
                 a.bind(("127.0.0.1", p))
                 b.bind(("127.0.0.1", p + 1))
+            _handed.update((p, p + 1))
             return p
         except OSError:
             continue
