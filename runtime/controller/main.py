@@ -202,22 +202,21 @@ class Controller:
             self.routes_due = True
         if not self.routes_due or now_ms() < self.next_push_ms:
             return
-        from deft.tools.ctl import NoAnswer, query
+        from deft.tools.ctl import query_all
 
         members = tuple(m for m in self.view.membership() if m[1])
         self.routes_epoch = max(self.routes_epoch, self.view.max_routes_epoch()) + 1
         endpoints = {n.id: (n.fabric, n.replication) for n in self.view.nodes.values()}
         request = self.assignment.request(self.routes_epoch, endpoints, {m[0] for m in members})
+        # to every member at once: a stalled node costs one timeout, and other nodes' failures are seen
+        # sooner (sent one by one, a push blocked the loop 500 ms per silent node)
+        replies = query_all({m[0]: self.view.nodes[m[0]].control for m in members}, request, 500)
         ok = True
-        for node_id, *_ in members:
-            try:
-                reply = query(self.view.nodes[node_id].control, request, 500)
-                ok &= bool(reply.get("ok"))
-                if not reply.get("ok"):
-                    self.log.warning("node %s refused routes epoch %d: %s", node_id, self.routes_epoch,
-                                     reply.get("error"))
-            except NoAnswer:
-                ok = False
+        for node_id, reply in replies.items():
+            ok &= bool(reply and reply.get("ok"))
+            if reply is not None and not reply.get("ok"):
+                self.log.warning("node %s refused routes epoch %d: %s", node_id, self.routes_epoch,
+                                 reply.get("error"))
         self.counters["route_pushes"] += 1
         self.view.record(now_ms(), "routes_pushed", epoch=self.routes_epoch, nodes=[m[0] for m in members],
                          ok=ok, takeovers=[k for k, p in enumerate(request["pairs"])
