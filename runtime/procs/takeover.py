@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from deft.runtime.dataplane.packet import FORWARD
+from deft.runtime.dataplane.packet import FORWARD, PACKET_DTYPE
 from deft.runtime.dataplane.routes import FRESH, UNKNOWN
 from deft.runtime.procs.globals_client import GLOBAL_WAIT_S, STALE
 from deft.runtime.procs.pairslot import GLOBAL_WINDOW, PairSlot, PendingBatch, replay_prefix
@@ -75,6 +75,17 @@ def parse_fence(result: Any) -> dict[int, AppliedBatch]:
     return out
 
 
+def records_of(payloads, count: dict | None = None) -> np.ndarray:
+    """Packet records from buffered duplicates (each the bytes of one record), as input again."""
+    whole = [p for p in payloads if p is not None and len(p) == PACKET_DTYPE.itemsize]
+    if count is not None:  # an empty payload: the primary had no copy to send when asked (a lost packet)
+        count["replay_unusable"] += len(payloads) - len(whole)
+    records = np.frombuffer(b"".join(whole), dtype=PACKET_DTYPE).copy() if whole else \
+        np.zeros(0, dtype=PACKET_DTYPE)
+    records["dup"] = 0
+    return records
+
+
 def split_out(rest: np.ndarray, flows: list, seqs: list) -> tuple[np.ndarray, np.ndarray, int]:
     """(packets with these stamps in this order, the rest without them, how many were not there)."""
     where = {(f, s): i for i, (f, s) in enumerate(zip(rest["flow_id"].tolist(), rest["seq"].tolist()))}
@@ -108,7 +119,6 @@ class TakeOver:
         link = w.secondaries.take(pair)
         if link is None:
             return None
-        from deft.runtime.procs.worker import records_of
         from deft.runtime.replication.errors import ReplicationError
         from deft.runtime.replication.primary import PrimaryReplicator
 
@@ -151,7 +161,6 @@ class TakeOver:
     def fresh(self, link, exc: Exception) -> PairSlot:
         """No state to take over (the primary died before its sync here was decided: two failures
         within one sync): the pair starts fresh, with the packets this replica holds (G1 kept, G5 not)."""
-        from deft.runtime.procs.worker import records_of
         from deft.runtime.replication.errors import ReplicationError
 
         self.count["takeover_failed"] += 1

@@ -565,17 +565,6 @@ def by_pair(records: np.ndarray):
         yield p, records[pairs == p]
 
 
-def records_of(payloads, count: dict | None = None) -> np.ndarray:
-    """Packet records from buffered duplicates (each the bytes of one record), as input again."""
-    whole = [p for p in payloads if p is not None and len(p) == PACKET_DTYPE.itemsize]
-    if count is not None:  # an empty payload: the primary had no copy to send when asked (a lost packet)
-        count["replay_unusable"] += len(payloads) - len(whole)
-    records = np.frombuffer(b"".join(whole), dtype=PACKET_DTYPE).copy() if whole else \
-        np.zeros(0, dtype=PACKET_DTYPE)
-    records["dup"] = 0
-    return records
-
-
 def counter_names(kind: str) -> list[str]:
     return COUNTERS + [f"nf.{c}" for c in nf_class(kind).counters]
 
