@@ -26,10 +26,20 @@ from deft.runtime.ring import cleanup_node, leftovers
 from deft.tools.ctl import NoAnswer, query
 
 
+_handed: set[int] = set()  # ports free_port() and consecutive_ports() gave out in this process
+
+
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now, never one this process handed out before: the kernel may give a released
+    port to the next ``bind(0)`` (a node's control port once equalled the controller's)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed:
+            _handed.add(port)
+            return port
+    raise RuntimeError("no fresh free port")
 
 
 def node_config(node_id: str, kind: str = "nat", instances: int = 2, params: dict | None = None,
@@ -130,6 +140,8 @@ class LocalNode:
 
     def status(self, timeout_ms: int = 3000) -> dict:
         st = query(self.control, {"cmd": "status"}, timeout_ms)
+        if "ingress" not in st:  # something else answers on the node's control port
+            raise NoAnswer(f"{self.control}: not a deft-node status: {str(st)[:200]}")
         self.known_pids.update(p["pid"] for p in processes(st) if p["pid"])
         return st
 
@@ -224,9 +236,6 @@ class LocalController:
 
     def stop(self) -> None:
         stop_process(self.proc, 10)
-
-
-_handed: set[int] = set()  # ports consecutive_ports() gave out in this process
 
 
 def consecutive_ports() -> int:
