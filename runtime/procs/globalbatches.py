@@ -47,8 +47,8 @@ class GlobalBatches:
         from deft.runtime.consensus.kv import BadCommand, batch_entry
 
         pending = slot.hold()
-        prefix, pending.t, pending.batch_id = self.session(slot)
-        pending.client, pending.seq = session_of(prefix, pending.t)
+        prefix, t, pending.batch_id = self.session(slot)
+        pending.client, pending.seq = session_of(prefix, t)
         # a replayable batch carries its stamps and NF calls: a take-over rebuilds it from them if the
         # primary dies after the entry is applied and before the secondary heard of the batch
         meta = batch_meta(pending.records, pending.segments) if pending.batch_id >= 0 else None
@@ -89,16 +89,20 @@ class GlobalBatches:
         """Commit ``ops`` as batch ``t``'s entry and wait for the results (the take-over's replay path)."""
         from deft.runtime.consensus.kv import BadCommand, batch_entry
 
-        pending = PendingBatch(None, None, [], ops)
-        pending.t = t
-        pending.client, pending.seq = session_of(client_prefix, t)
+        client, seq = session_of(client_prefix, t)
         try:
-            pending.entry = batch_entry(pending.client, pending.seq, ops)
+            entry = batch_entry(client, seq, ops)
         except (BadCommand, TypeError, ValueError):
             return [STALE] * len(ops)
+        return self.results_of(self.propose_now(client, seq, entry), len(ops))
+
+    def propose_now(self, client: str, seq: int, entry: bytes):
+        """Propose ``entry`` under (client, seq) and wait for its result (STALE after ``GLOBAL_WAIT_S``)."""
+        pending = PendingBatch(None, None, [], [])
+        pending.client, pending.seq, pending.entry = client, seq, entry
         self.client.submit(pending)
         self.client.wait(pending, GLOBAL_WAIT_S)
-        return self.results_of(pending.results, len(ops))
+        return pending.results
 
     def results_of(self, result, n: int) -> list:
         """The per-op results of an applied entry; STALE for each if it was stale or does not fit."""

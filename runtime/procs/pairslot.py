@@ -55,7 +55,7 @@ def session_of(prefix: str, t: int) -> tuple[str, int]:
 class PendingBatch:
     """An output batch held until its global ops are committed (its records are copies)."""
 
-    __slots__ = ("records", "inputs", "segments", "ops", "t", "batch_id", "client", "seq", "entry", "req_id",
+    __slots__ = ("records", "inputs", "segments", "ops", "batch_id", "client", "seq", "entry", "req_id",
                  "retry_at", "results", "sent_ns")
 
     def __init__(self, records, inputs, segments, ops):
@@ -63,7 +63,6 @@ class PendingBatch:
         self.inputs = inputs
         self.segments = segments   # [(start, end, first op, end op)] per NF call, in order
         self.ops = ops
-        self.t = 0
         self.batch_id = -1         # the 2PC batch id it must go out as (replayable batches), else -1
         self.client = ""
         self.seq = 0

@@ -37,7 +37,7 @@ import numpy as np
 from deft.runtime.dataplane.packet import FORWARD, PACKET_DTYPE
 from deft.runtime.dataplane.routes import FRESH, UNKNOWN
 from deft.runtime.procs.globals_client import GLOBAL_WAIT_S, STALE
-from deft.runtime.procs.pairslot import GLOBAL_WINDOW, PairSlot, PendingBatch, replay_prefix
+from deft.runtime.procs.pairslot import GLOBAL_WINDOW, PairSlot, replay_prefix
 
 TAKEOVER_COUNTERS = ("takeovers", "takeover_failed", "replay_released", "takeover_fenced",
                      "takeover_fence_failed", "takeover_rebuilt", "takeover_rebuilt_missing",
@@ -180,23 +180,21 @@ class TakeOver:
     def fence(self) -> dict[int, AppliedBatch]:
         """Close the dead primary's sessions in the Raft log; what they applied, by batch id."""
         w = self.w
-        if w.gclient is None or self.old_sessions is None:
+        if w.globals is None or self.old_sessions is None:
             return {}
         from deft.runtime.consensus.kv import fence_entry
 
-        pending = PendingBatch(None, None, [], [])
-        pending.client, pending.seq = f"{self.slot.session_name}/fence", 1
-        pending.entry = fence_entry(pending.client, pending.seq, self.old_sessions)
-        w.gclient.submit(pending)
-        w.gclient.wait(pending, GLOBAL_WAIT_S)   # no leader (it died with the primary): an election
-        if not isinstance(pending.results, dict):
+        client = f"{self.slot.session_name}/fence"
+        # no leader (it died with the primary): this waits for an election
+        result = w.globals.propose_now(client, 1, fence_entry(client, 1, self.old_sessions))
+        if not isinstance(result, dict):
             self.count["takeover_fence_failed"] += 1
             self.log.error("pair %d: the fence on %s got no answer in %.0f s; replays re-propose, and a "
                            "batch applied but never prepared may count twice", self.pair, self.old_sessions,
                            GLOBAL_WAIT_S)
             return {}
         self.count["takeover_fenced"] += 1
-        return parse_fence(pending.results)
+        return parse_fence(result)
 
     def rerun(self, records: np.ndarray, t: int, applied: AppliedBatch | None, fresh: bool = False) -> np.ndarray:
         """Batch ``t`` through the NF again, its global results the ones its entry got the first time

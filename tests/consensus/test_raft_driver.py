@@ -84,11 +84,19 @@ def quiet_ticks(drivers: dict[int, RaftDriver]) -> None:
         d.next_tick = d.clock() + 3600.0
 
 
-def warm_leader(drivers: dict[int, RaftDriver], applied: dict) -> RaftDriver:
-    """Elect a leader, commit one entry everywhere, let the cluster go quiet; the leader."""
+def quiet_leader(drivers: dict[int, RaftDriver]) -> RaftDriver:
+    """Elect a leader and let the cluster go quiet; the leader."""
     run_until(drivers, lambda: leader(drivers) is not None)
     lead = leader(drivers)
     assert lead is not None
+    settle(drivers)
+    quiet_ticks(drivers)
+    return lead
+
+
+def warm_leader(drivers: dict[int, RaftDriver], applied: dict) -> RaftDriver:
+    """Elect a leader, commit one entry everywhere, let the cluster go quiet; the leader."""
+    lead = quiet_leader(drivers)
     lead.propose(b"warm")
     run_until(drivers, lambda: all(a == [b"warm"] for a in applied.values()))
     settle(drivers)
@@ -168,11 +176,7 @@ def test_proposals_go_out_before_the_backlog_and_bad_frames_are_dropped(
     junk = ctx.socket(zmq.DEALER)
     junk.linger = 0
     try:
-        run_until(drivers, lambda: leader(drivers) is not None)
-        lead = leader(drivers)
-        assert lead is not None
-        settle(drivers)
-        quiet_ticks(drivers)
+        lead = quiet_leader(drivers)
 
         def on_wake() -> None:
             wake_in.recv()
@@ -234,11 +238,7 @@ def test_a_follower_that_forwarded_a_proposal_learns_its_commit_at_once(ctx: zmq
     """Its clients wait for it to apply the forwarded entry: no coalescing delay for it."""
     drivers, applied = make_cluster(ctx, coalesce_seconds=5.0)
     try:
-        run_until(drivers, lambda: leader(drivers) is not None)
-        lead = leader(drivers)
-        assert lead is not None
-        settle(drivers)
-        quiet_ticks(drivers)
+        lead = quiet_leader(drivers)
         fol, other = [d for d in drivers.values() if d is not lead]
         t = time.monotonic()
         assert fol.propose_or_forward(b"fwd") is None
