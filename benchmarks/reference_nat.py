@@ -181,7 +181,13 @@ def serve(sock_in: socket.socket, sock_out: socket.socket, public_ip: int, pool:
             pack_u16(buf, csum_off, csum or (0xFFFF if proto == IPPROTO_UDP else 0))
         try:
             send(view[:n])
-        except OSError:                      # ECONNREFUSED while nobody listens, ENOBUFS
+        except ConnectionRefusedError:       # an earlier datagram's ICMP, reported here: send again
+            try:
+                send(view[:n])
+            except OSError:
+                send_errors += 1
+                continue
+        except OSError:                      # ENOBUFS
             send_errors += 1
             continue
         translated += 1

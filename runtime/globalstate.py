@@ -58,6 +58,7 @@ from deft.runtime.consensus.kv import BadCommand, Command, KVStateMachine
 from deft.runtime.consensus.membership import Membership
 from deft.runtime.consensus.role import Role
 from deft.runtime.consensus.storage import DiskStorage
+from deft.runtime.sockets import make_socket
 
 Respond = Callable[[dict[str, Any]], None]
 ADDR_PREFIX = "_raft/addr/"   # global key of a member added at run time: its endpoint
@@ -337,13 +338,8 @@ class WorkerChannel:
                 os.unlink(ep[len("ipc://"):])
             except FileNotFoundError:
                 pass
-        self.sock = zctx.socket(zmq.ROUTER)
-        self.sock.linger = 0
-        self.sock.bind(self.endpoints[0])
-        self.pub = zctx.socket(zmq.PUB)
-        self.pub.linger = 0
-        self.pub.sndhwm = 100_000
-        self.pub.bind(self.endpoints[1])
+        self.sock = make_socket(zctx, zmq.ROUTER, bind=self.endpoints[0])
+        self.pub = make_socket(zctx, zmq.PUB, bind=self.endpoints[1], hwm=100_000)
         self.counts = {"requests": 0, "bad_frames": 0, "refused": 0, "published": 0}
         gs.on_change = self.publish
         gs.worker_counts = self.counts

@@ -28,12 +28,17 @@ def node_status(sup) -> dict:
     instances = []
     for i in topo.instances:
         counters = sup.stats[f"nf{i}"].as_dict()
+        primary_of, secondary_of = sup.routes.roles_of(i)
         instances.append({
             "id": f"{topo.node_id}/nf{i}",
             "index": i,
             "kind": cfg.nf.kind,
-            "role": "primary",
-            "peer": None,
+            # from the routes this node holds: a worker is the primary of some pairs and the
+            # secondary of others (the controller's status has the cluster-wide view)
+            "role": "primary" if primary_of else "secondary" if secondary_of else "spare",
+            "primary_of_pairs": primary_of,
+            "secondary_of_pairs": secondary_of,
+            "peers": sup.routes.peers_of(i),
             "replication": {k: v for k, v in counters.items()
                             if k.startswith(("repl_", "replica_")) or k == "duplicates"} if cfg.nf.replicate else None,
             **proc_info(f"worker{i}"),

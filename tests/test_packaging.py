@@ -46,6 +46,21 @@ def test_no_bare_top_level_imports():
     assert not offenders
 
 
+def test_zmq_sockets_are_made_only_by_make_socket():
+    """runtime/sockets.py is the one place options (and CURVE) are set: no other module may
+    call ``.socket(`` on a ZeroMQ context (``socket.socket(`` for UDP is another matter)."""
+    offenders = []
+    for folder in MAPPED:
+        for path in (ROOT / folder).rglob("*.py"):
+            if path == ROOT / "runtime" / "sockets.py":
+                continue
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                code = line.split("#")[0]
+                if ".socket(" in code and "socket.socket(" not in code:
+                    offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert not offenders
+
+
 @pytest.mark.slow
 def test_wheel_ships_only_the_deft_namespace(tmp_path):
     out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",

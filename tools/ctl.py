@@ -107,8 +107,9 @@ def render_status(st: dict) -> str:
         lines.append(f"unit {u['index']}  pid {u['pid']}  restarts {u['restarts']}  {_fmt_counters(u['counters'])}")
     for inst in st["instances"]:
         state = "up" if inst["alive"] else "DOWN"
+        roles = f"primary of {inst['primary_of_pairs']}  secondary of {inst['secondary_of_pairs']}"
         lines.append(f"instance {inst['id']} ({inst['kind']}, {inst['role']})  pid {inst['pid']} {state}  "
-                     f"restarts {inst['restarts']}  buckets {inst['buckets']}")
+                     f"restarts {inst['restarts']}  buckets {inst['buckets']}  {roles}")
         lines.append(f"  {_fmt_counters(inst['counters'])}")
         if inst["nf_counters"]:
             lines.append(f"  nf: {_fmt_counters(inst['nf_counters'])}")

@@ -59,6 +59,7 @@ from deft.runtime.consensus.ready import Ready, ReadState
 from deft.runtime.consensus.role import Role
 from deft.runtime.consensus.storage_api import Storage
 from deft.runtime.errors import WireError
+from deft.runtime.sockets import make_socket
 
 
 class RaftDriver:
@@ -86,9 +87,7 @@ class RaftDriver:
         self.tick_seconds = tick_seconds
         self.clock = clock
         self.ctx = ctx or zmq.Context.instance()
-        self.router = self.ctx.socket(zmq.ROUTER)
-        self.router.linger = 0
-        self.router.bind(bind)
+        self.router = make_socket(self.ctx, zmq.ROUTER, bind=bind, hwm=1000)
         #: the bound address (with the real port when bind used ``:*``)
         self.endpoint: str = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.dealers: dict[int, zmq.Socket] = {}
@@ -119,13 +118,9 @@ class RaftDriver:
         for nid, endpoint in peers.items():
             if nid == self.core.id or nid in self.dealers:
                 continue
-            s = self.ctx.socket(zmq.DEALER)
-            s.linger = 0
-            s.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for peers that are not connected
-            s.sndhwm = 1000
-            s.identity = str(self.core.id).encode()
-            s.connect(endpoint)
-            self.dealers[nid] = s
+            # immediate: no queueing for peers that are not connected
+            self.dealers[nid] = make_socket(self.ctx, zmq.DEALER, connect=endpoint, hwm=1000,
+                                            identity=str(self.core.id).encode(), immediate=True)
 
     def watch(self, sock: zmq.Socket, handler: Callable[[], None]) -> None:
         """Also poll ``sock`` in ``run_once`` and call ``handler`` when it is readable."""

@@ -18,6 +18,16 @@ Drop reasons (``DROP_REASONS``), checked in this order:
   fragment           MF flag set or non-zero fragment offset
   unsupported_proto  not UDP, TCP or ICMP
   truncated_l4       too short for the UDP (8), TCP (20, or its data offset) or ICMP (8) header
+  bad_udp_length     UDP length field below 8 or past the end of the IP payload
+  bad_tcp_offset     TCP data offset below 5 words
+  bad_icmp_type      ICMP type above 18 (NR_ICMP_TYPES)
+
+The L4 checks are those of Linux connection tracking (``udp_error``,
+``tcp_error``, ``icmp_error``) minus checksum verification: a datagram that
+fails them never reaches an NF. A UDP length *shorter* than the IP payload
+(trailing padding) passes, and the frame is forwarded as it came, padding
+included, as a forwarding Linux host does. Checksums are not verified here: the
+NFs patch them incrementally, so a bad one stays bad and the receiver drops it.
 """
 
 from __future__ import annotations
@@ -51,7 +61,11 @@ DROP_REASONS = (
     "fragment",
     "unsupported_proto",
     "truncated_l4",
+    "bad_udp_length",
+    "bad_tcp_offset",
+    "bad_icmp_type",
 )
+NR_ICMP_TYPES = 18
 OK = 0
 _CODE = {name: i + 1 for i, name in enumerate(DROP_REASONS)}
 
@@ -118,13 +132,20 @@ def classify(block: np.ndarray, frame_len: np.ndarray, frame_off: int, vxlan: bo
     l4_len = total - ihl_bytes
     need = np.where(proto == IPPROTO_TCP, 20, 8)
     flag(l4_len < need, "truncated_l4")
-    # TCP data offset must fit too (checked only where the fixed header fits)
-    tcp = (code == 0) & (proto == IPPROTO_TCP)
-    if tcp.any():
-        rows = np.flatnonzero(tcp)
-        doff = (block[rows, ip + ihl_bytes[rows] + 12] >> 4).astype(np.int64) * 4
-        bad = (doff < 20) | (doff > l4_len[rows])
-        code[rows[bad]] = _CODE["truncated_l4"]
+    # the L4 header's own fields, read only where the fixed header fits
+    l4 = ip + ihl_bytes
+    tcp = np.flatnonzero((code == 0) & (proto == IPPROTO_TCP))
+    if len(tcp):
+        doff = (block[tcp, l4[tcp] + 12] >> 4).astype(np.int64) * 4
+        code[tcp[doff < 20]] = _CODE["bad_tcp_offset"]
+        code[tcp[doff > l4_len[tcp]]] = _CODE["truncated_l4"]
+    udp = np.flatnonzero((code == 0) & (proto == IPPROTO_UDP))
+    if len(udp):
+        ulen = (block[udp, l4[udp] + 4].astype(np.int64) << 8) | block[udp, l4[udp] + 5]
+        code[udp[(ulen < 8) | (ulen > l4_len[udp])]] = _CODE["bad_udp_length"]
+    icmp = np.flatnonzero((code == 0) & (proto == IPPROTO_ICMP))
+    if len(icmp):
+        code[icmp[block[icmp, l4[icmp]] > NR_ICMP_TYPES]] = _CODE["bad_icmp_type"]
     return code
 
 
@@ -166,10 +187,12 @@ def _all_good(block: np.ndarray, frame_len: np.ndarray, e: int, vxlan: bool) -> 
     vihl = block[:, ip]
     proto = block[:, ip + 9]
     total = (block[:, ip + 2].astype(np.int64) << 8) | block[:, ip + 3]
+    ulen = (block[:, ip + 24].astype(np.int64) << 8) | block[:, ip + 25]
     ok = ((frame_len >= ETH_HLEN + 28) & (frame_len <= MAX_FRAME) & (frame_len >= ETH_HLEN + total)
           & (block[:, e + 12] == 0x08) & (block[:, e + 13] == 0x00)
           & (vihl == 0x45) & ((block[:, ip + 6] & 0x3F) == 0) & (block[:, ip + 7] == 0)
-          & (((proto == IPPROTO_UDP) | (proto == IPPROTO_ICMP)) & (total >= 28)
+          & ((proto == IPPROTO_UDP) & (ulen >= 8) & (ulen <= total - 20)
+             | (proto == IPPROTO_ICMP) & (total >= 28) & (block[:, ip + 20] <= NR_ICMP_TYPES)
              | (proto == IPPROTO_TCP) & (total >= 40) & (block[:, ip + 32] >> 4 == 5)))
     return bool(ok.all())
 

@@ -58,8 +58,10 @@ def _clean(b: bytes, frame_len: int) -> bool:
     if frame_len < 14 + total:
         return False
     proto = b[_IP + 9]
-    if proto == 17 or proto == 1:
-        return total >= 28
+    if proto == 17:
+        return 8 <= ((b[_L4 + 4] << 8) | b[_L4 + 5]) <= total - 20
+    if proto == 1:
+        return total >= 28 and b[_L4] <= 18
     return proto == 6 and total >= 40 and (b[_L4 + 12] >> 4) == 5
 
 

@@ -176,6 +176,28 @@ class Routes:
         p = self.pairs[self.bucket_pair[buckets]]
         return p[:, 0] * TARGET_SCALE + p[:, 1]
 
+    def roles_of(self, instance: int) -> tuple[list[int], list[int]]:
+        """The pairs this node's ``instance`` is the primary of, and those it is the secondary of."""
+        n = int(self.words[W_PAIRS])
+        p = self.pairs[:n]
+        me = self.self_node
+        primary = np.flatnonzero((p[:, 0] == me) & (p[:, 1] == instance)).tolist()
+        secondary = np.flatnonzero((p[:, 2] == me) & (p[:, 3] == instance)).tolist()
+        return primary, secondary
+
+    def peers_of(self, instance: int) -> list[str]:
+        """``node/nfI`` of every other instance this one replicates with (either way round)."""
+        n = int(self.words[W_PAIRS])
+        names = [node[0] for node in self.nodes()]
+        me = self.self_node
+        out = []
+        for pn, pi, sn, si in self.pairs[:n].tolist():
+            if (pn, pi) == (me, instance) and sn != NONE:
+                out.append(f"{names[sn]}/nf{si}")
+            elif (sn, si) == (me, instance):
+                out.append(f"{names[pn]}/nf{pi}")
+        return sorted(set(out))
+
     def local_buckets(self, instance: int) -> int:
         """How many buckets this node's instance is primary for (status)."""
         p = self.pairs[self.bucket_pair]

@@ -2,7 +2,9 @@
 
 udp://HOST:PORT  each packet leaves as a VXLAN datagram with its own VNI; the
                  headers of a burst are written as columns of a staging block,
-                 then one send per packet (connected socket)
+                 then one send per packet (connected socket; an earlier
+                 datagram's ICMP error reported on a later send costs
+                 nothing: that datagram is sent again, see udp_send.py)
 shm://NAME       records are pushed to a local ring (benchmarks)
 """
 
@@ -14,6 +16,7 @@ import time
 import numpy as np
 
 from deft.runtime.dataplane.packet import MAX_FRAME, PACKET_DTYPE
+from deft.runtime.dataplane.udp_send import send_again
 from deft.runtime.params import split_host_port
 from deft.runtime.ring import Doorbell, Ring
 from deft.runtime.stats import CounterBlock
@@ -21,7 +24,8 @@ from deft.runtime.topology import Topology
 
 BURST = 256
 VXLAN_HLEN = 8
-COUNTERS = ["ready", "sent", "send_errors", "bursts", "node_latency_p50_us", "node_latency_p99_us"]
+COUNTERS = ["ready", "sent", "send_errors", "icmp_refused", "bursts", "node_latency_p50_us",
+            "node_latency_p99_us"]
 LATENCY_WINDOW = 4096  # node-internal latency (ingress receive -> egress send) of the last packets
 
 
@@ -60,7 +64,8 @@ class UdpSink:
         self.stage[:, 0] = 0x08  # VXLAN I flag
         self.rows = [memoryview(self.stage[i]) for i in range(BURST)]
 
-    def send(self, records: np.ndarray) -> tuple[int, int]:
+    def send(self, records: np.ndarray) -> tuple[int, int, int]:
+        """Send a burst; return (sent, send errors, earlier ICMP errors stepped over)."""
         n = len(records)
         st = self.stage
         vni = records["vni"]
@@ -72,13 +77,17 @@ class UdpSink:
         st[:n, VXLAN_HLEN: VXLAN_HLEN + width] = records["frame"][:, :width]
         send = self.sock.send
         rows = self.rows
-        errors = 0
+        errors = refused = 0
         for i, length in enumerate(lengths):
             try:
                 send(rows[i][: VXLAN_HLEN + length])
+            except ConnectionRefusedError:  # an earlier datagram's ICMP: this one was not sent yet
+                refused += 1
+                if not send_again(send, rows[i][: VXLAN_HLEN + length]):
+                    errors += 1
             except OSError:
-                errors += 1  # e.g. ECONNREFUSED from an earlier ICMP: count, go on
-        return n - errors, errors
+                errors += 1
+        return n - errors, errors, refused
 
     def close(self) -> None:
         self.sock.close()
@@ -90,13 +99,13 @@ class ShmSink:
     def __init__(self, topo: Topology):
         self.ring = Ring.attach(topo.shm_output(), PACKET_DTYPE)
 
-    def send(self, records: np.ndarray) -> tuple[int, int]:
+    def send(self, records: np.ndarray) -> tuple[int, int, int]:
         pushed = self.ring.push_some(records)
         deadline = time.monotonic() + 1.0
         while pushed < len(records) and time.monotonic() < deadline:
             time.sleep(0.0001)
             pushed += self.ring.push_some(records[pushed:])
-        return pushed, len(records) - pushed
+        return pushed, len(records) - pushed, 0
 
     def close(self) -> None:
         self.ring.close()
@@ -109,7 +118,7 @@ def run(topo: Topology, index: int, stop, log, restarted: bool = False) -> None:
     url = topo.config.egress.send_to
     sink = UdpSink(url) if url.startswith("udp://") else ShmSink(topo)
     v = stats.values
-    i_sent, i_err, i_bursts = (stats.index[c] for c in COUNTERS[1:4])
+    i_sent, i_err, i_refused, i_bursts = (stats.index[c] for c in COUNTERS[1:5])
     latency = LatencyWindow()
     log.info("egress sending to %s", url)
     stats.set("ready", 1)
@@ -119,12 +128,13 @@ def run(topo: Topology, index: int, stop, log, restarted: bool = False) -> None:
             for ring in rings:
                 view = ring.peek(BURST)
                 if len(view):
-                    sent, errors = sink.send(view)
+                    sent, errors, refused = sink.send(view)
                     now = time.monotonic_ns()
                     latency.add(view["ts_ns"], now)
                     ring.release(len(view))
                     v[i_sent] += sent
                     v[i_err] += errors
+                    v[i_refused] += refused
                     v[i_bursts] += 1
                     moved += len(view)
             if moved == 0:

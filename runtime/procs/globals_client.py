@@ -36,18 +36,13 @@ class GlobalClient:
         import zmq
 
         from deft.runtime.globalstate import MAGIC, worker_endpoints
+        from deft.runtime.sockets import make_socket
 
         self.zmq, self.loads, self.magic = zmq, orjson.loads, MAGIC
         self.count = count
         req, pub = worker_endpoints(node_id)
-        self.sock = zctx.socket(zmq.DEALER)
-        self.sock.linger = 0
-        self.sock.connect(req)
-        self.sub = zctx.socket(zmq.SUB)
-        self.sub.linger = 0
-        self.sub.rcvhwm = 100_000
-        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
-        self.sub.connect(pub)
+        self.sock = make_socket(zctx, zmq.DEALER, connect=req)
+        self.sub = make_socket(zctx, zmq.SUB, connect=pub, hwm=100_000, subscribe=b"")
         self.replica: dict = {}
         self.requests: dict[bytes, PendingBatch] = {}
         self._ids = itertools.count(1)

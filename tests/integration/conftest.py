@@ -20,7 +20,14 @@ import pytest
 
 from deft.tools.localnode import LocalNode, node_config, write_config
 
-pytestmark = pytest.mark.slow
+
+def pytest_collection_modifyitems(items):
+    """Every test under tests/integration starts real processes: mark it slow (``-m "not slow"``).
+    A ``pytestmark`` in a conftest would do nothing; this hook sees every collected test."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.path).parents:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture

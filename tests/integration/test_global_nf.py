@@ -214,14 +214,8 @@ def test_portscan_counts_stay_global_when_the_raft_leader_node_is_killed(cluster
     # normal flows lost nothing through the failover (a node crash may release an in-doubt batch twice)
     short = [(k, tag) for k in range(N_CLIENTS) for tag in (b"A", b"C")
              if len(traffic.received(client_ip(k), tag)) < CLIENT_PKTS]
-    if short:
-        # Known, open (issue 4 note): in about 1 run in 10 one normal client's packet sent just before
-        # the Raft leader's node dies is not delivered. The G4 checks above still hold; an XFAIL here
-        # keeps the loss visible in every report instead of failing CI at random.
-        counters = {k: v for k, v in worker_counters(cluster).items() if v and not k.endswith("_ns")}
-        units = [u["counters"] for n in cluster.nodes for u in n.status()["units"]]
-        (cluster.tmp / "short.txt").write_text(f"{short}\n{counters}\n{units}\n")
-        pytest.xfail(f"known rare loss on a leader-node kill: clients short in rounds {short}; {counters}")
+    counters = {k: v for k, v in worker_counters(cluster).items() if v and not k.endswith("_ns")}
+    assert not short, f"clients short in rounds {short}; {counters}"
 
 
 def wait_windows_of(nodes, timeout: float = 10.0) -> list[int]:

@@ -31,6 +31,18 @@ def with_ip_byte(frame: bytes, offset: int, value: int) -> bytes:
     return bytes(b)
 
 
+def with_l4_byte(frame: bytes, offset: int, value: int) -> bytes:
+    b = bytearray(frame)
+    b[34 + offset] = value
+    return bytes(b)
+
+
+def with_l4_u16(frame: bytes, offset: int, value: int) -> bytes:
+    b = bytearray(frame)
+    struct.pack_into("!H", b, 34 + offset, value)
+    return bytes(b)
+
+
 def test_udp_tcp_icmp_fields():
     frames = [
         build_frame(A, B, IPPROTO_UDP, 1234, 53, b"q"),
@@ -77,6 +89,9 @@ MALFORMED = {
     "fragment": vxlan_wrap(ethernet_frame(ipv4_header(A, B, IPPROTO_UDP, 28, flags_frag=0x2000) + b"u" * 28), 1),
     "unsupported_proto": vxlan_wrap(ethernet_frame(ipv4_header(A, B, 47, 8) + b"g" * 8), 1),
     "truncated_l4": vxlan_wrap(ethernet_frame(ipv4_header(A, B, IPPROTO_TCP, 12) + b"t" * 12), 1),
+    "bad_udp_length": vxlan_wrap(with_l4_u16(good_udp(), 4, 7), 1),
+    "bad_tcp_offset": vxlan_wrap(with_l4_byte(build_frame(A, B, IPPROTO_TCP, 1, 2, b"abcd"), 12, 0x40), 1),
+    "bad_icmp_type": vxlan_wrap(with_l4_byte(build_frame(A, B, IPPROTO_ICMP, 7, 1, b"ping"), 0, 19), 1),
 }
 
 
@@ -101,6 +116,24 @@ def test_tcp_data_offset_beyond_segment_is_truncated_l4():
     seg[12] = 0xF0  # data offset 60 bytes in a 20-byte segment
     frame = ethernet_frame(ipv4_header(A, B, IPPROTO_TCP, len(seg)) + bytes(seg))
     assert parse_one(vxlan_wrap(frame, 1))[1] == {"truncated_l4": 1}
+
+
+@pytest.mark.parametrize("ulen, verdict", [(0, "bad_udp_length"), (7, "bad_udp_length"), (8, None), (27, None),
+                                           (28, None), (29, "bad_udp_length"), (65535, "bad_udp_length")])
+def test_udp_length_field_is_checked_against_the_ip_payload(ulen, verdict):
+    frame = good_udp(b"x" * 20)  # UDP header + 20 bytes: the IP payload is 28
+    burst = [vxlan_wrap(with_l4_u16(frame, 4, ulen), 1)]
+    for datagrams in (burst, burst * 12):   # the small-burst path and the vectorised one
+        recs, drops = records_from_datagrams(datagrams)
+        got = {k: v for k, v in drops_dict(drops).items() if v}
+        assert got == ({verdict: len(datagrams)} if verdict else {})
+        assert len(recs) == (0 if verdict else len(datagrams))
+
+
+def test_udp_shorter_than_its_ip_payload_passes_with_its_padding():
+    frame = with_l4_u16(good_udp(b"x" * 20), 4, 12)   # 4 bytes of data, 16 of trailing padding
+    recs, drops = parse_one(vxlan_wrap(frame, 1))
+    assert drops == {} and bytes(recs["frame"][0, : len(frame)]) == frame
 
 
 def test_good_packets_survive_among_garbage():
@@ -138,10 +171,58 @@ def test_random_mutation_of_a_good_packet_is_accounted(noise, where):
     recs, drops = records_from_datagrams([bytes(d)])
     assert len(recs) + int(drops.sum()) == 1
     if len(recs):
-        assert recs["proto"][0] in (1, 6, 17)
-        assert 34 <= recs["l4_off"][0] <= 74
-        total = struct.unpack_from("!H", bytes(recs["frame"][0]), 16)[0]
-        assert recs["frame_len"][0] == 14 + total
+        assert_l4_sound(recs[0])
+
+
+def assert_l4_sound(rec) -> None:
+    """What every record handed to an NF satisfies, whatever the datagram was."""
+    frame = bytes(rec["frame"][: rec["frame_len"]])
+    assert rec["proto"] in (1, 6, 17)
+    l4 = int(rec["l4_off"])
+    assert 34 <= l4 <= 74
+    total = struct.unpack_from("!H", frame, 16)[0]
+    assert rec["frame_len"] == 14 + total
+    l4_len = 14 + total - l4
+    if rec["proto"] == IPPROTO_UDP:
+        assert 8 <= struct.unpack_from("!H", frame, l4 + 4)[0] <= l4_len
+    elif rec["proto"] == IPPROTO_TCP:
+        assert 20 <= (frame[l4 + 12] >> 4) * 4 <= l4_len
+    else:
+        assert l4_len >= 8 and frame[l4] <= 18
+
+
+l4_fields = st.tuples(
+    st.sampled_from([IPPROTO_UDP, IPPROTO_TCP, IPPROTO_ICMP]), st.binary(max_size=40),
+    st.lists(st.tuples(st.integers(0, 19), st.integers(0, 255)), max_size=4),   # random L4 header bytes
+    st.sampled_from([5, 6, 15]), st.integers(-30, 30),                           # IHL, IP total length change
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(l4_fields, min_size=1, max_size=12))
+def test_random_l4_header_fields_never_reach_an_nf_unsound(packets):
+    datagrams = []
+    for proto, payload, pokes, ihl, dlen in packets:
+        frame = bytearray(build_frame(A, B, proto, 1000, 2000, payload))
+        if ihl > 5:  # IP options: the L4 header moves
+            opts = bytes((ihl - 5) * 4)
+            frame = bytearray(frame[:34] + opts + frame[34:])
+            frame[14] = 0x40 | ihl
+            struct.pack_into("!H", frame, 16, struct.unpack_from("!H", frame, 16)[0] + len(opts))
+        for at, value in pokes:
+            if 14 + ihl * 4 + at < len(frame):
+                frame[14 + ihl * 4 + at] = value
+        total = struct.unpack_from("!H", frame, 16)[0]
+        struct.pack_into("!H", frame, 16, max(0, min(65535, total + dlen)))
+        datagrams.append(vxlan_wrap(bytes(frame), 1))
+    recs, drops = records_from_datagrams(datagrams)       # small bursts take the plain-Python path
+    assert len(recs) + int(drops.sum()) == len(datagrams)
+    for rec in recs:
+        assert_l4_sound(rec)
+    want, _ = _vectorised(datagrams)
+    assert len(want) == len(recs)
+    for rec in want:
+        assert_l4_sound(rec)
 
 
 def _vectorised(datagrams: list[bytes]):

@@ -7,6 +7,7 @@ import json
 import socket
 import struct
 import sys
+import time
 import types
 
 import numpy as np
@@ -455,3 +456,19 @@ def test_analysis_counts_flows_whose_translated_source_changed():
     received = tg.Received(u(range(6)), u(send_ns), u(send_ns + 10), src=src, dst=dst)
     assert tg.analyze(flow, seq, log, received)["remapped_flows"] == 1
     assert tg.analyze(flow, seq, log, _received(range(6), send_ns, send_ns + 10))["remapped_flows"] is None
+
+
+def test_an_earlier_icmp_error_costs_the_generator_no_packet():
+    """A send refused for an earlier datagram's ICMP error is sent again, not logged as unsent."""
+    port = free_udp_port()
+    plan = tg.build_synthetic_plan(tg.make_flows(4, 0.0, seed=1), packets=20, frame_size=128, vni=1)
+    with tg.TrafficSender(plan, ("127.0.0.1", port)) as sender:
+        sender._sock.send(b"nobody listens")   # draws an ICMP port unreachable
+        time.sleep(0.02)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+            rx.bind(("127.0.0.1", port))
+            rx.settimeout(5)
+            log = sender.send(0)
+            got = [rx.recv(65536) for _ in range(20)]
+    assert (log.send_errors, log.icmp_refused) == (0, 1)
+    assert [read_trailer(d)[0] for d in got] == list(range(20))

@@ -51,6 +51,7 @@ def analyze(plan_flow: np.ndarray, plan_flow_seq: np.ndarray, sent: SendLog, rec
         "sent": n_sent,
         "untagged_sent": int(((plan_flow < 0) & (send_ns > 0)).sum()),
         "send_errors": sent.send_errors,
+        "icmp_refused": sent.icmp_refused,
         "received": len(first_ids),
         "lost": n_sent - len(first_ids),
         "loss_ratio": (n_sent - len(first_ids)) / n_sent if n_sent else 0.0,

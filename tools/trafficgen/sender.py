@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from deft.runtime.dataplane.udp_send import send_again
 from deft.tools.progress import ProgressLine
 from deft.tools.trafficgen.common import PROG, SOCKET_BUFFER_BYTES, U16, resolve_udp, set_buffer
 from deft.tools.trafficgen.plan import PacketPlan
@@ -51,6 +52,7 @@ class SendLog:
     attempted: int
     send_errors: int
     sndbuf_bytes: int = 0
+    icmp_refused: int = 0
 
 
 class TrafficSender:
@@ -63,6 +65,7 @@ class TrafficSender:
 
     def __init__(self, plan: PacketPlan, to: tuple[str, int], sndbuf: int = SOCKET_BUFFER_BYTES):
         self.plan = plan
+        self.icmp_refused = 0  # sends that reported an earlier datagram's ICMP error (and were resent)
         family, addr = resolve_udp("--to", to[0], to[1])
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
@@ -82,35 +85,42 @@ class TrafficSender:
         self.close()
 
     def send(self, rate: float = 0, duration_s: float | None = None, use_offsets: bool = False,
-             progress: ProgressLine | None = None) -> SendLog:
-        """Send the plan; rate 0 = as fast as possible; ``use_offsets`` = the plan's own timing."""
+             progress: ProgressLine | None = None, first: int = 0, end: int | None = None) -> SendLog:
+        """Send the plan; rate 0 = as fast as possible; ``use_offsets`` = the plan's own timing.
+
+        ``first``/``end`` send only packets [first, end) (a run in phases); the log has
+        a slot for every packet of the plan, 0 for those not sent by this call.
+        """
         plan = self.plan
-        total = plan.count
-        schedule = _Schedule(total, rate, plan.offsets_ns if use_offsets else None)
-        send_ns = np.zeros(total, dtype=np.int64)
+        total = plan.count if end is None else min(end, plan.count)
+        offsets = None
+        if use_offsets:
+            offsets = plan.offsets_ns[first:total] - (plan.offsets_ns[first] if total > first else 0)
+        schedule = _Schedule(total - first, rate, offsets)
+        send_ns = np.zeros(plan.count, dtype=np.int64)
         log_view = memoryview(send_ns).cast("B").cast("q")  # memoryview stores are cheaper than numpy's
         now = time.monotonic_ns
         start = now()
         deadline = start + int(duration_s * 1e9) if duration_s else None
-        sent = errors = 0
+        sent, errors = first, 0
         while sent < total:
             t = now()
             if deadline is not None and t >= deadline:
                 break
-            due = schedule.due(t - start)
+            due = first + schedule.due(t - start)
             if due > sent:
-                end = min(due, sent + MAX_BURST)
-                errors += self._send_burst(sent, end, log_view)
-                sent = end
+                upto = min(due, sent + MAX_BURST)
+                errors += self._send_burst(sent, upto, log_view)
+                sent = upto
             else:
-                wake = start + schedule.at(sent)
+                wake = start + schedule.at(sent - first)
                 if deadline is not None:
                     wake = min(wake, deadline)
                 time.sleep(max(0, wake - t) / 1e9)
             if progress is not None and progress.due(t):
                 elapsed = max(t - start, 1) / 1e9
                 progress.update(f"{PROG}: sent {sent}/{total}  {sent / elapsed:,.0f} pps  {elapsed:.1f} s", t)
-        return SendLog(send_ns, start, now(), sent, errors, self.sndbuf_bytes)
+        return SendLog(send_ns, start, now(), sent - first, errors, self.sndbuf_bytes, self.icmp_refused)
 
     def _send_burst(self, start: int, end: int, log_view: memoryview) -> int:
         """Send packets [start, end); return the number of failed sends. The hot loop."""
@@ -138,7 +148,12 @@ class TrafficSender:
                 pack_u16(buf, csum_off, 0xFFFF - (base + (pid + ts) * align + sq) % 0xFFFF)
             try:
                 send(buf)
-            except OSError:  # ECONNREFUSED from an earlier ICMP, ENOBUFS: the packet is not sent
+            except ConnectionRefusedError:  # an earlier datagram's ICMP, reported here: send this one again
+                self.icmp_refused += 1
+                if not send_again(send, buf):
+                    errors += 1
+                    ts = 0
+            except OSError:  # ENOBUFS: the packet is not sent
                 errors += 1
                 ts = 0
             log_view[pid] = ts
