@@ -1,0 +1,423 @@
+"""The data path's cost, every target of the efficiency issue in one run beside the reference NAT.
+
+    .venv/bin/python benchmarks/efficiency.py [--json FILE] [--quick] [--only reference,single,cluster]
+
+Three devices, measured with the same generator (deft-trafficgen, a process of
+its own), the same flows and the same packet mix (500 flows, 70 % UDP, 30 % TCP
+with handshakes, 128-byte frames), their measurements interleaved so that the
+machine's background load falls on all of them alike:
+
+  reference  benchmarks/reference_nat.py: one process, per-packet Python NAT,
+             no stamping, no replication (a third of DEFT's work)
+  single     examples/node1.toml: one node, NAT on 2 instances, no replication
+  cluster    examples/cluster/: controller + 3 nodes, NAT, replication on
+
+The example configs are used as shipped except for their addresses: every port
+is replaced by a free one (so a benchmark never collides with a running
+cluster). Per device, after a warm-up that creates every flow once:
+
+  latency    p50 / p99 (send to arrival, CLOCK_MONOTONIC) at 200, 1,000,
+             3,000 and 10,000 pps (5 s each; --quick: 2 s)
+  CPU        the device's own processes (utime + stime from /proc/PID/stat,
+             every descendant of what was started) during each of those
+             runs: cores busy and microseconds per delivered packet; and the
+             whole machine's busy cores from /proc/stat less the generator's
+  idle       cores busy over 5 s without traffic
+  zero-loss  the highest rate at which a 3 s trial has no loss, no duplicate,
+             no reordering, no flow whose NAT mapping changed and p99 <= 50 ms:
+             x2 up from 2,500 pps, then bisection (4 steps)
+
+Printed as a table with the issue's targets; ``--json`` writes everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from deft.runtime.ring import cleanup_node
+from deft.tools.localnode import LocalController, LocalNode, free_port, stop_process, to_toml
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+FLOWS, TCP_RATIO, SIZE = 500, 0.3, 128
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+RATES = (200, 1000, 3000, 10000)
+
+
+# -- processes and CPU ---------------------------------------------------------------------------
+
+def _children_of() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            kids.setdefault(int(fields[1]), []).append(int(entry))
+    return kids
+
+
+def descendants(roots: list[int]) -> list[int]:
+    kids, out, todo = _children_of(), [], list(roots)
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += kids.get(pid, [])
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def process_name(pid: int) -> str:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    words = [w.decode() for w in cmd if w]
+    if "deft.runtime.procs" in words:
+        k = words.index("deft.runtime.procs")
+        role = words[k + 1]
+        index = words[words.index("--index") + 1] if "--index" in words else ""
+        cfg = Path(words[words.index("--config") + 1]).stem if "--config" in words else ""
+        return f"{cfg}/{role}{index}{'(standby)' if '--standby' in words else ''}"
+    if "deft.runtime.node" in words:
+        return f"{Path(words[-1]).stem}/supervisor"
+    if "deft.runtime.controller.main" in words:
+        return "controller"
+    return Path(words[1]).name if len(words) > 1 else words[0]
+
+
+class CpuMeter:
+    """CPU of a device's processes (all descendants of its roots) between start() and stop()."""
+
+    def __init__(self, roots: list[int]):
+        self.roots = roots
+
+    def start(self) -> None:
+        self.pids = descendants(self.roots)
+        self.before = {p: cpu_seconds(p) for p in self.pids}
+        self.stat_before = _proc_stat()
+        self.t0 = time.monotonic()
+
+    def stop(self) -> dict[str, Any]:
+        wall = time.monotonic() - self.t0
+        used = {p: cpu_seconds(p) - c for p, c in self.before.items()}
+        stat = _proc_stat()
+        busy = (stat[0] - self.stat_before[0]) / CLK_TCK
+        by_name: dict[str, float] = {}
+        for p, c in used.items():
+            name = re.sub(r"\d+$", "", process_name(p).split("/")[-1])
+            by_name[name] = by_name.get(name, 0.0) + c
+        return {"wall_s": wall, "cpu_s": sum(used.values()), "machine_busy_s": busy, "by_role": by_name}
+
+
+def _proc_stat() -> tuple[int, int]:
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, idle
+
+
+# -- devices -------------------------------------------------------------------------------------
+
+def _fresh_ports(config: dict, mapping: dict[int, int]) -> dict:
+    """The config with every tcp/udp port replaced (the same old port -> the same new port)."""
+
+    def swap(value):
+        if isinstance(value, str):
+            def repl(m: re.Match) -> str:
+                old = int(m.group(2))
+                if old not in mapping:
+                    mapping[old] = free_port(socket.SOCK_STREAM if m.group(1) == "tcp" else socket.SOCK_DGRAM)
+                return f"{m.group(1)}://127.0.0.1:{mapping[old]}"
+            return re.sub(r"(tcp|udp)://127\.0\.0\.1:(\d+)", repl, value)
+        if isinstance(value, dict):
+            return {k: swap(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [swap(v) for v in value]
+        return value
+
+    return swap(config)
+
+
+def _replication_ports(config: dict, mapping: dict[int, int]) -> None:
+    """Worker i binds the replication base port + i: the new base needs its neighbours free too."""
+    from deft.tools.localnode import consecutive_ports
+
+    node = config.get("node", {})
+    base = node.get("replication")
+    if base:
+        old = int(base.rsplit(":", 1)[1])
+        new = consecutive_ports()
+        mapping[old] = new
+        node["replication"] = f"tcp://127.0.0.1:{new}"
+
+
+class Device:
+    name = ""
+    ingress = egress = ""
+
+    def roots(self) -> list[int]:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+class ReferenceNat(Device):
+    name = "reference"
+
+    def __init__(self, tmp: Path):
+        self.ingress = f"udp://127.0.0.1:{free_port()}"
+        self.egress = f"udp://127.0.0.1:{free_port()}"
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "reference_nat.py"), "--listen", self.ingress,
+                                      "--send-to", self.egress, "--public-ip", "203.0.113.1"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        line = self.proc.stderr.readline()
+        if b"listening" not in line:
+            raise RuntimeError(f"reference_nat.py did not start: {line!r}")
+
+    def roots(self) -> list[int]:
+        return [self.proc.pid]
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class ExampleNodes(Device):
+    """Nodes (and a controller) started from example configs, with fresh ports."""
+
+    def __init__(self, name: str, tmp: Path, node_files: list[Path], controller_file: Path | None = None):
+        self.name = name
+        mapping: dict[int, int] = {}
+        self.controller = None
+        self.nodes: list[LocalNode] = []
+        tag = f"b{os.getpid()}{name[:2]}"
+        try:
+            if controller_file is not None:
+                cfg = _fresh_ports(tomllib.loads(controller_file.read_text()), mapping)
+                path = tmp / f"{tag}-controller.toml"
+                path.write_text(to_toml(cfg))
+                self.controller = LocalController.start(path, tmp / f"{tag}-controller.log")
+            for f in node_files:
+                raw = tomllib.loads(f.read_text())
+                _replication_ports(raw, mapping)
+                cfg = _fresh_ports(raw, mapping)
+                cfg["node"]["id"] = f"{tag}{cfg['node']['id']}"
+                path = tmp / f"{cfg['node']['id']}.toml"
+                path.write_text(to_toml(cfg))
+                self.nodes.append(LocalNode.start(path, tmp / f"{cfg['node']['id']}.log"))
+            for node in self.nodes:
+                node.wait_ready(60)
+            if self.controller is not None:
+                n = len(self.nodes)
+                self.controller.wait_for(lambda st: any(e["event"] == "routes_pushed" and e["ok"]
+                                                        and len(e["nodes"]) == n for e in st["events"]), 60)
+        except BaseException:
+            self.stop()
+            raise
+        self.ingress = self.nodes[0].ingress
+        self.egress = self.nodes[0].egress
+
+    def roots(self) -> list[int]:
+        pids = [node.proc.pid for node in self.nodes]
+        if self.controller is not None:
+            pids.append(self.controller.proc.pid)
+        return pids
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+            cleanup_node(node.node_id)
+        if self.controller is not None:
+            self.controller.stop()
+
+
+# -- traffic -------------------------------------------------------------------------------------
+
+def run_traffic(device: Device, tmp: Path, rate: int, packets: int, drain_ms: int = 400) -> tuple[dict, float]:
+    """deft-trafficgen against the device: (its report, the generator's own CPU seconds)."""
+    report = tmp / f"r{time.monotonic_ns()}.json"
+    cmd = [sys.executable, "-m", "deft.tools.trafficgen", "--to", device.ingress, "--listen", device.egress,
+           "--flows", str(FLOWS), "--tcp-ratio", str(TCP_RATIO), "--size", str(SIZE), "--rate", str(rate),
+           "--packets", str(packets), "--drain-ms", str(drain_ms), "--json", str(report), "--quiet"]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"trafficgen exited with {proc.returncode}")
+    return orjson.loads(report.read_bytes()), usage.ru_utime + usage.ru_stime
+
+
+def clean(report: dict) -> bool:
+    lat = report.get("latency_us") or {}
+    return (report["lost"] == 0 and report["duplicated"] == 0 and report["reordered"] == 0
+            and not report.get("remapped_flows") and lat.get("p99", 1e9) <= 50_000)
+
+
+def measure(device: Device, tmp: Path, rate: int, seconds: float) -> dict:
+    meter = CpuMeter(device.roots())
+    meter.start()
+    report, gen_cpu = run_traffic(device, tmp, rate, max(int(rate * seconds), 200))
+    cpu = meter.stop()
+    delivered = max(report["received"], 1)
+    lat = report.get("latency_us") or {}
+    return {
+        "rate": rate, "sent": report["sent"], "lost": report["lost"], "duplicated": report["duplicated"],
+        "reordered": report["reordered"], "remapped_flows": report.get("remapped_flows"),
+        "p50_us": lat.get("p50"), "p99_us": lat.get("p99"),
+        "cores": round(cpu["cpu_s"] / cpu["wall_s"], 3),
+        "cpu_us_per_packet": round(cpu["cpu_s"] / delivered * 1e6, 1),
+        "machine_cores_less_generator": round((cpu["machine_busy_s"] - gen_cpu) / cpu["wall_s"], 3),
+        "cpu_us_per_packet_by_role": {k: round(v / delivered * 1e6, 1) for k, v in sorted(cpu["by_role"].items())},
+    }
+
+
+def idle_cores(device: Device, seconds: float) -> float:
+    meter = CpuMeter(device.roots())
+    meter.start()
+    time.sleep(seconds)
+    cpu = meter.stop()
+    return round(cpu["cpu_s"] / cpu["wall_s"], 4)
+
+
+class ZeroLossSearch:
+    """x2 up from ``start`` until a trial fails, then ``bisections`` halving steps."""
+
+    def __init__(self, start: int = 2500, bisections: int = 4, limit: int = 400_000):
+        self.good, self.bad, self.rate = 0, None, start
+        self.steps, self.bisections, self.limit = 0, bisections, limit
+        self.trials: list[dict] = []
+
+    @property
+    def done(self) -> bool:
+        return self.rate > self.limit if self.bad is None else self.steps >= self.bisections
+
+    def next_rate(self) -> int:
+        return self.rate if self.bad is None else (self.good + self.bad) // 2
+
+    def record(self, rate: int, report: dict) -> None:
+        ok = clean(report)
+        self.trials.append({"rate": rate, "ok": ok, "lost": report["lost"], "reordered": report["reordered"],
+                            "duplicated": report["duplicated"], "p99_us": (report.get("latency_us") or {}).get("p99")})
+        if self.bad is not None:
+            self.steps += 1
+        if ok:
+            self.good = rate
+            if self.bad is None:
+                self.rate = rate * 2
+        else:
+            self.bad = rate
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+TARGETS = """targets (issue 11): cluster p50 <= 1.5 ms at 200 / 1,000 / 10,000 pps, p99 <= 10 ms at 10 kpps,
+  <= 0.6 cores (60 us/packet) at 10 kpps, <= 0.25 cores at 1 kpps, zero-loss >= 0.5 x reference,
+  idle <= 0.05 cores; single node p50 <= 0.5 ms at every rate, zero-loss >= 1.0 x reference"""
+
+
+def start_devices(names: list[str], tmp: Path) -> dict[str, Device]:
+    devices: dict[str, Device] = {}
+    for name in names:
+        if name == "reference":
+            devices[name] = ReferenceNat(tmp)
+        elif name == "single":
+            devices[name] = ExampleNodes("single", tmp, [ROOT / "examples" / "node1.toml"])
+        elif name == "cluster":
+            d = ROOT / "examples" / "cluster"
+            devices[name] = ExampleNodes("cluster", tmp, [d / f"node{k}.toml" for k in (1, 2, 3)],
+                                         d / "controller.toml")
+        else:
+            raise SystemExit(f"efficiency.py: unknown device {name!r}")
+    return devices
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="efficiency.py")
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--quick", action="store_true", help="2 s latency runs, 2 bisection steps")
+    ap.add_argument("--only", default="reference,single,cluster")
+    ap.add_argument("--rates", default=",".join(str(r) for r in RATES))
+    ap.add_argument("--no-search", action="store_true", help="skip the zero-loss searches")
+    args = ap.parse_args(argv)
+    seconds = 2.0 if args.quick else 5.0
+    rates = [int(r) for r in args.rates.split(",")]
+    out: dict[str, Any] = {"flows": FLOWS, "tcp_ratio": TCP_RATIO, "size": SIZE, "devices": {}}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        devices = start_devices(args.only.split(","), tmp)
+        try:
+            for name, dev in devices.items():
+                run_traffic(dev, tmp, 2000, FLOWS)        # warm-up: every flow created once
+                out["devices"][name] = {"latency": {}, "idle_cores": idle_cores(dev, 2.0 if args.quick else 5.0)}
+            for rate in rates:                            # interleaved: the same background noise
+                for name, dev in devices.items():
+                    out["devices"][name]["latency"][str(rate)] = m = measure(dev, tmp, rate, seconds)
+                    print(f"{name:9s} {rate:>6} pps  p50 {m['p50_us'] or 0:8.0f} us  p99 {m['p99_us'] or 0:8.0f} us  "
+                          f"lost {m['lost']}  cores {m['cores']:.3f}  {m['cpu_us_per_packet']:.0f} us/pkt  "
+                          f"{m['cpu_us_per_packet_by_role']}", flush=True)
+            if not args.no_search:
+                searches = {name: ZeroLossSearch(bisections=2 if args.quick else 4) for name in devices}
+                while not all(s.done for s in searches.values()):
+                    for name, dev in devices.items():
+                        s = searches[name]
+                        if not s.done:
+                            rate = s.next_rate()
+                            report, _ = run_traffic(dev, tmp, rate, int(rate * (1.5 if args.quick else 3.0)))
+                            s.record(rate, report)
+                            print(f"{name:9s} zero-loss trial {rate:>7} pps: {'ok' if s.trials[-1]['ok'] else 'FAIL'} "
+                                  f"{s.trials[-1]}", flush=True)
+                for name, s in searches.items():
+                    out["devices"][name]["zero_loss_pps"] = s.good
+                    out["devices"][name]["zero_loss_trials"] = s.trials
+        finally:
+            for dev in devices.values():
+                dev.stop()
+    print_summary(out)
+    if args.json:
+        args.json.write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2))
+    return 0
+
+
+def print_summary(out: dict) -> None:
+    devs = out["devices"]
+    print("\n" + TARGETS)
+    for name, d in devs.items():
+        lat = d["latency"]
+        row = "  ".join(f"{r:>5}: p50 {(m['p50_us'] or 0) / 1000:6.2f} p99 {(m['p99_us'] or 0) / 1000:6.2f} ms "
+                        f"{m['cores']:.2f} cores {m['cpu_us_per_packet']:.0f} us/pkt" for r, m in lat.items())
+        print(f"{name:9s} idle {d['idle_cores']:.3f} cores  zero-loss {d.get('zero_loss_pps', '-')}\n    {row}")
+    ref = devs.get("reference", {}).get("zero_loss_pps")
+    if ref:
+        for name in ("single", "cluster"):
+            if name in devs and devs[name].get("zero_loss_pps") is not None:
+                print(f"{name} / reference zero-loss: {devs[name]['zero_loss_pps'] / ref:.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
