@@ -159,17 +159,19 @@ def _fresh_ports(config: dict, mapping: dict[int, int]) -> dict:
     return swap(config)
 
 
-def _replication_ports(config: dict, mapping: dict[int, int]) -> None:
-    """Worker i binds the replication base port + i: the new base needs its neighbours free too."""
+def _base_ports(config: dict, mapping: dict[int, int]) -> None:
+    """Worker i binds the fabric and replication base ports + i: new bases need neighbours free too."""
     from deft.tools.localnode import consecutive_ports
 
     node = config.get("node", {})
-    base = node.get("replication")
-    if base:
-        old = int(base.rsplit(":", 1)[1])
-        new = consecutive_ports()
-        mapping[old] = new
-        node["replication"] = f"tcp://127.0.0.1:{new}"
+    n = config.get("nf", {}).get("instances", 1)
+    for key in ("fabric", "replication"):
+        base = node.get(key)
+        if base:
+            old = int(base.rsplit(":", 1)[1])
+            new = consecutive_ports(n)
+            mapping[old] = new
+            node[key] = f"tcp://127.0.0.1:{new}"
 
 
 class Device:
@@ -225,7 +227,7 @@ class ExampleNodes(Device):
                 self.controller = LocalController.start(path, tmp / f"{tag}-controller.log")
             for f in node_files:
                 raw = tomllib.loads(f.read_text())
-                _replication_ports(raw, mapping)
+                _base_ports(raw, mapping)
                 cfg = _fresh_ports(raw, mapping)
                 cfg["node"]["id"] = f"{tag}{cfg['node']['id']}"
                 path = tmp / f"{cfg['node']['id']}.toml"

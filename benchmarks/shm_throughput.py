@@ -23,7 +23,8 @@ from deft.runtime.config import load_config
 from deft.runtime.dataplane.frames import build_frame
 from deft.runtime.dataplane.packet import PACKET_DTYPE, empty_batch
 from deft.runtime.errors import RingError
-from deft.runtime.ring import Doorbell, Ring
+from deft.runtime.ring import Ring
+from deft.runtime.ring.fdbell import FdBell
 from deft.runtime.topology import Topology
 from deft.tools.localnode import LocalNode, node_config, write_config
 
@@ -43,7 +44,7 @@ def attach(topo: Topology, timeout: float = 20.0):
     while True:
         try:
             return (Ring.attach(topo.shm_input(), PACKET_DTYPE), Ring.attach(topo.shm_output(), PACKET_DTYPE),
-                    Doorbell.attach(topo.ingress_bell()))
+                    FdBell.attach(topo.ingress_bell()))
         except RingError:
             if time.monotonic() > deadline:
                 raise

@@ -17,18 +17,20 @@ Reference (defaults in brackets)::
     control = "tcp://127.0.0.1:7101"      # ZMQ ROUTER for deft-ctl
     controller = ""                       # deft-controller's heartbeat endpoint, e.g. tcp://127.0.0.1:7001
     heartbeat_ms = 10                     # heartbeat interval
-    fabric = ""                           # bind address for packet batches from other nodes, e.g. tcp://127.0.0.1:7201
+    fabric = ""                           # workers' packet sockets: worker i binds this port + i, e.g. tcp://127.0.0.1:7210
     replication = ""                      # workers' 2PC sockets: worker i binds this port + i, e.g. tcp://127.0.0.1:7300
 
     [ingress]
     listen = "udp://127.0.0.1:4789"       # udp://HOST:PORT (VXLAN), shm://NAME (local ring), pcap://PATH,
                                           # or "none": no ingress, packets come from other nodes' units
-    stamping_units = 1                    # stamping unit processes
+    stamping_units = 1                    # stamping units (flow id spaces; all in the node's io process)
     buckets = 4096                        # flow table buckets (hash mod B)
     ring_slots = 4096                     # slots of each ingress -> unit ring (power of two)
     rcvbuf = 8388608                      # SO_RCVBUF of the VXLAN socket, bytes
     flow_idle_s = 300                     # stamper forgets flows idle this long
     flows_per_unit = 262144               # flow table slots of each stamping unit (40 bytes each, in shm)
+    coalesce_us = 0                       # while traffic flows, read the socket at most this often
+                                          # (bigger bursts, fewer messages per packet; 0 = as it comes)
 
     [egress]
     send_to = "udp://127.0.0.1:4790"      # udp://HOST:PORT (VXLAN) or shm://NAME
@@ -70,7 +72,7 @@ class NodeSection:
     control: str
     controller: str      # heartbeat endpoint of deft-controller ("" = run without one)
     heartbeat_ms: int
-    fabric: str          # where this node receives packet batches from other nodes ("" = none)
+    fabric: str          # base endpoint of the workers' packet sockets (from other nodes' io): worker i binds port + i
     replication: str     # base endpoint of the workers' replication sockets: worker i binds port + i
 
 
@@ -83,6 +85,7 @@ class IngressSection:
     rcvbuf: int
     flow_idle_s: float
     flows_per_unit: int
+    coalesce_us: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,7 +155,7 @@ def parse_config(raw: dict, source: str = "<config>") -> NodeConfig:
         controller = p.url("controller", ("tcp", "ipc"))
     fabric = p.str("fabric", "")
     if fabric:
-        fabric = p.url("fabric", ("tcp", "ipc"))
+        fabric = p.url("fabric", ("tcp",))
     replication = p.str("replication", "")
     if replication:
         replication = p.url("replication", ("tcp",))
@@ -171,6 +174,7 @@ def parse_config(raw: dict, source: str = "<config>") -> NodeConfig:
         rcvbuf=p.int("rcvbuf", 8 << 20, min=0),
         flow_idle_s=p.float("flow_idle_s", 300.0, min=0.001),
         flows_per_unit=p.int("flows_per_unit", 1 << 18, min=16, max=1 << 26),
+        coalesce_us=p.int("coalesce_us", 0, min=0, max=100_000),
     )
     p.check_unknown()
     if ingress.listen == "none" and not node.fabric:

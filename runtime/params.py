@@ -117,3 +117,13 @@ def split_host_port(text: str) -> tuple[str, int]:
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"port must be 1..65535, got {port!r}")
     return host, int(port)
+
+
+def endpoint_of(base: str, index: int) -> str:
+    """Instance ``index``'s endpoint on a node whose base endpoint is ``base``: its port + index
+    (workers bind ``[node] fabric`` and ``[node] replication`` that way); "" when ``base`` is ""."""
+    if not base:
+        return ""
+    scheme, _, rest = base.partition("://")
+    host, port = split_host_port(rest)
+    return f"{scheme}://{host}:{port + index}"

@@ -24,7 +24,8 @@ def node_status(sup) -> dict:
                 "restarts": c.restarts if c else 0,
                 "last_exit": c.last_exit if c else None}
 
-    ing = sup.stats["ingress"].as_dict()
+    io = sup.stats["io"].as_dict()
+    io_proc = proc_info("io")
     instances = []
     for i in topo.instances:
         counters = sup.stats[f"nf{i}"].as_dict()
@@ -44,8 +45,8 @@ def node_status(sup) -> dict:
             **proc_info(f"worker{i}"),
             "counters": {k: v for k, v in counters.items() if not k.startswith("nf.")},
             "nf_counters": {k[3:]: v for k, v in counters.items() if k.startswith("nf.")},
-            "input_rings": [_ring_info(sup, topo.nf_ring(i, u)) for u in topo.units]
-                           + [_ring_info(sup, topo.fabric_ring(i))],
+            "input_rings": [_ring_info(sup, topo.nf_ring(i))]
+                           + ([_ring_info(sup, topo.dup_ring(i))] if cfg.nf.replicate else []),
             "egress_ring": _ring_info(sup, topo.egress_ring(i)),
             "buckets": sup.routes.local_buckets(i),
         })
@@ -58,21 +59,24 @@ def node_status(sup) -> dict:
             "control": cfg.node.control,
             "control_bad_requests": sup.control.bad_requests if sup.control else 0,
         },
+        # one process does the ingress, the stamping units and the egress (runtime/procs/io.py)
+        "io": {**io_proc, "counters": {k: io[k] for k in ("ready", "owner", "rounds", "sleeps")}},
         "ingress": None if not topo.has_ingress else {
             "listen": cfg.ingress.listen,
-            **proc_info("ingress"),
-            "counters": {k: v for k, v in ing.items() if not k.startswith("drop_")},
-            "drops": {r: ing[f"drop_{r}"] for r in DROP_REASONS},
+            **io_proc,
+            "counters": {k: io[k] for k in ("received", "accepted", "dropped", "unit_ring_full", "bursts")},
+            "drops": {r: io[f"drop_{r}"] for r in DROP_REASONS},
             "unit_rings": [_ring_info(sup, topo.unit_ring(u)) for u in topo.units],
         },
-        "units": [{"index": u, **proc_info(f"unit{u}"), "counters": sup.stats[f"unit{u}"].as_dict()}
-                  for u in topo.units],
+        "units": [{"index": u, **io_proc, "counters": sup.stats[f"unit{u}"].as_dict()} for u in topo.units],
         "instances": instances,
-        "egress": {"send_to": cfg.egress.send_to, **proc_info("egress"),
-                   "counters": sup.stats["egress"].as_dict()},
+        "egress": {"send_to": cfg.egress.send_to, **io_proc,
+                   "counters": {"sent": io["sent"], "send_errors": io["send_errors"],
+                                "icmp_refused": io["icmp_refused"], "bursts": io["egress_bursts"],
+                                "node_latency_p50_us": io["node_latency_p50_us"],
+                                "node_latency_p99_us": io["node_latency_p99_us"]}},
         "raft": sup.globalstate.status() if sup.globalstate else None,
         "routes": {"epoch": sup.routes.epoch, "buckets": len(sup.routes.bucket_pair),
                    "nodes": [node[0] for node in sup.routes.nodes()]},
-        "fabric": ({"listen": cfg.node.fabric, **proc_info("fabric"), "counters": sup.stats["fabric"].as_dict()}
-                   if cfg.node.fabric else None),
+        "fabric": cfg.node.fabric or None,   # workers' packet sockets: this base port + instance
     }

@@ -2,9 +2,8 @@
 
 Start: remove what a crashed predecessor with the same node id left in
 /dev/shm, create every ring, doorbell, counter block and the routes
-(``deft.runtime.topology`` names them), then start the egress sender, the NF
-workers, the stamping units and the ingress, consumers first so no producer
-finds a ring without a reader.
+(``deft.runtime.topology`` names them), then start the NF workers and the
+io process (ingress, stamping units, switch, egress; with a hot standby).
 
 Run: one poll loop over the control socket; every 20 ms it reaps children and
 restarts any that died (counted per process). Stop (SIGTERM/SIGINT): SIGTERM
@@ -34,7 +33,7 @@ from deft.runtime.dataplane.packet import PACKET_DTYPE
 from deft.runtime.errors import DeftError
 from deft.runtime.heartbeat import Heartbeats
 from deft.runtime.params import split_host_port
-from deft.runtime.procs import egress, fabric, ingress, standby, unit, worker
+from deft.runtime.procs import io, standby, unit, worker
 from deft.runtime.dataplane.stamper import StamperTable
 from deft.runtime.ring import Doorbell, Ring, cleanup_node
 from deft.runtime.ring.fdbell import FdBell
@@ -59,11 +58,11 @@ class Child:
     died_at: float = 0.0
     backoff: float = RESTART_BACKOFF_S
     last_exit: int | None = None
-    standby: subprocess.Popen | None = None  # units and ingress: a started, waiting successor
+    standby: subprocess.Popen | None = None  # the io: a started, waiting successor
 
     @property
     def key(self) -> str:
-        return f"{self.role}{self.index}" if self.role in ("unit", "worker") else self.role
+        return f"{self.role}{self.index}" if self.role == "worker" else self.role
 
     @property
     def stats_key(self) -> str:
@@ -95,7 +94,7 @@ class Supervisor:
         self.routes: Routes | None = None
         self.segments: list[tuple[str, object]] = []
         self.takeover_bells: dict[str, Doorbell] = {}
-        self.ingress_socket: socket.socket | None = None  # bound here, so its queue outlives an ingress
+        self.ingress_socket: socket.socket | None = None  # bound here, so its queue outlives an io
         self.children: list[Child] = []
         self.zctx = zmq.Context()
         self.control: ControlServer | None = None
@@ -117,32 +116,23 @@ class Supervisor:
             mm = create_segment(topo.stamper_table(u), size)
             StamperTable.over(mm, cfg.ingress.flows_per_unit, fresh=True)  # writes the empty table's header
             self.segments.append((topo.stamper_table(u), mm))
-            self.bells.append(Doorbell.create(topo.unit_bell(u)))
             self.sent_logs.append(SentLog.create(topo.sent_log(u)))
-            self.takeover_bells[f"unit{u}"] = Doorbell.create(topo.takeover_bell(f"unit{u}"))
             self.stats[f"unit{u}"] = CounterBlock.create(topo.stats(f"unit{u}"), unit.COUNTERS)
         for i in topo.instances:
-            for u in topo.units:
-                self._ring(topo.nf_ring(i, u), topo.nf_ring_slots())
+            self._ring(topo.nf_ring(i), topo.nf_ring_slots())
+            if cfg.nf.replicate:  # duplicates travel apart, so a busy primary never starves its peer's votes
+                self._ring(topo.dup_ring(i), topo.nf_ring_slots())
             self._ring(topo.egress_ring(i), cfg.egress.ring_slots)
             self.bells.append(FdBell.create(topo.nf_bell(i)))  # a worker polls it beside its sockets
             self.stats[f"nf{i}"] = CounterBlock.create(topo.stats(f"nf{i}"), worker.counter_names(cfg.nf.kind))
             self.records[i] = CommitRecord.create(topo.commit_record(i))
-        self.egress_bell = Doorbell.create(topo.egress_bell())
+        self.egress_bell = FdBell.create(topo.egress_bell())   # the io polls it with its ingress socket
         self.bells.append(self.egress_bell)
-        self.bells.append(Doorbell.create(topo.ingress_bell()))
-        self.takeover_bells["ingress"] = Doorbell.create(topo.takeover_bell("ingress"))
-        self.stats["ingress"] = CounterBlock.create(topo.stats("ingress"), ingress.COUNTERS)
-        self.stats["egress"] = CounterBlock.create(topo.stats("egress"), egress.COUNTERS)
-        self.stats["fabric"] = CounterBlock.create(topo.stats("fabric"), fabric.COUNTERS)
+        self.bells.append(FdBell.create(topo.ingress_bell()))
+        self.takeover_bells["io"] = Doorbell.create(topo.takeover_bell("io"))
+        self.stats["io"] = CounterBlock.create(topo.stats("io"), io.COUNTERS)
         self.routes = Routes.create(topo.routes(), cfg.ingress.buckets, topo.node_id, cfg.node.fabric,
                                     cfg.nf.instances, cfg.node.replication)
-        for i in topo.instances:
-            self._ring(topo.fabric_ring(i), topo.nf_ring_slots())
-            if cfg.nf.replicate:  # duplicates travel apart, so a busy primary never starves its peer's votes
-                self._ring(topo.fabric_dup_ring(i), topo.nf_ring_slots())
-                for u in topo.units:
-                    self._ring(topo.dup_ring(i, u), topo.nf_ring_slots())
         if cfg.ingress.listen.startswith("shm://"):
             self._ring(topo.shm_input(), 1 << 14)
         if cfg.egress.send_to.startswith("shm://"):
@@ -173,7 +163,7 @@ class Supervisor:
         cmd = [sys.executable, "-m", "deft.runtime.procs", child.role,
                "--config", self.config_path, "--index", str(child.index), *extra]
         fds: tuple[int, ...] = ()
-        if child.role == "ingress" and self.ingress_socket is not None:
+        if child.role == "io" and self.ingress_socket is not None:
             fds = (self.ingress_socket.fileno(),)
             cmd += ["--socket-fd", str(fds[0])]
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, pass_fds=fds)
@@ -187,12 +177,12 @@ class Supervisor:
             self.spawn_standby(child)
 
     def spawn_standby(self, child: Child) -> None:
-        """A unit's or the ingress's successor: imported and waiting, it takes over in milliseconds."""
+        """The io's successor: imported and waiting, it takes over in milliseconds."""
         child.standby = self._popen(child, "--standby")
         self.log.info("started %s standby pid %d", child.key, child.standby.pid)
 
     def take_over(self, child: Child, now: float) -> bool:
-        """Promote a dead unit's standby (it resumes from the shared flow table); False if there is none."""
+        """Promote a dead io's standby (its units resume from the shared flow tables); False if there is none."""
         standby = child.standby
         if standby is None or standby.poll() is not None:
             return False
@@ -212,13 +202,8 @@ class Supervisor:
         return True
 
     def start_children(self) -> None:
-        self.children = [Child("egress", 0)]
-        self.children += [Child("worker", i) for i in self.topo.instances]
-        self.children += [Child("unit", u) for u in self.topo.units]
-        if self.config.node.fabric:
-            self.children.append(Child("fabric", 0))
-        if self.topo.has_ingress:
-            self.children.append(Child("ingress", 0))
+        self.children = [Child("worker", i) for i in self.topo.instances]
+        self.children.append(Child("io", 0))
         for child in self.children:
             self.spawn(child)
 
@@ -363,7 +348,8 @@ class Supervisor:
 
     # -- drills ---------------------------------------------------------------
     def on_kill(self, request: dict) -> dict:
-        """``{"cmd": "kill", "target": "nf0" | "unit0" | "ingress" | "egress" | "node"}``: SIGKILL it.
+        """``{"cmd": "kill", "target": "nf0" | "io" | "node"}``: SIGKILL it ("ingress", "egress",
+        "unit<u>" name the io, which does their jobs).
 
         A drill for failure tests. The kill happens after the reply is sent, so
         the caller learns which pid went; "node" kills the supervisor itself
@@ -382,6 +368,8 @@ class Supervisor:
         return {"target": target, "pid": pid}
 
     def child_by_name(self, name) -> Child | None:
+        if name in ("ingress", "egress", "fabric") or (isinstance(name, str) and name.startswith("unit")):
+            name = "io"   # the jobs of the io process, by their old process names
         for child in self.children:
             if name in (child.key, child.stats_key):
                 return child
@@ -399,8 +387,8 @@ class Supervisor:
     def check_ports(self) -> None:
         """Bind the ingress socket here (failing at start, with the key named, if it cannot be).
 
-        The supervisor keeps it and hands it to the ingress and its standby, so
-        the datagrams queued in the kernel survive an ingress crash.
+        The supervisor keeps it and hands it to the io and its standby, so
+        the datagrams queued in the kernel survive an io crash.
         """
         listen = self.config.ingress.listen
         if not listen.startswith("udp://"):

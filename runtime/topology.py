@@ -3,9 +3,9 @@
 The supervisor creates everything listed here; every other process attaches
 by the same names, so no process needs to be told a name at run time.
 
-  ingress --(ring in.u<u>)--> stamping unit u --(ring nf<i>.u<u>)--> NF worker i
-  stamping unit u --(ZMQ, another node)--> fabric --(ring nf<i>.fabric)--> NF worker i
-  NF worker i --(ring out.nf<i>)--> egress sender
+  io: ingress --(ring in.u<u>)--> stamping unit u --(ring nf<i>.in, copies nf<i>.dup)--> NF worker i
+  io: stamping unit u --(ZMQ, to another node)--> that node's worker (PULL; copies to its 2PC ROUTER)
+  NF worker i --(ring out.nf<i>)--> io: egress
 """
 
 from __future__ import annotations
@@ -51,24 +51,19 @@ class Topology:
     def unit_ring(self, u: int) -> str:
         return self._name(f"in.u{u}")
 
-    def nf_ring(self, i: int, u: int) -> str:
-        return self._name(f"nf{i}.u{u}")
+    def nf_ring(self, i: int) -> str:
+        """What this node's io hands worker i (its stamping units are one producer: one process)."""
+        return self._name(f"nf{i}.in")
 
-    def dup_ring(self, i: int, u: int) -> str:
+    def dup_ring(self, i: int) -> str:
         """Copies for the pairs instance i is the secondary of: never behind its own traffic."""
-        return self._name(f"nf{i}.u{u}.dup")
-
-    def fabric_dup_ring(self, i: int) -> str:
-        return self._name(f"nf{i}.fabric.dup")
-
-    def fabric_ring(self, i: int) -> str:
-        return self._name(f"nf{i}.fabric")
+        return self._name(f"nf{i}.dup")
 
     def egress_ring(self, i: int) -> str:
         return self._name(f"out.nf{i}")
 
     def nf_ring_slots(self) -> int:
-        """Each unit's ring into an instance holds the instance's whole input buffer."""
+        """The ring into an instance holds the instance's whole input buffer."""
         return _next_pow2(self.config.nf.input_capacity)
 
     # shm input/output for local benchmarks
@@ -78,21 +73,20 @@ class Topology:
     def shm_output(self) -> str:
         return self._name("shmout." + self.config.egress.send_to.partition("://")[2])
 
-    # doorbells (one per consumer)
-    def unit_bell(self, u: int) -> str:
-        return self._name(f"bell.u{u}")
-
+    # doorbells (one per consumer; FIFOs, see runtime/ring/fdbell.py)
     def takeover_bell(self, key: str) -> str:
-        """The bell a role's hot standby sleeps on (key: unit<u> or ingress)."""
+        """The bell a role's hot standby sleeps on (a semaphore; key: io)."""
         return self._name(f"bell.takeover.{key}")
 
     def nf_bell(self, i: int) -> str:
         return self._name(f"bell.nf{i}")
 
     def egress_bell(self) -> str:
+        """Rung by the workers after they publish output; the io sleeps on it."""
         return self._name("bell.egress")
 
     def ingress_bell(self) -> str:
+        """Rung by a local shm producer (``shm://`` ingress)."""
         return self._name("bell.ingress")
 
     # flow rules and counters

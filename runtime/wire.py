@@ -12,9 +12,12 @@ Kinds:
              {node, process, pid, exit, decisions?}; for an NF worker, ``decisions``
              maps each pair it replicated to the last batch it released (its commit
              record, read after the supervisor finished an interrupted release)
-  PACKETS    stamping unit -> another node's fabric: a batch of stamped packet records
-             {epoch, instance, n, width}, then one frame of n x width bytes: the first
-             ``width`` bytes of each record (header + the longest frame in the batch)
+  PACKETS    an io's stamping unit -> a worker on another node (its PULL): a batch of
+             stamped packet records {epoch, instance, n, width}, then one frame of
+             n x width bytes: the first ``width`` bytes of each record (header + the
+             longest frame in the batch)
+  COPIES     the same for the copies a secondary keeps (``dup`` = 1), to the worker's 2PC
+             ROUTER (their kind byte is one the replication codec does not use)
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from deft.runtime.errors import WireError
 HEARTBEAT = b"H"
 FAILED = b"F"
 PACKETS = b"P"
-KINDS = {HEARTBEAT: "heartbeat", FAILED: "failed", PACKETS: "packets"}
+COPIES = b"D"
+KINDS = {HEARTBEAT: "heartbeat", FAILED: "failed", PACKETS: "packets", COPIES: "copies"}
 
 _REQUIRED: dict[bytes, dict[str, type | tuple[type, ...]]] = {
     HEARTBEAT: {"node": str, "pid": int, "seq": int, "control": str, "fabric": str, "replication": str,
@@ -38,6 +42,7 @@ _REQUIRED: dict[bytes, dict[str, type | tuple[type, ...]]] = {
                 "routes_epoch": int, "instances": list},
     FAILED: {"node": str, "process": str, "pid": int, "exit": (int, type(None))},
     PACKETS: {"epoch": int, "instance": int, "n": int, "width": int},
+    COPIES: {"epoch": int, "instance": int, "n": int, "width": int},
 }
 _INSTANCE = {"id": str, "index": int, "pid": (int, type(None)), "alive": bool, "restarts": int}
 
@@ -51,7 +56,7 @@ def decode(frames: list[bytes]) -> tuple[bytes, dict[str, Any]]:
 
     PACKETS messages have a third frame (the records), checked by ``decode_packets``.
     """
-    if not frames or len(frames) != (3 if frames[0] == PACKETS else 2):
+    if not frames or len(frames) != (3 if frames[0] in (PACKETS, COPIES) else 2):
         raise WireError(f"wrong number of frames ({len(frames)})")
     kind, raw = frames[0], frames[1]
     if kind not in _REQUIRED:
@@ -91,19 +96,20 @@ def _check_fields(what: str, obj: dict, fields: dict) -> None:
             raise WireError(f"{what}: {name!r} has the wrong type")
 
 
-def encode_packets(epoch: int, instance: int, records: np.ndarray, index: np.ndarray | None = None) -> list:
-    """PACKETS frames for ``records`` (or ``records[index]``): only the bytes in use travel."""
+def encode_packets(epoch: int, instance: int, records: np.ndarray, index: np.ndarray | None = None,
+                   kind: bytes = PACKETS) -> list:
+    """PACKETS (or COPIES) frames for ``records`` (or ``records[index]``): only the bytes in use travel."""
     rows = records if index is None else records[index]
     width = HEADER_SIZE + int(rows["frame_len"].max())
     raw = np.ascontiguousarray(rows.view(np.uint8).reshape(len(rows), RECORD_SIZE)[:, :width])
     header = {"epoch": epoch, "instance": instance, "n": len(rows), "width": width}
-    return [PACKETS, orjson.dumps(header), raw]
+    return [kind, orjson.dumps(header), raw]
 
 
 def decode_packets(frames: list[bytes], n_instances: int, out: np.ndarray) -> tuple[dict[str, Any], int]:
     """Check a PACKETS message and unpack its records into ``out[:n]``; (header, n)."""
     kind, header = decode(frames)
-    if kind != PACKETS:
+    if kind not in (PACKETS, COPIES):
         raise WireError(f"expected packets, got {KINDS[kind]}")
     n, width, instance = header["n"], header["width"], header["instance"]
     if not 0 < n <= len(out):
@@ -113,6 +119,7 @@ def decode_packets(frames: list[bytes], n_instances: int, out: np.ndarray) -> tu
     if not 0 <= instance < n_instances:
         raise WireError(f"packets: no instance {instance} here")
     data = frames[2]
+    data = data.buffer if hasattr(data, "buffer") else data   # a zmq.Frame received with copy=False
     if len(data) != n * width:
         raise WireError(f"packets: {len(data)} bytes for {n} x {width}")
     rows = out[:n]
@@ -120,4 +127,6 @@ def decode_packets(frames: list[bytes], n_instances: int, out: np.ndarray) -> tu
     raw[:, :width] = np.frombuffer(data, dtype=np.uint8).reshape(n, width)
     if (rows["frame_len"] > width - HEADER_SIZE).any() or (rows["flow_id"] == 0).any():
         raise WireError("packets: a record is longer than its width or unstamped")
+    if ((rows["dup"] != 0) != (kind == COPIES)).any():
+        raise WireError("packets: copies and originals must travel as their own kinds")
     return header, n

@@ -100,9 +100,9 @@ def render_status(st: dict) -> str:
             lines.append("  members: " + "  ".join(
                 f"{m} {'voter' if int(m) in raft['voters'] else 'learner' if int(m) in raft['learners'] else 'gone'}"
                 + (f" (match {progress[m]})" if m in progress else "") for m in raft["members"]))
-    fab = st.get("fabric")
-    if fab:
-        lines.append(f"fabric {fab['listen']}  pid {fab['pid']}  {_fmt_counters(fab['counters'])}")
+    io = st.get("io")
+    if io:
+        lines.append(f"io  pid {io['pid']}  restarts {io['restarts']}  {_fmt_counters(io['counters'])}")
     for u in st["units"]:
         lines.append(f"unit {u['index']}  pid {u['pid']}  restarts {u['restarts']}  {_fmt_counters(u['counters'])}")
     for inst in st["instances"]:

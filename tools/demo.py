@@ -7,14 +7,15 @@
 3. drives ``deft-trafficgen`` through it (500 flows, half TCP with handshakes)
    while a second sender mixes in malformed datagrams,
 4. prints the traffic report and ``deft-ctl status``,
-5. drives a second run during which the stamping unit and then the ingress are
-   SIGKILLed (their hot standbys take over; the unit's flow table and journal
-   are in shared memory, the UDP socket is the supervisor's),
+5. drives a second run during which the io process (ingress, stamping unit,
+   egress) is SIGKILLed twice (its hot standby takes over; the unit's input
+   ring, flow table and journal are in shared memory, the UDP socket is the
+   supervisor's),
 6. stops the node by PID and checks that no shared memory is left.
 
 Exit code 0 when the first run had no loss and no reordering, the second lost
-at most the burst the killed ingress had in hand and duplicated and reordered
-nothing, and nothing was left behind.
+at most the bursts the killed io had in hand, duplicated at most the datagram
+it was sending and reordered nothing, and nothing was left behind.
 """
 
 from __future__ import annotations
@@ -56,21 +57,20 @@ def spray_garbage(ingress: str, stop: threading.Event) -> int:
 
 
 def kill_run(node: LocalNode, ports: dict, tmp: Path, args) -> bool:
-    """Traffic while the stamping unit and then the ingress are SIGKILLed; True if nothing was lost
-    beyond the ingress's burst in hand, nothing duplicated or reordered."""
+    """Traffic while the io is SIGKILLed twice; True if nothing was lost beyond the bursts in hand,
+    at most the datagram being sent was repeated, and nothing was reordered."""
     seconds = max(args.seconds, 4.0)
-    print(f"\n== failure drill: {args.rate} pps for {seconds:.0f} s; SIGKILL the stamping unit at "
-          f"{seconds / 4:.0f} s and the ingress at {seconds / 2:.0f} s")
+    print(f"\n== failure drill: {args.rate} pps for {seconds:.0f} s; SIGKILL the io (ingress, stamping unit, "
+          f"egress) at {seconds / 4:.0f} s and again at {seconds / 2:.0f} s")
     killed = []
     mappings_before = sum(i["nf_counters"].get("new_flows", 0) for i in node.status()["instances"])
 
     def killer():
-        for at, role in ((seconds / 4, "unit"), (seconds / 4, "ingress")):
+        for at in (seconds / 4, seconds / 4):
             time.sleep(at)
-            st = node.status()
-            pid = (st["units"][0] if role == "unit" else st["ingress"])["pid"]
+            pid = node.status()["io"]["pid"]
             os.kill(pid, signal.SIGKILL)
-            killed.append((role, pid))
+            killed.append(("io", pid))
 
     thread = threading.Thread(target=killer)
     thread.start()
@@ -83,13 +83,12 @@ def kill_run(node: LocalNode, ports: dict, tmp: Path, args) -> bool:
         return False
     r = orjson.loads(report_path.read_bytes())
     st = node.status()
-    print(f"== killed {', '.join(f'{role} (pid {pid})' for role, pid in killed)}; now unit pid "
-          f"{st['units'][0]['pid']}, ingress pid {st['ingress']['pid']}")
+    print(f"== killed {', '.join(f'{role} (pid {pid})' for role, pid in killed)}; now io pid {st['io']['pid']}")
     new_mappings = sum(i["nf_counters"].get("new_flows", 0) for i in st["instances"]) - mappings_before
     print(f"== drill traffic: sent {r['sent']:,}, received {r['received']:,}, lost {r['lost']}, "
           f"duplicated {r['duplicated']}, reordered {r['reordered']}; NAT mappings made during the drill: "
           f"{new_mappings} (0: every flow kept its id, so its port)")
-    return r["lost"] <= 256 and r["duplicated"] == 0 and r["reordered"] == 0 and new_mappings == 0
+    return r["lost"] <= 2 * 256 and r["duplicated"] <= 2 and r["reordered"] == 0 and new_mappings == 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             left = node.stop()
         print(f"== node stopped (exit {node.proc.returncode}); shared memory left behind: {left or 'none'}")
         ok = ok and not left and node.proc.returncode == 0
-        print(f"== demo {'PASSED: no loss, no reordering, garbage counted, unit and ingress kills survived' if ok else 'FAILED'}")
+        print(f"== demo {'PASSED: no loss, no reordering, garbage counted, io kills survived' if ok else 'FAILED'}")
         return 0 if ok else 1
 
 

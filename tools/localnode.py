@@ -100,8 +100,7 @@ def stop_process(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
 
 def processes(status: dict) -> list[dict]:
     """Every process of a node's status, supervisor excluded."""
-    optional = [p for p in (status["ingress"], status.get("fabric")) if p is not None]
-    return [*optional, status["egress"], *status["units"], *status["instances"]]
+    return [status["io"], *status["instances"]]
 
 
 class LocalNode:
@@ -238,8 +237,8 @@ class LocalController:
         stop_process(self.proc, 10)
 
 
-def consecutive_ports() -> int:
-    """A free port p with p + 1 free too (worker i binds a node's replication base port + i).
+def consecutive_ports(n: int = 2) -> int:
+    """A free port p with p + 1 .. p + n - 1 free too (worker i binds a node's base port + i).
 
     Picked below the kernel's ephemeral range: a port from there can be handed to any later
     ``bind(0)`` or outgoing connection between now and the worker's bind, and p + 1 would be lost.
@@ -249,18 +248,22 @@ def consecutive_ports() -> int:
     low = _ephemeral_low()
     rng = random.Random()
     for _ in range(200):
-        p = rng.randrange(max(1024, low - 12_000), low - 2)
-        if {p, p + 1} & _handed:  # free now, but given to another node of this process to bind later
+        p = rng.randrange(max(1024, low - 12_000), low - n)
+        ports = set(range(p, p + n))
+        if ports & _handed:  # free now, but given to another node of this process to bind later
             continue
+        socks = [socket.socket() for _ in ports]
         try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", p))
-                b.bind(("127.0.0.1", p + 1))
-            _handed.update((p, p + 1))
+            for s, port in zip(socks, sorted(ports)):
+                s.bind(("127.0.0.1", port))
+            _handed.update(ports)
             return p
         except OSError:
             continue
-    raise RuntimeError("no two consecutive free ports")
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {n} consecutive free ports")
 
 
 def _ephemeral_low() -> int:
@@ -274,7 +277,7 @@ class LocalCluster:
     """A controller and ``n_nodes`` NAT nodes on loopback, routes placed over all of them.
 
     Node 1 takes the traffic (``ingress``); the others have no ingress and get
-    their buckets through their fabric; every node's egress goes to one
+    their buckets straight from node 1's io; every node's egress goes to one
     address (``egress``), where a generator listens. ``stop()`` stops every
     process by PID and returns the shared memory that running nodes left behind.
     """
@@ -301,9 +304,9 @@ class LocalCluster:
         for n in range(1, n_nodes + 1):
             node_id = f"{tag}{os.getpid()}n{n}"
             node = {"controller": cfg["controller"]["heartbeats"],
-                    "fabric": f"tcp://127.0.0.1:{free_port(socket.SOCK_STREAM)}"}
+                    "fabric": f"tcp://127.0.0.1:{consecutive_ports(instances)}"}
             if replicate:
-                node["replication"] = f"tcp://127.0.0.1:{consecutive_ports()}"
+                node["replication"] = f"tcp://127.0.0.1:{consecutive_ports(instances)}"
             # one public address for the cluster: a pair (and its port slice) moves between nodes on failover
             extra: dict[str, dict] = {"ingress": {"listen": "none"}} if n > 1 else {}
             if raft:

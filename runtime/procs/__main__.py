@@ -10,7 +10,7 @@ from deft.runtime.errors import DeftError
 from deft.runtime.procs.common import StopFlag, die_with_parent, normal_priority, setup_logging
 from deft.runtime.topology import Topology
 
-ROLES = ("ingress", "unit", "worker", "egress", "fabric")
+ROLES = ("io", "worker")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,25 +20,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", type=int, default=0)
     parser.add_argument("--restarted", action="store_true", help="started again after a crash")
     parser.add_argument("--standby", action="store_true", help="wait, ready, until told to take over")
-    parser.add_argument("--socket-fd", type=int, help="ingress: the supervisor's bound UDP socket")
+    parser.add_argument("--socket-fd", type=int, help="io: the supervisor's bound ingress UDP socket")
     args = parser.parse_args(argv)
     die_with_parent()
     normal_priority()
     stop = StopFlag()
-    log = setup_logging(f"{args.role}{args.index if args.role in ('unit', 'worker') else ''}")
+    log = setup_logging(f"{args.role}{args.index if args.role == 'worker' else ''}")
     try:
         topo = Topology(load_config(args.config))
-        extra = {"socket_fd": args.socket_fd} if args.role == "ingress" else {}
-        if args.role == "ingress":
-            from deft.runtime.procs.ingress import run
-        elif args.role == "unit":
-            from deft.runtime.procs.unit import run
-        elif args.role == "worker":
-            from deft.runtime.procs.worker import run
-        elif args.role == "fabric":
-            from deft.runtime.procs.fabric import run
+        extra = {"socket_fd": args.socket_fd} if args.role == "io" else {}
+        if args.role == "io":
+            from deft.runtime.procs.io import run
         else:
-            from deft.runtime.procs.egress import run
+            from deft.runtime.procs.worker import run
         if args.standby:
             from deft.runtime.procs.standby import wait_for_takeover
 

@@ -1,4 +1,4 @@
-"""Egress sender: drains every worker's egress ring and emits the packets.
+"""Egress sinks (the io process drains the workers' egress rings into one; see ``io.py``).
 
 udp://HOST:PORT  each packet leaves as a VXLAN datagram with its own VNI; the
                  headers of a burst are written as columns of a staging block,
@@ -18,14 +18,12 @@ import numpy as np
 from deft.runtime.dataplane.packet import MAX_FRAME, PACKET_DTYPE
 from deft.runtime.dataplane.udp_send import send_again
 from deft.runtime.params import split_host_port
-from deft.runtime.ring import Doorbell, Ring
+from deft.runtime.ring import Ring
 from deft.runtime.stats import CounterBlock
 from deft.runtime.topology import Topology
 
 BURST = 256
 VXLAN_HLEN = 8
-COUNTERS = ["ready", "sent", "send_errors", "icmp_refused", "bursts", "node_latency_p50_us",
-            "node_latency_p99_us"]
 LATENCY_WINDOW = 4096  # node-internal latency (ingress receive -> egress send) of the last packets
 
 
@@ -64,8 +62,13 @@ class UdpSink:
         self.stage[:, 0] = 0x08  # VXLAN I flag
         self.rows = [memoryview(self.stage[i]) for i in range(BURST)]
 
-    def send(self, records: np.ndarray) -> tuple[int, int, int]:
-        """Send a burst; return (sent, send errors, earlier ICMP errors stepped over)."""
+    def send(self, records: np.ndarray, ring: Ring | None = None) -> tuple[int, int, int]:
+        """Send a burst; return (sent, send errors, earlier ICMP errors stepped over).
+
+        With ``ring`` (the burst is its ``peek``), each datagram is released from the ring as soon
+        as it is sent: the ring's head is what the node has sent (workers commit on it), and a
+        crash here repeats at most one datagram.
+        """
         n = len(records)
         st = self.stage
         vni = records["vni"]
@@ -78,6 +81,7 @@ class UdpSink:
         send = self.sock.send
         rows = self.rows
         errors = refused = 0
+        release = ring.release if ring is not None else _no_release
         for i, length in enumerate(lengths):
             try:
                 send(rows[i][: VXLAN_HLEN + length])
@@ -87,10 +91,15 @@ class UdpSink:
                     errors += 1
             except OSError:
                 errors += 1
+            release(1)
         return n - errors, errors, refused
 
     def close(self) -> None:
         self.sock.close()
+
+
+def _no_release(n: int) -> None:
+    pass
 
 
 class ShmSink:
@@ -99,50 +108,20 @@ class ShmSink:
     def __init__(self, topo: Topology):
         self.ring = Ring.attach(topo.shm_output(), PACKET_DTYPE)
 
-    def send(self, records: np.ndarray) -> tuple[int, int, int]:
+    def send(self, records: np.ndarray, ring: Ring | None = None) -> tuple[int, int, int]:
         pushed = self.ring.push_some(records)
         deadline = time.monotonic() + 1.0
         while pushed < len(records) and time.monotonic() < deadline:
             time.sleep(0.0001)
             pushed += self.ring.push_some(records[pushed:])
+        if ring is not None:
+            ring.release(len(records))
         return pushed, len(records) - pushed, 0
 
     def close(self) -> None:
         self.ring.close()
 
 
-def run(topo: Topology, index: int, stop, log, restarted: bool = False) -> None:
-    rings = [Ring.attach(topo.egress_ring(i), PACKET_DTYPE) for i in topo.instances]
-    bell = Doorbell.attach(topo.egress_bell())
-    stats = CounterBlock.attach(topo.stats("egress"))
+def open_sink(topo: Topology):
     url = topo.config.egress.send_to
-    sink = UdpSink(url) if url.startswith("udp://") else ShmSink(topo)
-    v = stats.values
-    i_sent, i_err, i_refused, i_bursts = (stats.index[c] for c in COUNTERS[1:5])
-    latency = LatencyWindow()
-    log.info("egress sending to %s", url)
-    stats.set("ready", 1)
-    try:
-        while not stop:
-            moved = 0
-            for ring in rings:
-                view = ring.peek(BURST)
-                if len(view):
-                    sent, errors, refused = sink.send(view)
-                    now = time.monotonic_ns()
-                    latency.add(view["ts_ns"], now)
-                    ring.release(len(view))
-                    v[i_sent] += sent
-                    v[i_err] += errors
-                    v[i_refused] += refused
-                    v[i_bursts] += 1
-                    moved += len(view)
-            if moved == 0:
-                latency.publish(stats, time.monotonic_ns())
-                bell.wait(0.1)
-    finally:
-        stats.set("ready", 0)
-        sink.close()
-        for r in rings:
-            r.close()
-        stats.close()
+    return UdpSink(url) if url.startswith("udp://") else ShmSink(topo)

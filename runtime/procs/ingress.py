@@ -1,35 +1,32 @@
-"""Ingress (the stamper manager): receive, parse, hash each packet to its stamping unit.
+"""Ingress sources (the io process reads them; see ``io.py``): a burst at a time, never waiting.
 
 Sources (``[ingress] listen``):
   udp://HOST:PORT   VXLAN datagrams; a burst is read with non-blocking recv_into
                     into a staging block, then parsed as one numpy batch
   shm://NAME        a local ring of records holding only frame/frame_len/vni
-                    (benchmarks: no system call per packet)
+                    (benchmarks: no system call per packet); its producer rings
+                    a FIFO bell the io polls
   pcap://PATH       a capture file replayed once, as fast as the units take it
 
-A unit ring that is full drops the packets meant for it (counted as
-``unit_ring_full``) before they are stamped, so no seq is ever skipped.
+``read(out, drops)`` returns (datagrams taken, records parsed into ``out``)
+and never blocks; ``fileno()`` is what the io polls for more (None: nothing).
 """
 
 from __future__ import annotations
 
-import select
 import socket
 import time
 
 import numpy as np
 
 from deft.runtime.dataplane.packet import PACKET_DTYPE
-from deft.runtime.dataplane.parse import DROP_REASONS, STAGE_WIDTH, parse_into, parse_records_into
-from deft.runtime.dataplane.stamper import unit_of
+from deft.runtime.dataplane.parse import STAGE_WIDTH, parse_into, parse_records_into
 from deft.runtime.params import split_host_port
-from deft.runtime.ring import Doorbell, Ring
-from deft.runtime.stats import CounterBlock
+from deft.runtime.ring import Ring
+from deft.runtime.ring.fdbell import FdBell
 from deft.runtime.topology import Topology
 
 BURST = 256
-COUNTERS = (["ready", "owner", "received", "accepted", "dropped", "unit_ring_full", "bursts"]
-            + [f"drop_{r}" for r in DROP_REASONS])
 
 
 class UdpSource:
@@ -50,8 +47,6 @@ class UdpSource:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             self.sock.bind((host, port))
         self.sock.setblocking(False)
-        self.poller = select.poll()
-        self.poller.register(self.sock.fileno(), select.POLLIN)
         self.stage = np.zeros((BURST, STAGE_WIDTH), dtype=np.uint8)
         self.rows = [memoryview(self.stage[i]) for i in range(BURST)]
         self.lengths = np.zeros(BURST, dtype=np.int64)
@@ -59,19 +54,21 @@ class UdpSource:
     # A socket cannot push back: read on, and count what the unit rings cannot take.
     backpressure = False
 
-    def read(self, out: np.ndarray, drops: np.ndarray, timeout_ms: int) -> tuple[int, int]:
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def read(self, out: np.ndarray, drops: np.ndarray) -> tuple[int, int]:
         """(datagrams received, records parsed into out)."""
         recv_into = self.sock.recv_into
         lengths = self.lengths
         n = 0
-        for row in self.rows:
+        for row in self.rows[: len(out)]:
             try:
                 lengths[n] = recv_into(row)
             except BlockingIOError:
                 break
             n += 1
         if n == 0:
-            self.poller.poll(timeout_ms)
             return 0, 0
         return n, parse_into(self.stage, lengths[:n], out, time.monotonic_ns(), drops)
 
@@ -85,12 +82,15 @@ class ShmSource:
 
     def __init__(self, topo: Topology):
         self.ring = Ring.attach(topo.shm_input(), PACKET_DTYPE)
-        self.bell = Doorbell.attach(topo.ingress_bell())
+        self.bell = FdBell.attach(topo.ingress_bell())
 
-    def read(self, out: np.ndarray, drops: np.ndarray, timeout_ms: int) -> tuple[int, int]:
+    def fileno(self) -> int:
+        return self.bell.fileno()
+
+    def read(self, out: np.ndarray, drops: np.ndarray) -> tuple[int, int]:
+        self.bell.drain()
         view = self.ring.peek(len(out))
         if len(view) == 0:
-            self.bell.wait(timeout_ms / 1000)
             return 0, 0
         k = parse_records_into(view, out, time.monotonic_ns(), drops)
         n = len(view)
@@ -118,9 +118,15 @@ class PcapSource:
             self.records["frame_len"][i] = min(len(frame), 65535)
         self.pos = 0
 
-    def read(self, out: np.ndarray, drops: np.ndarray, timeout_ms: int) -> tuple[int, int]:
+    def fileno(self) -> None:
+        return None
+
+    @property
+    def exhausted(self) -> bool:
+        return self.pos >= len(self.records)
+
+    def read(self, out: np.ndarray, drops: np.ndarray) -> tuple[int, int]:
         if self.pos >= len(self.records):
-            time.sleep(timeout_ms / 1000)
             return 0, 0
         chunk = self.records[self.pos: self.pos + len(out)]
         self.pos += len(chunk)
@@ -138,59 +144,3 @@ def open_source(topo: Topology, socket_fd: int | None = None):
     if scheme == "shm":
         return ShmSource(topo)
     return PcapSource(rest)
-
-
-def run(topo: Topology, index: int, stop, log, restarted: bool = False, socket_fd: int | None = None) -> None:
-    units = list(topo.units)
-    rings = [Ring.attach(topo.unit_ring(u), PACKET_DTYPE) for u in units]
-    bells = [Doorbell.attach(topo.unit_bell(u)) for u in units]
-    stats = CounterBlock.attach(topo.stats("ingress"))
-    source = open_source(topo, socket_fd)
-    out = np.zeros(BURST, dtype=PACKET_DTYPE)
-    drops = np.zeros(len(DROP_REASONS), dtype=np.int64)
-    values = stats.values
-    i_received, i_accepted, i_dropped, i_full, i_bursts = (
-        stats.index[c] for c in ("received", "accepted", "dropped", "unit_ring_full", "bursts"))
-    i_drop0 = stats.index[f"drop_{DROP_REASONS[0]}"]
-    log.info("ingress listening on %s for %d stamping unit(s)", topo.config.ingress.listen, len(units))
-    stats.set("ready", 1)
-    try:
-        while not stop:
-            if source.backpressure:
-                room = min(r.free() for r in rings)
-                if room == 0:
-                    time.sleep(0.0001)
-                    continue
-                n, k = source.read(out[:room], drops, 100)
-            else:
-                n, k = source.read(out, drops, 100)
-            if n == 0:
-                continue
-            values[i_received] += n
-            values[i_accepted] += k
-            values[i_bursts] += 1
-            if n != k:
-                values[i_dropped] += n - k
-                values[i_drop0: i_drop0 + len(drops)] += drops
-                drops[:] = 0
-            if k == 0:
-                continue
-            batch = out[:k]
-            if len(rings) == 1:
-                pushed = rings[0].push_some(batch)
-                bells[0].ring()
-                values[i_full] += k - pushed
-                continue
-            which = unit_of(batch["key_hash"], len(rings))
-            for u, ring in enumerate(rings):
-                part = np.flatnonzero(which == u)
-                if len(part):
-                    pushed = ring.push_some(batch, part)
-                    bells[u].ring()
-                    values[i_full] += len(part) - pushed
-    finally:
-        stats.set("ready", 0)
-        source.close()
-        for r in rings:
-            r.close()
-        stats.close()

@@ -8,7 +8,8 @@ a secondary on another node. A worker binds one replication ROUTER at
   every released output batch goes to the secondary by 2PC first (its stamps
   in processing order and the state it changed); its output is staged and
   leaves on the core's ``Release``, through the commit record
-  (``Worker.release_committed``), before the Commit is sent. A new secondary
+  (``Worker.release_committed``); once the node's egress has sent it
+  (``note_sent``) the core may tell the secondary it is committed. A new secondary
   (or a new generation of the pair) starts with a Sync of the whole table;
   batches processed before it is decided are held and released when it is.
 * ``SecondaryRoles`` for the pairs it is the secondary of: duplicates
@@ -25,25 +26,21 @@ failover elsewhere does not resync this pair.
 from __future__ import annotations
 
 import time
+from collections import deque
 
 import numpy as np
 import zmq
 
-from deft.runtime.params import split_host_port
+from deft.runtime import wire
+from deft.runtime.dataplane.packet import PACKET_DTYPE
+from deft.runtime.errors import WireError
 from deft.runtime.replication.actions import Refused, Release, WriteDecision
 from deft.runtime.replication.driver import PrimaryLink, Router, SecondaryLink
 from deft.runtime.replication.messages import STAMP_DTYPE, Delta, stamps_of
 from deft.runtime.replication.primary import PrimaryReplicator
 from deft.runtime.replication.secondary import SecondaryReplica
 
-TICK_NS = 5_000_000  # retransmits and Missing requests count in these
-TRIM_EVERY_TICKS = 200  # a secondary drops copies its applied state covers about once a second
-
-
-def endpoint_of(base: str, index: int) -> str:
-    """Worker ``index``'s replication endpoint: the base endpoint's port + index."""
-    host, port = split_host_port(base.partition("://")[2])
-    return f"tcp://{host}:{port + index}"
+TICK_NS = 5_000_000  # retransmits and Missing requests count in these (ticks run only while needed)
 
 
 class PrimaryRole:
@@ -56,7 +53,8 @@ class PrimaryRole:
         self.key = key  # (secondary node, instance, generation): a change means a new secondary
         self.link = PrimaryLink(worker.zctx, core, worker.codec, endpoint, payloads_for=self.payloads_for)
         self.submitted_ns: dict[int, int] = {}
-        self.commit_after: int | None = None  # egress ring position the Commit waits for (see flush_when_sent)
+        # released batches the egress has not sent yet: (egress ring position after it, batch)
+        self.unsent: deque[tuple[int, int]] = deque()
         # batch -> (output records, index of the forwarded ones, the records as they arrived)
         self.staged: dict[int, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = {}
 
@@ -78,6 +76,10 @@ class PrimaryRole:
 
     def in_flight(self) -> int:
         return self.core.in_flight
+
+    def needs_tick(self) -> bool:
+        """Retransmits, a lazy Commit or a send to notice: the worker keeps its timer running."""
+        return bool(self.core.in_flight or self.core.commit_pending or self.unsent)
 
     def submit(self, batch: np.ndarray, forward: np.ndarray | None, inputs: np.ndarray | None) -> None:
         """A processed batch: stage its output, send its state by 2PC; it leaves on Release."""
@@ -104,14 +106,14 @@ class PrimaryRole:
         return out
 
     def execute(self, actions) -> None:
-        decided, released = 0, False
+        decided = 0
         for action in actions:
             if isinstance(action, WriteDecision):
                 decided = max(decided, action.batch)
             elif isinstance(action, Release):
                 records, forward, _ = self.staged.pop(action.batch)
                 self.worker.release_committed(self.slot.pair, action.batch, records, forward)
-                released = True
+                self.unsent.append((self.worker.last_release_end, action.batch))
                 sent = self.submitted_ns.pop(action.batch, None)
                 if sent is not None:  # 2PC round trip, smoothed: what replication adds to a batch's wait
                     rtt_us = (time.monotonic_ns() - sent) // 1000
@@ -121,27 +123,22 @@ class PrimaryRole:
                 self.worker.count["repl_refused"] += 1
         if decided:  # a decided batch without output (a Sync) is recorded too: a successor needs it
             self.worker.record.decided(self.slot.pair, decided)
-        if released:
-            self.commit_after = self.worker.last_release_end
-        self.flush_when_sent()
+        self.note_sent(self.worker.egress.popped)
 
-    def flush_when_sent(self) -> None:
-        """Let the Commit (and what queued behind it) go once the egress has SENT the released output.
+    def note_sent(self, popped: int) -> None:
+        """Tell the core which released batches the egress has SENT (its ring's consumer passed them).
 
         Released means published to the egress ring; a node that dies before its
         egress sent it loses it, and a secondary that had heard "committed"
-        would not replay it. So the secondary hears it only when the egress
-        ring's consumer has passed the batch (the contract in
-        runtime/replication/README.md: Release finished = the packets left the node).
+        would not replay it. So the core commits a batch to the secondary only
+        once it is sent (the contract in runtime/replication/README.md).
         """
-        if self.commit_after is not None and self.worker.egress.popped < self.commit_after:
-            return
-        self.commit_after = None
-        self.link.flush()
+        unsent = self.unsent
+        while unsent and unsent[0][0] <= popped:
+            self.link.execute(self.core.output_sent(unsent.popleft()[1]))
 
     def poll(self) -> None:
         self.execute(self.link.poll_once(0))
-        self.flush_when_sent()
 
     def tick(self) -> None:
         self.execute(self.link.tick())
@@ -159,6 +156,9 @@ class SecondaryRoles:
     def __init__(self, worker, endpoint: str):
         self.worker = worker
         self.router = Router(worker.zctx, endpoint)
+        self.router.on_copies = self.on_copies
+        self.copy_buf = np.zeros(4096, dtype=PACKET_DTYPE)
+        self.bad_copies = 0
         self.links: dict[int, SecondaryLink] = {}
         self.keys: dict[int, tuple] = {}
         self.unknown_duplicates = 0
@@ -185,6 +185,15 @@ class SecondaryRoles:
         self.keys.pop(pair, None)
         return self.links.pop(pair, None)
 
+    def on_copies(self, frames: list[bytes]) -> None:
+        """Copies another node's io sent (kind COPIES on the 2PC socket): to the worker, as from a ring."""
+        try:
+            _, n = wire.decode_packets(frames, self.worker.cfg.nf.instances, self.copy_buf)
+        except WireError:
+            self.bad_copies += 1
+            return
+        self.worker.on_duplicates(self.copy_buf[:n])
+
     def on_duplicates(self, pair: int, records: np.ndarray) -> None:
         link = self.links.get(pair)
         if link is None:
@@ -193,15 +202,24 @@ class SecondaryRoles:
         self._execute(link.on_packets(stamps_of(records), [r.tobytes() for r in records]))  # copies, not views
 
     def poll(self) -> None:
+        """The router had something: route it to the links, then step each link that got mail."""
+        self.router.pump(0)
         for link in list(self.links.values()):
-            self._execute(link.poll_once(0))
+            if link.inbox:
+                self._execute(link.poll_once(0))
+
+    def needs_tick(self) -> bool:
+        """A Prepare waits for packets or for a gap to fill (Missing, NeedFrom are timed)."""
+        return any(link.core.waiting for link in self.links.values())
 
     def tick(self) -> None:
-        self.ticks += 1
         for link in self.links.values():
             self._execute(link.tick())
-            if self.ticks % TRIM_EVERY_TICKS == 0:
-                link.core.trim()
+
+    def trim(self) -> None:
+        """Drop buffered copies the applied state covers (about once a second)."""
+        for link in self.links.values():
+            link.core.trim()
 
     def _execute(self, actions) -> None:
         for action in actions:
@@ -216,7 +234,8 @@ class SecondaryRoles:
             "replica_buffered": sum(r.buffered for r in replicas),
             "replica_waited": sum(r.waited for r in replicas),
             "repl_unknown_duplicates": self.unknown_duplicates,
-            "repl_bad_frames": self.router.bad_frames + sum(link.bad_frames for link in self.links.values()),
+            "repl_bad_frames": self.router.bad_frames + self.bad_copies
+            + sum(link.bad_frames for link in self.links.values()),
         }
 
     def close(self) -> None:

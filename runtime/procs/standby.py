@@ -1,12 +1,13 @@
-"""Hot standbys: a second process per stamping unit and per ingress, started and waiting.
+"""Hot standby: a second io process per node, started and waiting.
 
 A standby has imported everything; it sleeps on its role's takeover bell. When
 the supervisor reaps the active process it writes the standby's pid into the
 role's counter block (``owner``), drops stale posts and rings the bell; a
 woken standby that is not the named owner goes back to sleep, so two
 processes never work one SPSC ring. The standby then attaches like a restarted
-process would (a unit recovers its journal, an ingress takes the supervisor's
-socket), in milliseconds instead of a restart's few hundred.
+process would (its units recover their journals and resend their sent logs,
+it takes the supervisor's ingress socket), in milliseconds instead of a
+restart's few hundred.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from deft.runtime.ring import Doorbell
 from deft.runtime.stats import CounterBlock
 from deft.runtime.topology import Topology
 
-ROLES = ("unit", "ingress")
+ROLES = ("io",)
 
 
 def stats_key(role: str, index: int) -> str:
-    return f"unit{index}" if role == "unit" else role
+    return role
 
 
 def wait_for_takeover(topo: Topology, role: str, index: int, stop) -> bool:

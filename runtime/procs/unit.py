@@ -1,13 +1,14 @@
-"""Stamping unit: stamp (flow_id, seq), then switch each packet to its NF instance's ring.
+"""Stamping unit: stamp (flow_id, seq), then switch each packet to its NF instance (in the io process).
 
 The switch step reads the routes (bucket -> pair -> primary node and
 instance) from shared memory that the supervisor owns; packets for an
-instance on another node go to that node's fabric over ZMQ. Room in the instance rings is checked *before*
-stamping: only the prefix of the batch that fits is stamped and handed on, the
-rest stays in the unit's input ring (counted as ``blocked``), so no stamped
-packet is ever dropped here and an instance never waits for a seq that will
-not come. When the unit falls behind, its input ring fills and the ingress
-drops (counted there as ``unit_ring_full``), before stamping.
+instance on another node go straight to that worker over ZMQ (``Switch``).
+Room at every destination is checked *before* stamping: only the prefix of
+the batch that fits is stamped and handed on, the rest stays in the unit's
+input ring (counted as ``blocked``), so no stamped packet is ever dropped here
+and an instance never waits for a seq that will not come. When the unit falls
+behind, its input ring fills and the ingress drops (counted there as
+``unit_ring_full``), before stamping.
 
 Back-pressure never blocks forever: an instance whose ring has not had room
 for STALL_S (a stopped or wedged worker) gets its packets dropped *unstamped*
@@ -27,7 +28,8 @@ from deft.runtime.dataplane.sentlog import SentLog
 from deft.runtime.dataplane.routes import NONE, TARGET_SCALE, W_PAIRS, Routes
 from deft.runtime.dataplane.packet import PACKET_DTYPE
 from deft.runtime.dataplane.stamper import Stamper, StamperTable, bucket_of
-from deft.runtime.ring import Doorbell, Ring
+from deft.runtime.params import endpoint_of
+from deft.runtime.ring import Ring
 from deft.runtime.ring.fdbell import FdBell
 from deft.runtime.ring.shm import attach_segment, release_segment
 from deft.runtime.sockets import make_socket
@@ -99,15 +101,19 @@ class StallWatch:
         return {i for i, t in self.full_since.items() if now - t >= self.stall_s}
 
 
-class Destinations:
+class Switch:
     """Where the switch can send a packet: this node's instances, then instances on other nodes.
 
-    Destination d < n_local is local instance d (its ring); d >= n_local is a
-    (node, instance) reached through that node's fabric (a PUSH socket per node).
-    Rebuilt whenever the routes' epoch changes.
+    Destination d < n_local is local instance d (its input ring, or its dup ring for a copy);
+    d >= n_local is an instance on another node, reached straight at its worker: originals
+    on a PUSH to the worker's PULL (``[node] fabric`` base port + instance: back-pressured
+    by ZeroMQ's high-water mark), copies for a secondary on a DEALER to the worker's 2PC
+    ROUTER (``[node] replication`` base port + instance), which the worker always drains,
+    so a secondary's copies never wait behind its own node's full input.
+    Rebuilt whenever the routes' epoch changes; every stamping unit of the io uses it.
     """
 
-    def __init__(self, routes: Routes, n_local: int, zctx: zmq.Context, old: "Destinations | None" = None,
+    def __init__(self, routes: Routes, n_local: int, zctx: zmq.Context, old: "Switch | None" = None,
                  replicate: bool = False):
         self.epoch = routes.epoch
         self.n_local = n_local
@@ -127,16 +133,23 @@ class Destinations:
         nodes = routes.nodes()
         reuse = dict(old.sockets) if old else {}
         self.sockets: dict[str, zmq.Socket] = {}
-        for node_index in sorted({n for n, _ in remote}):
-            fabric = nodes[node_index][1]
-            sock = reuse.pop(fabric, None)
-            if sock is None:
-                sock = make_socket(zctx, zmq.PUSH, connect=fabric, hwm=64)
-                sock.sndtimeo = FABRIC_SEND_TIMEOUT_MS
-            self.sockets[fabric] = sock
+        self.originals_to: list[zmq.Socket] = []
+        self.copies_to: list[zmq.Socket] = []
+        for node_index, inst in remote:
+            _, fabric, replication = nodes[node_index]
+            pair = []
+            for endpoint, kind in ((endpoint_of(fabric, inst), zmq.PUSH), (endpoint_of(replication, inst), zmq.DEALER)):
+                sock = reuse.pop(endpoint, None) or self.sockets.get(endpoint)
+                if sock is None and endpoint:
+                    sock = make_socket(zctx, kind, connect=endpoint, hwm=64)
+                    sock.sndtimeo = FABRIC_SEND_TIMEOUT_MS
+                self.sockets[endpoint] = sock
+                pair.append(sock)
+            self.originals_to.append(pair[0])
+            self.copies_to.append(pair[1])
         for sock in reuse.values():
-            sock.close()
-        self.socket_of = [self.sockets[nodes[n][1]] for n, _ in remote]
+            if sock is not None:
+                sock.close()
         # per bucket, once per epoch: the switch step is then one fancy index per batch
         self.n_buckets = len(routes.bucket_pair)
         self.of_bucket = self.of(routes.primary_targets(np.arange(self.n_buckets)))
@@ -154,30 +167,29 @@ class Destinations:
             return targets - self.self_base
         return self._dest_of_sorted[np.searchsorted(self._sorted, targets)]
 
-    def rooms(self, rings: list[Ring]) -> list[int]:
-        remote = [MAX_BATCH if s.poll(0, zmq.POLLOUT) else 0 for s in self.socket_of]
-        return [r.free() for r in rings] + remote
+    def rooms(self, rings: list[Ring], socks: list[zmq.Socket]) -> list[int]:
+        """Room per destination: free ring slots here, a whole batch for a socket below its HWM."""
+        return [r.free() for r in rings] + [MAX_BATCH if s is not None and s.poll(0, zmq.POLLOUT) else 0
+                                            for s in socks]
 
     def close(self) -> None:
         for sock in self.sockets.values():
-            sock.close()
+            if sock is not None:
+                sock.close()
 
 
 class StampingUnit:
-    """One stamping unit's loop body; ``step()`` moves one batch from its ring to the instances."""
+    """One stamping unit inside the node's io process; ``step()`` moves one batch from its ring on.
 
-    def __init__(self, topo: Topology, index: int):
-        self.n_inst = topo.config.nf.instances
+    Its input ring (``in.u<u>``), flow table and journal (``stamper.u<u>``) and sent log are
+    shared memory that outlives the io process: a successor recovers the batch a dead one
+    was stamping and sends again what it had handed to ZeroMQ (see ``stamper.py``, ``sentlog.py``).
+    """
+
+    def __init__(self, topo: Topology, index: int, io: "IoShared"):
+        self.index = index
+        self.io = io
         self.in_ring = Ring.attach(topo.unit_ring(index), PACKET_DTYPE)
-        self.bell = Doorbell.attach(topo.unit_bell(index))
-        self.out_rings = [Ring.attach(topo.nf_ring(i, index), PACKET_DTYPE) for i in topo.instances]
-        self.out_bells = [FdBell.attach(topo.nf_bell(i)) for i in topo.instances]
-        self.routes = Routes.attach(topo.routes())
-        self.zctx = zmq.Context()
-        self.replicate = topo.config.nf.replicate
-        self.dest = Destinations(self.routes, self.n_inst, self.zctx, replicate=self.replicate)
-        self.dup_rings = ([Ring.attach(topo.dup_ring(i, index), PACKET_DTYPE) for i in topo.instances]
-                          if self.replicate else [])
         self.stats = CounterBlock.attach(topo.stats(f"unit{index}"))
         capacity = topo.config.ingress.flows_per_unit
         self._table_mm = attach_segment(topo.stamper_table(index))
@@ -187,7 +199,6 @@ class StampingUnit:
         self.sent_log = SentLog.attach(topo.sent_log(index))
         self.watch = StallWatch()
         self.idle_ns = int(topo.config.ingress.flow_idle_s * 1e9)
-        self.next_expiry = time.monotonic() + 1.0
         self._v = self.stats.values
         self._i = {c: self.stats.index[c] for c in COUNTERS}
 
@@ -200,19 +211,18 @@ class StampingUnit:
         n = len(view)
         if n == 0:
             return 0
-        if self.routes.epoch != self.dest.epoch:
-            self.dest = Destinations(self.routes, self.n_inst, self.zctx, self.dest, self.replicate)
-        buckets = bucket_of(view["key_hash"], self.dest.n_buckets)
-        dest = self.dest.of_bucket[buckets]
-        dest2 = self.dest.second_of_bucket[buckets] if self.replicate else None
-        picked, consumed = self.plan(dest, dest2, self.dest.rooms(self.out_rings))
+        sw = self.io.switch()
+        buckets = bucket_of(view["key_hash"], sw.n_buckets)
+        dest = sw.of_bucket[buckets]
+        dest2 = sw.second_of_bucket[buckets] if self.io.replicate else None
+        picked, consumed = self.plan(dest, dest2, sw.rooms(self.io.in_rings, sw.originals_to))
         if consumed == 0:
             self._v[self._i["blocked"]] += 1
             return 0
         self._v[self._i["dropped_stalled"]] += consumed - (consumed if picked is None else len(picked))
         keep = slice(0, consumed) if picked is None else picked
         batch, dest, buckets = view[keep], dest[keep], buckets[keep]
-        batch["pair"] = self.dest.pair_of_bucket[buckets]  # a worker may serve several pairs
+        batch["pair"] = sw.pair_of_bucket[buckets]  # a worker may serve several pairs
         if dest2 is not None:
             dest2 = dest2[keep]
         ok = self.stamper.stamp(batch, ring_head=self.in_ring.popped)
@@ -233,9 +243,11 @@ class StampingUnit:
         """(indices to take or None for the whole prefix, packets consumed from the unit's ring)."""
         n = len(dest)
         if dest2 is not None:
-            # the copies need room in the secondaries' dup rings (remote ones share the fabric socket);
-            # no stall rule here yet: a stuck secondary pushes back on its primary, as 2PC would anyway
-            rooms2 = [r.free() for r in self.dup_rings] + rooms[len(self.dup_rings):]
+            # the copies need room in the secondaries' dup rings (remote ones: their 2PC sockets,
+            # always drained); no stall rule here yet: a stuck secondary pushes back on its
+            # primary, as 2PC would anyway
+            sw = self.io.switch()
+            rooms2 = sw.rooms(self.io.dup_rings, sw.copies_to)
             copies_to = np.where(dest2 >= 0, dest2, len(rooms2))  # no secondary: an unbounded dummy
             return None, min(fitting_prefix(dest, rooms), fitting_prefix(copies_to, rooms2 + [n]))
         if fitting_prefix(dest, rooms) == n:  # the common case: everything fits
@@ -248,16 +260,17 @@ class StampingUnit:
         records = self.sent_log.recent(time.monotonic_ns())
         if len(records) == 0:
             return 0
-        buckets = bucket_of(records["key_hash"], self.dest.n_buckets)
+        sw = self.io.switch()
+        buckets = bucket_of(records["key_hash"], sw.n_buckets)
         copies = records["dup"] != 0
         originals = np.flatnonzero(~copies)
         if len(originals):
-            self.hand_on(records[originals], self.dest.of_bucket[buckets[originals]])
+            self.hand_on(records[originals], sw.of_bucket[buckets[originals]])
         copies = np.flatnonzero(copies)
         if len(copies):
-            to = self.dest.second_of_bucket[buckets[copies]]
+            to = sw.second_of_bucket[buckets[copies]]
             keep = to >= 0
-            self.hand_on(records[copies[keep]], to[keep], self.dup_rings)
+            self.hand_on(records[copies[keep]], to[keep], copies=True)
         self._v[self._i["resent"]] += len(records)
         return len(records)
 
@@ -266,79 +279,92 @@ class StampingUnit:
         if len(copies):
             dups = batch[copies]  # a copy: the originals in the ring keep dup = 0
             dups["dup"] = 1
-            self.hand_on(dups, dest2[copies], self.dup_rings)
+            self.hand_on(dups, dest2[copies], copies=True)
             self._v[self._i["duplicated"]] += len(copies)
 
-    def hand_on(self, batch: np.ndarray, dest: np.ndarray, rings: list[Ring] | None = None) -> None:
-        """Push each packet to its destination: a local ring (``rings``, default the instances'
-        input rings; the copies for secondaries go to their dup rings) or another node's fabric."""
-        d = self.dest
-        rings = self.out_rings if rings is None else rings
-        if d.all_local and self.n_inst == 1:
+    def hand_on(self, batch: np.ndarray, dest: np.ndarray, copies: bool = False) -> None:
+        """Push each packet to its destination: a local ring (the instances' input rings; copies for
+        secondaries to their dup rings) or a worker on another node."""
+        sw, io = self.io.switch(), self.io
+        rings = io.dup_rings if copies else io.in_rings
+        if sw.all_local and len(rings) == 1:
             rings[0].push_some(batch)
-            self.out_bells[0].ring()
+            io.rung.add(0)
             return
-        for k, part in enumerate(split_by_instance(dest, d.n_local + len(d.remote))):
+        socks = sw.copies_to if copies else sw.originals_to
+        for k, part in enumerate(split_by_instance(dest, sw.n_local + len(sw.remote))):
             if not len(part):
                 continue
-            if k < d.n_local:
+            if k < sw.n_local:
                 rings[k].push_some(batch, part)
-                self.out_bells[k].ring()
-            else:
-                instance = d.remote[k - d.n_local][1]
-                self.sent_log.append(batch, part, time.monotonic_ns())  # before the send: see sentlog.py
-                try:
-                    d.socket_of[k - d.n_local].send_multipart(
-                        wire.encode_packets(d.epoch, instance, batch, part), copy=False)
-                except zmq.Again:
-                    # full for FABRIC_SEND_TIMEOUT_MS although the room check saw space: the node is
-                    # gone (its packets have copies at their secondaries); waiting longer would stop
-                    # this unit, and every flow with it, until the routes move
-                    self._v[self._i["dropped_fabric"]] += len(part)
-                    continue
-                self._v[self._i["sent_remote"]] += len(part)
+                io.rung.add(k)
+                continue
+            instance = sw.remote[k - sw.n_local][1]
+            self.sent_log.append(batch, part, time.monotonic_ns())  # before the send: see sentlog.py
+            try:
+                socks[k - sw.n_local].send_multipart(
+                    wire.encode_packets(sw.epoch, instance, batch, part, wire.COPIES if copies else wire.PACKETS),
+                    copy=False)
+            except zmq.Again:
+                # full for FABRIC_SEND_TIMEOUT_MS although the room check saw space: the node is
+                # gone (its packets have copies at their secondaries); waiting longer would stop
+                # this unit, and every flow with it, until the routes move
+                self._v[self._i["dropped_fabric"]] += len(part)
+                continue
+            self._v[self._i["sent_remote"]] += len(part)
 
-    def idle(self) -> None:
-        """Nothing to do: sleep until rung, and now and then forget idle flows."""
-        self.bell.wait(0.1)
-        if time.monotonic() > self.next_expiry:
-            self.stats.add("expired", self.stamper.expire(time.monotonic_ns(), self.idle_ns))
-            self.publish()
-            self.next_expiry = time.monotonic() + 1.0
+    def expire(self, now_ns: int) -> None:
+        self._v[self._i["expired"]] += self.stamper.expire(now_ns, self.idle_ns)
+        self.publish()
 
     def publish(self) -> None:
         self.stats.set("flows", len(self.stamper))
         self.stats.set("new_flows", self.stamper.new_flows)
 
     def close(self) -> None:
+        self.publish()
         self.in_ring.close()
-        for r in self.out_rings:
-            r.close()
-        for r in self.dup_rings:
-            r.close()
-        self.routes.close()
-        self.dest.close()
-        self.zctx.term()
         self.stats.close()
         self.sent_log.close()
         self.stamper = None  # drop the views before the mapping goes
         release_segment(self._table_mm, "", unlink=False)
 
 
-def run(topo: Topology, index: int, stop, log, restarted: bool = False) -> None:
-    unit = StampingUnit(topo, index)
-    resent = unit.resend_logged()
-    log.info("stamping unit %d up (%d NF instance(s), %d flows carried over, journal %s, %d remote sends repeated)",
-             index, unit.n_inst, len(unit.stamper), unit.recovered, resent)
-    unit.stats.set("ready", 1)
-    try:
-        while not stop:
-            if unit.step() == 0:
-                if len(unit.in_ring):
-                    time.sleep(0.0001)  # blocked by a full instance ring: let the worker run
-                else:
-                    unit.idle()
-    finally:
-        unit.publish()
-        unit.stats.set("ready", 0)
-        unit.close()
+class IoShared:
+    """What the io's stamping units share: the switch (rebuilt per routes epoch), the instances'
+    rings, and the set of local instances rung this round (each bell rung once per round)."""
+
+    def __init__(self, topo: Topology, zctx: zmq.Context):
+        self.topo = topo
+        self.zctx = zctx
+        self.replicate = topo.config.nf.replicate
+        self.routes = Routes.attach(topo.routes())
+        self.in_rings = [Ring.attach(topo.nf_ring(i), PACKET_DTYPE) for i in topo.instances]
+        self.dup_rings = ([Ring.attach(topo.dup_ring(i), PACKET_DTYPE) for i in topo.instances]
+                          if self.replicate else [])
+        self.bells = [FdBell.attach(topo.nf_bell(i)) for i in topo.instances]
+        self.rung: set[int] = set()
+        self._switch = Switch(self.routes, len(self.in_rings), zctx, replicate=self.replicate)
+
+    def refresh(self) -> None:
+        """At the start of a round only: a unit's batch is planned and handed on with one switch
+        (a destination index means nothing under another epoch's switch)."""
+        if self.routes.epoch != self._switch.epoch:
+            self._switch = Switch(self.routes, len(self.in_rings), self.zctx, self._switch, self.replicate)
+
+    def switch(self) -> Switch:
+        return self._switch
+
+    def ring_bells(self) -> None:
+        """Wake the instances that got packets this round (one FIFO write each)."""
+        for k in self.rung:
+            self.bells[k].ring()
+        self.rung.clear()
+
+    def close(self) -> None:
+        for r in self.in_rings + self.dup_rings:
+            r.close()
+        self.routes.close()
+        self._switch.close()
+
+

@@ -61,18 +61,24 @@ from deft.runtime.dataplane.routes import NONE, W_PAIRS, Routes
 from deft.runtime.procs.globalbatches import GlobalBatches
 from deft.runtime.procs.globals_client import GlobalClient
 from deft.runtime.procs.pairslot import SLOT_COUNTERS, PairSlot
+from deft.runtime.procs.remote_input import RemoteInput
+from deft.runtime.params import endpoint_of
 from deft.runtime.procs.takeover import TAKEOVER_COUNTERS, TakeOver
-from deft.runtime.ring import Doorbell, Ring
+from deft.runtime.ring import Ring
 from deft.runtime.ring.fdbell import FdBell
 from deft.runtime.stats import CounterBlock
 from deft.runtime.topology import Topology
 
 POLLIN = 1  # zmq.POLLIN, without importing zmq into a worker that does not replicate
+TICK_NS = 5_000_000        # 2PC retransmits and Missing requests count in these
+PUBLISH_NS = 50_000_000    # counters reach shared memory at most this often while busy (and when idle)
 
 COUNTERS = [
     "ready", "received", "processed", "released", "dropped_by_nf", "stale", "duplicate",
     "pending_overflow", "pending", "batches", "egress_waits", "flows", "nf_errors", "adopted", "gaps_skipped",
     "expired", "pairs", "not_mine", "early",
+    # packets from other nodes' io processes (the PULL at [node] fabric + index)
+    "remote_messages", "remote_packets", "remote_bad_frames",
     # replication ([nf] replicate): as primary, as secondary, take-overs
     "repl_committed", "repl_in_flight", "repl_staged", "repl_rtt_us", "replica_committed", "replica_flows", "replica_buffered", "replica_waited", "repl_packets_asked",
     "repl_packets_unknown", "replay_unusable",
@@ -99,13 +105,21 @@ class Worker:
         self.stop = stop
         self.log = log
         self.restarted = restarted
-        self.inputs = [Ring.attach(topo.nf_ring(index, u), PACKET_DTYPE) for u in topo.units]
-        self.inputs.append(Ring.attach(topo.fabric_ring(index), PACKET_DTYPE))  # from other nodes' units
-        self.dup_inputs = ([Ring.attach(topo.dup_ring(index, u), PACKET_DTYPE) for u in topo.units]
-                           + [Ring.attach(topo.fabric_dup_ring(index), PACKET_DTYPE)]) if cfg.nf.replicate else []
+        import zmq
+
+        self.zctx = zmq.Context()
+        # input: what this node's io stamped here, and what other nodes' io processes send (a PULL)
+        self.inputs: list = [Ring.attach(topo.nf_ring(index), PACKET_DTYPE)]
+        self.remote: RemoteInput | None = None
+        if cfg.node.fabric:
+            self.remote = RemoteInput(self.zctx, endpoint_of(cfg.node.fabric, index), cfg.nf.instances, log)
+            self.inputs.append(self.remote)
+        # copies for the pairs it is the secondary of: this node's io's ring (other nodes' io send them
+        # to the 2PC socket: SecondaryRoles)
+        self.dup_inputs = [Ring.attach(topo.dup_ring(index), PACKET_DTYPE)] if cfg.nf.replicate else []
         self.bell = FdBell.attach(topo.nf_bell(index))  # pollable: see run()
         self.egress = Ring.attach(topo.egress_ring(index), PACKET_DTYPE)
-        self.egress_bell = Doorbell.attach(topo.egress_bell())
+        self.egress_bell = FdBell.attach(topo.egress_bell())
         self.stats = CounterBlock.attach(topo.stats(f"nf{index}"))
         self.record = CommitRecord.attach(topo.commit_record(index))
         self.routes = Routes.attach(topo.routes())
@@ -123,6 +137,10 @@ class Worker:
         self.next_expiry = 0
         self.next_publish = 0
         self.next_tick = 0
+        self.dirty = True           # counters changed since they were last published
+        self._poller = None
+        self._polled: list = []
+        self._remote_armed = True
         self.flush_on_idle = cfg.nf.flush_on_idle
         self.flush_ns = cfg.nf.flush_us * 1000
         self._next_input = 0
@@ -132,22 +150,15 @@ class Worker:
         self.retired_nf: dict[str, int] = {}
         self.secondaries = None
         if cfg.nf.replicate:
-            import zmq
-
-            from deft.runtime.procs.replica import SecondaryRoles, endpoint_of
+            from deft.runtime.procs.replica import SecondaryRoles
             from deft.runtime.replication.codec import Codec
 
-            self.zctx = zmq.Context()
             self.codec = Codec(self.new_table().export_dtype())
             self.secondaries = SecondaryRoles(self, endpoint_of(cfg.node.replication, index))
         self.gclient: GlobalClient | None = None
         self.globals: GlobalBatches | None = None   # output batches waiting for their global results
         self._slot_ids = itertools.count()
         if make_nf(cfg.nf.kind, cfg.nf_params(), Context(0, 1)).uses_globals:  # may depend on params
-            import zmq
-
-            if not hasattr(self, "zctx"):
-                self.zctx = zmq.Context()
             # the supervisor serves them: from its Raft member, or (no [raft]) from one state for the node
             self.gclient = GlobalClient(self.zctx, topo.node_id, self.count)
             self.globals = GlobalBatches(self, self.gclient)
@@ -201,7 +212,7 @@ class Worker:
 
     def replicate(self, slot: PairSlot, key: tuple, nodes) -> None:
         """Give ``slot`` the secondary the routes name (``key`` = node, instance, generation)."""
-        from deft.runtime.procs.replica import PrimaryRole, endpoint_of
+        from deft.runtime.procs.replica import PrimaryRole
         from deft.runtime.replication.primary import PrimaryReplicator
 
         sn, si, gen = key
@@ -287,7 +298,7 @@ class Worker:
     def pull(self) -> int:
         """Move up to the output buffers' room from the input rings through the NF."""
         taken = self.pull_duplicates() if self.dup_inputs else 0
-        room = min((s.out.room - s.held_n for s in self.slots.values()), default=1024)
+        room = self.room()
         n_in = len(self.inputs)
         for k in range(n_in):
             if room <= 0:
@@ -299,9 +310,13 @@ class Worker:
             self.dispatch(view)
             ring.release(len(view))
             taken += len(view)
-            room = min((s.out.room - s.held_n for s in self.slots.values()), default=1024)
+            room = self.room()
         self._next_input = (self._next_input + 1) % n_in
         return taken
+
+    def room(self) -> int:
+        """Packets the output buffers can take now (the paper's step 1)."""
+        return min((s.out.room - s.held_n for s in self.slots.values()), default=1024)
 
     def dispatch(self, arrived: np.ndarray) -> None:
         if arrived["dup"].any():  # copies come through the dup rings; one on this path is still a copy
@@ -347,7 +362,6 @@ class Worker:
         c = self.count
         c["dropped_by_nf"] += len(batch) - n_forward
         c["batches"] += 1
-        self.publish()
 
     def release_committed(self, pair: int, batch_id: int, records: np.ndarray, index: np.ndarray | None) -> None:
         """Release a decided batch so that a crash at any point is finished or undone by the supervisor.
@@ -379,7 +393,7 @@ class Worker:
         self.count["released"] += n
         if pair == self.first_release_of and n:
             self.count["takeover_release_ns"], self.first_release_of = time.monotonic_ns(), -1
-            self.publish()
+            self.publish()   # drills time the take-over from this counter: show it at once
 
     def push_egress(self, records: np.ndarray, index: np.ndarray | None) -> None:
         """Hand a batch (or ``records[index]``) to the egress sender; wait, never drop, while its ring is full."""
@@ -408,6 +422,9 @@ class Worker:
         c["global_held"] = sum(s.held_n for s in slots)
         c["flows"] = sum(len(s.table) for s in slots)
         c["pairs"] = len(slots)
+        if self.remote is not None:
+            c["remote_messages"], c["remote_packets"] = self.remote.messages, self.remote.packets
+            c["remote_bad_frames"] = self.remote.bad_frames
         roles = [s.role for s in slots if s.role is not None]
         c["repl_committed"] = int(self.record.committed.max())
         c["repl_staged"] = sum(len(r.staged) for r in roles)
@@ -417,6 +434,8 @@ class Worker:
             links = [r.link for r in roles] + list(self.secondaries.links.values())
             for name in ("sent", "received", "dropped"):
                 c[f"repl_{name}"] = self.retired.get(f"repl_{name}", 0) + sum(getattr(k, name) for k in links)
+        self.dirty = False
+        self.next_publish = time.monotonic_ns() + PUBLISH_NS
         nf = dict(self.retired_nf)
         for s in slots:
             for name, value in s.nf.stats.items():
@@ -427,59 +446,79 @@ class Worker:
 
     # -- the loop ----------------------------------------------------------------------------------------
     def run(self) -> None:
+        """Wait for work, then do all of it (NAPI-like: a busy worker polls, an idle one sleeps).
+
+        One ``zmq.Poller`` holds the input bell (a FIFO: see ``runtime/ring/fdbell.py``) and every
+        socket (2PC, global state), so a packet, a vote or a Raft result wakes the worker at once.
+        It sleeps until then or until the next timer that matters: a flush deadline, a gap, a 2PC
+        tick (only while something is in flight), a global retry, housekeeping. Nothing is polled
+        on a timer while idle, and no timer is below a millisecond (a poll's unit).
+        """
+        timeout_ms = 0
         while not self.stop:
-            got = self.pull()
+            ready = self.wait(timeout_ms)
             now = time.monotonic_ns()
-            if self.secondaries is not None:
-                self.poll_replication(now)
-            if self.globals is not None:
-                self.globals.poll()
             self.refresh()
-            self.housekeeping(now)
+            if ready:
+                self.on_ready(ready)
+            for role in self.roles():
+                role.note_sent(self.egress.popped)
+            moved = self.pull()
+            now = time.monotonic_ns()
             released = False
             for slot in list(self.slots.values()):
                 if self.should_release(slot, now):
                     self.release(slot)
                     released = True
-            if released or got:
-                continue
-            wait = 0.1
-            for slot in self.slots.values():
-                if slot.out.n:
-                    wait = min(wait, (slot.out.deadline - now) / 1e9)
-                if slot.ordering.waiting_since:  # a gap may time out before anything arrives
-                    wait = min(wait, 0.01)
-            if self.secondaries is not None:  # retransmits and Missing requests are due at the next tick
-                wait = min(wait, max(0.0, (self.next_tick - now) / 1e9))
-                if any(s.role is not None and s.role.commit_after is not None for s in self.slots.values()):
-                    wait = min(wait, 0.0002)  # a Commit waits for the egress to send (nothing rings for it)
-            if self.gclient is not None:  # its retries are timed too
-                wait = min(wait, 0.01)
-            self.sleep(max(wait, 0.00005 if self.flush_ns else 0.0))
+            self.timers(now)
+            if ready:
+                self.dirty = True
+            if moved or released:
+                self.dirty = True
+                timeout_ms = 0   # more may be waiting: look again before sleeping
+            else:
+                timeout_ms = self.next_timeout_ms(now)
+                if timeout_ms and self.dirty:   # about to sleep: status shows where we stand
+                    self.publish()
 
-    def sleep(self, wait: float) -> None:
-        """Until the bell rings, a 2PC or global-state socket has a message, or ``wait`` seconds pass.
+    def roles(self) -> list:
+        return [s.role for s in self.slots.values() if s.role is not None]
 
-        The bell is a FIFO (``FdBell``), so one poll covers the input rings and
-        the sockets: votes, commits and Raft results wake the worker at once
-        instead of at its next look.
-        """
+    def wait(self, timeout_ms: int) -> set:
+        """Sleep up to ``timeout_ms`` for the bell or a socket; the sockets that have messages."""
         socks = self.watched_sockets()
-        if not socks or wait < 0.001:  # a poll's timeout is whole milliseconds: below that, the bell alone
-            self.bell.wait(wait)
-            return
-        poller = self.zmq_poller()
-        poller.register(self.bell.fileno(), POLLIN)
-        for sock in socks:
-            poller.register(sock, POLLIN)
-        poller.poll(int(wait * 1000))
-        self.bell.drain()
+        if not socks:
+            if timeout_ms:
+                self.bell.wait(timeout_ms / 1000)
+            return set()
+        if socks != self._polled:  # roles changed: rebuild the poller (rare), not on every sleep
+            self._poller = self.zmq_poller()
+            self._poller.register(self.bell.fileno(), POLLIN)
+            for sock in socks:
+                self._poller.register(sock, POLLIN)
+            self._polled = socks
+            self._remote_armed = True
+        if self.remote is not None:
+            # other nodes' packets wake us only when we would take them: a message left in the
+            # socket (no room) must not make every poll return at once
+            armed = self.remote.buffered == 0 and self.room() > 0
+            if armed != self._remote_armed:
+                self._poller.register(self.remote.sock, POLLIN if armed else 0)
+                self._remote_armed = armed
+        events = self._poller.poll(timeout_ms)
+        ready = set()
+        for sock, _ in events:
+            if sock == self.bell.fileno():
+                self.bell.drain()
+            else:
+                ready.add(sock)
+        return ready
 
     def watched_sockets(self) -> list:
-        socks = []
+        socks = [] if self.remote is None else [self.remote.sock]
         if self.secondaries is not None:
             socks.append(self.secondaries.router.sock)
-            socks += [s.role.link.sock for s in self.slots.values() if s.role is not None]
+            socks += [r.link.sock for r in self.roles()]
         if self.gclient is not None:
             socks += [self.gclient.sock, self.gclient.sub]
         return socks
@@ -490,29 +529,69 @@ class Worker:
 
         return zmq.Poller()
 
+    def on_ready(self, ready: set) -> None:
+        """Messages arrived: 2PC votes for the primary roles, Prepares and Commits for the replicas,
+        global results and replica updates."""
+        for role in self.roles():
+            if role.link.sock in ready:
+                role.poll()
+        if self.secondaries is not None and self.secondaries.router.sock in ready:
+            self.secondaries.poll()
+        if self.globals is not None and (self.gclient.sock in ready or self.gclient.sub in ready):
+            self.globals.poll()
+
+    def timers(self, now: int) -> None:
+        """What is due: 2PC ticks (while needed), global retries, gaps, expiry, counters."""
+        if self.secondaries is not None and now >= self.next_tick:
+            roles = [r for r in self.roles() if r.needs_tick()]
+            if roles or self.secondaries.needs_tick():
+                for role in roles:
+                    role.tick()
+                self.secondaries.tick()
+            self.next_tick = now + TICK_NS
+        if self.globals is not None and self.gclient.requests:
+            self.globals.poll()
+        self.housekeeping(now)
+        if now >= self.next_publish and self.dirty:
+            self.publish()
+
+    def next_timeout_ms(self, now: int) -> int:
+        """Milliseconds until the next timer that matters (at least 1, at most 1000)."""
+        due = now + 1_000_000_000
+        for slot in self.slots.values():
+            if slot.out.n and slot.waiting is None:
+                due = min(due, slot.out.deadline)
+            if slot.ordering.waiting_since:  # a gap may time out before anything arrives
+                due = min(due, self.next_gap_check)
+        if self.secondaries is not None and (self.secondaries.needs_tick()
+                                             or any(r.needs_tick() for r in self.roles())):
+            due = min(due, self.next_tick)
+        if self.gclient is not None and self.gclient.requests:
+            due = min(due, int(min(p.retry_at for p in self.gclient.requests.values()) * 1e9))
+        due = min(due, self.next_expiry)
+        if self.dirty:
+            due = min(due, self.next_publish)
+        return max(1, -(-(due - now) // 1_000_000))
+
     def poll_replication(self, now: int) -> None:
-        roles = [s.role for s in self.slots.values() if s.role is not None]
-        for role in roles:
+        """Everything the replication sockets have, and a tick (tests drive the worker with this)."""
+        for role in self.roles():
             role.poll()
         self.secondaries.poll()
-        if now >= self.next_tick:
-            self.next_tick = now + 5_000_000
-            for role in roles:
-                role.tick()
-            self.secondaries.tick()
-        if now >= self.next_publish:  # a secondary releases nothing: publish on a timer too
-            self.next_publish = now + 100_000_000
-            self.publish()
+        self.timers(now)
 
     def housekeeping(self, now: int) -> None:
         if now >= self.next_gap_check:
             self.next_gap_check = now + 10_000_000
             for slot in self.slots.values():
                 slot.skip_gaps(now, self.gap_ns)
-        if now >= self.next_expiry:  # once a second: forget idle flows
+        if now >= self.next_expiry:  # once a second: forget idle flows, trim the replicas' buffers
             self.next_expiry = now + 1_000_000_000
             for slot in self.slots.values():
                 slot.expire_idle(self.idle_ns)
+            if self.secondaries is not None:
+                self.secondaries.trim()
+            self.dirty = True
 
     def should_release(self, slot: PairSlot, now: int) -> bool:
         """Full, past the flush deadline, or idle; with replication, also a free 2PC window.
@@ -543,10 +622,9 @@ class Worker:
             self.secondaries.close()
         if self.gclient is not None:
             self.gclient.close()
-        if hasattr(self, "zctx"):
-            self.zctx.term()
         for r in self.inputs + self.dup_inputs:
             r.close()
+        self.zctx.term()
         self.egress.close()
         self.record.close()
         self.routes.close()

@@ -14,12 +14,10 @@ Contract with the caller (the worker), in both roles:
   (``WriteDecision``, ``Release``, ``Refused``) in order. It never raises on
   a bad frame: garbage is counted (``bad_frames``) and logged once.
 * ``tick()`` forwards one logical tick (the caller owns the timer).
-* Output-commit order. The core orders ``WriteDecision(t)``, ``Release(t)``,
-  ``Send(Commit(t))``; a Prepare sent later carries ``committed_upto`` and so
-  commits too. So once a call returns a WriteDecision or Release, every Send
-  (from that call or any later one) is held back until the caller has
-  executed the returned actions and calls ``flush()``. A caller that never
-  flushes stalls replication but never breaks the rule.
+* Output-commit order is the core's: it returns ``WriteDecision(t)`` and
+  ``Release(t)``, and commits t to the secondary (a Prepare's
+  ``committed_upto``, a Commit) only after the caller reports
+  ``core.output_sent(t)``. So every Send goes out at once.
 * Sends never block: a full queue (HWM) drops the message and counts it in
   ``dropped``; the protocol's retransmits repair any loss.
 
@@ -53,6 +51,7 @@ from deft.runtime.replication.messages import Delta, Message, Packets
 from deft.runtime.replication.primary import PrimaryReplicator
 from deft.runtime.replication.secondary import SecondaryReplica
 from deft.runtime.sockets import make_socket
+from deft.runtime.wire import COPIES
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +73,6 @@ class ReplicationLink:
         self.core = core
         self.codec = codec
         self.sent = self.received = self.bad_frames = self.refused = self.dropped = 0
-        self._held_sends: list[Message] = []
-        self._blocked = False           # a WriteDecision/Release was returned and not yet flushed
         self._logged_bad = False
         self._logged_reasons: set[str] = set()
         self.closed = False
@@ -90,11 +87,6 @@ class ReplicationLink:
     def counters(self) -> dict[str, int]:
         return {"sent": self.sent, "received": self.received, "bad_frames": self.bad_frames,
                 "refused": self.refused, "dropped": self.dropped}
-
-    @property
-    def pending_sends(self) -> int:
-        """Sends held back until ``flush()`` (output-commit order)."""
-        return len(self._held_sends)
 
     def poll_once(self, timeout_ms: int = 0) -> list[Action]:
         """Receive, decode, step and send; return the actions the caller must execute, in order."""
@@ -115,7 +107,7 @@ class ReplicationLink:
         return self.execute(self.core.tick())
 
     def execute(self, actions: list[Action]) -> list[Action]:
-        """Send the Sends (or hold them, see the module docstring); return the other actions.
+        """Send the Sends; return the other actions.
 
         For core calls this class does not wrap, e.g.
         ``link.execute(link.core.start_sync(...))``.
@@ -123,23 +115,12 @@ class ReplicationLink:
         out: list[Action] = []
         for action in actions:
             if isinstance(action, Send):
-                if self._blocked:
-                    self._held_sends.append(action.message)
-                else:
-                    self._send(action.message)
+                self._send(action.message)
                 continue
-            if isinstance(action, WriteDecision | Release):
-                self._blocked = True
-            elif isinstance(action, Refused):
+            if isinstance(action, Refused):
                 self._note_refused(action)
             out.append(action)
         return out
-
-    def flush(self) -> None:
-        """The caller has executed every returned action: send what was held back, in order."""
-        held, self._held_sends, self._blocked = self._held_sends, [], False
-        for msg in held:
-            self._send(msg)
 
     def close(self) -> None:
         self.closed = True
@@ -238,6 +219,10 @@ class Router:
     ``endpoint`` may use a wildcard port (``tcp://127.0.0.1:*``); ``self.endpoint``
     is the bound address. ``bad_frames`` counts messages no attached link can
     take (garbage before the pair is known, or an unknown pair).
+
+    The same socket receives the packet copies other nodes' io processes send
+    this worker's replicas (kind ``COPIES``: a byte no replication message
+    uses); they go to ``on_copies(frames)``, set by the owner.
     """
 
     def __init__(self, ctx: zmq.Context, endpoint: str, *, max_msg_bytes: int = MAX_MSG_BYTES) -> None:
@@ -248,6 +233,7 @@ class Router:
         self.bad_frames = 0
         self._links: dict[int, SecondaryLink] = {}
         self._logged_bad = False
+        self.on_copies: Callable[[list[bytes]], None] | None = None
 
     def attach(self, link: SecondaryLink) -> None:
         if link.pair in self._links:
@@ -265,6 +251,9 @@ class Router:
                 self._bad("no identity or no message")
                 continue
             identity, body = frames[0].bytes, frames[1:]
+            if self.on_copies is not None and body[0].bytes == COPIES:
+                self.on_copies([f.bytes for f in body])
+                continue
             try:
                 pair = peek_pair(body)
             except WireError as e:

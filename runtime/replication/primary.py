@@ -44,23 +44,31 @@ class PrimaryReplicator:
     returned actions in order, each finished before the next.
 
     Output-commit rule (the "persist before send" of this protocol). For
-    every decided batch t, the actions come in THIS order:
+    every decided batch t, in THIS order:
 
       1. ``WriteDecision(t)``: the commit record in supervisor-owned shared
          memory says t is committed. A worker crash after this point loses
          nothing: the supervisor releases every staged batch <= the record,
          and the secondary continues from the record (``take_over``).
-      2. ``Release(t)``: the output leaves the node.
-      3. ``Send(Commit(t))``: only now may the secondary learn that t is
-         committed. The secondary treats a committed batch as released, so a
-         node crash (record lost) must not find it committed-but-unreleased.
-         (The brief asked for Commit before Release; README.md explains the
-         node-crash trace that loses a batch in that order.)
+      2. ``Release(t)``: the driver hands the output to the node's egress.
+      3. ``output_sent(t)``: the driver reports that the egress has sent it.
+         Only now may the secondary learn that t is committed: a Prepare's
+         ``committed_upto`` and a Commit's ``upto`` never exceed ``sent``. The
+         secondary treats a committed batch as released, so a node crash
+         (record and egress queue lost) must not find it
+         committed-but-unsent. (The brief asked for Commit before Release;
+         README.md explains the node-crash trace that loses a batch in that
+         order.)
+
+    Commit is presumed and lazy (Samaras et al.'s optimisations): the
+    secondary learns it from the next Prepare's ``committed_upto``, and an
+    explicit Commit goes out only on ``tick()`` once nothing is in flight,
+    so a busy pair pays two messages per batch (Prepare, Vote), not four.
 
     Batches are decided strictly in order: t is decided when t and every
     batch before it have votes (votes are cumulative). When several are
-    decided at once there is one WriteDecision and one Commit for the
-    newest, with the Releases, oldest first, between them.
+    decided at once there is one WriteDecision for the newest, then the
+    Releases, oldest first.
 
     Without a secondary (``secondary_lost()``, or a new primary after a
     take-over) batches are processed but held: no Prepare, no Release, until
@@ -85,6 +93,8 @@ class PrimaryReplicator:
         self.retransmit_ticks = retransmit_ticks
         self.last_batch = last_batch       # last id handed out (batch or sync)
         self.decided = last_batch          # newest batch with a WriteDecision
+        self.sent = last_batch             # every decided batch <= this has left the node (see output_sent)
+        self._unsent: set[int] = set()     # released, not yet reported sent
         self.has_secondary = has_secondary
         self.refused: Counter[str] = Counter()
         self._undecided: dict[int, Prepare | Sync] = {}   # sent, not decided; ascending ids
@@ -141,7 +151,7 @@ class PrimaryReplicator:
         if not self.has_secondary:
             self._held.append(batch)
             return []
-        msg = Prepare(self.epoch, self.pair, batch, stamps, delta, self.decided)
+        msg = Prepare(self.epoch, self.pair, batch, stamps, delta, self.sent)
         self._undecided[batch] = msg
         self._sent_at[batch] = self._now
         return [Send(msg)]
@@ -183,8 +193,23 @@ class PrimaryReplicator:
         self._voted = self._peer_committed = self._commit_floor = s - 1
         return [Send(msg)]
 
+    def output_sent(self, batch: int) -> list[Action]:
+        """The egress has sent the output of ``batch`` (a ``Release`` returned earlier): from now on the
+        secondary may learn that it is committed (lazily: see the class docstring)."""
+        if batch not in self._unsent:
+            raise ProtocolMisuse(f"output_sent({batch}): not a released batch awaiting its send")
+        self._unsent.discard(batch)
+        self.sent = min(self._unsent) - 1 if self._unsent else self.decided
+        return []
+
+    @property
+    def commit_pending(self) -> bool:
+        """Decided batches the secondary has not acknowledged as committed (a tick will send a Commit
+        once they are sent and nothing is in flight)."""
+        return self.has_secondary and self._peer_committed < self.decided
+
     def tick(self) -> list[Action]:
-        """Logical time: retransmit Prepares unvoted for ``retransmit_ticks``, and an unacknowledged Commit."""
+        """Logical time: retransmit Prepares unvoted for ``retransmit_ticks``; a Commit once idle."""
         self._now += 1
         if not self.has_secondary:
             return []
@@ -193,9 +218,9 @@ class PrimaryReplicator:
             if self._now - self._sent_at[t] >= self.retransmit_ticks:
                 out.append(Send(self._refresh(msg)))
                 self._sent_at[t] = self._now
-        if (not self._undecided and self._peer_committed < self.decided
+        if (not self._undecided and self._peer_committed < self.sent
                 and self._now - self._commit_sent_at >= self.retransmit_ticks):
-            out.append(Send(Commit(self.epoch, self.pair, self.decided)))
+            out.append(Send(Commit(self.epoch, self.pair, self.sent)))
             self._commit_sent_at = self._now
         return out
 
@@ -242,10 +267,11 @@ class PrimaryReplicator:
         if not decided:
             return []
         self.decided = decided[-1]
-        self._commit_sent_at = self._now
-        return [WriteDecision(self.epoch, self.pair, self.decided),
-                *(Release(t) for t in releases),
-                Send(Commit(self.epoch, self.pair, self.decided))]
+        self._unsent.update(releases)
+        self.sent = min(self._unsent) - 1 if self._unsent else self.decided
+        self._commit_sent_at = self._now   # a Commit waits retransmit_ticks after a decision: the next
+        return [WriteDecision(self.epoch, self.pair, self.decided),   # Prepare usually carries it first
+                *(Release(t) for t in releases)]
 
     def _on_need_from(self, msg: NeedFrom) -> list[Action]:
         # A NeedFrom for a decided batch is a late copy (the secondary has moved on): nothing to do.
@@ -269,8 +295,8 @@ class PrimaryReplicator:
         return [Send(Packets(self.epoch, self.pair, msg.batch, msg.stamps))]
 
     def _refresh(self, msg: Prepare | Sync) -> Prepare | Sync:
-        if isinstance(msg, Prepare) and msg.committed_upto != self.decided:
-            return replace(msg, committed_upto=self.decided)
+        if isinstance(msg, Prepare) and msg.committed_upto != self.sent:
+            return replace(msg, committed_upto=self.sent)
         return msg
 
     def _refuse(self, msg: Any, reason: str) -> list[Action]:

@@ -99,6 +99,11 @@ class SecondaryReplica:
     def buffered(self) -> int:
         return len(self._buffer)
 
+    @property
+    def waiting(self) -> bool:
+        """A Prepare is held (its packets or an earlier batch have not arrived): ticks matter."""
+        return bool(self._held)
+
     @staticmethod
     def received_point(msg: Any) -> str | None:
         if isinstance(msg, Prepare | Sync):

@@ -21,6 +21,8 @@ import errno
 import os
 import select
 
+from deft.runtime.errors import RingError
+
 SHM_DIR = "/dev/shm"
 
 
@@ -46,7 +48,10 @@ class FdBell:
 
     @classmethod
     def attach(cls, name: str) -> "FdBell":
-        return cls(name, os.open(cls.path(name), os.O_RDWR | os.O_NONBLOCK), owner=False)
+        try:
+            return cls(name, os.open(cls.path(name), os.O_RDWR | os.O_NONBLOCK), owner=False)
+        except FileNotFoundError:
+            raise RingError(f"bell {name} does not exist (is the supervisor running?)") from None
 
     def fileno(self) -> int:
         return self._fd

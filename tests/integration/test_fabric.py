@@ -1,4 +1,5 @@
-"""Two nodes: the ingress node's switch routes half the buckets to the other node's instances over ZMQ."""
+"""Two nodes: the ingress node's switch routes half the buckets to the other node's workers over ZMQ
+(straight to each worker's PULL at ``[node] fabric`` + its index)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 import zmq
 
 from deft.tools.ctl import query
-from deft.tools.localnode import LocalNode, free_port, node_config, write_config
+from deft.runtime.params import endpoint_of
+from deft.tools.localnode import LocalNode, consecutive_ports, free_port, node_config, write_config
 
 from .conftest import run_trafficgen
 
@@ -24,7 +26,7 @@ def two_nodes(tmp_path):
     nodes = []
     for n in (1, 2):
         node_id = f"f{os.getpid()}n{n}"
-        fabric = f"tcp://127.0.0.1:{free_port(socket.SOCK_STREAM)}"
+        fabric = f"tcp://127.0.0.1:{consecutive_ports(2)}"
         conf = node_config(node_id, "nat", 2, {"public_ip": f"203.0.113.{n}"}, node={"fabric": fabric},
                            egress={"send_to": egress})
         nodes.append(LocalNode.start(write_config(tmp_path / f"{node_id}.toml", conf), tmp_path / f"{node_id}.log"))
@@ -61,7 +63,7 @@ def test_packets_cross_to_the_other_node_without_loss_or_reordering(two_nodes, t
     assert sa["routes"]["epoch"] == 2 and sa["routes"]["nodes"] == [a.node_id, b.node_id]
     remote = sa["units"][0]["counters"]["sent_remote"]
     assert 3000 < remote < 9000                      # about half the buckets live on node 2
-    assert sb["fabric"]["counters"]["packets"] == remote
+    assert sum(i["counters"]["remote_packets"] for i in sb["instances"]) == remote
     assert sum(i["counters"]["released"] for i in sb["instances"]) == remote
     assert sum(i["counters"]["released"] for i in sa["instances"]) == 12000 - remote
 
@@ -80,12 +82,16 @@ def test_stale_or_inconsistent_routes_are_refused(two_nodes):
     assert a.status()["routes"]["epoch"] == 5
 
 
+def bad_frames(node: LocalNode) -> int:
+    return node.status()["instances"][0]["counters"]["remote_bad_frames"]
+
+
 def test_garbage_on_the_fabric_socket_is_counted_and_ignored(two_nodes, tmp_path):
     a, b = two_nodes
     ctx = zmq.Context.instance()
     push = ctx.socket(zmq.PUSH)
     push.linger = 2000  # let the frames out before the socket closes (bounded)
-    push.connect(fabric_of(b))
+    push.connect(endpoint_of(fabric_of(b), 0))     # worker 0's packet socket
     try:
         for frames in ([b"junk"], [b"P", b"{}", b""], [b"P", b'{"epoch": 1, "instance": 0, "n": 2, "width": 70}',
                                                           b"x" * 139],
@@ -95,9 +101,9 @@ def test_garbage_on_the_fabric_socket_is_counted_and_ignored(two_nodes, tmp_path
     finally:
         push.close()
     deadline = time.monotonic() + 5
-    while b.status()["fabric"]["counters"]["bad_frames"] < 5 and time.monotonic() < deadline:
+    while bad_frames(b) < 5 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert b.status()["fabric"]["counters"]["bad_frames"] == 5
+    assert bad_frames(b) == 5
     assert all(query(node.control, routes_request(a, b, epoch=2))["ok"] for node in (a, b))
     report = run_trafficgen(a, tmp_path, "--flows", "50", "--rate", "2000", "--packets", "2000")
     assert (report["lost"], report["reordered"]) == (0, 0)

@@ -148,12 +148,18 @@ def test_killing_a_whole_node_loses_nothing(cluster, tmp_path):
     assert_healthy_again(cluster, dead_node=node)
 
 
-def test_killing_a_stamping_unit_loses_nothing(cluster, tmp_path):
+def test_killing_the_ingress_nodes_io_loses_at_most_its_burst_in_hand(cluster, tmp_path):
+    """The io does the ingress, the stamping unit and the egress: its standby takes over, the unit
+    stamps again what was in hand (journal, input ring in shared memory) and resends what it had
+    handed to ZeroMQ (sent log); the datagrams read from the socket and not yet in the unit's ring
+    are lost (a burst at 3 kpps: a datagram or two), the datagram being sent may go twice."""
     def kill(st):
-        reply = query(cluster.nodes[0].control, {"cmd": "kill", "target": "unit0"}, 3000)
+        reply = query(cluster.nodes[0].control, {"cmd": "kill", "target": "io"}, 3000)
         assert reply.get("ok"), reply
 
-    assert_no_harm(under_traffic(cluster, tmp_path, kill), cluster)
+    report = under_traffic(cluster, tmp_path, kill)
+    assert report["lost"] <= 8, report["lost_sample"]
+    assert_no_harm(dict(report, lost=0), cluster, duplicates_allowed=1)
     assert_healthy_again(cluster)
 
 

@@ -150,19 +150,16 @@ def test_ctl_reports_a_node_that_does_not_answer():
     assert out.returncode == 1 and "no answer" in out.stderr
 
 
-@pytest.mark.parametrize("role", ["ingress", "unit", "egress"])
-def test_any_killed_process_is_restarted_and_the_node_carries_traffic_again(start_node, tmp_path, role):
+def test_a_killed_io_is_restarted_and_the_node_carries_traffic_again(start_node, tmp_path):
     node = start_node(kind="nat", instances=2)
-    st = node.status()
-    victim = {"ingress": st["ingress"], "unit": st["units"][0], "egress": st["egress"]}[role]
+    victim = node.status()["io"]
     timer = threading.Timer(0.5, os.kill, (victim["pid"], signal.SIGKILL))
     timer.start()
     run_trafficgen(node, tmp_path, "--flows", "100", "--rate", "3000", "--packets", "4500")  # kill lands mid-run
     timer.join()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        st = node.status()
-        proc = {"ingress": st["ingress"], "unit": st["units"][0], "egress": st["egress"]}[role]
+        proc = node.status()["io"]
         if proc["restarts"] == 1 and proc["ready"]:
             break
         time.sleep(0.05)
@@ -171,16 +168,20 @@ def test_any_killed_process_is_restarted_and_the_node_carries_traffic_again(star
     assert (report["lost"], report["duplicated"], report["reordered"]) == (0, 0, 0)
 
 
-def test_stamping_unit_killed_repeatedly_under_traffic_loses_and_duplicates_nothing(start_node, tmp_path):
-    """The unit's flow table and batch journal live in shared memory: a restarted unit rolls back the
-    batch it died in, stamps it again identically, and every flow keeps its id and seq numbering."""
+def test_io_killed_repeatedly_loses_at_most_the_burst_in_hand(start_node, tmp_path):
+    """The io does the ingress, the stamping units and the egress. The supervisor owns the UDP socket
+    (queued datagrams wait in the kernel for the standby), the units' input rings, flow tables and
+    journals are shared memory (a successor stamps again exactly what a dead one was stamping: no
+    flow gets a second id, seqs go on), and the egress releases each datagram from its ring as it
+    sends it. So a kill costs at most the burst read and not yet in a unit's ring, and repeats at
+    most the datagram being sent."""
     node = start_node(kind="nat", instances=2)
     kills = []
 
     def killer():
         for _ in range(3):
             time.sleep(0.9)
-            pid = node.status()["units"][0]["pid"]
+            pid = node.status()["io"]["pid"]
             kills.append(pid)
             os.kill(pid, signal.SIGKILL)
 
@@ -189,29 +190,9 @@ def test_stamping_unit_killed_repeatedly_under_traffic_loses_and_duplicates_noth
     report = run_trafficgen(node, tmp_path, "--flows", "300", "--rate", "2500", "--packets", "10000")
     t.join()
     st = node.status()
-    assert st["units"][0]["restarts"] == 3 and len(set(kills)) == 3
-    assert (report["lost"], report["duplicated"], report["reordered"]) == (0, 0, 0)
+    assert st["io"]["restarts"] == 3 and len(set(kills)) == 3
+    assert report["lost"] <= 3 * 8, report["lost"]          # a burst at 2.5 kpps is a datagram or two
+    assert report["duplicated"] <= 3 and report["reordered"] == 0, report
     assert st["units"][0]["counters"]["new_flows"] <= 300  # no flow got a second id
     assert sum(i["nf_counters"]["new_flows"] for i in st["instances"]) == 300  # each flow got one port
 
-
-def test_ingress_killed_repeatedly_loses_at_most_the_burst_in_hand(start_node, tmp_path):
-    """The supervisor owns the UDP socket: queued datagrams wait in the kernel for the standby."""
-    node = start_node(kind="nat", instances=2)
-    kills = []
-
-    def killer():
-        for _ in range(3):
-            time.sleep(0.9)
-            pid = node.status()["ingress"]["pid"]
-            kills.append(pid)
-            os.kill(pid, signal.SIGKILL)
-
-    t = threading.Thread(target=killer)
-    t.start()
-    report = run_trafficgen(node, tmp_path, "--flows", "300", "--rate", "2500", "--packets", "10000")
-    t.join()
-    st = node.status()
-    assert st["ingress"]["restarts"] == 3 and len(set(kills)) == 3
-    assert report["lost"] <= 3 * 8, report["lost"]          # a burst at 2.5 kpps is a datagram or two
-    assert (report["duplicated"], report["reordered"]) == (0, 0)

@@ -11,7 +11,8 @@ import pytest
 from deft.runtime.config import load_config
 from deft.runtime.dataplane.frames import build_frame, vxlan_unwrap
 from deft.runtime.dataplane.packet import PACKET_DTYPE, empty_batch
-from deft.runtime.ring import Doorbell, Ring
+from deft.runtime.ring import Ring
+from deft.runtime.ring.fdbell import FdBell
 from deft.runtime.topology import Topology
 from deft.tools.pcap import write_pcap
 
@@ -58,7 +59,7 @@ def test_shm_input_and_output_rings(start_node):
     topo = Topology(load_config(node.config_path))
     src = Ring.attach(topo.shm_input(), PACKET_DTYPE)
     sink = Ring.attach(topo.shm_output(), PACKET_DTYPE)
-    bell = Doorbell.attach(topo.ingress_bell())
+    bell = FdBell.attach(topo.ingress_bell())
     try:
         batch = empty_batch(500)
         for i, f in enumerate(frames(500, flows=11)):

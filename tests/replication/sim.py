@@ -8,9 +8,11 @@ schedule reruns exactly from its seed. The pieces:
 * channels that delay, reorder and duplicate everything, and drop P<->S
   messages (never packets: the paper assumes no packet loss, and a lost
   duplicate of a packet only the dead primary had is unrecoverable);
-* node models: a primary node's supervisor owns the commit record and the
-  staged outputs (a worker crash keeps them and the supervisor releases
-  those <= the record; a node crash loses them);
+* node models: a primary node's supervisor owns the commit record, the
+  staged outputs and the egress queue (a worker crash keeps them: the
+  supervisor releases those <= the record and the egress sends its queue; a
+  node crash loses them all). A ``Release`` hands the output to the egress,
+  which sends it some steps later and only then reports ``output_sent``;
 * a controller that detects a crash after a short delay, runs take-over or
   a resync with a fresh secondary, and moves the routes; it starts a sync
   only once the old routes have drained. A second failure is armed only
@@ -91,6 +93,7 @@ class PrimaryWorker:
     inputs: dict[int, dict[tuple[int, int], Packet]] = field(default_factory=dict)
     record: int = 0                                   # supervisor-owned commit record
     staged: dict[int, list[Output]] = field(default_factory=dict)   # supervisor-owned staged outputs
+    egress: list[tuple[int, list[Output]]] = field(default_factory=list)   # released, not yet sent
 
 
 class Sim:
@@ -187,7 +190,7 @@ class Sim:
                     self.errors.append(f"commit record went back from {w.record} to {a.batch}")
                 w.record = a.batch
             elif isinstance(a, Release):
-                self._release(ep.prim.staged.pop(a.batch))
+                ep.prim.egress.append((a.batch, ep.prim.staged.pop(a.batch)))
                 ep.prim.inputs.pop(a.batch, None)
             elif isinstance(a, Refused):
                 pass
@@ -195,6 +198,14 @@ class Sim:
 
     def _release(self, outputs: list[Output]) -> None:
         self.released.extend(outputs)
+
+    def _egress(self, ep: Endpoint) -> None:
+        """The node's egress sends what was released, oldest first, then tells the worker."""
+        w = ep.prim
+        while w.egress and self.rng.random() < 0.6:
+            t, outputs = w.egress.pop(0)
+            self._release(outputs)
+            self._run(ep, w.repl.output_sent(t))
 
     # -- the primary's work ----------------------------------------------------------------------
 
@@ -245,6 +256,8 @@ class Sim:
             decision = None
         else:   # the supervisor survives: its egress releases what the record says is committed
             decision = w.record
+            for _, outputs in w.egress:
+                self._release(outputs)
             for t in sorted(w.staged):
                 if t <= decision:
                     self._release(w.staged[t])
@@ -343,7 +356,7 @@ class Sim:
         s = self.s_ep.sec if self.s_ep is not None else None
         return (self.sw == len(self.input) and not self.events and w.next_g == len(self.input)
                 and w.repl.in_flight == 0 and not w.repl.holding and s is not None and s.synced
-                and w.repl.peer_committed == w.repl.decided)
+                and not w.egress and w.repl.peer_committed == w.repl.decided)
 
     def run(self, max_steps: int = 4000) -> Sim:
         for self.step_no in range(max_steps):
@@ -359,6 +372,7 @@ class Sim:
                 current = self.p_ep
                 if self.p_ep.alive:
                     self._process(self.p_ep)
+                    self._egress(self.p_ep)
                 for ep in list(self.endpoints):
                     current = ep
                     if ep.alive and self.rng.random() < 0.5:

@@ -81,14 +81,47 @@ def test_pipelining_sends_up_to_window_prepares_before_any_vote():
     assert p.window_open and p.in_flight == 2
 
 
-def test_decision_write_then_release_then_commit():
-    """The output-commit rule: WriteDecision(t) before Release(t) before Commit(t)."""
-    p = primary()
+def sent_all(p: PrimaryReplicator, actions: list) -> list:
+    """The egress sends every Release at once; returns the actions."""
+    for a in actions:
+        if isinstance(a, Release):
+            p.output_sent(a.batch)
+    return actions
+
+
+def test_decision_write_then_release_then_commit_once_sent():
+    """The output-commit rule: WriteDecision(t), Release(t), and t committed to the secondary only
+    once its output is sent (the next Prepare's committed_upto, or a Commit on an idle tick)."""
+    p = primary(retransmit_ticks=1)
     feed(p, 1)
     actions = p.step(vote(1))
-    assert kinds(actions) == ["WriteDecision(1)", "Release(1)", "Commit(1)"]
-    assert [a.crash_point for a in actions] == ["decision_written", "released", "commit_sent"]
+    assert kinds(actions) == ["WriteDecision(1)", "Release(1)"]
+    assert [a.crash_point for a in actions] == ["decision_written", "released"]
     assert p.received_point(vote(1)) == "vote_received"
+    assert p.tick() == [] and p.sent == 0                       # not sent: nothing may say committed
+    [prep] = feed(p, 1)
+    assert prep.message.committed_upto == 0
+    p.output_sent(1)
+    [prep] = feed(p, 1)
+    assert prep.message.committed_upto == 1                    # presumed commit: rides on the Prepare
+    p.step(vote(3, 1))
+    p.output_sent(2), p.output_sent(3)
+    [commit] = p.tick()                                        # idle: an explicit Commit
+    assert commit.message == Commit(EPOCH, PAIR, 3) and commit.crash_point == "commit_sent"
+
+
+def test_output_sent_out_of_order_commits_only_the_sent_prefix():
+    p = primary(window=3)
+    feed(p, 3)
+    p.step(vote(3))
+    p.output_sent(2)
+    assert p.sent == 0
+    p.output_sent(1)
+    assert p.sent == 2
+    with pytest.raises(ProtocolMisuse):
+        p.output_sent(2)
+    p.output_sent(3)
+    assert p.sent == 3
 
 
 @pytest.mark.parametrize("seed", range(30))
@@ -104,7 +137,13 @@ def test_output_commit_order_under_random_votes(seed):
             log += feed(p, 1)
         elif p.in_flight:
             log += p.step(vote(rng.randint(p.decided, p.last_batch), p.peer_committed))
+    sent_upto = 0
     record, committed = 0, 0
+    for a in list(log):
+        if isinstance(a, Release):
+            p.output_sent(a.batch)
+            sent_upto = a.batch
+    log += [p.tick() for _ in range(p.retransmit_ticks)][-1]
     for i, a in enumerate(log):
         if isinstance(a, WriteDecision):
             assert a.batch > record
@@ -113,24 +152,26 @@ def test_output_commit_order_under_random_votes(seed):
         elif isinstance(a, Release):
             assert a.batch <= record and a.batch > committed, "released before its decision or after its commit"
             released.append(a.batch)
+        elif isinstance(a, Send) and isinstance(a.message, Prepare):
+            assert a.message.committed_upto <= record
         elif isinstance(a, Send) and isinstance(a.message, Commit):
             assert a.message.upto == record and all(t in released for t in range(committed + 1, record + 1))
             committed = a.message.upto
-    assert released == list(range(1, 21))
+    assert released == list(range(1, 21)) and committed == sent_upto == 20
 
 
 def test_votes_are_cumulative_and_idempotent():
     p = primary()
     feed(p, 3)
-    assert kinds(p.step(vote(2))) == ["WriteDecision(2)", "Release(1)", "Release(2)", "Commit(2)"]
+    assert kinds(sent_all(p, p.step(vote(2)))) == ["WriteDecision(2)", "Release(1)", "Release(2)"]
     assert p.step(vote(2)) == [] and p.step(vote(1)) == []
-    assert kinds(p.step(vote(3, 2))) == ["WriteDecision(3)", "Release(3)", "Commit(3)"]
+    assert kinds(p.step(vote(3, 2))) == ["WriteDecision(3)", "Release(3)"]
 
 
 def test_retransmit_after_retransmit_ticks_with_fresh_commit_point():
     p = primary(retransmit_ticks=3)
     first = feed(p, 2)
-    p.step(vote(1))
+    sent_all(p, p.step(vote(1)))
     assert p.tick() == [] and p.tick() == []
     [again] = p.tick()
     assert again.message.batch == 2 and again.message.committed_upto == 1
@@ -141,7 +182,7 @@ def test_retransmit_after_retransmit_ticks_with_fresh_commit_point():
 def test_unacknowledged_commit_is_resent_on_tick():
     p = primary(retransmit_ticks=2)
     feed(p, 1)
-    p.step(vote(1))
+    sent_all(p, p.step(vote(1)))
     p.tick()
     [send] = p.tick()
     assert send.message == Commit(EPOCH, PAIR, 1)
@@ -205,8 +246,7 @@ def test_secondary_lost_holds_release_until_a_sync_is_decided():
     assert isinstance(sync, Sync) and sync.batch == 6 and sync.epoch == EPOCH + 1
     assert p.step(vote(6)) == [Refused(vote(6), f"epoch/pair {EPOCH}/{PAIR} is not {EPOCH + 1}/{PAIR}")]
     actions = p.step(Vote(EPOCH + 1, PAIR, 6, 5))
-    assert kinds(actions) == ["WriteDecision(6)", "Release(2)", "Release(3)", "Release(4)", "Release(5)",
-                              "Commit(6)"]
+    assert kinds(actions) == ["WriteDecision(6)", "Release(2)", "Release(3)", "Release(4)", "Release(5)"]
     assert not p.holding
 
 
@@ -241,7 +281,7 @@ def test_sync_is_retransmitted_and_pipelined_with_later_batches():
     p.tick()
     assert [type(a.message).__name__ for a in p.tick()] == ["Sync", "Prepare"]
     actions = p.step(Vote(EPOCH + 1, PAIR, 4, 2))
-    assert kinds(actions) == ["WriteDecision(4)", "Release(1)", "Release(2)", "Release(4)", "Commit(4)"]
+    assert kinds(actions) == ["WriteDecision(4)", "Release(1)", "Release(2)", "Release(4)"]
 
 
 def test_losing_the_new_secondary_during_its_sync_holds_everything_again():
@@ -254,7 +294,7 @@ def test_losing_the_new_secondary_during_its_sync_holds_everything_again():
     [sync] = p.start_sync(EPOCH + 2, *_empty_sync_args())
     assert sync.message.batch == 5
     assert kinds(p.step(Vote(EPOCH + 2, PAIR, 5, 4))) == [
-        "WriteDecision(5)", "Release(1)", "Release(2)", "Release(4)", "Commit(5)"]
+        "WriteDecision(5)", "Release(1)", "Release(2)", "Release(4)"]
 
 
 def test_missing_refers_to_a_prepare_not_a_sync():

@@ -98,7 +98,7 @@ def node(node_id, tmp_path):
         fakes.append(fake)
         worker = Worker(sup.topo, 0, NeverStop(), logging.getLogger("t"), restarted=False)
         workers.append(worker)
-        feed = Ring.attach(sup.topo.nf_ring(0, 0), PACKET_DTYPE)
+        feed = Ring.attach(sup.topo.nf_ring(0), PACKET_DTYPE)
         out = Ring.attach(sup.topo.egress_ring(0), PACKET_DTYPE)
         rings.extend([feed, out])
         return worker, feed, out, worker.slots[0], fake

@@ -30,7 +30,7 @@ def node(node_id):
         made.append(sup)
         worker = Worker(sup.topo, 0, NeverStop(), logging.getLogger("t"), restarted=restarted)
         workers.append(worker)
-        feed = Ring.attach(sup.topo.nf_ring(0, 0), PACKET_DTYPE)
+        feed = Ring.attach(sup.topo.nf_ring(0), PACKET_DTYPE)
         out = Ring.attach(sup.topo.egress_ring(0), PACKET_DTYPE)
         rings.extend([feed, out])
         return worker, feed, out, worker.slots[0]
