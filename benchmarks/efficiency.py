@@ -48,7 +48,7 @@ from typing import Any
 import orjson
 
 from deft.runtime.ring import cleanup_node
-from deft.tools.localnode import LocalController, LocalNode, free_port, stop_process, to_toml
+from deft.tools.localnode import LocalController, LocalNode, free_port, to_toml
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -213,7 +213,8 @@ class ReferenceNat(Device):
 class ExampleNodes(Device):
     """Nodes (and a controller) started from example configs, with fresh ports."""
 
-    def __init__(self, name: str, tmp: Path, node_files: list[Path], controller_file: Path | None = None):
+    def __init__(self, name: str, tmp: Path, node_files: list[Path], controller_file: Path | None = None,
+                 overrides: dict[tuple[str, str], Any] | None = None):
         self.name = name
         mapping: dict[int, int] = {}
         self.controller = None
@@ -227,6 +228,8 @@ class ExampleNodes(Device):
                 self.controller = LocalController.start(path, tmp / f"{tag}-controller.log")
             for f in node_files:
                 raw = tomllib.loads(f.read_text())
+                for (section, key), value in (overrides or {}).items():
+                    raw.setdefault(section, {})[key] = value
                 _base_ports(raw, mapping)
                 cfg = _fresh_ports(raw, mapping)
                 cfg["node"]["id"] = f"{tag}{cfg['node']['id']}"
@@ -343,17 +346,17 @@ TARGETS = """targets (issue 11): cluster p50 <= 1.5 ms at 200 / 1,000 / 10,000 p
   idle <= 0.05 cores; single node p50 <= 0.5 ms at every rate, zero-loss >= 1.0 x reference"""
 
 
-def start_devices(names: list[str], tmp: Path) -> dict[str, Device]:
+def start_devices(names: list[str], tmp: Path, overrides: dict | None = None) -> dict[str, Device]:
     devices: dict[str, Device] = {}
     for name in names:
         if name == "reference":
             devices[name] = ReferenceNat(tmp)
         elif name == "single":
-            devices[name] = ExampleNodes("single", tmp, [ROOT / "examples" / "node1.toml"])
+            devices[name] = ExampleNodes("single", tmp, [ROOT / "examples" / "node1.toml"], overrides=overrides)
         elif name == "cluster":
             d = ROOT / "examples" / "cluster"
             devices[name] = ExampleNodes("cluster", tmp, [d / f"node{k}.toml" for k in (1, 2, 3)],
-                                         d / "controller.toml")
+                                         d / "controller.toml", overrides=overrides)
         else:
             raise SystemExit(f"efficiency.py: unknown device {name!r}")
     return devices
@@ -366,13 +369,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="reference,single,cluster")
     ap.add_argument("--rates", default=",".join(str(r) for r in RATES))
     ap.add_argument("--no-search", action="store_true", help="skip the zero-loss searches")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override a key in every node config (experiments), e.g. nf.instances=1")
     args = ap.parse_args(argv)
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        overrides[(section, name)] = tomllib.loads(f"v = {value}")["v"]
     seconds = 2.0 if args.quick else 5.0
     rates = [int(r) for r in args.rates.split(",")]
-    out: dict[str, Any] = {"flows": FLOWS, "tcp_ratio": TCP_RATIO, "size": SIZE, "devices": {}}
+    out: dict[str, Any] = {"flows": FLOWS, "tcp_ratio": TCP_RATIO, "size": SIZE, "overrides": args.set,
+                           "devices": {}}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        devices = start_devices(args.only.split(","), tmp)
+        devices = start_devices(args.only.split(","), tmp, overrides)
         try:
             for name, dev in devices.items():
                 run_traffic(dev, tmp, 2000, FLOWS)        # warm-up: every flow created once

@@ -115,13 +115,25 @@ class NfSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class RaftSection:
+    """``[raft]``: this node's member of the global-state Raft (``runtime/globalstate.py``)."""
+    id: int
+    members: dict[int, str]
+    data_dir: str
+    fsync: bool
+    tick_ms: int
+    learners: dict[int, str] = dataclasses.field(default_factory=dict)
+    snapshot_every: int = 10_000
+
+
+@dataclasses.dataclass(frozen=True)
 class NodeConfig:
     source: str
     node: NodeSection
     ingress: IngressSection
     egress: EgressSection
     nf: NfSection
-    raft: Any = None  # a deft.runtime.globalstate.RaftSection when [raft] is given
+    raft: RaftSection | None = None  # when [raft] is given
 
     def nf_params(self) -> Params:
         return Params(self.nf.params, self.source, "nf.params")
@@ -223,8 +235,6 @@ def _raft_section(raw: dict, source: str):
     ``members`` are the voters every node starts with; ``learners`` (optional) members that
     receive the log without voting. A node joining a running cluster lists itself under
     ``learners`` and is added by ``deft-ctl raft add-learner`` on the leader (then ``promote``)."""
-    from deft.runtime.globalstate import RaftSection
-
     p = _section(raw, "raft", source)
     members = _raft_endpoints(p, "members", p.table("members"))
     learners = _raft_endpoints(p, "learners", p.table("learners", {}))

@@ -5,12 +5,16 @@ delimiter frame is accepted too). Reply: the same envelope, then one JSON
 frame; ``{"ok": false, "error": "..."}`` for anything malformed. A garbage
 frame is counted and answered, never fatal.
 
+The client side is here too (``query``, ``query_all``): deft-ctl, the
+controller's route pushes and the tests all speak through it.
+
 A *deferred* handler gets ``(request, respond)`` and answers later by calling
 ``respond(body)`` once (a Raft write is answered when it is applied).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import orjson
@@ -82,3 +86,51 @@ class ControlServer:
 
     def close(self) -> None:
         self.sock.close()
+
+
+# -- the client side (deft-ctl, the controller's route pushes, tools and tests) ---------------------
+
+class NoAnswer(Exception):
+    pass
+
+
+def query(control_addr: str, request: dict, timeout_ms: int = 2000) -> dict:
+    """Send one JSON request to a control endpoint and return the decoded reply."""
+    ctx = zmq.Context.instance()
+    sock = make_socket(ctx, zmq.DEALER, connect=control_addr)
+    try:
+        sock.send(orjson.dumps(request))
+        if not sock.poll(timeout_ms, zmq.POLLIN):
+            raise NoAnswer(f"{control_addr}: no answer within {timeout_ms} ms")
+        return orjson.loads(sock.recv())
+    finally:
+        sock.close()
+
+
+def query_all(addrs: dict[str, str], request: dict, timeout_ms: int = 2000) -> dict[str, dict | None]:
+    """Send one request to several control endpoints at once; their replies (None: none in time).
+
+    One deadline for all: a node that does not answer costs ``timeout_ms`` once, not once per node.
+    """
+    ctx = zmq.Context.instance()
+    socks = {name: make_socket(ctx, zmq.DEALER, connect=addr) for name, addr in addrs.items()}
+    replies: dict[str, dict | None] = dict.fromkeys(addrs)
+    try:
+        poller = zmq.Poller()
+        payload = orjson.dumps(request)
+        for sock in socks.values():
+            sock.send(payload)
+            poller.register(sock, zmq.POLLIN)
+        waiting = {sock: name for name, sock in socks.items()}
+        deadline = time.monotonic() + timeout_ms / 1000
+        while waiting and (left := deadline - time.monotonic()) > 0:
+            for sock, _ in poller.poll(max(1, int(left * 1000))):
+                try:
+                    replies[waiting.pop(sock)] = orjson.loads(sock.recv())
+                except orjson.JSONDecodeError:
+                    pass  # garbage: counts as no answer
+                poller.unregister(sock)
+        return replies
+    finally:
+        for sock in socks.values():
+            sock.close()

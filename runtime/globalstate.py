@@ -39,7 +39,6 @@ lost there the worker retries with the same (client, seq), applied once.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import os
@@ -58,21 +57,11 @@ from deft.runtime.consensus.kv import BadCommand, Command, KVStateMachine
 from deft.runtime.consensus.membership import Membership
 from deft.runtime.consensus.role import Role
 from deft.runtime.consensus.storage import DiskStorage
+from deft.runtime.config import RaftSection
 from deft.runtime.sockets import make_socket
 
 Respond = Callable[[dict[str, Any]], None]
 ADDR_PREFIX = "_raft/addr/"   # global key of a member added at run time: its endpoint
-
-
-@dataclasses.dataclass(frozen=True)
-class RaftSection:
-    id: int
-    members: dict[int, str]
-    data_dir: str
-    fsync: bool
-    tick_ms: int
-    learners: dict[int, str] = dataclasses.field(default_factory=dict)
-    snapshot_every: int = 10_000
 
 
 class GlobalState:

@@ -139,7 +139,7 @@ class Controller:
 
     def fail(self, request: dict) -> dict:
         """Drill: have the owning supervisor SIGKILL an NF worker or itself."""
-        from deft.tools.ctl import NoAnswer, query
+        from deft.runtime.control import NoAnswer, query
 
         what, ident = request.get("what"), request.get("id")
         if what == "node":
@@ -202,7 +202,7 @@ class Controller:
             self.routes_due = True
         if not self.routes_due or now_ms() < self.next_push_ms:
             return
-        from deft.tools.ctl import query_all
+        from deft.runtime.control import query_all
 
         members = tuple(m for m in self.view.membership() if m[1])
         self.routes_epoch = max(self.routes_epoch, self.view.max_routes_epoch()) + 1

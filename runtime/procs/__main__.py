@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from deft.runtime.config import load_config
@@ -39,7 +40,19 @@ def main(argv: list[str] | None = None) -> int:
             log.info("standby waiting")
             if not wait_for_takeover(topo, args.role, args.index, stop):
                 return 0
-        run(topo, args.index, stop, log, restarted=args.restarted or args.standby, **extra)
+        profile_dir = os.environ.get("DEFT_PROFILE")   # diagnostics: cProfile each process into this folder
+        if profile_dir:
+            import cProfile
+
+            import time
+
+            profiler = cProfile.Profile(time.thread_time)   # CPU of this thread, not wall time
+            try:
+                profiler.runcall(run, topo, args.index, stop, log, restarted=args.restarted or args.standby, **extra)
+            finally:
+                profiler.dump_stats(os.path.join(profile_dir, f"{topo.node_id}.{args.role}{args.index}.{os.getpid()}.prof"))
+        else:
+            run(topo, args.index, stop, log, restarted=args.restarted or args.standby, **extra)
     except DeftError as exc:
         log.error("%s", exc)
         return 1

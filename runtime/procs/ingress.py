@@ -108,7 +108,7 @@ class PcapSource:
     backpressure = True
 
     def __init__(self, path: str):
-        from deft.tools.pcap import read_pcap
+        from deft.runtime.dataplane.pcap import read_pcap
 
         frames = [frame for _, frame in read_pcap(path)]
         self.records = np.zeros(len(frames), dtype=PACKET_DTYPE)

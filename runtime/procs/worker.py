@@ -77,6 +77,8 @@ COUNTERS = [
     "ready", "received", "processed", "released", "dropped_by_nf", "stale", "duplicate",
     "pending_overflow", "pending", "batches", "egress_waits", "flows", "nf_errors", "adopted", "gaps_skipped",
     "expired", "pairs", "not_mine", "early",
+    # the loop: rounds, and how often it slept (a round without a sleep found more work)
+    "rounds", "sleeps",
     # packets from other nodes' io processes (the PULL at [node] fabric + index)
     "remote_messages", "remote_packets", "remote_bad_frames",
     # replication ([nf] replicate): as primary, as secondary, take-overs
@@ -455,7 +457,11 @@ class Worker:
         on a timer while idle, and no timer is below a millisecond (a poll's unit).
         """
         timeout_ms = 0
+        count = self.count
         while not self.stop:
+            count["rounds"] += 1
+            if timeout_ms:
+                count["sleeps"] += 1
             ready = self.wait(timeout_ms)
             now = time.monotonic_ns()
             self.refresh()

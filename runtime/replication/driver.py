@@ -41,9 +41,7 @@ from deft.runtime.errors import WireError
 from deft.runtime.replication.actions import (
     Action,
     Refused,
-    Release,
     Send,
-    WriteDecision,
 )
 from deft.runtime.replication.codec import Codec, peek_pair
 from deft.runtime.replication.errors import ProtocolMisuse

@@ -28,7 +28,8 @@ from deft.runtime.consensus.storage_api import MemoryStorage
 from deft.runtime.dataplane.frames import build_frame, vxlan_wrap
 from deft.runtime.dataplane.packet import FORWARD, IPPROTO_UDP, PACKET_DTYPE
 from deft.runtime.dataplane.parse import records_from_datagrams
-from deft.runtime.globalstate import MAGIC, GlobalState, LocalState, RaftSection, WorkerChannel, worker_endpoints
+from deft.runtime.config import RaftSection
+from deft.runtime.globalstate import MAGIC, GlobalState, LocalState, WorkerChannel, worker_endpoints
 from deft.runtime.params import ipv4_to_int
 from deft.runtime.procs.pairslot import GLOBAL_WINDOW, session_of
 from deft.runtime.procs.globals_client import GLOBAL_RETRY_S
