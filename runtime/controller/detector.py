@@ -47,6 +47,15 @@ class FailureDetector:
                 out.append(name)
         return sorted(out)
 
+    def fail_now(self, member: str) -> bool:
+        """The member is known to be gone without waiting for its beats (its connection closed);
+        True if that is news."""
+        m = self.members.get(member)
+        if m is None or m.failed:
+            return False
+        m.failed = True
+        return True
+
     def is_failed(self, member: str) -> bool:
         m = self.members.get(member)
         return m is not None and m.failed

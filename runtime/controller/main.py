@@ -15,7 +15,9 @@
 
 One poll loop: heartbeats and failure notices in (garbage frames are counted
 and ignored), the failure detector ticked every heartbeat_ms, deft-ctl
-requests answered. Requests: ``status``, and the drills ``fail`` with
+requests answered, and a monitored connection to every node's control socket
+(``liveness.py``), whose closing declares the node failed at once: a dead
+supervisor is known in about a millisecond, a silent one after the beats. Requests: ``status``, and the drills ``fail`` with
 ``{"what": "nf"|"node", "id": ...}``, which ask the owning node's supervisor to
 SIGKILL the process (an instance id is ``<node>/nf<i>``).
 
@@ -248,7 +250,26 @@ class Controller:
             self.log.warning("%s/%s (pid %s) failed, exit %s", header["node"], header["process"], header["pid"],
                              header["exit"])
 
+    def watch_nodes(self, poller: zmq.Poller) -> None:
+        """A monitored connection to every live node's control socket (new nodes, moved endpoints)."""
+        for node in self.view.nodes.values():
+            if node.state == "up":
+                monitor, old = self.liveness.watch(node.id, node.control)
+                if old is not None:
+                    poller.unregister(old)
+                if monitor is not None:
+                    poller.register(monitor, zmq.POLLIN)
+        self.liveness.close_retired()
+
+    def on_lost(self, ready) -> None:
+        for node in self.liveness.events(ready):
+            if self.view.on_disconnect(node, now_ms()):
+                self.log.warning("node %s failed (its control connection closed)", node)
+
     def run(self) -> None:
+        from deft.runtime.controller.liveness import LivenessWatch
+
+        self.liveness = LivenessWatch(self.zctx)
         poller = zmq.Poller()
         poller.register(self.sub, zmq.POLLIN)
         poller.register(self.control.sock, zmq.POLLIN)
@@ -267,6 +288,9 @@ class Controller:
                             break
                 if self.control.sock in events:
                     self.control.handle_one()
+                if len(events) > (self.sub in events) + (self.control.sock in events):
+                    self.on_lost(events)
+                self.watch_nodes(poller)
                 if now_ms() >= next_tick:
                     for node in self.view.tick(now_ms()):
                         self.log.warning("node %s failed (no heartbeat for %d x %d ms)", node,
@@ -275,6 +299,7 @@ class Controller:
                 if self.cfg.manage_routes:
                     self.maybe_push_routes()
         finally:
+            self.liveness.close()
             self.sub.close()
             self.control.close()
             self.zctx.term()

@@ -128,14 +128,26 @@ class ClusterView:
         """Declare silent nodes failed (with all their instances); return the nodes that just failed."""
         failed = self.fdu.expired(now_ms)
         for name in failed:
-            node = self.nodes[name]
-            node.state = "failed"
-            self._event(now_ms, "node_failed", node=name, pid=node.pid,
-                        silence_ms=round(self.fdu.silence_ms(name, now_ms), 3))
-            for info in node.instances.values():
-                if info.state == "up":
-                    self._mark_failed(info, now_ms, "its node failed")
+            self._node_failed(name, now_ms, "no heartbeat")
         return failed
+
+    def on_disconnect(self, name: str, now_ms: float) -> bool:
+        """The controller's connection to the node's control socket closed: its supervisor is gone
+        (the kernel closes a dead process's sockets), so the node fails now, not beats later.
+        True if that is news. A node that is in fact alive beats again: a false suspicion."""
+        if name not in self.nodes or not self.fdu.fail_now(name):
+            return False
+        self._node_failed(name, now_ms, "connection lost")
+        return True
+
+    def _node_failed(self, name: str, now_ms: float, why: str) -> None:
+        node = self.nodes[name]
+        node.state = "failed"
+        self._event(now_ms, "node_failed", node=name, pid=node.pid, why=why,
+                    silence_ms=round(self.fdu.silence_ms(name, now_ms), 3))
+        for info in node.instances.values():
+            if info.state == "up":
+                self._mark_failed(info, now_ms, "its node failed")
 
     def status(self, now_ms: float) -> dict[str, Any]:
         nodes, instances = [], []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -71,7 +72,9 @@ def test_a_killed_worker_is_reported_at_once_and_its_recovery_timed(cluster):
     # it depends on what else the machine runs)
 
 
-def test_a_killed_node_is_declared_failed_after_missed_beats(cluster):
+def test_a_killed_node_is_declared_failed_as_its_connection_closes(cluster):
+    """A dead supervisor's sockets are closed by the kernel: the controller's monitored connection to
+    its control socket says so at once, before the beats are missed (``liveness.py``)."""
     ctl, nodes = cluster
     t0 = time.monotonic()
     out = ctl_cmd(ctl, "fail", "node", nodes[1].node_id)
@@ -79,12 +82,26 @@ def test_a_killed_node_is_declared_failed_after_missed_beats(cluster):
     st = ctl.wait_for(lambda st: any(n["id"] == nodes[1].node_id and n["state"] == "failed" for n in st["nodes"]))
     assert time.monotonic() - t0 < 5
     event = [e for e in st["events"] if e["event"] == "node_failed" and e["node"] == nodes[1].node_id][-1]
-    assert 30 <= event["silence_ms"] < 200   # 3 missed 10 ms beats, detected on the next tick
+    assert event["why"] == "connection lost" and event["silence_ms"] < 30, event   # before 3 missed beats
     dead = [i for i in st["instances"] if i["node"] == nodes[1].node_id]
     assert dead and all(i["state"] == "failed" for i in dead)
     assert all(i["state"] == "up" for i in st["instances"] if i["node"] == nodes[0].node_id)
     assert nodes[1].proc.wait(10) == -9
     assert nodes[1].stop()  # a killed node leaves its shared memory; stop() removes it
+
+
+def test_a_stalled_node_is_declared_failed_after_missed_beats(cluster):
+    """A stopped (not dead) supervisor closes no socket: the beats it misses tell."""
+    ctl, nodes = cluster
+    victim = nodes[1]
+    os.kill(victim.pid, signal.SIGSTOP)
+    try:
+        st = ctl.wait_for(lambda st: any(n["id"] == victim.node_id and n["state"] == "failed" for n in st["nodes"]))
+    finally:
+        os.kill(victim.pid, signal.SIGCONT)
+    event = [e for e in st["events"] if e["event"] == "node_failed" and e["node"] == victim.node_id][-1]
+    assert event["why"] == "no heartbeat" and 30 <= event["silence_ms"] < 200, event   # 3 missed 10 ms beats
+    ctl.wait_for(lambda st: any(n["id"] == victim.node_id and n["state"] == "up" for n in st["nodes"]))
 
 
 def test_garbage_on_the_heartbeat_socket_is_counted_and_ignored(cluster):

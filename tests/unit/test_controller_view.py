@@ -90,3 +90,16 @@ def test_survivors_are_the_processes_back_from_a_suspicion_not_restarted_ones():
     assert v.survivors() == frozenset({("n1", 0)})
     v.on_heartbeat(beat(pid=200, seq=1, pids=(11, 12)), 70)   # a new supervisor: a new incarnation
     assert v.survivors() == frozenset()
+
+
+def test_a_closed_connection_fails_the_node_at_once_and_a_beat_brings_it_back():
+    v = ClusterView(10, 3)
+    v.on_heartbeat(beat(seq=1), 0)
+    assert v.on_disconnect("n1", 4)
+    assert not v.on_disconnect("n1", 5) and not v.on_disconnect("unknown", 5)   # once; unknown nodes ignored
+    st = v.status(4)
+    assert st["nodes"][0]["state"] == "failed" and [i["state"] for i in st["instances"]] == ["failed", "failed"]
+    assert v.events[1]["why"] == "connection lost" and v.events[1]["silence_ms"] == 4
+    assert v.tick(100) == []                                   # not failed a second time by silence
+    v.on_heartbeat(beat(seq=2), 120)                           # same supervisor pid: it never died
+    assert v.status(120)["nodes"][0]["state"] == "up" and v.false_suspicions == 1
