@@ -5,8 +5,10 @@ Start: remove what a crashed predecessor with the same node id left in
 (``deft.runtime.topology`` names them), then start the NF workers and the
 io process (ingress, stamping units, switch, egress; with a hot standby).
 
-Run: one poll loop over the control socket; every 20 ms it reaps children and
-restarts any that died (counted per process). Stop (SIGTERM/SIGINT): SIGTERM
+Run: one poll loop over the control socket (and, with ``[raft]``, the Raft
+member's sockets); a child's death wakes it at once (SIGCHLD through a wake-up
+pipe), so it reaps and restarts dead children (counted per process) without
+looking every few milliseconds; otherwise it wakes for its heartbeats only. Stop (SIGTERM/SIGINT): SIGTERM
 to every child, SIGKILL after a grace period, then unlink all shared memory.
 Children die with the supervisor (PR_SET_PDEATHSIG), so a SIGKILLed
 supervisor takes its node down whole; the next start cleans the leftovers.
@@ -42,6 +44,7 @@ from deft.runtime.stats import CounterBlock
 from deft.runtime.topology import Topology
 
 RESTART_BACKOFF_S = 0.2     # first restart delay; doubles while a child keeps dying young
+IDLE_WAKE_MS = 1000         # with nothing due, look at the children this often anyway
 RESTART_BACKOFF_MAX_S = 5.0
 HEALTHY_AFTER_S = 10.0      # a child that ran this long starts again from the first delay
 STOP_GRACE_S = 3.0
@@ -206,6 +209,12 @@ class Supervisor:
         self.children.append(Child("io", 0))
         for child in self.children:
             self.spawn(child)
+
+    def next_restart_ms(self) -> int:
+        """Milliseconds until a dead child's back-off ends (IDLE_WAKE_MS if none waits)."""
+        now = time.monotonic()
+        due = [c.died_at + c.backoff - now for c in self.children if c.died_at]
+        return max(1, min((int(d * 1000) + 1 for d in due), default=IDLE_WAKE_MS))
 
     def reap_and_restart(self) -> None:
         now = time.monotonic()
@@ -405,6 +414,16 @@ class Supervisor:
         self.ingress_socket = sock
 
     # -- run ------------------------------------------------------------------
+    @staticmethod
+    def child_death_pipe() -> int:
+        """A pipe that becomes readable when a child dies (SIGCHLD, through the wake-up fd)."""
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # the wake-up byte is what matters
+        return r
+
     def run(self) -> None:
         from deft.runtime.status import node_status
 
@@ -435,24 +454,32 @@ class Supervisor:
             self.log.info("node %s up: control %s, ingress %s, egress %s", self.topo.node_id,
                           self.config.node.control, self.config.ingress.listen, self.config.egress.send_to)
             self.heartbeats = Heartbeats(self) if self.config.node.controller else None
+            child_died = self.child_death_pipe()
             poller = zmq.Poller()
             poller.register(self.control.sock, zmq.POLLIN)
+            poller.register(child_died, zmq.POLLIN)
             if self.globals_channel and not self.globalstate:
                 poller.register(self.globals_channel.sock, zmq.POLLIN)
             if self.globalstate:  # the Raft driver owns the poll loop; it watches the control socket
                 self.globalstate.driver.watch(self.control.sock, self.control.handle_all)
                 self.globalstate.driver.watch(self.globals_channel.sock, self.globals_channel.handle_all)
+                self.globalstate.driver.watch(child_died, lambda: drain_pipe(child_died))
             while not self.stop:
-                wait_ms = self.heartbeats.due_in_ms() if self.heartbeats else 20
+                wait_ms = min(self.heartbeats.due_in_ms() if self.heartbeats else IDLE_WAKE_MS,
+                              self.next_restart_ms())
+                if self.pending_kill:
+                    wait_ms = min(wait_ms, 10)
                 if self.globalstate:
-                    self.globalstate.driver.run_once(max_wait=min(20, wait_ms) / 1000)
+                    self.globalstate.driver.run_once(max_wait=wait_ms / 1000)
                     self.globalstate.maybe_compact()
                 else:
-                    events = dict(poller.poll(min(20, wait_ms)))
+                    events = dict(poller.poll(wait_ms))
                     if self.control.sock in events:
                         self.control.handle_all()
                     if self.globals_channel and self.globals_channel.sock in events:
                         self.globals_channel.handle_all()
+                    if child_died in events:
+                        drain_pipe(child_died)
                 self.reap_and_restart()
                 if self.heartbeats:
                     self.heartbeats.beat_if_due()
@@ -473,3 +500,11 @@ class Supervisor:
             self.zctx.term()
             self.close_shared()
             self.log.info("node %s stopped", self.topo.node_id)
+
+
+def drain_pipe(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
