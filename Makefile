@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-node test test-fast bench bench-e2e bench-recovery clean
+.PHONY: demo demo-node test test-fast bench bench-e2e bench-recovery bench-efficiency figures clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,15 @@ bench-e2e: $(STAMP)
 
 bench-recovery: $(STAMP)
 	$(PY) benchmarks/failover_recovery.py
+
+# every target of the efficiency issue in one run beside the reference NAT (JSON in efficiency.json)
+bench-efficiency: $(STAMP)
+	$(PY) benchmarks/efficiency.py --json efficiency.json
+
+# the paper's figures on examples/cluster, with the paper's numbers beside ours: docs/figures/*.png
+figures: $(STAMP)
+	$(PY) -m pip install -q -e '.[test,figures]'
+	$(PY) benchmarks/figures.py $(if $(BEFORE),--before $(BEFORE))
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -214,18 +214,18 @@ class ExampleNodes(Device):
     """Nodes (and a controller) started from example configs, with fresh ports."""
 
     def __init__(self, name: str, tmp: Path, node_files: list[Path], controller_file: Path | None = None,
-                 overrides: dict[tuple[str, str], Any] | None = None):
+                 overrides: dict[tuple[str, str], Any] | None = None, python: str | None = None):
         self.name = name
         mapping: dict[int, int] = {}
         self.controller = None
         self.nodes: list[LocalNode] = []
-        tag = f"b{os.getpid()}{name[:2]}"
+        tag = f"b{os.getpid()}{name[:2]}{'b' if name.endswith('-before') else ''}"
         try:
             if controller_file is not None:
                 cfg = _fresh_ports(tomllib.loads(controller_file.read_text()), mapping)
                 path = tmp / f"{tag}-controller.toml"
                 path.write_text(to_toml(cfg))
-                self.controller = LocalController.start(path, tmp / f"{tag}-controller.log")
+                self.controller = LocalController.start(path, tmp / f"{tag}-controller.log", python)
             for f in node_files:
                 raw = tomllib.loads(f.read_text())
                 for (section, key), value in (overrides or {}).items():
@@ -235,7 +235,7 @@ class ExampleNodes(Device):
                 cfg["node"]["id"] = f"{tag}{cfg['node']['id']}"
                 path = tmp / f"{cfg['node']['id']}.toml"
                 path.write_text(to_toml(cfg))
-                self.nodes.append(LocalNode.start(path, tmp / f"{cfg['node']['id']}.log"))
+                self.nodes.append(LocalNode.start(path, tmp / f"{cfg['node']['id']}.log", python=python))
             for node in self.nodes:
                 node.wait_ready(60)
             if self.controller is not None:
@@ -346,9 +346,23 @@ TARGETS = """targets (issue 11): cluster p50 <= 1.5 ms at 200 / 1,000 / 10,000 p
   idle <= 0.05 cores; single node p50 <= 0.5 ms at every rate, zero-loss >= 1.0 x reference"""
 
 
-def start_devices(names: list[str], tmp: Path, overrides: dict | None = None) -> dict[str, Device]:
+def start_devices(names: list[str], tmp: Path, overrides: dict | None = None,
+                  before: Path | None = None) -> dict[str, Device]:
+    """``before``: another checkout (with its own .venv) whose examples and code run as the
+    devices ``single-before`` and ``cluster-before``, side by side with this tree's."""
     devices: dict[str, Device] = {}
     for name in names:
+        if name.endswith("-before"):
+            if before is None:
+                raise SystemExit(f"efficiency.py: {name} needs --before PATH")
+            python = str(before / ".venv" / "bin" / "python")
+            if name == "single-before":
+                devices[name] = ExampleNodes(name, tmp, [before / "examples" / "node1.toml"], python=python)
+            else:
+                d = before / "examples" / "cluster"
+                devices[name] = ExampleNodes(name, tmp, [d / f"node{k}.toml" for k in (1, 2, 3)],
+                                             d / "controller.toml", python=python)
+            continue
         if name == "reference":
             devices[name] = ReferenceNat(tmp)
         elif name == "single":
@@ -369,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="reference,single,cluster")
     ap.add_argument("--rates", default=",".join(str(r) for r in RATES))
     ap.add_argument("--no-search", action="store_true", help="skip the zero-loss searches")
+    ap.add_argument("--before", type=Path, help="a checkout of the code before a change (with its own "
+                    ".venv): --only may then name single-before and cluster-before too")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a key in every node config (experiments), e.g. nf.instances=1")
     args = ap.parse_args(argv)
@@ -383,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
                            "devices": {}}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        devices = start_devices(args.only.split(","), tmp, overrides)
+        devices = start_devices(args.only.split(","), tmp, overrides, args.before)
         try:
             for name, dev in devices.items():
                 run_traffic(dev, tmp, 2000, FLOWS)        # warm-up: every flow created once

@@ -115,14 +115,16 @@ class LocalNode:
         self.known_pids: set[int] = set()
 
     @classmethod
-    def start(cls, config_path: Path, log_path: Path | None = None, env: dict | None = None) -> "LocalNode":
-        """Start ``deft-node`` on ``config_path``; ``env`` adds variables (e.g. ``DEFT_FAILPOINTS``)."""
+    def start(cls, config_path: Path, log_path: Path | None = None, env: dict | None = None,
+              python: str | None = None) -> "LocalNode":
+        """Start ``deft-node`` on ``config_path``; ``env`` adds variables (e.g. ``DEFT_FAILPOINTS``);
+        ``python`` runs another installation (benchmarks compare two trees)."""
         import tomllib
 
         config = tomllib.loads(Path(config_path).read_text())
         out = open(log_path, "w") if log_path else subprocess.DEVNULL
         try:
-            proc = subprocess.Popen([sys.executable, "-m", "deft.runtime.node", "--config", str(config_path)],
+            proc = subprocess.Popen([python or sys.executable, "-m", "deft.runtime.node", "--config", str(config_path)],
                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env={**os.environ, **env} if env else None)
         finally:
@@ -200,13 +202,13 @@ class LocalController:
         self.proc = proc
 
     @classmethod
-    def start(cls, config_path: Path, log_path: Path | None = None) -> "LocalController":
+    def start(cls, config_path: Path, log_path: Path | None = None, python: str | None = None) -> "LocalController":
         import tomllib
 
         config = tomllib.loads(Path(config_path).read_text())
         out = open(log_path, "w") if log_path else subprocess.DEVNULL
         try:
-            proc = subprocess.Popen([sys.executable, "-m", "deft.runtime.controller.main", "--config",
+            proc = subprocess.Popen([python or sys.executable, "-m", "deft.runtime.controller.main", "--config",
                                      str(config_path)], stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL)
         finally:
