@@ -5,14 +5,25 @@ with the liveness of each NF worker (pid, alive, restarts) as it sees them.
 The supervisor reaps its children, so it knows a worker is dead the moment
 the kernel does; it then publishes FAILED at once instead of letting the
 controller wait for missed beats. A dead supervisor is a dead node: its
-children die with it (PDEATHSIG) and its beats stop, which the controller's
-failure detector notices after ``miss_limit`` intervals.
+children die with it (PDEATHSIG), its sockets close (the controller sees its
+connection drop) and its beats stop.
+
+The beats come from a thread of their own, which owns the PUB socket: the
+supervisor's loop also runs the node's Raft member, whose log writes and
+snapshots (fsync) took 40-540 ms on a busy disk, and beats sent from that loop
+stopped meanwhile, so the controller declared live nodes failed (a second
+failure beside a real one loses data). The thread beats on time while the
+loop waits on the disk (fsync releases the GIL). The loop hands it what a
+beat reports (``update``) and the failure notices (``failed``), through a queue.
 """
 
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
+from typing import Any
 
 import zmq
 
@@ -23,52 +34,85 @@ from deft.runtime.sockets import make_socket
 class Heartbeats:
     def __init__(self, sup):
         self.sup = sup
-        self.interval_ns = sup.config.node.heartbeat_ms * 1_000_000
-        # PUB connects to the controller's SUB: many nodes, one bound subscriber
-        self.sock = make_socket(sup.zctx, zmq.PUB, connect=sup.config.node.controller, hwm=1000)
+        self.interval_s = sup.config.node.heartbeat_ms / 1000
+        self.endpoint = sup.config.node.controller
         self.seq = 0
-        self.next_ns = time.monotonic_ns()
+        self.sent = 0
+        self._notices: queue.SimpleQueue = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._instances: list[dict[str, Any]] = []
+        self.update()
+        self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
+        self._thread.start()
 
-    def due_in_ms(self) -> int:
-        """Milliseconds until the next beat, rounded up: rounding down would spin for the last one."""
-        return max(0, -(-(self.next_ns - time.monotonic_ns()) // 1_000_000))
-
-    def beat_if_due(self) -> None:
-        now = time.monotonic_ns()
-        if now < self.next_ns:
-            return
-        self.next_ns = now + self.interval_ns
-        self.seq += 1
+    def update(self) -> None:
+        """The workers as the supervisor sees them now (called from its loop after it reaps)."""
         sup = self.sup
-        instances = [
+        self._instances = [
             {"id": f"{sup.topo.node_id}/nf{c.index}", "index": c.index, "pid": c.pid, "alive": c.alive,
-             "restarts": c.restarts, "ready": bool(c.alive and sup.stats[c.stats_key].get("ready")),
-             "lag": self.lag(sup.stats[c.stats_key])}
+             "restarts": c.restarts, "stats": sup.stats[c.stats_key]}
             for c in sup.children if c.role == "worker"
         ]
-        self.send(wire.HEARTBEAT, {"node": sup.topo.node_id, "pid": os.getpid(), "seq": self.seq,
-                                   "control": sup.config.node.control, "fabric": sup.config.node.fabric,
-                                   "replication": sup.config.node.replication,
-                                   "buckets": sup.config.ingress.buckets, "routes_epoch": sup.routes.epoch,
-                                   "instances": instances})
+
+    def failed(self, child, decisions: dict[int, int] | None = None) -> None:
+        """Publish a FAILED notice for ``child`` at once (from the beat thread)."""
+        header = {"node": self.sup.topo.node_id, "process": child.stats_key, "pid": child.pid,
+                  "exit": child.last_exit}
+        if decisions is not None:
+            header["decisions"] = {str(p): b for p, b in decisions.items()}
+        self._notices.put(header)
+
+    def _beat(self) -> dict[str, Any]:
+        sup = self.sup
+        self.seq += 1
+        instances = [
+            {"id": i["id"], "index": i["index"], "pid": i["pid"], "alive": i["alive"], "restarts": i["restarts"],
+             "ready": bool(i["alive"] and i["stats"].get("ready")), "lag": self.lag(i["stats"])}
+            for i in self._instances
+        ]
+        return {"node": sup.topo.node_id, "pid": os.getpid(), "seq": self.seq,
+                "control": sup.config.node.control, "fabric": sup.config.node.fabric,
+                "replication": sup.config.node.replication, "buckets": sup.config.ingress.buckets,
+                "routes_epoch": sup.routes.epoch, "instances": instances}
 
     @staticmethod
     def lag(stats) -> int:
         """Replication lag of a worker: its batches waiting for their secondary's vote or for release."""
         return stats.get("repl_in_flight") + stats.get("repl_staged") if "repl_in_flight" in stats.index else 0
 
-    def failed(self, child, decisions: dict[int, int] | None = None) -> None:
-        header = {"node": self.sup.topo.node_id, "process": child.stats_key, "pid": child.pid,
-                  "exit": child.last_exit}
-        if decisions is not None:
-            header["decisions"] = {str(p): b for p, b in decisions.items()}
-        self.send(wire.FAILED, header)
-
-    def send(self, kind: bytes, header: dict) -> None:
+    def _run(self) -> None:
+        # PUB connects to the controller's SUB: many nodes, one bound subscriber
+        sock = make_socket(self.sup.zctx, zmq.PUB, connect=self.endpoint, hwm=1000)
         try:
-            self.sock.send_multipart(wire.encode(kind, header), zmq.NOBLOCK)
+            next_beat = time.monotonic()
+            while not self._stop.is_set():
+                try:
+                    notice = self._notices.get(timeout=max(0.0, next_beat - time.monotonic()))
+                    if notice is not None:   # None: close() waking us
+                        self._send(sock, wire.FAILED, notice)
+                    continue
+                except queue.Empty:
+                    pass
+                next_beat = time.monotonic() + self.interval_s
+                self._send(sock, wire.HEARTBEAT, self._beat())
+            while True:   # notices raised while stopping still go out
+                try:
+                    notice = self._notices.get_nowait()
+                except queue.Empty:
+                    break
+                if notice is not None:
+                    self._send(sock, wire.FAILED, notice)
+        finally:
+            sock.close()
+
+    def _send(self, sock: zmq.Socket, kind: bytes, header: dict) -> None:
+        try:
+            sock.send_multipart(wire.encode(kind, header), zmq.NOBLOCK)
+            self.sent += 1
         except zmq.Again:
             pass  # nobody listening yet, or the controller is slow: a beat is worth nothing late
 
     def close(self) -> None:
-        self.sock.close()
+        self._stop.set()
+        self._notices.put(None)   # wake the thread (a None notice is never sent)
+        self._thread.join(2)

@@ -8,7 +8,8 @@ io process (ingress, stamping units, switch, egress; with a hot standby).
 Run: one poll loop over the control socket (and, with ``[raft]``, the Raft
 member's sockets); a child's death wakes it at once (SIGCHLD through a wake-up
 pipe), so it reaps and restarts dead children (counted per process) without
-looking every few milliseconds; otherwise it wakes for its heartbeats only. Stop (SIGTERM/SIGINT): SIGTERM
+looking every few milliseconds (heartbeats have a thread of their own: see
+``heartbeat.py``). Stop (SIGTERM/SIGINT): SIGTERM
 to every child, SIGKILL after a grace period, then unlink all shared memory.
 Children die with the supervisor (PR_SET_PDEATHSIG), so a SIGKILLed
 supervisor takes its node down whole; the next start cleans the leftovers.
@@ -465,8 +466,7 @@ class Supervisor:
                 self.globalstate.driver.watch(self.globals_channel.sock, self.globals_channel.handle_all)
                 self.globalstate.driver.watch(child_died, lambda: drain_pipe(child_died))
             while not self.stop:
-                wait_ms = min(self.heartbeats.due_in_ms() if self.heartbeats else IDLE_WAKE_MS,
-                              self.next_restart_ms())
+                wait_ms = self.next_restart_ms()   # the beats have a thread of their own
                 if self.pending_kill:
                     wait_ms = min(wait_ms, 10)
                 if self.globalstate:
@@ -481,8 +481,8 @@ class Supervisor:
                     if child_died in events:
                         drain_pipe(child_died)
                 self.reap_and_restart()
-                if self.heartbeats:
-                    self.heartbeats.beat_if_due()
+                if self.heartbeats:   # after any FAILED notice is queued: a beat never runs ahead of it
+                    self.heartbeats.update()
                 if self.pending_kill and time.monotonic() >= self.pending_kill[1]:
                     self.drill_kill(self.pending_kill[0])
         finally:

@@ -132,6 +132,11 @@ def wait_windows(cluster: LocalCluster, want: int, timeout: float = 10.0) -> lis
     return got
 
 
+def other_failures(cluster: LocalCluster, victim: str) -> list[str]:
+    """Nodes the controller declared failed besides ``victim``: false suspicions, i.e. a second failure."""
+    return [e["node"] for e in cluster.ctl.status()["events"] if e["event"] == "node_failed" and e["node"] != victim]
+
+
 def worker_counters(cluster: LocalCluster) -> dict[str, int]:
     total: dict[str, int] = {}
     for node in cluster.nodes:
@@ -144,7 +149,12 @@ def worker_counters(cluster: LocalCluster) -> dict[str, int]:
 
 @pytest.fixture
 def cluster(tmp_path):
-    cluster = LocalCluster(tmp_path, "gn", 3, replicate=True, kind="portscan",
+    # Failure detection in 300 ms, not 100: on a busy machine the supervisors stalled 100-660 ms at
+    # times (Raft compaction's fsyncs, every 10 entries here and on every member at once, or just
+    # starved), the controller declared a live node failed next to the real kill, and two failures
+    # within one take-over lost what only those two nodes held (the fence that waits for an election
+    # is covered by test_global_exactly_once).
+    cluster = LocalCluster(tmp_path, "gn", 3, replicate=True, kind="portscan", miss_limit=30,
                            params={"threshold": THRESHOLD, "window_s": 600},
                            raft={"snapshot_every": 10})   # compaction, and InstallSnapshot to the restarted node
     try:
@@ -189,6 +199,7 @@ def test_portscan_counts_stay_global_when_the_raft_leader_node_is_killed(cluster
     try:
         scan_round(traffic, b"A", range(1000, 1000 + N_SCAN // 2))
         victim = cluster.nodes[leader]
+        victim_id = victim.node_id
         victim.status()
         os.kill(victim.pid, signal.SIGKILL)
         victim.proc.wait(10)
@@ -196,7 +207,8 @@ def test_portscan_counts_stay_global_when_the_raft_leader_node_is_killed(cluster
         traffic.drain(0.5)
         survivors = [n for k, n in enumerate(cluster.nodes) if k != leader]
         assert [len(query(n.control, {"cmd": "global_get", "key": f"portscan/{SCANNER}"})["value"])
-                for n in survivors] == [N_SCAN] * 2 or wait_windows_of(survivors) == [N_SCAN] * 2
+                for n in survivors] == [N_SCAN] * 2 or wait_windows_of(survivors) == [N_SCAN] * 2, \
+            f"also declared failed: {other_failures(cluster, victim_id)}"
         cluster.restart(leader)
         cluster.nodes[leader].wait_ready()
         assert wait_windows(cluster, N_SCAN, timeout=20) == [N_SCAN] * 3
@@ -215,7 +227,8 @@ def test_portscan_counts_stay_global_when_the_raft_leader_node_is_killed(cluster
     short = [(k, tag) for k in range(N_CLIENTS) for tag in (b"A", b"C")
              if len(traffic.received(client_ip(k), tag)) < CLIENT_PKTS]
     counters = {k: v for k, v in worker_counters(cluster).items() if v and not k.endswith("_ns")}
-    assert not short, f"clients short in rounds {short}; {counters}"
+    assert not short, (f"clients short in rounds {short}; {counters}; "
+                       f"also declared failed: {other_failures(cluster, victim_id)}")
 
 
 def wait_windows_of(nodes, timeout: float = 10.0) -> list[int]:
