@@ -383,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="reference,single,cluster")
     ap.add_argument("--rates", default=",".join(str(r) for r in RATES))
     ap.add_argument("--no-search", action="store_true", help="skip the zero-loss searches")
+    ap.add_argument("--together", action="store_true",
+                    help="run every device at once, measurements interleaved (the default starts one device "
+                         "at a time: an idle device's own wake-ups are load on the others)")
     ap.add_argument("--before", type=Path, help="a checkout of the code before a change (with its own "
                     ".venv): --only may then name single-before and cluster-before too")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -397,40 +400,51 @@ def main(argv: list[str] | None = None) -> int:
     rates = [int(r) for r in args.rates.split(",")]
     out: dict[str, Any] = {"flows": FLOWS, "tcp_ratio": TCP_RATIO, "size": SIZE, "overrides": args.set,
                            "devices": {}}
+    names = args.only.split(",")
+    groups = [names] if args.together else [[name] for name in names]
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        devices = start_devices(args.only.split(","), tmp, overrides, args.before)
-        try:
-            for name, dev in devices.items():
-                run_traffic(dev, tmp, 2000, FLOWS)        # warm-up: every flow created once
-                out["devices"][name] = {"latency": {}, "idle_cores": idle_cores(dev, 2.0 if args.quick else 5.0)}
-            for rate in rates:                            # interleaved: the same background noise
-                for name, dev in devices.items():
-                    out["devices"][name]["latency"][str(rate)] = m = measure(dev, tmp, rate, seconds)
-                    print(f"{name:9s} {rate:>6} pps  p50 {m['p50_us'] or 0:8.0f} us  p99 {m['p99_us'] or 0:8.0f} us  "
-                          f"lost {m['lost']}  cores {m['cores']:.3f}  {m['cpu_us_per_packet']:.0f} us/pkt  "
-                          f"{m['cpu_us_per_packet_by_role']}", flush=True)
-            if not args.no_search:
-                searches = {name: ZeroLossSearch(bisections=2 if args.quick else 4) for name in devices}
-                while not all(s.done for s in searches.values()):
-                    for name, dev in devices.items():
-                        s = searches[name]
-                        if not s.done:
-                            rate = s.next_rate()
-                            report, _ = run_traffic(dev, tmp, rate, int(rate * (1.5 if args.quick else 3.0)))
-                            s.record(rate, report)
-                            print(f"{name:9s} zero-loss trial {rate:>7} pps: {'ok' if s.trials[-1]['ok'] else 'FAIL'} "
-                                  f"{s.trials[-1]}", flush=True)
-                for name, s in searches.items():
-                    out["devices"][name]["zero_loss_pps"] = s.good
-                    out["devices"][name]["zero_loss_trials"] = s.trials
-        finally:
-            for dev in devices.values():
-                dev.stop()
+        for group in groups:
+            devices = start_devices(group, tmp, overrides, args.before)
+            try:
+                measure_devices(devices, out, rates, seconds, args)
+            finally:
+                for dev in devices.values():
+                    dev.stop()
     print_summary(out)
     if args.json:
         args.json.write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2))
     return 0
+
+
+def measure_devices(devices: dict[str, Device], out: dict, rates: list[int], seconds: float, args) -> None:
+    """Warm-up, idle, latency and CPU at every rate, then the zero-loss search, of ``devices``
+    (interleaved when there are several: the same background noise)."""
+    tmp = Path(tempfile.gettempdir())
+    for name, dev in devices.items():
+        run_traffic(dev, tmp, 2000, FLOWS)        # warm-up: every flow created once
+        out["devices"][name] = {"latency": {}, "idle_cores": idle_cores(dev, 2.0 if args.quick else 5.0)}
+    for rate in rates:
+        for name, dev in devices.items():
+            out["devices"][name]["latency"][str(rate)] = m = measure(dev, tmp, rate, seconds)
+            print(f"{name:9s} {rate:>6} pps  p50 {m['p50_us'] or 0:8.0f} us  p99 {m['p99_us'] or 0:8.0f} us  "
+                  f"lost {m['lost']}  cores {m['cores']:.3f}  {m['cpu_us_per_packet']:.0f} us/pkt  "
+                  f"{m['cpu_us_per_packet_by_role']}", flush=True)
+    if args.no_search:
+        return
+    searches = {name: ZeroLossSearch(bisections=2 if args.quick else 4) for name in devices}
+    while not all(s.done for s in searches.values()):
+        for name, dev in devices.items():
+            s = searches[name]
+            if not s.done:
+                rate = s.next_rate()
+                report, _ = run_traffic(dev, tmp, rate, int(rate * (1.5 if args.quick else 3.0)))
+                s.record(rate, report)
+                print(f"{name:9s} zero-loss trial {rate:>7} pps: {'ok' if s.trials[-1]['ok'] else 'FAIL'} "
+                      f"{s.trials[-1]}", flush=True)
+    for name, s in searches.items():
+        out["devices"][name]["zero_loss_pps"] = s.good
+        out["devices"][name]["zero_loss_trials"] = s.trials
 
 
 def print_summary(out: dict) -> None:

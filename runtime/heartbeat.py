@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import threading
 import time
 from typing import Any
@@ -81,6 +82,10 @@ class Heartbeats:
         return stats.get("repl_in_flight") + stats.get("repl_staged") if "repl_in_flight" in stats.index else 0
 
     def _run(self) -> None:
+        # Signals (SIGCHLD for every child that dies, stops or continues) go to the supervisor's main
+        # thread only: one delivered here interrupted the timed queue wait, which then never woke again
+        # (every node paused and resumed stopped beating for good)
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         # PUB connects to the controller's SUB: many nodes, one bound subscriber
         sock = make_socket(self.sup.zctx, zmq.PUB, connect=self.endpoint, hwm=1000)
         try:

@@ -58,6 +58,7 @@ def node_status(sup) -> dict:
             "uptime_s": round(time.time() - sup.started, 3),
             "control": cfg.node.control,
             "control_bad_requests": sup.control.bad_requests if sup.control else 0,
+            "heartbeats_sent": sup.heartbeats.sent if sup.heartbeats else 0,
         },
         # one process does the ingress, the stamping units and the egress (runtime/procs/io.py)
         "io": {**io_proc, "counters": {k: io[k] for k in ("ready", "owner", "rounds", "sleeps")}},

@@ -100,7 +100,11 @@ def stop_process(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
 
 def processes(status: dict) -> list[dict]:
     """Every process of a node's status, supervisor excluded."""
-    return [status["io"], *status["instances"]]
+    if "io" in status:
+        return [status["io"], *status["instances"]]
+    # a node of the older layout (benchmarks compare it side by side): ingress, units, fabric, egress
+    optional = [p for p in (status["ingress"], status.get("fabric")) if isinstance(p, dict)]
+    return [*optional, status["egress"], *status["units"], *status["instances"]]
 
 
 class LocalNode:

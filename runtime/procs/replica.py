@@ -41,6 +41,8 @@ from deft.runtime.replication.primary import PrimaryReplicator
 from deft.runtime.replication.secondary import SecondaryReplica
 
 TICK_NS = 5_000_000  # retransmits and Missing requests count in these (ticks run only while needed)
+COMMIT_QUIET_NS = 50_000_000  # a pair quiet this long tells its secondary what is committed (else the
+                              # next Prepare does): a Commit and its Vote per quiet spell, not per batch
 
 
 class PrimaryRole:
@@ -55,6 +57,7 @@ class PrimaryRole:
         self.submitted_ns: dict[int, int] = {}
         # released batches the egress has not sent yet: (egress ring position after it, batch)
         self.unsent: deque[tuple[int, int]] = deque()
+        self.commit_at = 0   # monotonic ns: an explicit Commit is due (if one is pending) after a quiet spell
         # batch -> (output records, index of the forwarded ones, the records as they arrived)
         self.staged: dict[int, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = {}
 
@@ -78,12 +81,25 @@ class PrimaryRole:
         return self.core.in_flight
 
     def needs_tick(self) -> bool:
-        """Retransmits, a lazy Commit or a send to notice: the worker keeps its timer running."""
-        return bool(self.core.in_flight or self.core.commit_pending or self.unsent)
+        """Prepares in flight may need retransmits: the worker keeps its 2PC tick running."""
+        return bool(self.core.in_flight)
+
+    def commit_due(self) -> int | None:
+        """When an explicit Commit would go (None: nothing to commit, or a Prepare will carry it)."""
+        if self.unsent or self.core.commit_pending:
+            return self.commit_at
+        return None
+
+    def maybe_commit(self, now: int) -> None:
+        """After a quiet spell, tell the secondary what is committed (``core.commit``)."""
+        if now >= self.commit_at and not self.core.in_flight and self.core.commit_pending:
+            self.link.execute(self.core.commit())
+            self.commit_at = now + COMMIT_QUIET_NS
 
     def submit(self, batch: np.ndarray, forward: np.ndarray | None, inputs: np.ndarray | None) -> None:
         """A processed batch: stage its output, send its state by 2PC; it leaves on Release."""
         t = self.core.next_batch
+        self.commit_at = time.monotonic_ns() + COMMIT_QUIET_NS   # activity: the Prepare carries commits
         stamps = stamps_of(batch)
         delta = Delta.capture(self.slot.table, self.slot.ordering.next_expected, stamps)
         self.staged[t] = (batch.copy(), None if forward is None else forward.copy(),

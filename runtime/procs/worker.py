@@ -483,9 +483,7 @@ class Worker:
                 self.dirty = True
                 timeout_ms = 0   # more may be waiting: look again before sleeping
             else:
-                timeout_ms = self.next_timeout_ms(now)
-                if timeout_ms and self.dirty:   # about to sleep: status shows where we stand
-                    self.publish()
+                timeout_ms = self.next_timeout_ms(now)   # a publish of dirty counters is one of its timers
 
     def roles(self) -> list:
         return [s.role for s in self.slots.values() if s.role is not None]
@@ -555,6 +553,8 @@ class Worker:
                     role.tick()
                 self.secondaries.tick()
             self.next_tick = now + TICK_NS
+        for role in self.roles():
+            role.maybe_commit(now)
         if self.globals is not None and self.gclient.requests:
             self.globals.poll()
         self.housekeeping(now)
@@ -572,6 +572,10 @@ class Worker:
         if self.secondaries is not None and (self.secondaries.needs_tick()
                                              or any(r.needs_tick() for r in self.roles())):
             due = min(due, self.next_tick)
+        for role in self.roles():
+            at = role.commit_due()
+            if at is not None:
+                due = min(due, at)
         if self.gclient is not None and self.gclient.requests:
             due = min(due, int(min(p.retry_at for p in self.gclient.requests.values()) * 1e9))
         due = min(due, self.next_expiry)

@@ -61,9 +61,11 @@ class PrimaryReplicator:
          order.)
 
     Commit is presumed and lazy (Samaras et al.'s optimisations): the
-    secondary learns it from the next Prepare's ``committed_upto``, and an
-    explicit Commit goes out only on ``tick()`` once nothing is in flight,
-    so a busy pair pays two messages per batch (Prepare, Vote), not four.
+    secondary learns it from the next Prepare's ``committed_upto``; an
+    explicit Commit goes out only when the driver calls ``commit()`` (it does
+    after a quiet spell, and again after each further one until the
+    secondary's Vote acknowledges it). So a busy pair pays two messages per
+    batch (Prepare, Vote), not four, and a quiet one a Commit and its Vote.
 
     Batches are decided strictly in order: t is decided when t and every
     batch before it have votes (votes are cumulative). When several are
@@ -104,7 +106,6 @@ class PrimaryReplicator:
         self._voted = last_batch
         self._peer_committed = last_batch
         self._commit_floor = last_batch   # a new secondary starts "committed" just below its sync
-        self._commit_sent_at = 0
         self._now = 0
 
     # -- queries ---------------------------------------------------------------------------------
@@ -204,12 +205,21 @@ class PrimaryReplicator:
 
     @property
     def commit_pending(self) -> bool:
-        """Decided batches the secondary has not acknowledged as committed (a tick will send a Commit
-        once they are sent and nothing is in flight)."""
-        return self.has_secondary and self._peer_committed < self.decided
+        """Sent batches the secondary has not been told are committed (``commit()`` would tell it)."""
+        return self.has_secondary and self._peer_committed < self.sent
+
+    def commit(self) -> list[Action]:
+        """An explicit Commit of everything sent, when nothing is in flight (a Prepare would carry it).
+
+        Until the secondary acknowledges it (a Vote with ``committed``), ``commit_pending`` stays
+        true and the driver may call again after its next quiet spell.
+        """
+        if not self.commit_pending or self._undecided:
+            return []
+        return [Send(Commit(self.epoch, self.pair, self.sent))]
 
     def tick(self) -> list[Action]:
-        """Logical time: retransmit Prepares unvoted for ``retransmit_ticks``; a Commit once idle."""
+        """Logical time: retransmit Prepares unvoted for ``retransmit_ticks``."""
         self._now += 1
         if not self.has_secondary:
             return []
@@ -218,10 +228,6 @@ class PrimaryReplicator:
             if self._now - self._sent_at[t] >= self.retransmit_ticks:
                 out.append(Send(self._refresh(msg)))
                 self._sent_at[t] = self._now
-        if (not self._undecided and self._peer_committed < self.sent
-                and self._now - self._commit_sent_at >= self.retransmit_ticks):
-            out.append(Send(Commit(self.epoch, self.pair, self.sent)))
-            self._commit_sent_at = self._now
         return out
 
     def step(self, msg: Any) -> list[Action]:
@@ -269,8 +275,7 @@ class PrimaryReplicator:
         self.decided = decided[-1]
         self._unsent.update(releases)
         self.sent = min(self._unsent) - 1 if self._unsent else self.decided
-        self._commit_sent_at = self._now   # a Commit waits retransmit_ticks after a decision: the next
-        return [WriteDecision(self.epoch, self.pair, self.decided),   # Prepare usually carries it first
+        return [WriteDecision(self.epoch, self.pair, self.decided),
                 *(Release(t) for t in releases)]
 
     def _on_need_from(self, msg: NeedFrom) -> list[Action]:

@@ -47,10 +47,11 @@ class SecondaryReplica:
       past a gap is held (and NeedFrom asks for the gap), a Prepare whose
       packets have not all arrived waits for them (and after
       ``missing_ticks`` a Missing asks the primary for them).
-    * Commit(t) applies staged batches <= t in order: FlowTable records and
-      removals, nextExpectedPktID; the packet clock becomes t; their packets
-      leave the buffer. A committed batch was released (see
-      PrimaryReplicator's output-commit rule).
+    * Commit(t) (or a Prepare's ``committed_upto``) applies staged batches <= t
+      in order: FlowTable records and removals, nextExpectedPktID; the packet
+      clock becomes t; their packets leave the buffer. A committed batch was
+      released and sent (see PrimaryReplicator's output-commit rule). An
+      explicit Commit (sent only after a quiet spell) is acknowledged by a Vote.
     * Buffered packets are never released while the primary lives.
 
     A new secondary (``synced=False``) buffers duplicates and holds Prepares
@@ -225,7 +226,7 @@ class SecondaryReplica:
         if msg.upto > self.prepared:
             return self._refuse(msg, "commits a batch never staged")
         self._commit(msg.upto)
-        return [Send(self._vote())]  # the acknowledgement that stops Commit retransmits
+        return [Send(self._vote())]  # the acknowledgement: the primary stops sending explicit Commits
 
     def _advance(self) -> list[Action]:
         """Stage held Prepares that follow the last staged batch and have all their packets."""

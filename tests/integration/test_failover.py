@@ -81,7 +81,9 @@ def assert_no_harm(report: dict, cluster: LocalCluster, duplicates_allowed: int 
           and report["remapped_flows"] == 0)                    # G5: NAT mappings kept
     if not ok:
         counters = node_counters(cluster)
-        (cluster.tmp / "counters.json").write_bytes(orjson.dumps([seen, counters], option=orjson.OPT_INDENT_2))
+        events = controller_status(cluster)["events"]
+        (cluster.tmp / "counters.json").write_bytes(orjson.dumps([seen, counters, events],
+                                                                 option=orjson.OPT_INDENT_2))
         raise AssertionError((seen, counters))
 
 

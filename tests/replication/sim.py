@@ -379,6 +379,8 @@ class Sim:
                         core = ep.prim.repl if ep.prim is not None else ep.sec
                         if core is not None:
                             self._run(ep, core.tick())
+                        if ep.prim is not None and self.rng.random() < 0.3:   # the driver's quiet-spell Commit
+                            self._run(ep, ep.prim.repl.commit())
                 current = self.p_ep   # the controller's sync runs the primary's actions
                 self._controller()
             except Crashed as crash:

@@ -106,8 +106,12 @@ def test_decision_write_then_release_then_commit_once_sent():
     assert prep.message.committed_upto == 1                    # presumed commit: rides on the Prepare
     p.step(vote(3, 1))
     p.output_sent(2), p.output_sent(3)
-    [commit] = p.tick()                                        # idle: an explicit Commit
+    assert p.tick() == []                                      # ticks only retransmit
+    [commit] = p.commit()                                      # idle: the driver's explicit Commit
     assert commit.message == Commit(EPOCH, PAIR, 3) and commit.crash_point == "commit_sent"
+    assert p.commit_pending and len(p.commit()) == 1           # again, until acknowledged
+    p.step(vote(3, 3))
+    assert p.commit() == [] and not p.commit_pending
 
 
 def test_output_sent_out_of_order_commits_only_the_sent_prefix():
@@ -143,7 +147,7 @@ def test_output_commit_order_under_random_votes(seed):
         if isinstance(a, Release):
             p.output_sent(a.batch)
             sent_upto = a.batch
-    log += [p.tick() for _ in range(p.retransmit_ticks)][-1]
+    log += p.commit()
     for i, a in enumerate(log):
         if isinstance(a, WriteDecision):
             assert a.batch > record
@@ -179,15 +183,17 @@ def test_retransmit_after_retransmit_ticks_with_fresh_commit_point():
     assert p.tick() == []  # the timer restarted
 
 
-def test_unacknowledged_commit_is_resent_on_tick():
-    p = primary(retransmit_ticks=2)
-    feed(p, 1)
+def test_an_explicit_commit_waits_until_nothing_is_in_flight_and_is_not_repeated():
+    p = primary(window=2)
+    feed(p, 2)
     sent_all(p, p.step(vote(1)))
-    p.tick()
-    [send] = p.tick()
-    assert send.message == Commit(EPOCH, PAIR, 1)
-    p.step(vote(1, 1))  # the secondary's acknowledgement
-    assert p.tick() == [] and p.tick() == []
+    assert p.commit() == []                    # batch 2 in flight: its Prepare (or the next) carries it
+    sent_all(p, p.step(vote(2)))
+    [send] = p.commit()
+    assert send.message == Commit(EPOCH, PAIR, 2)
+    assert p.tick() == [] and p.tick() == [] and p.tick() == []     # ticks never send a Commit
+    p.step(vote(2, 2))
+    assert p.commit() == []
 
 
 def test_need_from_retransmits_from_that_batch():
