@@ -177,18 +177,18 @@ class _Dev:
 
 
 def before_after(tmp: Path, before: Path, quick: bool) -> dict:
-    devices = E.start_devices(["cluster-before", "cluster"], tmp, before=before)
-    out: dict[str, list] = {name: [] for name in devices}
-    try:
-        for dev in devices.values():
+    """Each cluster alone (an idle cluster's own wake-ups would be load on the other), in turn."""
+    out: dict[str, list] = {}
+    for name in ("cluster-before", "cluster"):
+        dev = E.start_devices([name], tmp, before=before)[name]
+        out[name] = []
+        try:
             run(dev, tmp, 2000, 0.5)
-        for rate in (200, 1000, 3000, 10000):
-            for name, dev in devices.items():      # interleaved: the same background load
+            for rate in (200, 1000, 3000, 10000):
                 m = E.measure(dev, tmp, rate, 1.5 if quick else 3.0)
                 out[name].append((rate, m["p50_us"], m["p99_us"], m["cpu_us_per_packet"], m["cores"]))
                 print(f"before/after {name} {rate}: {out[name][-1]}", flush=True)
-    finally:
-        for dev in devices.values():
+        finally:
             dev.stop()
     return out
 
@@ -250,7 +250,7 @@ def plot(results: dict, out_dir: Path) -> list[Path]:
         ax.legend()
         save(fig, "fig2d.png")
     if "3" in results:
-        tl = results["3"]["timeline"]
+        tl = results["3"]["timeline"][1:-1]   # the first and last bins are partial
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.plot([b["t_ms"] / 1000 for b in tl], [b["received"] * 10 / 1000 for b in tl], "-", label="DEFT")
         ax.axvline(1.0, color="grey", ls=":", label="100 updates start")
@@ -293,8 +293,10 @@ def main(argv: list[str] | None = None) -> int:
                 results[name] = fn(tmp, args.quick)
         if "before_after" in wanted and args.before is not None:
             results["before_after"] = before_after(tmp, args.before, args.quick)
-    (args.out / "figures.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2
-                                                         | orjson.OPT_NON_STR_KEYS))
+    saved = args.out / "figures.json"   # a partial run (--only) keeps the other figures' data
+    previous = orjson.loads(saved.read_bytes()) if saved.exists() else {}
+    results = {**previous, **{k: v for k, v in results.items()}}
+    saved.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
     for path in plot(results, args.out):
         print(f"wrote {path}")
     print(f"figures took {time.monotonic() - t0:.0f} s")
