@@ -71,11 +71,17 @@ def node_status(sup) -> dict:
         },
         "units": [{"index": u, **io_proc, "counters": sup.stats[f"unit{u}"].as_dict()} for u in topo.units],
         "instances": instances,
+        # what left the node: through the io's egress, and (no replication) from the workers themselves
         "egress": {"send_to": cfg.egress.send_to, **io_proc,
-                   "counters": {"sent": io["sent"], "send_errors": io["send_errors"],
-                                "icmp_refused": io["icmp_refused"], "bursts": io["egress_bursts"],
-                                "node_latency_p50_us": io["node_latency_p50_us"],
-                                "node_latency_p99_us": io["node_latency_p99_us"]}},
+                   "counters": {"sent": io["sent"] + sum(i["counters"]["egress_sent"] for i in instances),
+                                "send_errors": io["send_errors"]
+                                + sum(i["counters"]["egress_send_errors"] for i in instances),
+                                "icmp_refused": io["icmp_refused"]
+                                + sum(i["counters"]["egress_icmp_refused"] for i in instances),
+                                "bursts": io["egress_bursts"],
+                                # timed at the io's egress only: null when the workers send for themselves
+                                "node_latency_p50_us": io["node_latency_p50_us"] if io["sent"] else None,
+                                "node_latency_p99_us": io["node_latency_p99_us"] if io["sent"] else None}},
         "raft": sup.globalstate.status() if sup.globalstate else None,
         "routes": {"epoch": sup.routes.epoch, "buckets": len(sup.routes.bucket_pair),
                    "nodes": [node[0] for node in sup.routes.nodes()]},

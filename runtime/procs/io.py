@@ -149,6 +149,10 @@ class Egress:
                 moved += len(view)
         return moved
 
+    def pending(self) -> bool:
+        """Output left after a round (a ring held more than a burst): its bell will not ring again."""
+        return any(len(r) for r in self.rings)
+
     def close(self) -> None:
         self.sink.close()
         for r in self.rings:
@@ -228,11 +232,11 @@ class IoProcess:
                 for unit in self.units:
                     unit.expire(now)
             self.egress.latency.publish(self.stats, now)   # at most every 100 ms
-            if moved and not (self.coalesce_ns and got):
-                timeout_s = 0.0
-            elif blocked:
+            # After a round that moved packets, the select itself says whether more came (it returns at
+            # once if so): a whole empty round to find out costs more than the syscall
+            if blocked:
                 timeout_s = BLOCKED_RETRY_MS / 1000
-            elif self.ingress is not None and not self.ingress.exhausted:
+            elif self.egress.pending() or (self.ingress is not None and not self.ingress.exhausted):
                 timeout_s = 0.0
             else:
                 timeout_s = max(0.001, (self.next_expiry - now) / 1e9)

@@ -71,6 +71,7 @@ from deft.runtime.topology import Topology
 
 POLLIN = 1  # zmq.POLLIN, without importing zmq into a worker that does not replicate
 TICK_NS = 5_000_000        # 2PC retransmits and Missing requests count in these
+EGRESS_BURST = 256         # datagrams per UdpSink.send (its staging block)
 PUBLISH_NS = 50_000_000    # counters reach shared memory at most this often while busy (and when idle)
 
 COUNTERS = [
@@ -79,6 +80,8 @@ COUNTERS = [
     "expired", "pairs", "not_mine", "early",
     # the loop: rounds, and how often it slept (a round without a sleep found more work)
     "rounds", "sleeps",
+    # output sent by the worker itself (no replication: see Worker.direct)
+    "egress_sent", "egress_send_errors", "egress_icmp_refused",
     # packets from other nodes' io processes (the PULL at [node] fabric + index)
     "remote_messages", "remote_packets", "remote_bad_frames",
     # replication ([nf] replicate): as primary, as secondary, take-overs
@@ -122,6 +125,14 @@ class Worker:
         self.bell = FdBell.attach(topo.nf_bell(index))  # pollable: see run()
         self.egress = Ring.attach(topo.egress_ring(index), PACKET_DTYPE)
         self.egress_bell = FdBell.attach(topo.egress_bell())
+        # Without replication nothing is committed or replayed, so the worker sends its own output (one
+        # process hop less, and no wake-up of the io per batch); replicated output goes through the
+        # io's egress, whose ring head tells what has left the node (the commit rule needs it)
+        self.direct = None
+        if not cfg.nf.replicate and cfg.egress.send_to.startswith("udp://"):
+            from deft.runtime.procs.egress import UdpSink
+
+            self.direct = UdpSink(cfg.egress.send_to)
         self.stats = CounterBlock.attach(topo.stats(f"nf{index}"))
         self.record = CommitRecord.attach(topo.commit_record(index))
         self.routes = Routes.attach(topo.routes())
@@ -357,7 +368,10 @@ class Worker:
         if slot.role is not None:
             slot.role.submit(batch, forward, inputs)  # leaves for the egress on the 2PC's Release
         else:
-            self.push_egress(batch, forward)
+            if self.direct is not None:
+                self.send_direct(batch if forward is None else batch[forward])
+            else:
+                self.push_egress(batch, forward)
             self.count["released"] += n_forward
             if slot.pair == self.first_release_of and n_forward:
                 self.count["takeover_release_ns"], self.first_release_of = time.monotonic_ns(), -1
@@ -396,6 +410,15 @@ class Worker:
         if pair == self.first_release_of and n:
             self.count["takeover_release_ns"], self.first_release_of = time.monotonic_ns(), -1
             self.publish()   # drills time the take-over from this counter: show it at once
+
+    def send_direct(self, records: np.ndarray) -> None:
+        """Send an unreplicated batch's output on this worker's own socket (VXLAN, like the io's egress)."""
+        c = self.count
+        for start in range(0, len(records), EGRESS_BURST):
+            sent, errors, refused = self.direct.send(records[start: start + EGRESS_BURST])
+            c["egress_sent"] += sent
+            c["egress_send_errors"] += errors
+            c["egress_icmp_refused"] += refused
 
     def push_egress(self, records: np.ndarray, index: np.ndarray | None) -> None:
         """Hand a batch (or ``records[index]``) to the egress sender; wait, never drop, while its ring is full."""
@@ -636,6 +659,8 @@ class Worker:
             r.close()
         self.zctx.term()
         self.egress.close()
+        if self.direct is not None:
+            self.direct.close()
         self.record.close()
         self.routes.close()
         self.stats.close()

@@ -87,7 +87,7 @@ def node(node_id, tmp_path):
     made, workers, rings, fakes = [], [], [], []
 
     def make(raft=True, **nf):
-        raw = {"node": {"id": node_id},
+        raw = {"node": {"id": node_id}, "egress": {"send_to": "shm://out"},   # output stays in the ring
                "nf": {"kind": "portscan", "instances": 1, "flush_on_idle": False, "flush_us": 10_000_000, **nf,
                       "params": {"threshold": 3}}}
         if raft:

@@ -24,7 +24,10 @@ class NeverStop:
 def node(node_id):
     def make(**nf):
         restarted = nf.pop("_restarted", False)
-        raw = {"node": {"id": node_id}, "nf": {"kind": "flowcounter", "instances": 1, **nf}}
+        # shm egress: the output stays in the egress ring, where these tests look at it (a udp:// egress
+        # without replication is sent by the worker itself: test_unreplicated_output_is_sent_by_the_worker)
+        raw = {"node": {"id": node_id}, "egress": {"send_to": "shm://out"},
+               "nf": {"kind": "flowcounter", "instances": 1, **nf}}
         sup = Supervisor(parse_config(raw, "test.toml"), "test.toml", NeverStop(), logging.getLogger("t"))
         sup.create_shared()
         made.append(sup)
@@ -174,3 +177,36 @@ def test_a_release_interrupted_before_its_record_is_not_published(node):
         assert record.recover(out) == {0: 3} and len(out) == 0  # batch 4 is replayed by the secondary
     finally:
         record.close()
+
+
+def test_unreplicated_output_is_sent_by_the_worker(node_id):
+    """No replication, a udp:// egress: the worker sends its output itself (no hop through the io)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        rx.settimeout(5)
+        port = rx.getsockname()[1]
+        raw = {"node": {"id": node_id}, "egress": {"send_to": f"udp://127.0.0.1:{port}"},
+               "nf": {"kind": "flowcounter", "instances": 1, "batch_size": 2}}
+        sup = Supervisor(parse_config(raw, "test.toml"), "test.toml", NeverStop(), logging.getLogger("t"))
+        sup.create_shared()
+        worker = Worker(sup.topo, 0, NeverStop(), logging.getLogger("t"), restarted=False)
+        feed = Ring.attach(sup.topo.nf_ring(0), PACKET_DTYPE)
+        out = Ring.attach(sup.topo.egress_ring(0), PACKET_DTYPE)
+        try:
+            batch = packets([(1, 1), (2, 1)])
+            batch["vni"] = 77
+            batch["frame"][:, :60] = 7
+            feed.push_some(batch)
+            worker.pull()
+            worker.release(worker.slots[0])
+            got = [rx.recv(2048) for _ in range(2)]
+            assert [len(d) for d in got] == [8 + 60] * 2 and got[0][4:7] == (77).to_bytes(3, "big")
+            assert len(out) == 0 and worker.count["egress_sent"] == 2 and worker.count["released"] == 2
+        finally:
+            feed.close()
+            out.close()
+            worker.close()
+            sup.zctx.term()
+            sup.close_shared()
