@@ -290,6 +290,8 @@ class Supervisor:
         except (RouteError, ValueError) as exc:
             self.log.warning("refused routes: %s", exc)
             raise ValueError(str(exc)) from None
+        for bell in self.bells:   # the workers and the io take the new roles now, not at their next wake-up
+            bell.ring()
         self.log.info("routes epoch %d installed: %d pairs over %d nodes", routes.epoch, len(routes.pairs),
                       len(routes.nodes))
         return {"epoch": routes.epoch}

@@ -7,15 +7,24 @@ fabric endpoint (where its fabric process receives packet batches), and the
 table says which number is this node.
 
 Layout (little-endian int64 words, then the endpoint strings):
-  [epoch, n_buckets, n_pairs, n_nodes, self_node]
+  [epoch, n_buckets, n_pairs, n_nodes, self_node, write sequence]
   pair of bucket b           n_buckets words
   pair p: primary node, primary instance, secondary node, secondary instance,
           take-over decision, generation                                     MAX_PAIRS x 6
   node ids, fabric and replication endpoints: MAX_NODES x 3 x ENDPOINT_BYTES, zero padded ASCII
 
-Writers (the supervisor, on a ``set_routes`` from the controller or an
-operator) write everything, then bump the epoch last; readers that see a new
-epoch re-read the small tables. A route set whose epoch is not newer than the
+The writer (the supervisor, on a ``set_routes`` from the controller or an
+operator) and the readers in other processes (the io's switch, the workers)
+share the tables through a sequence lock: the writer makes the write sequence
+odd, writes everything, sets the epoch, and makes the sequence even again; a
+reader copies the tables (``snapshot``) and keeps the copy only if the
+sequence was even and unchanged around it. Bumping the epoch last was not
+enough: route sets can come a few milliseconds apart (two failures), and a
+reader descheduled while it read epoch N's tables read half of epoch N+1's
+and sent packets to workers that were not their pairs' primaries (lost on
+the gap timeout). Plain loads and stores suffice on x86-64 (TSO: stores are
+seen in order, loads are not reordered with loads); another architecture
+would need fences here. A route set whose epoch is not newer than the
 current one is refused: a stale controller cannot move flows back.
 
 A pair's *generation* is the epoch at which its primary or secondary last
@@ -39,8 +48,8 @@ from deft.runtime.ring.shm import attach_segment, create_segment, release_segmen
 MAX_PAIRS = 256
 MAX_NODES = 32
 ENDPOINT_BYTES = 120
-HEADER = 5
-W_EPOCH, W_BUCKETS, W_PAIRS, W_NODES, W_SELF = range(HEADER)
+HEADER = 6
+W_EPOCH, W_BUCKETS, W_PAIRS, W_NODES, W_SELF, W_SEQ = range(HEADER)
 NONE = -1
 FRESH, UNKNOWN = -2, -1   # take-over decision column: no take-over; a take-over without a commit record
 PAIR_WORDS = 6
@@ -110,38 +119,14 @@ class RouteSet:
         return cls(epoch, nodes, pairs, buckets, decisions, generations)
 
 
-class Routes:
-    def __init__(self, name: str, mm, owner: bool):
-        self.name = name
-        self._mm = mm
-        self._owner = owner
-        words = np.ndarray((HEADER,), dtype=np.int64, buffer=mm)
-        n_buckets = int(words[W_BUCKETS])
-        self.words = words
-        self.bucket_pair = np.ndarray((n_buckets,), dtype=np.int64, buffer=mm, offset=8 * HEADER)
-        self.table = np.ndarray((MAX_PAIRS, PAIR_WORDS), dtype=np.int64, buffer=mm, offset=8 * (HEADER + n_buckets))
-        self.pairs = self.table[:, :4]
-        self._names = np.ndarray((MAX_NODES, 3, ENDPOINT_BYTES), dtype=np.uint8, buffer=mm,
-                                 offset=8 * (HEADER + n_buckets + PAIR_WORDS * MAX_PAIRS))
+class RouteTables:
+    """Queries over the tables; a ``Routes`` answers from shared memory, a ``RouteSnapshot`` from a copy."""
 
-    @staticmethod
-    def nbytes(n_buckets: int) -> int:
-        return 8 * (HEADER + n_buckets + PAIR_WORDS * MAX_PAIRS) + MAX_NODES * 3 * ENDPOINT_BYTES
-
-    @classmethod
-    def create(cls, name: str, n_buckets: int, node_id: str, fabric: str, n_instances: int,
-               replication: str = "") -> "Routes":
-        """Routes of a node on its own: pair i = local instance i, buckets spread evenly."""
-        mm = create_segment(name, cls.nbytes(n_buckets))
-        np.ndarray((HEADER,), dtype=np.int64, buffer=mm)[W_BUCKETS] = n_buckets
-        routes = cls(name, mm, owner=True)
-        routes.apply(RouteSet(1, [(node_id, fabric, replication)], [(0, i, NONE, NONE) for i in range(n_instances)],
-                              np.arange(n_buckets) % n_instances), self_node=0)
-        return routes
-
-    @classmethod
-    def attach(cls, name: str) -> "Routes":
-        return cls(name, attach_segment(name), owner=False)
+    words: np.ndarray
+    bucket_pair: np.ndarray
+    table: np.ndarray
+    pairs: np.ndarray
+    _names: np.ndarray
 
     @property
     def epoch(self) -> int:
@@ -151,25 +136,14 @@ class Routes:
     def self_node(self) -> int:
         return int(self.words[W_SELF])
 
+    @property
+    def n_pairs(self) -> int:
+        return int(self.words[W_PAIRS])
+
     def nodes(self) -> list[tuple[str, str, str]]:
         """(node id, fabric endpoint, replication base endpoint) of every node in the routes."""
         return [tuple(bytes(self._names[k, j]).rstrip(b"\x00").decode() for j in (0, 1, 2))
                 for k in range(int(self.words[W_NODES]))]
-
-    def apply(self, routes: RouteSet, self_node: int) -> None:
-        """Write a validated route set; the epoch goes last so readers never see a half-written one."""
-        if routes.epoch <= self.epoch:
-            raise RouteError(f"set_routes: epoch {routes.epoch} is not newer than {self.epoch}: refused")
-        self._names[:] = 0
-        for k, node in enumerate(routes.nodes):
-            for j, text in enumerate(node):
-                raw = text.encode()[: ENDPOINT_BYTES - 1]
-                self._names[k, j, : len(raw)] = np.frombuffer(raw, np.uint8)
-        self.table[:] = NONE
-        self.table[: len(routes.pairs)] = routes.rows()
-        self.bucket_pair[:] = routes.buckets
-        self.words[W_PAIRS], self.words[W_NODES], self.words[W_SELF] = len(routes.pairs), len(routes.nodes), self_node
-        self.words[W_EPOCH] = routes.epoch
 
     def primary_targets(self, buckets: np.ndarray) -> np.ndarray:
         """Target id (node * TARGET_SCALE + instance) of each bucket's primary."""
@@ -202,6 +176,76 @@ class Routes:
         """How many buckets this node's instance is primary for (status)."""
         p = self.pairs[self.bucket_pair]
         return int(((p[:, 0] == self.self_node) & (p[:, 1] == instance)).sum())
+
+
+class RouteSnapshot(RouteTables):
+    """A private copy of one whole route set (``Routes.snapshot``): read it at leisure."""
+
+    def __init__(self, words: np.ndarray, bucket_pair: np.ndarray, table: np.ndarray, names: np.ndarray):
+        self.words, self.bucket_pair, self.table, self._names = words, bucket_pair, table, names
+        self.pairs = table[:, :4]
+
+
+class Routes(RouteTables):
+    def __init__(self, name: str, mm, owner: bool):
+        self.name = name
+        self._mm = mm
+        self._owner = owner
+        words = np.ndarray((HEADER,), dtype=np.int64, buffer=mm)
+        n_buckets = int(words[W_BUCKETS])
+        self.words = words
+        self.bucket_pair = np.ndarray((n_buckets,), dtype=np.int64, buffer=mm, offset=8 * HEADER)
+        self.table = np.ndarray((MAX_PAIRS, PAIR_WORDS), dtype=np.int64, buffer=mm, offset=8 * (HEADER + n_buckets))
+        self.pairs = self.table[:, :4]
+        self._names = np.ndarray((MAX_NODES, 3, ENDPOINT_BYTES), dtype=np.uint8, buffer=mm,
+                                 offset=8 * (HEADER + n_buckets + PAIR_WORDS * MAX_PAIRS))
+
+    @staticmethod
+    def nbytes(n_buckets: int) -> int:
+        return 8 * (HEADER + n_buckets + PAIR_WORDS * MAX_PAIRS) + MAX_NODES * 3 * ENDPOINT_BYTES
+
+    @classmethod
+    def create(cls, name: str, n_buckets: int, node_id: str, fabric: str, n_instances: int,
+               replication: str = "") -> "Routes":
+        """Routes of a node on its own: pair i = local instance i, buckets spread evenly."""
+        mm = create_segment(name, cls.nbytes(n_buckets))
+        np.ndarray((HEADER,), dtype=np.int64, buffer=mm)[W_BUCKETS] = n_buckets
+        routes = cls(name, mm, owner=True)
+        routes.apply(RouteSet(1, [(node_id, fabric, replication)], [(0, i, NONE, NONE) for i in range(n_instances)],
+                              np.arange(n_buckets) % n_instances), self_node=0)
+        return routes
+
+    @classmethod
+    def attach(cls, name: str) -> "Routes":
+        return cls(name, attach_segment(name), owner=False)
+
+    def apply(self, routes: RouteSet, self_node: int) -> None:
+        """Write a validated route set under the sequence lock (see the module's docstring)."""
+        if routes.epoch <= self.epoch:
+            raise RouteError(f"set_routes: epoch {routes.epoch} is not newer than {self.epoch}: refused")
+        self.words[W_SEQ] += 1   # odd: a write is under way
+        self._names[:] = 0
+        for k, node in enumerate(routes.nodes):
+            for j, text in enumerate(node):
+                raw = text.encode()[: ENDPOINT_BYTES - 1]
+                self._names[k, j, : len(raw)] = np.frombuffer(raw, np.uint8)
+        self.table[:] = NONE
+        self.table[: len(routes.pairs)] = routes.rows()
+        self.bucket_pair[:] = routes.buckets
+        self.words[W_PAIRS], self.words[W_NODES], self.words[W_SELF] = len(routes.pairs), len(routes.nodes), self_node
+        self.words[W_EPOCH] = routes.epoch
+        self.words[W_SEQ] += 1   # even again: the route set is whole
+
+    def snapshot(self) -> RouteSnapshot | None:
+        """A consistent copy of the current route set, or None while the writer is at it (try later)."""
+        words = self.words
+        seq = int(words[W_SEQ])
+        if seq & 1:
+            return None
+        snap = RouteSnapshot(words.copy(), self.bucket_pair.copy(), self.table.copy(), self._names.copy())
+        if int(words[W_SEQ]) != seq:   # a write began meanwhile: the copy may mix two route sets
+            return None
+        return snap
 
     def close(self) -> None:
         self.words = self.bucket_pair = self.pairs = self.table = self._names = None  # type: ignore[assignment]

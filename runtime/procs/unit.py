@@ -25,7 +25,7 @@ import zmq
 
 from deft.runtime import wire
 from deft.runtime.dataplane.sentlog import SentLog
-from deft.runtime.dataplane.routes import NONE, TARGET_SCALE, W_PAIRS, Routes
+from deft.runtime.dataplane.routes import NONE, TARGET_SCALE, RouteTables, Routes
 from deft.runtime.dataplane.packet import PACKET_DTYPE
 from deft.runtime.dataplane.stamper import Stamper, StamperTable, bucket_of
 from deft.runtime.params import endpoint_of
@@ -113,12 +113,13 @@ class Switch:
     Rebuilt whenever the routes' epoch changes; every stamping unit of the io uses it.
     """
 
-    def __init__(self, routes: Routes, n_local: int, zctx: zmq.Context, old: "Switch | None" = None,
+    def __init__(self, routes: RouteTables, n_local: int, zctx: zmq.Context, old: "Switch | None" = None,
                  replicate: bool = False):
+        """``routes``: a snapshot (``Routes.snapshot``), never the shared tables a writer may be changing."""
         self.epoch = routes.epoch
         self.n_local = n_local
         me = routes.self_node
-        n_pairs = int(routes.words[W_PAIRS])
+        n_pairs = routes.n_pairs
         targets = routes.pairs[:n_pairs, :2].tolist()
         if replicate:  # the secondaries get a copy of every packet: they are destinations too
             targets += [t for t in routes.pairs[:n_pairs, 2:].tolist() if t[0] != NONE]
@@ -344,13 +345,21 @@ class IoShared:
                           if self.replicate else [])
         self.bells = [FdBell.attach(topo.nf_bell(i)) for i in topo.instances]
         self.rung: set[int] = set()
-        self._switch = Switch(self.routes, len(self.in_rings), zctx, replicate=self.replicate)
+        self._switch = Switch(self._snapshot(), len(self.in_rings), zctx, replicate=self.replicate)
+
+    def _snapshot(self) -> RouteTables:
+        """The route set as it is now (a node's supervisor wrote one before it started the io)."""
+        while (snap := self.routes.snapshot()) is None:
+            time.sleep(0.0005)
+        return snap
 
     def refresh(self) -> None:
         """At the start of a round only: a unit's batch is planned and handed on with one switch
         (a destination index means nothing under another epoch's switch)."""
         if self.routes.epoch != self._switch.epoch:
-            self._switch = Switch(self.routes, len(self.in_rings), self.zctx, self._switch, self.replicate)
+            snap = self.routes.snapshot()   # None while the supervisor writes: the next round sees it
+            if snap is not None:
+                self._switch = Switch(snap, len(self.in_rings), self.zctx, self._switch, self.replicate)
 
     def switch(self) -> Switch:
         return self._switch

@@ -57,7 +57,7 @@ from deft.nfs import Context, make_nf, nf_class
 from deft.nfs.base import FlowTable
 from deft.runtime.dataplane.commit_record import CommitRecord
 from deft.runtime.dataplane.packet import FORWARD, PACKET_DTYPE
-from deft.runtime.dataplane.routes import NONE, W_PAIRS, Routes
+from deft.runtime.dataplane.routes import NONE, Routes
 from deft.runtime.procs.globalbatches import GlobalBatches
 from deft.runtime.procs.globals_client import GlobalClient
 from deft.runtime.procs.pairslot import SLOT_COUNTERS, PairSlot
@@ -197,13 +197,15 @@ class Worker:
     # -- roles ----------------------------------------------------------------------------------------
     def refresh(self) -> None:
         """Take up the roles of a new routes epoch: primary slots, replication, replicas."""
-        epoch = self.routes.epoch
-        if epoch == self.epoch:
+        if self.routes.epoch == self.epoch:
             return
-        self.epoch = epoch
-        me, rows = self.routes.self_node, self.routes.table[: int(self.routes.words[W_PAIRS])].tolist()
+        routes = self.routes.snapshot()   # one whole route set (None while the supervisor writes one)
+        if routes is None:
+            return
+        epoch = self.epoch = routes.epoch
+        me, rows = routes.self_node, routes.table[: routes.n_pairs].tolist()
         n_pairs = len(rows)
-        nodes = self.routes.nodes()
+        nodes = routes.nodes()
         for p, (pn, pi, sn, si, decision, gen) in enumerate(rows):
             if (pn, pi) == (me, self.index):
                 if p not in self.slots:
