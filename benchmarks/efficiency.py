@@ -284,11 +284,32 @@ def clean(report: dict) -> bool:
             and not report.get("remapped_flows") and lat.get("p99", 1e9) <= 50_000)
 
 
+def loop_wakeups(device: Device) -> dict[str, int]:
+    """Rounds that began after a sleep, per role, summed over the device's nodes: each is a wake-up
+    of that process (the reference NAT and the older layout report none)."""
+    woke: dict[str, int] = {}
+    for node in getattr(device, "nodes", []):
+        status = node.status()
+        if "io" not in status:
+            return {}
+        for role, procs in (("io", [status["io"]]), ("worker", status["instances"])):
+            for p in procs:
+                woke[role] = woke.get(role, 0) + int(p["counters"].get("sleeps", 0))
+        for p in status["instances"]:   # what woke the workers, and their rounds (a wake-up and the
+            for name, value in p["counters"].items():   # rounds that found more work right after)
+                if name.startswith("woke_") or name == "rounds":
+                    key = "worker_" + name
+                    woke[key] = woke.get(key, 0) + int(value)
+    return woke
+
+
 def measure(device: Device, tmp: Path, rate: int, seconds: float) -> dict:
     meter = CpuMeter(device.roots())
+    woke_before = loop_wakeups(device)
     meter.start()
     report, gen_cpu = run_traffic(device, tmp, rate, max(int(rate * seconds), 200))
     cpu = meter.stop()
+    woke_after = loop_wakeups(device)
     delivered = max(report["received"], 1)
     lat = report.get("latency_us") or {}
     return {
@@ -299,6 +320,8 @@ def measure(device: Device, tmp: Path, rate: int, seconds: float) -> dict:
         "cpu_us_per_packet": round(cpu["cpu_s"] / delivered * 1e6, 1),
         "machine_cores_less_generator": round((cpu["machine_busy_s"] - gen_cpu) / cpu["wall_s"], 3),
         "cpu_us_per_packet_by_role": {k: round(v / delivered * 1e6, 1) for k, v in sorted(cpu["by_role"].items())},
+        # process wake-ups per packet delivered (the fixed cost of a round is paid this often)
+        "wakeups_per_packet": {k: round((woke_after.get(k, 0) - v) / delivered, 2) for k, v in woke_before.items()},
     }
 
 
@@ -429,7 +452,7 @@ def measure_devices(devices: dict[str, Device], out: dict, rates: list[int], sec
             out["devices"][name]["latency"][str(rate)] = m = measure(dev, tmp, rate, seconds)
             print(f"{name:9s} {rate:>6} pps  p50 {m['p50_us'] or 0:8.0f} us  p99 {m['p99_us'] or 0:8.0f} us  "
                   f"lost {m['lost']}  cores {m['cores']:.3f}  {m['cpu_us_per_packet']:.0f} us/pkt  "
-                  f"{m['cpu_us_per_packet_by_role']}", flush=True)
+                  f"{m['cpu_us_per_packet_by_role']}  wake-ups per packet {m['wakeups_per_packet']}", flush=True)
     if args.no_search:
         return
     searches = {name: ZeroLossSearch(bisections=2 if args.quick else 4) for name in devices}

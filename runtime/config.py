@@ -93,6 +93,12 @@ class EgressSection:
     send_to: str
     ring_slots: int
 
+    @property
+    def sent_by_workers(self) -> bool:
+        """Each worker sends its own output (a udp:// egress); a shm:// sink is fed by the io alone
+        (one producer per ring). See ``Worker.send_own_ring``."""
+        return self.send_to.startswith("udp://")
+
 
 @dataclasses.dataclass(frozen=True)
 class NfSection:

@@ -94,6 +94,7 @@ class Supervisor:
         self.bells: list[Doorbell] = []
         self.stats: dict[str, CounterBlock] = {}
         self.records: dict[int, CommitRecord] = {}  # per worker: the replicated batches it released
+        self.orphan_sink = None   # sends what a dead worker left in its egress ring (finish_releases)
         self.sent_logs: list[SentLog] = []            # per unit: its recent sends to other nodes
         self.routes: Routes | None = None
         self.segments: list[tuple[str, object]] = []
@@ -146,6 +147,8 @@ class Supervisor:
         self.rings[name] = Ring.create(name, PACKET_DTYPE, slots)
 
     def close_shared(self) -> None:
+        if self.orphan_sink is not None:
+            self.orphan_sink.close()
         for ring in self.rings.values():
             ring.close()
         for bell in self.bells + list(self.takeover_bells.values()):
@@ -248,15 +251,28 @@ class Supervisor:
                 self.spawn(child)
 
     def finish_releases(self, index: int) -> dict[int, int]:
-        """A worker died: finish the release it was in (commit record), let the egress send it; the decisions.
+        """A worker died: finish the release it was in (commit record), see it sent; the decisions.
 
         The controller moves the worker's pairs to their secondaries when it
         hears of the death; they replay what this worker did not release. So
-        everything it did release must have left before: wait (briefly) for
-        the egress sender to empty the worker's ring.
+        everything it did release must have left before. With a udp:// egress
+        the worker was its ring's only sender: send what it left, here, now
+        (the ring's head is per datagram, so nothing goes twice). Otherwise wait
+        (briefly) for the io's egress to empty the ring.
         """
         ring = self.rings[self.topo.egress_ring(index)]
         decisions = self.records[index].recover(ring)
+        if self.config.egress.sent_by_workers:
+            if len(ring):
+                left = len(ring)
+                if self.orphan_sink is None:
+                    from deft.runtime.procs.egress import UdpSink
+
+                    self.orphan_sink = UdpSink(self.config.egress.send_to)
+                while len(ring):
+                    self.orphan_sink.send(ring.peek(worker.EGRESS_BURST), ring)
+                self.log.warning("nf%d: sent the %d released packets it left in its egress ring", index, left)
+            return decisions
         self.egress_bell.ring()
         deadline = time.monotonic() + EGRESS_DRAIN_S
         while len(ring) and time.monotonic() < deadline:

@@ -123,7 +123,9 @@ class Egress:
     """The sending side: every worker's egress ring, drained and sent."""
 
     def __init__(self, topo: Topology, stats: CounterBlock):
-        self.rings = [Ring.attach(topo.egress_ring(i), PACKET_DTYPE) for i in topo.instances]
+        # a udp:// egress: the workers send their own output (Worker.send_egress); nothing to drain here
+        self.rings = ([] if topo.config.egress.sent_by_workers
+                      else [Ring.attach(topo.egress_ring(i), PACKET_DTYPE) for i in topo.instances])
         self.sink = open_sink(topo)
         self.stats = stats
         self.latency = LatencyWindow()

@@ -38,6 +38,8 @@ from deft.runtime.topology import Topology
 
 MAX_BATCH = 256
 FABRIC_SEND_TIMEOUT_MS = 50
+COPY_WAKE_AT = 256   # copies waiting in a secondary's dup ring before its bell rings (see wake)
+
 COUNTERS = ["ready", "owner", "received", "stamped", "duplicated", "sent_remote", "dropped_fabric", "resent", "blocked",
             "dropped_stalled", "table_full", "new_flows", "flows", "expired"]
 STALL_S = 1.0  # an instance whose ring stays full this long is treated as stuck
@@ -231,9 +233,9 @@ class StampingUnit:
             self._v[self._i["table_full"]] += int((~ok).sum())
             batch, dest = batch[ok], dest[ok]
             dest2 = None if dest2 is None else dest2[ok]
+        if dest2 is not None:  # copies first: a local copy is in its ring before its original can be
+            self.hand_on_copies(batch, dest2)   # processed and prepared (the secondary votes on both)
         self.hand_on(batch, dest)
-        if dest2 is not None:
-            self.hand_on_copies(batch, dest2)
         self.in_ring.release(consumed)
         self.stamper.commit()  # after the release: a crash before it rolls the batch back
         self._v[self._i["received"]] += consumed
@@ -290,7 +292,7 @@ class StampingUnit:
         rings = io.dup_rings if copies else io.in_rings
         if sw.all_local and len(rings) == 1:
             rings[0].push_some(batch)
-            io.rung.add(0)
+            self.wake(0, copies)
             return
         socks = sw.copies_to if copies else sw.originals_to
         for k, part in enumerate(split_by_instance(dest, sw.n_local + len(sw.remote))):
@@ -298,7 +300,7 @@ class StampingUnit:
                 continue
             if k < sw.n_local:
                 rings[k].push_some(batch, part)
-                io.rung.add(k)
+                self.wake(k, copies)
                 continue
             instance = sw.remote[k - sw.n_local][1]
             self.sent_log.append(batch, part, time.monotonic_ns())  # before the send: see sentlog.py
@@ -313,6 +315,15 @@ class StampingUnit:
                 self._v[self._i["dropped_fabric"]] += len(part)
                 continue
             self._v[self._i["sent_remote"]] += len(part)
+
+    def wake(self, k: int, copies: bool) -> None:
+        """Ring local instance k's bell this round: for its input always; for copies only once its dup
+        ring holds COPY_WAKE_AT. A secondary needs its copies when the Prepare that names them
+        comes (a wake-up of its own, and it drains its dup ring every round) or when its primary
+        dies (the new routes ring every bell); waking it for each copy would cost a round per
+        packet. The threshold bounds what waits in the ring while a primary is stalled."""
+        if not copies or len(self.io.dup_rings[k]) >= COPY_WAKE_AT:
+            self.io.rung.add(k)
 
     def expire(self, now_ns: int) -> None:
         self._v[self._i["expired"]] += self.stamper.expire(now_ns, self.idle_ns)

@@ -78,8 +78,10 @@ COUNTERS = [
     "ready", "received", "processed", "released", "dropped_by_nf", "stale", "duplicate",
     "pending_overflow", "pending", "batches", "egress_waits", "flows", "nf_errors", "adopted", "gaps_skipped",
     "expired", "pairs", "not_mine", "early",
-    # the loop: rounds, and how often it slept (a round without a sleep found more work)
-    "rounds", "sleeps",
+    # the loop: rounds, and how often it slept (a round without a sleep found more work); what ended
+    # each sleep: the bell (its rings), other nodes' packets, the 2PC socket of its replicas, votes
+    # for its primary roles, global state, or a timer (each is a wake-up: benchmarks/efficiency.py)
+    "rounds", "sleeps", "woke_bell", "woke_packets", "woke_replica", "woke_votes", "woke_global", "woke_timer",
     # output sent by the worker itself (no replication: see Worker.direct)
     "egress_sent", "egress_send_errors", "egress_icmp_refused",
     # packets from other nodes' io processes (the PULL at [node] fabric + index)
@@ -125,11 +127,13 @@ class Worker:
         self.bell = FdBell.attach(topo.nf_bell(index))  # pollable: see run()
         self.egress = Ring.attach(topo.egress_ring(index), PACKET_DTYPE)
         self.egress_bell = FdBell.attach(topo.egress_bell())
-        # Without replication nothing is committed or replayed, so the worker sends its own output (one
-        # process hop less, and no wake-up of the io per batch); replicated output goes through the
-        # io's egress, whose ring head tells what has left the node (the commit rule needs it)
+        # The worker sends its own output (one process hop and the io's wake-up less per batch). Without
+        # replication straight from the batch; replicated output is staged in the egress ring first,
+        # behind the commit record, and sent from there: the ring's head says what has left the node
+        # (the commit rule needs it), and if the worker dies mid-send the supervisor sends the rest
+        # (Supervisor.finish_releases)
         self.direct = None
-        if not cfg.nf.replicate and cfg.egress.send_to.startswith("udp://"):
+        if cfg.egress.sent_by_workers:
             from deft.runtime.procs.egress import UdpSink
 
             self.direct = UdpSink(cfg.egress.send_to)
@@ -203,6 +207,8 @@ class Worker:
         if routes is None:
             return
         epoch = self.epoch = routes.epoch
+        if self.dup_inputs:   # copies do not ring the bell (unit.wake): a take-over below must see them all
+            self.pull_duplicates()
         me, rows = routes.self_node, routes.table[: routes.n_pairs].tolist()
         n_pairs = len(rows)
         nodes = routes.nodes()
@@ -370,7 +376,7 @@ class Worker:
         if slot.role is not None:
             slot.role.submit(batch, forward, inputs)  # leaves for the egress on the 2PC's Release
         else:
-            if self.direct is not None:
+            if self.direct is not None and not self.cfg.nf.replicate:
                 self.send_direct(batch if forward is None else batch[forward])
             else:
                 self.push_egress(batch, forward)
@@ -405,8 +411,8 @@ class Worker:
             time.sleep(0.0002)
         self.record.releasing(pair, batch_id, end)
         self.egress.publish_to(end)
-        self.egress_bell.ring()
         self.record.released(pair, batch_id)
+        self.send_egress()
         self.last_release_end = end
         self.count["released"] += n
         if pair == self.first_release_of and n:
@@ -415,12 +421,30 @@ class Worker:
 
     def send_direct(self, records: np.ndarray) -> None:
         """Send an unreplicated batch's output on this worker's own socket (VXLAN, like the io's egress)."""
-        c = self.count
         for start in range(0, len(records), EGRESS_BURST):
-            sent, errors, refused = self.direct.send(records[start: start + EGRESS_BURST])
-            c["egress_sent"] += sent
-            c["egress_send_errors"] += errors
-            c["egress_icmp_refused"] += refused
+            self.count_sent(self.direct.send(records[start: start + EGRESS_BURST]))
+
+    def send_egress(self) -> None:
+        """Send what this worker's egress ring holds, releasing each datagram as it leaves (or, for a
+        shm:// sink, wake the io to do it).
+
+        The worker is the ring's only consumer while it lives (the io's egress skips workers' rings
+        when they send for themselves); a kill here repeats at most one datagram, and the supervisor
+        sends what is left before it reports the death (``Supervisor.finish_releases``).
+        """
+        if self.direct is None:
+            self.egress_bell.ring()
+            return
+        ring = self.egress
+        while len(ring):
+            self.count_sent(self.direct.send(ring.peek(EGRESS_BURST), ring))
+
+    def count_sent(self, result: tuple[int, int, int]) -> None:
+        sent, errors, refused = result
+        c = self.count
+        c["egress_sent"] += sent
+        c["egress_send_errors"] += errors
+        c["egress_icmp_refused"] += refused
 
     def push_egress(self, records: np.ndarray, index: np.ndarray | None) -> None:
         """Hand a batch (or ``records[index]``) to the egress sender; wait, never drop, while its ring is full."""
@@ -431,7 +455,7 @@ class Worker:
                 done += self.egress.push_some(records[done:])
             else:
                 done += self.egress.push_some(records, index[done:])
-            self.egress_bell.ring()
+            self.send_egress()
             if done < total:
                 self.count["egress_waits"] += 1
                 if self.stop:
@@ -518,7 +542,7 @@ class Worker:
         socks = self.watched_sockets()
         if not socks:
             if timeout_ms:
-                self.bell.wait(timeout_ms / 1000)
+                self.count_wake(self.bell.wait(timeout_ms / 1000), set())
             return set()
         if socks != self._polled:  # roles changed: rebuild the poller (rare), not on every sleep
             self._poller = self.zmq_poller()
@@ -536,12 +560,32 @@ class Worker:
                 self._remote_armed = armed
         events = self._poller.poll(timeout_ms)
         ready = set()
+        bell = False
         for sock, _ in events:
             if sock == self.bell.fileno():
                 self.bell.drain()
+                bell = True
             else:
                 ready.add(sock)
+        if timeout_ms:
+            self.count_wake(bell, ready)
         return ready
+
+    def count_wake(self, bell: bool, ready: set) -> None:
+        """Why a sleep ended (the first reason that applies)."""
+        c = self.count
+        if bell:
+            c["woke_bell"] += 1
+        elif not ready:
+            c["woke_timer"] += 1
+        elif self.remote is not None and self.remote.sock in ready:
+            c["woke_packets"] += 1
+        elif self.secondaries is not None and self.secondaries.router.sock in ready:
+            c["woke_replica"] += 1
+        elif any(r.link.sock in ready for r in self.roles()):
+            c["woke_votes"] += 1
+        else:
+            c["woke_global"] += 1
 
     def watched_sockets(self) -> list:
         socks = [] if self.remote is None else [self.remote.sock]

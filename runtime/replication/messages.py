@@ -24,6 +24,7 @@ import numpy as np
 
 STAMP_DTYPE = np.dtype([("flow_id", "<u8"), ("seq", "<u8")])
 _U8 = np.dtype("<u8")
+_SMALL = 32   # arrays up to this long are checked in plain Python (see _stamps_reason)
 
 
 def make_stamps(flow_ids: Any, seqs: Any) -> np.ndarray:
@@ -177,10 +178,22 @@ def _u8_vector(value: Any) -> bool:
 def _stamps_reason(stamps: Any, unique: bool = True) -> str | None:
     if not (isinstance(stamps, np.ndarray) and stamps.ndim == 1 and stamps.dtype == STAMP_DTYPE):
         return "stamps are not a 1-D STAMP_DTYPE array"
-    if np.any(stamps["seq"] == 0):
+    n = len(stamps)
+    if n <= _SMALL:   # a few stamps (a light load's batch): plain Python beats numpy's fixed costs
+        pairs = stamps.tolist()
+        if any(seq == 0 for _, seq in pairs):
+            return "stamp with seq 0 (seqs start at 1)"
+        if unique and len(set(pairs)) != n:
+            return "repeated stamp"
+        return None
+    if not stamps["seq"].all():
         return "stamp with seq 0 (seqs start at 1)"
-    if unique and len(stamps) > 1 and len(np.unique(stamps)) != len(stamps):
-        return "repeated stamp"
+    if unique:
+        flows, seqs = stamps["flow_id"], stamps["seq"]
+        order = np.lexsort((seqs, flows))   # sorted by (flow, seq): a repeat sits beside its twin
+        f, q = flows[order], seqs[order]
+        if ((f[1:] == f[:-1]) & (q[1:] == q[:-1])).any():
+            return "repeated stamp"
     return None
 
 

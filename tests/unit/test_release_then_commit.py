@@ -53,9 +53,30 @@ def packets(flow_seq: list[tuple[int, int]]) -> np.ndarray:
 
 @pytest.fixture
 def replicated(node_id):
-    """A worker (primary of pair 0) whose PrimaryRole talks to an in-test secondary over loopback."""
+    """A worker (primary of pair 0) whose PrimaryRole talks to an in-test secondary over loopback;
+    its output goes to a shm:// sink, whose egress ring the test drains (the io's part)."""
+    yield from make_replicated(node_id, "shm://out")
+
+
+@pytest.fixture
+def udp_sink():
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(2.0)
+    yield sock
+    sock.close()
+
+
+@pytest.fixture
+def sending_itself(node_id, udp_sink):
+    """The same with a udp:// egress: the worker sends its own output (from its egress ring)."""
+    yield from make_replicated(node_id, f"udp://127.0.0.1:{udp_sink.getsockname()[1]}", with_sup=True)
+
+
+def make_replicated(node_id, send_to: str, with_sup: bool = False):
     raw = {"node": {"id": node_id, "replication": f"tcp://127.0.0.1:{consecutive_ports()}",
                     "fabric": f"tcp://127.0.0.1:{free_port(socket.SOCK_STREAM)}"},
+           "egress": {"send_to": send_to},
            "nf": {"kind": "flowcounter", "instances": 1, "replicate": True, "batch_size": 8}}
     sup = Supervisor(parse_config(raw, "test.toml"), "test.toml", NeverStop(), logging.getLogger("t"))
     sup.create_shared()
@@ -67,7 +88,7 @@ def replicated(node_id):
     slot = worker.slots[0]
     slot.role = PrimaryRole(worker, slot, PrimaryReplicator(EPOCH, 0), router.endpoint, ("s", 0, EPOCH))
     try:
-        yield worker, feed, out, slot, secondary
+        yield (worker, feed, out, slot, secondary) + ((sup,) if with_sup else ())
     finally:
         secondary.close()
         router.close()
@@ -127,3 +148,34 @@ def test_a_node_crash_between_publish_and_send_leaves_the_batch_to_the_replay(re
     plan = secondary.core.take_over(None)
     assert [(r.batch, r.release) for r in plan.replays] == [(1, True)]
     assert sorted(len(p) for p in plan.replays[0].payloads) == [PACKET_DTYPE.itemsize] * 3
+
+
+def received(sock, n: int) -> list[bytes]:
+    return [sock.recv(4096) for _ in range(n)]
+
+
+def test_a_worker_sending_itself_commits_once_the_datagrams_left(sending_itself, udp_sink):
+    """udp:// egress: the Release sends the batch from the egress ring at once; the ring's head
+    passes it, and only then may the secondary hear 'committed'."""
+    worker, feed, out, slot, secondary, _ = sending_itself
+    submit(worker, feed, slot, secondary, [(1, 1), (2, 1), (1, 2)])
+    spin(slot, secondary, lambda: worker.count["egress_sent"] == 3)
+    assert len(received(udp_sink, 3)) == 3
+    assert len(out) == 0 and out.popped == 3           # released datagram by datagram
+    spin(slot, secondary, lambda: secondary.core.committed == 1)
+
+
+def test_what_a_dead_worker_left_in_its_egress_ring_is_sent_by_the_supervisor(sending_itself, udp_sink):
+    """A worker killed between publishing a decided batch and sending all of it: the supervisor
+    sends the rest (once) before it reports the death, so the pair's new primary comes after it."""
+    worker, feed, out, slot, secondary, sup = sending_itself
+    left = packets([(7, 1), (8, 1), (7, 2)])
+    end = worker.egress.stage(left, None)
+    worker.record.releasing(0, 1, end)
+    worker.egress.publish_to(end)                      # killed here: published, nothing sent
+    sup.finish_releases(0)
+    got = received(udp_sink, 3)
+    assert len(got) == 3 and len(out) == 0
+    udp_sink.settimeout(0.2)
+    with pytest.raises(socket.timeout):
+        udp_sink.recv(4096)                            # and nothing twice
