@@ -37,6 +37,7 @@ from deft.runtime.errors import DeftError
 from deft.runtime.heartbeat import Heartbeats
 from deft.runtime.params import split_host_port
 from deft.runtime.procs import io, standby, unit, worker
+from deft.runtime.procs.freeze import FREEZE, REASONS, RETRY, THAW, FreezeBox, ask_and_wait
 from deft.runtime.dataplane.stamper import StamperTable
 from deft.runtime.ring import Doorbell, Ring, cleanup_node
 from deft.runtime.ring.fdbell import FdBell
@@ -94,6 +95,8 @@ class Supervisor:
         self.bells: list[Doorbell] = []
         self.stats: dict[str, CounterBlock] = {}
         self.records: dict[int, CommitRecord] = {}  # per worker: the replicated batches it released
+        self.freeze_boxes: dict[int, FreezeBox] = {}  # per worker: planned hand-over requests (freeze.py)
+        self.worker_bells: dict[int, FdBell] = {}
         self.orphan_sink = None   # sends what a dead worker left in its egress ring (finish_releases)
         self.sent_logs: list[SentLog] = []            # per unit: its recent sends to other nodes
         self.routes: Routes | None = None
@@ -128,9 +131,12 @@ class Supervisor:
             if cfg.nf.replicate:  # duplicates travel apart, so a busy primary never starves its peer's votes
                 self._ring(topo.dup_ring(i), topo.nf_ring_slots())
             self._ring(topo.egress_ring(i), cfg.egress.ring_slots)
-            self.bells.append(FdBell.create(topo.nf_bell(i)))  # a worker polls it beside its sockets
+            self.worker_bells[i] = FdBell.create(topo.nf_bell(i))  # a worker polls it beside its sockets
+            self.bells.append(self.worker_bells[i])
             self.stats[f"nf{i}"] = CounterBlock.create(topo.stats(f"nf{i}"), worker.counter_names(cfg.nf.kind))
             self.records[i] = CommitRecord.create(topo.commit_record(i))
+            if cfg.nf.replicate:   # the controller's planned hand-overs reach the worker here (freeze.py)
+                self.freeze_boxes[i] = FreezeBox.create(topo.stats(f"freeze.nf{i}"))
         self.egress_bell = FdBell.create(topo.egress_bell())   # the io polls it with its ingress socket
         self.bells.append(self.egress_bell)
         self.bells.append(FdBell.create(topo.ingress_bell()))
@@ -157,6 +163,8 @@ class Supervisor:
             block.close()
         for record in self.records.values():
             record.close()
+        for box in self.freeze_boxes.values():
+            box.close()
         for sent_log in self.sent_logs:
             sent_log.close()
         if self.routes:
@@ -374,6 +382,41 @@ class Supervisor:
             raise ValueError(str(exc)) from None
         return {"to": to}
 
+    # -- planned hand-overs ---------------------------------------------------
+    def on_freeze(self, request: dict) -> dict:
+        """``{"cmd": "freeze", "pair": P, "instance": I, "epoch": E, "op": "freeze" | "thaw"}`` for the
+        controller (E: the routes whose secondary must be the synced one; a worker behind them says retry).
+
+        Freeze: worker I stops releasing pair P and answers, once nothing of it is in flight, with
+        the last batch it released (``freeze.py``). The reply says ``frozen`` with that ``batch``,
+        or why not (``retry``: ask again soon, e.g. its secondary is still syncing).
+        """
+        pair, index, op = request.get("pair"), request.get("instance"), request.get("op", "freeze")
+        if not isinstance(pair, int) or isinstance(pair, bool) or pair < 0:
+            raise ValueError("pair must be a pair number")
+        if index not in self.freeze_boxes:
+            raise ValueError(f"instance must be a replicating instance of node {self.topo.node_id}, got {index!r}")
+        if op not in ("freeze", "thaw"):
+            raise ValueError(f"op must be freeze or thaw, got {op!r}")
+        child = self.child_by_name(f"nf{index}")
+        if child is None or not child.alive:
+            return {"frozen": False, "reason": f"nf{index} is not running", "retry": True}
+        epoch = request.get("epoch", 0)
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+            raise ValueError("epoch must be a routes epoch")
+        got = ask_and_wait(self.freeze_boxes[index], FREEZE if op == "freeze" else THAW, pair,
+                           self.worker_bells[index].ring, epoch)
+        if got is None:
+            return {"frozen": False, "reason": f"nf{index} did not answer", "retry": True}
+        status, batch = got
+        if op == "thaw":
+            return {"frozen": False, "thawed": True}
+        reason = REASONS.get(status, f"status {status}")
+        if reason is not None:
+            return {"frozen": False, "reason": reason, "retry": status in RETRY}
+        self.log.info("pair %d frozen on nf%d for a hand-over after batch %d", pair, index, batch)
+        return {"frozen": True, "batch": batch}
+
     # -- drills ---------------------------------------------------------------
     def on_kill(self, request: dict) -> dict:
         """``{"cmd": "kill", "target": "nf0" | "io" | "node"}``: SIGKILL it ("ingress", "egress",
@@ -461,7 +504,7 @@ class Supervisor:
             try:
                 self.control = ControlServer(self.zctx, self.config.node.control,
                                              {"status": lambda req: node_status(self), "kill": self.on_kill,
-                                              "set_routes": self.on_set_routes,
+                                              "set_routes": self.on_set_routes, "freeze": self.on_freeze,
                                               "raft_transfer": self.on_raft_transfer},
                                              self.log,
                                              deferred={"global_get": self.on_global_get,

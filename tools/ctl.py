@@ -6,6 +6,9 @@ Synopsis::
     deft-ctl --controller tcp://127.0.0.1:7000 status [--json]
     deft-ctl --controller tcp://127.0.0.1:7000 fail nf node1/nf0      # drills: SIGKILL an NF worker
     deft-ctl --controller tcp://127.0.0.1:7000 fail node node1        # ... or a whole node
+    deft-ctl --controller tcp://127.0.0.1:7000 rebalance [--wait]     # spread pairs over the live nodes
+    deft-ctl --controller tcp://127.0.0.1:7000 drain node2 [--wait]   # move every role off node2
+    deft-ctl --controller tcp://127.0.0.1:7000 undrain node2          # let it take roles again
     deft-ctl --node tcp://127.0.0.1:7101 global get KEY [--linearizable] [--json]
     deft-ctl --node tcp://127.0.0.1:7101 global incr KEY [N]     # also: put KEY JSON, add_to_set KEY JSON
 
@@ -91,11 +94,60 @@ def render_cluster(st: dict) -> str:
                      f"restarts {inst['restarts']}{lag}")
     for pair in st.get("pairs", []):
         lines.append(f"  pair {pair['pair']}  primary {pair['primary']}  secondary {pair['secondary'] or '-'}  "
-                     f"generation {pair['generation']}")
+                     f"generation {pair['generation']}  buckets {pair.get('buckets', '?')}")
+    if st.get("draining"):
+        lines.append(f"  draining: {', '.join(st['draining'])}")
+    for op in st.get("operations", [])[-5:]:
+        lines.append(f"  {describe_operation(op)}")
     for ev in st["events"][-10:]:
         details = " ".join(f"{k}={v}" for k, v in ev.items() if k not in ("t_ms", "event"))
         lines.append(f"event {ev['t_ms']:.1f} ms  {ev['event']}  {details}")
     return "\n".join(lines)
+
+
+def describe_operation(op: dict) -> str:
+    what = op["kind"] + (f" {op['node']}" if op.get("node") else "")
+    took = f" in {op['finished_ms'] - op['started_ms']:.0f} ms" if op.get("finished_ms") is not None else ""
+    text = f"operation {op['id']} ({what}) {op['state']}{took}: {op['steps']} steps, {op['hand_overs']} hand-overs"
+    if op.get("error"):
+        text += f": {op['error']}"
+    elif op.get("waiting_for"):
+        text += f" (waiting: {op['waiting_for']})"
+    return text
+
+
+def ask(endpoint: str, request: dict, timeout_ms: int) -> dict | None:
+    """The reply, or None after printing why there is none (no answer, or an error reply)."""
+    try:
+        reply = query(endpoint, request, timeout_ms)
+    except NoAnswer as exc:
+        print(f"deft-ctl: {exc}", file=sys.stderr)
+        return None
+    if not reply.get("ok"):
+        print(f"deft-ctl: {reply.get('error')}", file=sys.stderr)
+        return None
+    return reply
+
+
+def report_operation(endpoint: str, op: dict, args) -> int:
+    """Print a started operation; with --wait, poll it until it ends (exit 0 done, 1 failed or timed out)."""
+    import time
+
+    deadline = time.monotonic() + args.wait_s
+    while args.wait and op.get("state") == "running":
+        if time.monotonic() >= deadline:
+            print(f"deft-ctl: gave up waiting after {args.wait_s:.0f} s: {describe_operation(op)}", file=sys.stderr)
+            return 1
+        time.sleep(0.1)
+        reply = ask(endpoint, {"cmd": "operation", "id": op["id"]}, args.timeout_ms)
+        if reply is None:
+            return 1
+        op = reply
+    if args.json:
+        sys.stdout.write(orjson.dumps(op, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(describe_operation(op))
+    return 1 if op.get("state") == "failed" else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,6 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     p_fail = sub.add_parser("fail", help="drill, through the controller: SIGKILL an NF worker or a node")
     p_fail.add_argument("what", choices=("nf", "node"))
     p_fail.add_argument("id", help="<node>/nf<i> for nf, <node> for node")
+    p_rebalance = sub.add_parser("rebalance", help="spread primaries and secondaries evenly over the live nodes")
+    p_drain = sub.add_parser("drain", help="move every pair's roles off a node (planned hand-overs, no loss)")
+    p_drain.add_argument("node")
+    for p in (p_rebalance, p_drain):
+        p.add_argument("--wait", action="store_true", help="return when it is done (exit 1 if it failed)")
+        p.add_argument("--wait-s", type=float, default=120.0, help="give up waiting after this long")
+        p.add_argument("--json", action="store_true")
+    p_undrain = sub.add_parser("undrain", help="let a drained node take roles again (rebalance to give it some)")
+    p_undrain.add_argument("node")
     p_global = sub.add_parser("global", help="the Raft-replicated global state (nodes with [raft])")
     p_global.add_argument("op", choices=("get", "incr", "put", "add_to_set", "delete"))
     p_global.add_argument("key")
@@ -122,13 +183,17 @@ def main(argv: list[str] | None = None) -> int:
     p_raft.add_argument("endpoint", nargs="?", help="add-learner: the new member's tcp://HOST:PORT")
     p_raft.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    if args.cmd == "fail" and not args.controller:
-        parser.error("fail needs --controller")
+    if args.cmd in ("fail", "rebalance", "drain", "undrain") and not args.controller:
+        parser.error(f"{args.cmd} needs --controller")
     endpoint = args.controller or args.node or "tcp://127.0.0.1:7101"
     if args.cmd == "status":
         request = {"cmd": "status"}
     elif args.cmd == "fail":
         request = {"cmd": "fail", "what": args.what, "id": args.id}
+    elif args.cmd == "rebalance":
+        request = {"cmd": "rebalance"}
+    elif args.cmd in ("drain", "undrain"):
+        request = {"cmd": args.cmd, "node": args.node}
     elif args.cmd == "raft":
         if args.op == "add-learner" and not args.endpoint:
             parser.error("raft add-learner needs the member's endpoint")
@@ -143,15 +208,14 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             parser.error(f"global {args.op}: bad value {args.value!r} (incr takes an integer, put JSON)")
         request = {"cmd": "global_op", "op": args.op, "key": args.key, "args": value}
-    try:
-        reply = query(endpoint, request, args.timeout_ms)
-    except NoAnswer as exc:
-        print(f"deft-ctl: {exc}", file=sys.stderr)
+    reply = ask(endpoint, request, args.timeout_ms)
+    if reply is None:
         return 1
-    if not reply.get("ok"):
-        print(f"deft-ctl: {reply.get('error')}", file=sys.stderr)
-        return 1
-    if args.cmd == "fail":
+    if args.cmd in ("rebalance", "drain"):
+        return report_operation(endpoint, reply, args)
+    if args.cmd == "undrain":
+        print(f"undrained {args.node}; draining now: {', '.join(reply['draining']) or 'none'}")
+    elif args.cmd == "fail":
         print(f"killed {reply['killed']} (pid {reply['pid']})")
     elif args.cmd == "raft" and not args.json:
         m = reply.get("membership")

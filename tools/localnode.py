@@ -304,26 +304,42 @@ class LocalCluster:
                                          tmp / f"{tag}-controller.log" if logs else None)
         self.egress = f"udp://127.0.0.1:{free_port()}"
         self.nodes: list[LocalNode] = []
-        members = {str(n): f"tcp://127.0.0.1:{free_port(socket.SOCK_STREAM)}" for n in range(1, n_nodes + 1)}
+        self.members = {str(n): f"tcp://127.0.0.1:{free_port(socket.SOCK_STREAM)}" for n in range(1, n_nodes + 1)}
         if params is None:
             params = {"public_ip": "203.0.113.1"} if kind == "nat" else {}
+        self.settings = dict(tag=tag, cfg=cfg, kind=kind, params=params, instances=instances, raft=raft,
+                             replicate=replicate, nf=nf, logs=logs)
         for n in range(1, n_nodes + 1):
-            node_id = f"{tag}{os.getpid()}n{n}"
-            node = {"controller": cfg["controller"]["heartbeats"],
-                    "fabric": f"tcp://127.0.0.1:{consecutive_ports(instances)}"}
-            if replicate:
-                node["replication"] = f"tcp://127.0.0.1:{consecutive_ports(instances)}"
-            # one public address for the cluster: a pair (and its port slice) moves between nodes on failover
-            extra: dict[str, dict] = {"ingress": {"listen": "none"}} if n > 1 else {}
-            if raft:
-                extra["raft"] = {"id": n, "members": members, "data_dir": str(tmp / f"{node_id}-raft"),
-                                 **(raft if isinstance(raft, dict) else {})}
-            conf = node_config(node_id, kind, instances, dict(params), node=node,
-                               egress={"send_to": self.egress}, nf={"replicate": replicate, **(nf or {})},
-                               **extra)
-            path = write_config(tmp / f"{node_id}.toml", conf)
-            self.configs.append(path)
-            self.nodes.append(LocalNode.start(path, tmp / f"{node_id}.log" if logs else None, (env or {}).get(n)))
+            self.nodes.append(self._start_node(n, (env or {}).get(n)))
+
+    def _start_node(self, n: int, env: dict | None = None) -> LocalNode:
+        st = self.settings
+        node_id = f"{st['tag']}{os.getpid()}n{n}"
+        node = {"controller": st["cfg"]["controller"]["heartbeats"],
+                "fabric": f"tcp://127.0.0.1:{consecutive_ports(st['instances'])}"}
+        if st["replicate"]:
+            node["replication"] = f"tcp://127.0.0.1:{consecutive_ports(st['instances'])}"
+        # one public address for the cluster: a pair (and its port slice) moves between nodes on failover
+        extra: dict[str, dict] = {"ingress": {"listen": "none"}} if n > 1 else {}
+        if st["raft"]:
+            raft = st["raft"]
+            extra["raft"] = {"id": n, "members": self.members, "data_dir": str(self.tmp / f"{node_id}-raft"),
+                             **(raft if isinstance(raft, dict) else {})}
+        conf = node_config(node_id, st["kind"], st["instances"], dict(st["params"]), node=node,
+                           egress={"send_to": self.egress}, nf={"replicate": st["replicate"], **(st["nf"] or {})},
+                           **extra)
+        path = write_config(self.tmp / f"{node_id}.toml", conf)
+        self.configs.append(path)
+        return LocalNode.start(path, self.tmp / f"{node_id}.log" if st["logs"] else None, env)
+
+    def add_node(self) -> LocalNode:
+        """Start one more node (no ingress) that joins the running cluster; it is ready when this returns."""
+        if self.settings["raft"]:
+            raise ValueError("add_node: Raft members join through raft_member, not here")
+        node = self._start_node(len(self.nodes) + 1)
+        self.nodes.append(node)
+        node.wait_ready()
+        return node
 
     def wait_ready(self) -> "LocalCluster":
         """Every process serving and routes pushed over all the nodes."""

@@ -13,6 +13,12 @@
                                           # for one to come back (same process: state kept) before it
                                           # restarts with fresh state
 
+Planned operations (``operations.py``, with ``manage_routes``): ``rebalance``
+spreads primaries and secondaries over the live nodes, ``drain`` moves every
+role off a node (``undrain`` lets it take roles again), one at a time;
+``operation`` reports one. A node that joins after the first placement takes
+roles through them.
+
 One poll loop: heartbeats and failure notices in (garbage frames are counted
 and ignored), the failure detector ticked every heartbeat_ms, deft-ctl
 requests answered, and a monitored connection to every node's control socket
@@ -120,11 +126,17 @@ class Controller:
         self.handled_nodes: set[str] = set()
         self.handled_instances: set[str] = set()
         self.decisions: dict[str, dict[int, int]] = {}  # instance id -> commit record from its FAILED notice
+        from deft.runtime.controller.operations import Operations
+
+        self.operations = Operations(self, self.freeze_pair, log)
         self.zctx = zmq.Context()
         try:
             self.sub = make_socket(self.zctx, zmq.SUB, bind=cfg.heartbeats)
             self.sub.subscribe(b"")
-            self.control = ControlServer(self.zctx, cfg.control, {"status": self.status, "fail": self.fail}, log)
+            self.control = ControlServer(self.zctx, cfg.control,
+                                         {"status": self.status, "fail": self.fail, "rebalance": self.rebalance,
+                                          "drain": self.drain, "undrain": self.undrain,
+                                          "operation": self.operation}, log)
         except zmq.ZMQError as exc:
             self.zctx.destroy(linger=0)
             raise DeftError(f"{cfg.source}: [controller] cannot bind: {exc}") from None
@@ -137,7 +149,53 @@ class Controller:
                                # event times are ms after this monotonic instant (CLOCK_MONOTONIC is
                                # system-wide: a local tool can line them up with its own clock)
                                "t0_monotonic_ns": _T0},
-                **self.view.status(now_ms())}
+                **self.view.status(now_ms()), **self.operations.status()}
+
+    # -- planned operations (operations.py) ---------------------------------------------------------
+    def rebalance(self, request: dict) -> dict:
+        """Spread primaries, then secondaries, evenly over the live nodes that are not draining."""
+        if not self.assignment.placed:
+            raise ValueError("no pairs placed yet")
+        return self.operations.start("rebalance", None, now_ms()).report()
+
+    def drain(self, request: dict) -> dict:
+        """Move every role off ``node`` (it takes none until ``undrain``)."""
+        node = request.get("node")
+        if node not in self.view.nodes:
+            raise ValueError(f"no node {node!r} (known: {', '.join(sorted(self.view.nodes)) or 'none'})")
+        if not self.assignment.placed:
+            raise ValueError("no pairs placed yet")
+        return self.operations.start("drain", node, now_ms()).report()
+
+    def undrain(self, request: dict) -> dict:
+        node = request.get("node")
+        if not isinstance(node, str):
+            raise ValueError("node must be a node id")
+        self.operations.undrain(node)
+        return {"draining": sorted(self.operations.draining)}
+
+    def operation(self, request: dict) -> dict:
+        op = self.operations.get(request.get("id"))
+        if op is None:
+            raise ValueError(f"no operation {request.get('id')!r}")
+        return op.report()
+
+    def freeze_pair(self, node_id: str, instance: int, pair: int) -> dict | None:
+        """Ask ``node_id``'s supervisor to freeze ``pair`` on ``instance`` (None: no answer)."""
+        from deft.runtime.control import NoAnswer, query
+
+        node = self.view.nodes.get(node_id)
+        if node is None or node.state != "up":
+            return None
+        try:
+            return query(node.control, {"cmd": "freeze", "pair": pair, "instance": instance,
+                                        "epoch": self.routes_epoch}, 500)
+        except NoAnswer:
+            return None
+
+    def push_routes_now(self) -> None:
+        self.next_push_ms = 0.0
+        self.maybe_push_routes()
 
     def fail(self, request: dict) -> dict:
         """Drill: have the owning supervisor SIGKILL an NF worker or itself."""
@@ -164,7 +222,9 @@ class Controller:
 
     def usable(self) -> list[tuple[str, int]]:
         """Instances that can take a role now: up, ready, on a live node with a fabric."""
-        return sorted((node.id, info.index) for node in self.view.nodes.values() if node.state == "up" and node.fabric
+        draining = self.operations.draining
+        return sorted((node.id, info.index) for node in self.view.nodes.values()
+                      if node.state == "up" and node.fabric and node.id not in draining
                       for info in node.instances.values() if info.state == "up" and info.ready)
 
     def update_assignment(self) -> bool:
@@ -298,6 +358,7 @@ class Controller:
                     next_tick = now_ms() + self.cfg.heartbeat_ms
                 if self.cfg.manage_routes:
                     self.maybe_push_routes()
+                    self.operations.advance(now_ms())
         finally:
             self.liveness.close()
             self.sub.close()

@@ -179,11 +179,15 @@ class ClusterView:
             for info in node.instances.values():
                 info.peer = info.secondary_of = None
                 info.primary_pairs, info.secondary_pairs = [], []
+        buckets = [0] * len(request["pairs"])
+        for b in request.get("buckets", []):
+            if 0 <= b < len(buckets):
+                buckets[b] += 1
         for k, (pn, pi, sn, si, *rest) in enumerate(request["pairs"]):
             primary = f"{names[pn]}/nf{pi}"
             secondary = f"{names[sn]}/nf{si}" if sn >= 0 else None
             self.pairs.append({"pair": k, "primary": primary, "secondary": secondary,
-                               "generation": rest[1] if rest else request.get("epoch")})
+                               "generation": rest[1] if rest else request.get("epoch"), "buckets": buckets[k]})
             p_info = self._instance(primary)
             s_info = self._instance(secondary) if secondary else None
             if p_info is not None:

@@ -52,6 +52,12 @@ def session_of(prefix: str, t: int) -> tuple[str, int]:
     return f"{prefix}/{t % GLOBAL_WINDOW}", t // GLOBAL_WINDOW + 1
 
 
+#: After a take-over a flow waits this long for a missing packet (not ``gap_timeout_ms``): after a
+#: planned hand-over the old primary forwards what it held and what still reaches it (forward.py),
+#: and a busy old primary may take longer than a gap timeout to see the routes that retired it.
+TAKEOVER_GAP_NS = 1_000_000_000
+
+
 class PendingBatch:
     """An output batch held until its global ops are committed (its records are copies)."""
 
@@ -118,6 +124,8 @@ class PairSlot:
         self.waiting: PendingBatch | None = None              # the batch waiting for its results
         self.held: list[np.ndarray] = []                      # what arrived meanwhile
         self.held_n = 0
+        self.frozen = False   # for a planned hand-over (freeze.py): new input is held, not processed
+        self.gap_grace_until = 0   # monotonic ns: gaps wait TAKEOVER_GAP_NS until then (see takeover.py)
         self.global_serial = 0                                # batch numbers without a 2PC core
         self.session_name = f"pair{pair}/local"               # sessions of unreplayable batches (the worker names it)
         self.session_epoch = None                             # the 2PC epoch this worker's Sync started
@@ -140,7 +148,7 @@ class PairSlot:
         self.taken_core = None  # after a take-over: the 2PC core that continues the pair's batch ids
 
     def process(self, arrived: np.ndarray) -> None:
-        if self.waiting is not None:
+        if self.waiting is not None or self.frozen:
             self.held.append(arrived.copy())
             self.held_n += len(arrived)
             return
@@ -200,12 +208,23 @@ class PairSlot:
     def resume(self) -> None:
         """The waiting batch is released: process what arrived meanwhile."""
         self.waiting = None
+        self.process_held()
+
+    def thaw(self) -> None:
+        """A freeze ended without a hand-over: go on with what arrived meanwhile."""
+        self.frozen = False
+        if self.waiting is None:
+            self.process_held()
+
+    def process_held(self) -> None:
         held, self.held, self.held_n = self.held, [], 0
         for arrived in held:
             self.process(arrived)
 
     def skip_gaps(self, now_ns: int, gap_ns: int) -> None:
-        if self.ordering.waiting_since and self.waiting is None:
+        if self.ordering.waiting_since and self.waiting is None and not self.frozen:
+            if now_ns < self.gap_grace_until:   # just taken over: the old primary may still forward
+                gap_ns = max(gap_ns, TAKEOVER_GAP_NS)
             self.run_nf(self.ordering.skip_gaps(now_ns, gap_ns))
 
     def apply_nf(self, ready: np.ndarray) -> np.ndarray:

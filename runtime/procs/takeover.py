@@ -147,6 +147,10 @@ class TakeOver:
             rest = self.rebuild(t, applied[t], rest)
             last_batch = t
         slot.table.take_changes()
+        if self.decision != UNKNOWN:   # its old primary may be alive (a hand-over) and forward late packets
+            from deft.runtime.procs.pairslot import TAKEOVER_GAP_NS
+
+            slot.gap_grace_until = time.monotonic_ns() + TAKEOVER_GAP_NS
         w.record.reset_pair(pair, last_batch)
         slot.taken_core = PrimaryReplicator(link.core.epoch, pair, has_secondary=False, last_batch=last_batch)
         if rest is not None and len(rest):

@@ -72,7 +72,9 @@ from deft.runtime.topology import Topology
 POLLIN = 1  # zmq.POLLIN, without importing zmq into a worker that does not replicate
 TICK_NS = 5_000_000        # 2PC retransmits and Missing requests count in these
 EGRESS_BURST = 256         # datagrams per UdpSink.send (its staging block)
-PUBLISH_NS = 50_000_000    # counters reach shared memory at most this often while busy (and when idle)
+PUBLISH_NS = 50_000_000    # counters reach shared memory at most this often while busy
+PUBLISH_IDLE_NS = 100_000_000   # and at most this much later once the worker goes idle: a timer of its own
+                                # at PUBLISH_NS was most of the timer wake-ups at 200 pps (20 a second each)
 
 COUNTERS = [
     "ready", "received", "processed", "released", "dropped_by_nf", "stale", "duplicate",
@@ -94,6 +96,10 @@ COUNTERS = [
     # take-overs (see takeover.py): fenced = the dead primary's global sessions closed; rebuilt = batches
     # applied to the global state but never prepared, run again from the buffered packets
     *TAKEOVER_COUNTERS,
+    # planned hand-overs (freeze.py): pairs frozen for one, and freezes that lapsed without a route change
+    "freezes", "freezes_lapsed",
+    # ... and the packets of a handed-over pair sent on to its new primary (forward.py), or not
+    "forwarded", "forward_dropped",
     # the last take-over: when it started, and when its pair's first packet was released (monotonic ns)
     "takeover_ns", "takeover_release_ns",
     # global operations: batches committed, retries, answers that never came (replay), held packets,
@@ -108,6 +114,7 @@ ORDERING_COUNTERS = {"stale": "stale", "duplicate": "duplicate", "pending_overfl
 class Worker:
     def __init__(self, topo: Topology, index: int, stop, log, restarted: bool):
         cfg = self.cfg = topo.config
+        self.node_id = topo.node_id
         self.index = index
         self.stop = stop
         self.log = log
@@ -139,6 +146,16 @@ class Worker:
             self.direct = UdpSink(cfg.egress.send_to)
         self.stats = CounterBlock.attach(topo.stats(f"nf{index}"))
         self.record = CommitRecord.attach(topo.commit_record(index))
+        self.route_tables = None   # the last whole route set refresh() took up (a RouteSnapshot)
+        self.freezer = None   # planned hand-overs of its primary pairs (replicated only)
+        self.forwarder = None
+        if cfg.nf.replicate:
+            from deft.runtime.procs.freeze import FreezeBox, Freezer
+
+            self.freezer = Freezer(self, FreezeBox.attach(topo.stats(f"freeze.nf{index}")))
+            from deft.runtime.procs.forward import Forwarder
+
+            self.forwarder = Forwarder(self)
         self.routes = Routes.attach(topo.routes())
         self.state_dtype = nf_class(cfg.nf.kind).state_dtype
         self.slots: dict[int, PairSlot] = {}
@@ -207,6 +224,7 @@ class Worker:
         if routes is None:
             return
         epoch = self.epoch = routes.epoch
+        self.route_tables = routes
         if self.dup_inputs:   # copies do not ring the bell (unit.wake): a take-over below must see them all
             self.pull_duplicates()
         me, rows = routes.self_node, routes.table[: routes.n_pairs].tolist()
@@ -277,7 +295,15 @@ class Worker:
         return TakeOver(self, pair, decision, n_pairs).run()
 
     def retire(self, slot: PairSlot) -> None:
-        """The routes moved ``slot``'s pair away: keep its counters, drop its state and output."""
+        """The routes moved ``slot``'s pair away: keep its counters, drop its state and output.
+
+        After a planned hand-over (the pair was frozen) what it held unprocessed goes on to the new
+        primary, and so does what still comes for a while (``forward.py``)."""
+        if slot.frozen and self.forwarder is not None:
+            if slot.held:
+                self.forwarder.forward(slot.pair, slot.held)
+                slot.held, slot.held_n = [], 0
+            self.freezer.thaw(slot.pair)
         if slot.role is not None:
             slot.role.close()
         if slot.waiting is not None:
@@ -349,17 +375,42 @@ class Worker:
             if (arrived["pair"] == p).all():  # the common case: one pair, nothing to split
                 slot.process(arrived)
                 return
+        strays = []
         for p, part in by_pair(arrived):
             slot = self.slots.get(p)
             if slot is not None:
                 slot.process(part)
+            else:
+                strays.append((p, part))
+        if strays:
+            self.on_strays(strays)
+
+    def on_strays(self, strays: list[tuple[int, np.ndarray]]) -> None:
+        """Packets for pairs this worker is not the primary of, in the routes it acts on.
+
+        First take up the routes in shared memory (a change may have come since the round began:
+        then they are its own now). Replicating, a packet of a pair another worker serves goes on
+        to it (``forward.py``): sent here by routes older than the sender's or newer than ours, or
+        late after a hand-over from here. Without a route set to read (the supervisor is writing
+        one), a pair this worker is the secondary of keeps it with the replica: the switch has the
+        routes that make this worker its primary and this worker does not yet, and the take-over
+        processes it.
+        """
+        self.refresh()
+        for p, part in strays:
+            slot = self.slots.get(p)
+            if slot is not None:
+                slot.process(part)
+            elif self.forwarder is not None and self.forwarder.forward(p, part, unless_to=self.me()):
+                pass
             elif self.secondaries is not None and p in self.secondaries.links:
-                # the switch already has the route set that makes this worker the pair's primary and
-                # this worker does not yet: keep it with the replica, the take-over processes it
                 self.secondaries.on_duplicates(p, part)
                 self.count["early"] += len(part)
             else:
                 self.count["not_mine"] += len(part)
+
+    def me(self) -> tuple[str, int]:
+        return (self.node_id, self.index)
 
     # -- output ------------------------------------------------------------------------------------------
     def release(self, slot: PairSlot) -> None:
@@ -518,6 +569,8 @@ class Worker:
                 self.on_ready(ready)
             for role in self.roles():
                 role.note_sent(self.egress.popped)
+            if self.freezer is not None:
+                self.freezer.poll(now)
             moved = self.pull()
             now = time.monotonic_ns()
             released = False
@@ -634,7 +687,9 @@ class Worker:
         """Milliseconds until the next timer that matters (at least 1, at most 1000)."""
         due = now + 1_000_000_000
         for slot in self.slots.values():
-            if slot.out.n and slot.waiting is None:
+            # a flush deadline matters only if the batch could go then: while the 2PC window is
+            # closed the Vote that opens it wakes us (a timer would wake us every ms until then)
+            if slot.out.n and slot.waiting is None and (slot.role is None or slot.role.window_open()):
                 due = min(due, slot.out.deadline)
             if slot.ordering.waiting_since:  # a gap may time out before anything arrives
                 due = min(due, self.next_gap_check)
@@ -648,8 +703,10 @@ class Worker:
         if self.gclient is not None and self.gclient.requests:
             due = min(due, int(min(p.retry_at for p in self.gclient.requests.values()) * 1e9))
         due = min(due, self.next_expiry)
-        if self.dirty:
-            due = min(due, self.next_publish)
+        if self.freezer is not None and self.freezer.frozen:
+            due = min(due, min(self.freezer.frozen.values()))
+        if self.dirty:   # rounds that work publish once next_publish is past; this wakes only an idle worker
+            due = min(due, self.next_publish + PUBLISH_IDLE_NS)
         return max(1, -(-(due - now) // 1_000_000))
 
     def poll_replication(self, now: int) -> None:
@@ -681,6 +738,9 @@ class Worker:
         """
         if slot.out.n == 0 or slot.waiting is not None:
             return False
+        if self.freezer is not None and slot.pair in self.freezer.frozen:
+            # frozen for a hand-over: what it processed goes out at once, then nothing more
+            return self.freezer.may_release(slot.pair) and (slot.role is None or slot.role.window_open())
         role = slot.role
         if role is not None and not role.window_open():
             return False
@@ -707,6 +767,10 @@ class Worker:
         self.egress.close()
         if self.direct is not None:
             self.direct.close()
+        if self.freezer is not None:
+            self.freezer.box.close()
+        if self.forwarder is not None:
+            self.forwarder.close()
         self.record.close()
         self.routes.close()
         self.stats.close()

@@ -230,9 +230,9 @@ class PrimaryReplicator:
                 self._sent_at[t] = self._now
         return out
 
-    def step(self, msg: Any) -> list[Action]:
-        """One message from the secondary."""
-        reason = check_message(msg)
+    def step(self, msg: Any, *, checked: bool = False) -> list[Action]:
+        """One message from the secondary. ``checked``: ``check_message`` already passed (the codec's)."""
+        reason = None if checked else check_message(msg)
         if reason is None and (msg.epoch, msg.pair) != (self.epoch, self.pair):
             reason = f"epoch/pair {msg.epoch}/{msg.pair} is not {self.epoch}/{self.pair}"
         if reason is None and not isinstance(msg, Vote | NeedFrom | Missing):

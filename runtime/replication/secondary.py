@@ -158,10 +158,11 @@ class SecondaryReplica:
         lacking = [k not in self._buffer for k in stamp_keys(stamps)]
         return [Send(Missing(self.epoch, self.pair, t, stamps[np.array(lacking, dtype=bool)]))]
 
-    def step(self, msg: Any) -> list[Action]:
-        """One message from the primary."""
+    def step(self, msg: Any, *, checked: bool = False) -> list[Action]:
+        """One message from the primary. ``checked``: ``check_message`` with this table's export
+        dtype already passed (the codec runs it on every message it decodes; not twice per message)."""
         self._check_live()
-        reason = check_message(msg, self.table.export_dtype())
+        reason = None if checked else check_message(msg, self.table.export_dtype())
         if reason is None and (msg.epoch, msg.pair) != (self.epoch, self.pair):
             reason = f"epoch/pair {msg.epoch}/{msg.pair} is not {self.epoch}/{self.pair}"
         if reason is None and not isinstance(msg, Prepare | Sync | Commit | Packets):

@@ -24,14 +24,19 @@ pytestmark = pytest.mark.slow
 FLOWS, RATE, DURATION_S, KILL_AT_S = 1000, 3000, 4.0, 1.5
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    cluster = LocalCluster(tmp_path, "fo", n_nodes=3, replicate=True)
+def running_cluster(tmp_path, tag: str):
+    """3 replicated NAT nodes and a controller, ready; stopped (nothing left in /dev/shm) after."""
+    cluster = LocalCluster(tmp_path, tag, n_nodes=3, replicate=True)
     try:
         yield cluster.wait_ready()
     finally:
         left = cluster.stop()
         assert not any(left.values()), left
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    yield from running_cluster(tmp_path, "fo")
 
 
 def under_traffic(cluster: LocalCluster, tmp_path, kill) -> dict:

@@ -1,0 +1,150 @@
+"""The controller's planned operations: ``drain`` a node, ``rebalance`` the pairs (one at a time).
+
+Each operation is a loop of steps planned by ``moves.py`` and carried out
+here, between the controller's other work (its loop calls ``advance``):
+
+* a ``Secondary`` step changes the assignment; the route push that follows
+  makes the primary Sync its new secondary;
+* a ``HandOver`` step first asks the primary's supervisor to freeze the pair
+  (``{"cmd": "freeze"}``, see ``runtime/procs/freeze.py``). Refused for a
+  reason worth waiting out (its secondary is still syncing), it is asked
+  again ``RETRY_MS`` later; frozen, the assignment hands the pair to its
+  secondary with the frozen primary's last released batch as the decision,
+  and the routes are pushed at once (the freeze lapses after two seconds).
+
+A step starts only when the last route change is out (no push pending), so
+a Secondary step's routes reach the nodes before the hand-over that needs
+them. An operation fails (with a message that says where) on a Blocked
+plan, a refusal not worth waiting out, or ``DEADLINE_MS`` without an end.
+``deft-ctl ... --wait`` polls ``{"cmd": "operation", "id": N}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from deft.runtime.controller.moves import Blocked, HandOver, Secondary, apply_step, drain_step, rebalance_step
+
+RETRY_MS = 20.0
+DEADLINE_MS = 60_000.0
+KEEP_FINISHED = 20   # finished operations kept for status
+
+
+@dataclasses.dataclass
+class Operation:
+    id: int
+    kind: str                 # "drain" | "rebalance"
+    node: str | None
+    started_ms: float
+    state: str = "running"    # running | done | failed
+    error: str | None = None
+    steps: int = 0
+    hand_overs: int = 0
+    finished_ms: float | None = None
+    retry_at_ms: float = 0.0
+    waiting_for: str | None = None   # why the current step waits (status)
+
+    def report(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "retry_at_ms"}
+
+
+class Operations:
+    """Start, advance and report operations; the controller supplies the I/O.
+
+    ``freeze(node_id, instance, pair)`` -> the supervisor's reply (a dict) or None (no answer);
+    ``push()`` pushes the routes now (after an assignment change); ``usable()`` the instances that
+    may take roles (a draining node's excluded).
+    """
+
+    def __init__(self, controller, freeze: Callable[[str, int, int], dict | None], log) -> None:
+        self.controller = controller
+        self.freeze = freeze
+        self.log = log
+        self.ops: list[Operation] = []
+        self.draining: set[str] = set()   # nodes that take no role (a drain runs or ran; until undrain)
+
+    @property
+    def current(self) -> Operation | None:
+        return next((op for op in self.ops if op.state == "running"), None)
+
+    def start(self, kind: str, node: str | None, now_ms: float) -> Operation:
+        running = self.current
+        if running is not None:
+            raise ValueError(f"operation {running.id} ({running.kind}) is still running")
+        op = Operation(len(self.ops) + 1 if not self.ops else self.ops[-1].id + 1, kind, node, now_ms)
+        if kind == "drain":
+            self.draining.add(node)
+        self.ops.append(op)
+        self.log.info("operation %d: %s%s started", op.id, kind, f" {node}" if node else "")
+        finished = [o for o in self.ops if o.state != "running"]
+        for old in finished[:-KEEP_FINISHED]:
+            self.ops.remove(old)
+        return op
+
+    def undrain(self, node: str) -> None:
+        running = self.current
+        if running is not None and running.kind == "drain" and running.node == node:
+            raise ValueError(f"operation {running.id} is draining {node}")
+        self.draining.discard(node)
+
+    def get(self, op_id: int) -> Operation | None:
+        return next((op for op in self.ops if op.id == op_id), None)
+
+    def advance(self, now_ms: float) -> None:
+        """Take the current operation's next step if it may go now."""
+        op = self.current
+        if op is None or now_ms < op.retry_at_ms or self.controller.routes_due:
+            return
+        if now_ms - op.started_ms > DEADLINE_MS:
+            self.finish(op, now_ms, f"no end after {DEADLINE_MS / 1000:.0f} s ({op.waiting_for or 'planning'})")
+            return
+        assignment = self.controller.assignment
+        usable = self.controller.usable()
+        step = drain_step(assignment, op.node, usable) if op.kind == "drain" else rebalance_step(assignment, usable)
+        if step is None:
+            self.finish(op, now_ms)
+        elif isinstance(step, Blocked):
+            self.finish(op, now_ms, step.reason)
+        elif isinstance(step, Secondary):
+            apply_step(assignment, step)
+            op.steps += 1
+            op.waiting_for = None
+            self.controller.routes_due = True
+        else:
+            self.hand_over(op, step, now_ms)
+
+    def hand_over(self, op: Operation, step: HandOver, now_ms: float) -> None:
+        pair = self.controller.assignment.pairs[step.pair]
+        node, instance = pair.primary
+        reply = self.freeze(node, instance, step.pair)
+        if reply is None or not reply.get("ok"):
+            op.waiting_for = f"pair {step.pair}: {node}/nf{instance} did not answer the freeze"
+            op.retry_at_ms = now_ms + 100.0
+            return
+        if not reply.get("frozen"):
+            op.waiting_for = f"pair {step.pair}: {reply.get('reason')}"
+            if not reply.get("retry"):
+                self.finish(op, now_ms, f"pair {step.pair} cannot be handed over: {reply.get('reason')}")
+                return
+            op.retry_at_ms = now_ms + RETRY_MS
+            return
+        apply_step(self.controller.assignment, step, decision=int(reply["batch"]))
+        op.steps += 1
+        op.hand_overs += 1
+        op.waiting_for = None
+        self.controller.routes_due = True
+        self.controller.push_routes_now()   # the frozen primary holds the pair's output until this lands
+        self.log.info("operation %d: pair %d handed over from %s/nf%d to %s/nf%d after batch %d", op.id,
+                      step.pair, node, instance, *pair.primary, reply["batch"])
+
+    def finish(self, op: Operation, now_ms: float, error: str | None = None) -> None:
+        op.state, op.error, op.finished_ms, op.waiting_for = ("failed" if error else "done"), error, now_ms, None
+        if error:
+            self.log.warning("operation %d (%s) failed: %s", op.id, op.kind, error)
+        else:
+            self.log.info("operation %d (%s) done: %d steps, %d hand-overs, %.0f ms", op.id, op.kind, op.steps,
+                          op.hand_overs, now_ms - op.started_ms)
+
+    def status(self) -> dict[str, Any]:
+        return {"operations": [op.report() for op in self.ops], "draining": sorted(self.draining)}
