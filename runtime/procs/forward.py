@@ -3,12 +3,12 @@
 The paper's migration step (section V): "A forwards its buffered packets of S
 ... and in-flight packets too". A frozen pair holds the packets that arrive
 for it unprocessed (``freeze.py``); when the routes hand the pair to its
-secondary, the old primary sends those packets, and any packet of the pair
-that still reaches it (``Worker.on_strays``: any packet of a pair another
-worker serves), to the pair's new primary's fabric PULL as ordinary packets. The new primary's ordering puts them in
-their place (or drops them as stale when a copy it held came first), so a
-packet whose copy went to an earlier secondary (the io switched routes a
-moment after the worker did) is not lost. Forwarding needs ``[node] fabric``
+secondary, the old primary sends those packets to the pair's new primary's
+fabric PULL as ordinary packets, and so does any worker with packets of a
+pair another worker serves (``Worker.on_strays``). The new primary's
+ordering puts them in their place (or drops them as stale when a copy it
+held came first), so a packet whose copy went to an earlier secondary (the
+io switched routes a moment after the worker did) is not lost. Forwarding needs ``[node] fabric``
 on the new primary's node; without it (or with its queue full) the packets
 are counted as ``forward_dropped``.
 """
