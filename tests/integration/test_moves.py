@@ -93,22 +93,59 @@ def test_pairs_moved_back_and_forth_lose_nothing(cluster, tmp_path):
     wait_for(cluster, healthy, timeout=10)
 
 
+def freeze_pair_2(cluster: LocalCluster) -> dict:
+    """Freeze pair 2 on its primary, as a hand-over's first step (no route change follows); its pair."""
+    pair = next(p for p in controller_status(cluster)["pairs"] if p["pair"] == 2)
+    node_id, instance = pair["primary"].split("/")
+    node = next(n for n in cluster.nodes if n.node_id == node_id)
+    reply = query(node.control, {"cmd": "freeze", "pair": 2, "instance": int(instance[2:])}, 3000)
+    assert reply["ok"] and reply["frozen"], reply
+    return pair
+
+
+def worker_counter(cluster: LocalCluster, instance_id: str, name: str) -> int:
+    node = next(n for n in cluster.nodes if instance_id.startswith(n.node_id + "/"))
+    return next(i["counters"][name] for i in node.status()["instances"] if i["id"] == instance_id)
+
+
 def test_a_primary_killed_while_frozen_fails_over_without_loss(cluster, tmp_path):
     """The freeze answered, then the old primary dies before (or as) the route change lands: the
     hand-over's routes and the failure's agree (its secondary takes the pair over)."""
     gen = start_traffic(cluster, tmp_path / "report.json", FLOWS, RATE, 4.0)
     try:
         time.sleep(1.0)
-        st = controller_status(cluster)
-        pair = next(p for p in st["pairs"] if p["pair"] == 2)
-        node_id, instance = pair["primary"].split("/")
-        node = next(n for n in cluster.nodes if n.node_id == node_id)
-        reply = query(node.control, {"cmd": "freeze", "pair": 2,
-                                    "instance": int(instance[2:])}, 3000)
-        assert reply["ok"] and reply["frozen"], reply
+        pair = freeze_pair_2(cluster)
         query(cluster.ctl.control, {"cmd": "fail", "what": "nf", "id": pair["primary"]}, 3000)
     finally:
         report = traffic_report(gen, tmp_path / "report.json")
     assert_no_harm(report, cluster)
     st = wait_for(cluster, healthy, timeout=10)
     assert next(p for p in st["pairs"] if p["pair"] == 2)["primary"] == pair["secondary"]
+
+
+def test_a_freeze_no_route_change_follows_lapses_and_the_pair_goes_on(cluster, tmp_path):
+    """The controller dies (or gives up) between the freeze and the hand-over: after two seconds the
+    primary processes what it held and goes on; nothing lost, nothing twice."""
+    gen = start_traffic(cluster, tmp_path / "report.json", FLOWS, RATE, 4.5)
+    try:
+        time.sleep(1.0)
+        pair = freeze_pair_2(cluster)
+    finally:
+        report = traffic_report(gen, tmp_path / "report.json")
+    assert_no_harm(report, cluster)
+    assert worker_counter(cluster, pair["primary"], "freezes_lapsed") == 1
+
+
+def test_the_secondary_killed_while_its_primary_is_frozen(cluster, tmp_path):
+    """The hand-over's target dies: the pair gets a new secondary, the void freeze is dropped at once."""
+    gen = start_traffic(cluster, tmp_path / "report.json", FLOWS, RATE, 4.0)
+    try:
+        time.sleep(1.0)
+        pair = freeze_pair_2(cluster)
+        query(cluster.ctl.control, {"cmd": "fail", "what": "nf", "id": pair["secondary"]}, 3000)
+    finally:
+        report = traffic_report(gen, tmp_path / "report.json")
+    assert_no_harm(report, cluster)
+    st = wait_for(cluster, healthy, timeout=10)
+    assert next(p for p in st["pairs"] if p["pair"] == 2)["primary"] == pair["primary"]
+    assert worker_counter(cluster, pair["primary"], "freezes_lapsed") == 0
