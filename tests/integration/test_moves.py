@@ -108,44 +108,42 @@ def worker_counter(cluster: LocalCluster, instance_id: str, name: str) -> int:
     return next(i["counters"][name] for i in node.status()["instances"] if i["id"] == instance_id)
 
 
-def test_a_primary_killed_while_frozen_fails_over_without_loss(cluster, tmp_path):
-    """The freeze answered, then the old primary dies before (or as) the route change lands: the
-    hand-over's routes and the failure's agree (its secondary takes the pair over)."""
-    gen = start_traffic(cluster, tmp_path / "report.json", FLOWS, RATE, 4.0)
+def frozen_under_traffic(cluster: LocalCluster, tmp_path, seconds: float, kill: str | None) -> dict:
+    """Traffic; a second in, pair 2 frozen on its primary and then (``kill``: "primary" or
+    "secondary") that instance SIGKILLed; the generator's report checked for harm; the pair."""
+    gen = start_traffic(cluster, tmp_path / "report.json", FLOWS, RATE, seconds)
     try:
         time.sleep(1.0)
         pair = freeze_pair_2(cluster)
-        query(cluster.ctl.control, {"cmd": "fail", "what": "nf", "id": pair["primary"]}, 3000)
+        if kill:
+            query(cluster.ctl.control, {"cmd": "fail", "what": "nf", "id": pair[kill]}, 3000)
     finally:
         report = traffic_report(gen, tmp_path / "report.json")
     assert_no_harm(report, cluster)
+    return pair
+
+
+def primary_of_2_once_healthy(cluster: LocalCluster) -> str:
     st = wait_for(cluster, healthy, timeout=10)
-    assert next(p for p in st["pairs"] if p["pair"] == 2)["primary"] == pair["secondary"]
+    return next(p for p in st["pairs"] if p["pair"] == 2)["primary"]
+
+
+def test_a_primary_killed_while_frozen_fails_over_without_loss(cluster, tmp_path):
+    """The freeze answered, then the old primary dies before (or as) the route change lands: the
+    hand-over's routes and the failure's agree (its secondary takes the pair over)."""
+    pair = frozen_under_traffic(cluster, tmp_path, 4.0, kill="primary")
+    assert primary_of_2_once_healthy(cluster) == pair["secondary"]
 
 
 def test_a_freeze_no_route_change_follows_lapses_and_the_pair_goes_on(cluster, tmp_path):
     """The controller dies (or gives up) between the freeze and the hand-over: after two seconds the
     primary processes what it held and goes on; nothing lost, nothing twice."""
-    gen = start_traffic(cluster, tmp_path / "report.json", FLOWS, RATE, 4.5)
-    try:
-        time.sleep(1.0)
-        pair = freeze_pair_2(cluster)
-    finally:
-        report = traffic_report(gen, tmp_path / "report.json")
-    assert_no_harm(report, cluster)
+    pair = frozen_under_traffic(cluster, tmp_path, 4.5, kill=None)
     assert worker_counter(cluster, pair["primary"], "freezes_lapsed") == 1
 
 
 def test_the_secondary_killed_while_its_primary_is_frozen(cluster, tmp_path):
     """The hand-over's target dies: the pair gets a new secondary, the void freeze is dropped at once."""
-    gen = start_traffic(cluster, tmp_path / "report.json", FLOWS, RATE, 4.0)
-    try:
-        time.sleep(1.0)
-        pair = freeze_pair_2(cluster)
-        query(cluster.ctl.control, {"cmd": "fail", "what": "nf", "id": pair["secondary"]}, 3000)
-    finally:
-        report = traffic_report(gen, tmp_path / "report.json")
-    assert_no_harm(report, cluster)
-    st = wait_for(cluster, healthy, timeout=10)
-    assert next(p for p in st["pairs"] if p["pair"] == 2)["primary"] == pair["primary"]
+    pair = frozen_under_traffic(cluster, tmp_path, 4.0, kill="secondary")
+    assert primary_of_2_once_healthy(cluster) == pair["primary"]
     assert worker_counter(cluster, pair["primary"], "freezes_lapsed") == 0
