@@ -1,0 +1,94 @@
+"""Planned moves under NAT traffic: how long a join + rebalance, a drain and a rebalance back take,
+and what the traffic saw (loss, order, duplicates, NAT mappings, latency per 100 ms).
+
+    .venv/bin/python benchmarks/moves.py [--rate 3000] [--flows 1000] [--json out.json]
+
+A loopback cluster like ``examples/cluster`` (controller + 3 replicated NAT nodes, 2 instances
+each, node1 the ingress) on free ports. One second into the traffic a 4th node joins and
+``rebalance`` runs; then ``drain`` of node 2, ``undrain`` and ``rebalance`` again. Each operation's
+duration is the controller's (start to done); "timeline p50" is the generator's per-100-ms median
+latency, highest during the run against the run's own median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+from deft.tools.ctl import query
+from deft.tools.drills import start_traffic, traffic_report, wait_for
+from deft.tools.localnode import LocalCluster
+
+
+def operate(cluster: LocalCluster, request: dict, timeout: float = 60.0) -> dict:
+    op = query(cluster.ctl.control, request, 3000)
+    if not op.get("ok"):
+        raise RuntimeError(f"{request}: {op.get('error')}")
+    deadline = time.monotonic() + timeout
+    while op["state"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.02)
+        op = query(cluster.ctl.control, {"cmd": "operation", "id": op["id"]}, 3000)
+    return op
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="moves.py")
+    ap.add_argument("--rate", type=int, default=3000)
+    ap.add_argument("--flows", type=int, default=1000)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="deft-moves-"))
+    cluster = LocalCluster(tmp, "bm", n_nodes=3, replicate=True, logs=False)
+    ops = []
+    try:
+        cluster.wait_ready()
+        gen = start_traffic(cluster, tmp / "report.json", args.flows, args.rate, 7.0)
+        try:
+            time.sleep(1.0)
+            t = time.monotonic()
+            node4 = cluster.add_node()
+            wait_for(cluster, lambda st: any(i["id"].startswith(node4.node_id) and i["state"] == "up"
+                                             for i in st["instances"]), timeout=15)
+            joined_s = time.monotonic() - t
+            ops.append(("rebalance after a join", operate(cluster, {"cmd": "rebalance"})))
+            drained = cluster.nodes[1].node_id
+            ops.append((f"drain {drained}", operate(cluster, {"cmd": "drain", "node": drained})))
+            query(cluster.ctl.control, {"cmd": "undrain", "node": drained}, 3000)
+            ops.append(("rebalance back", operate(cluster, {"cmd": "rebalance"})))
+        finally:
+            report = traffic_report(gen, tmp / "report.json")
+    finally:
+        cluster.stop()
+    timeline = [b["p50_us"] for b in report["timeline"] if b.get("p50_us")]
+    out = {
+        "rate": args.rate, "flows": args.flows, "node_join_s": round(joined_s, 2),
+        "operations": [{"what": what, "state": op["state"], "ms": round(op["finished_ms"] - op["started_ms"], 1)
+                        if op.get("finished_ms") is not None else None, "steps": op["steps"],
+                        "hand_overs": op["hand_overs"], "error": op.get("error")} for what, op in ops],
+        "traffic": {k: report[k] for k in ("sent", "received", "lost", "duplicated", "reordered", "remapped_flows")},
+        "latency_us": report["latency_us"],
+        "timeline_p50_us_max": max(timeline, default=None),
+    }
+    for o in out["operations"]:
+        print(f"{o['what']:28s} {o['state']:6s} {o['ms']} ms  {o['steps']} steps  {o['hand_overs']} hand-overs"
+              + (f"  ({o['error']})" if o["error"] else ""))
+    t, lat = out["traffic"], out["latency_us"]
+    print(f"node join to up: {out['node_join_s']} s")
+    print(f"traffic at {args.rate} pps: sent {t['sent']} received {t['received']} lost {t['lost']} "
+          f"duplicated {t['duplicated']} reordered {t['reordered']} remapped flows {t['remapped_flows']}")
+    print(f"latency p50 {lat['p50'] / 1000:.2f} ms p99 {lat['p99'] / 1000:.2f} ms; highest 100 ms p50 "
+          f"{(out['timeline_p50_us_max'] or 0) / 1000:.2f} ms")
+    if args.json:
+        args.json.write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2))
+    bad = t["lost"] or t["duplicated"] or t["reordered"] or t["remapped_flows"] or any(
+        o["state"] != "done" for o in out["operations"])
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
