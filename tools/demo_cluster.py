@@ -8,7 +8,9 @@ replicated by 2PC to a secondary on another node. A third of the way in, the
 worker serving pair 2 is SIGKILLed; two thirds in, a whole node. The report
 shows what the traffic saw (lost, duplicated, reordered, NAT mappings
 changed), how long each failover took, and the cluster as the controller
-sees it afterwards.
+sees it afterwards. A fourth node joins before the traffic and takes pairs when,
+after the node kill, a rebalance spreads the primaries over the live nodes again
+(planned hand-overs under traffic).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import orjson
 
-from deft.tools.ctl import render_cluster
+from deft.tools.ctl import query, render_cluster
 from deft.tools.drills import Failover, kill_node, kill_primary_worker, wait_for, healthy
 from deft.tools.localnode import LocalCluster
 
@@ -31,6 +33,16 @@ def describe(what: str, f: Failover) -> str:
     return (f"{what} {f.victim} (pairs {list(f.pairs)}): failure detected {f.detected_ms:.0f} ms after the kill, "
             f"first packet of the taken-over pairs out {f.released_ms:.0f} ms after it "
             f"({f.recovery_ms:.0f} ms after detection)")
+
+
+def rebalance(cluster: LocalCluster, timeout: float = 30.0) -> dict:
+    """``deft-ctl --controller ... rebalance --wait``: the operation once it ended."""
+    op = query(cluster.ctl.control, {"cmd": "rebalance"}, 3000)
+    deadline = time.monotonic() + timeout
+    while op.get("state") == "running" and time.monotonic() < deadline:
+        time.sleep(0.02)
+        op = query(cluster.ctl.control, {"cmd": "operation", "id": op["id"]}, 3000)
+    return op
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,9 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         gen = None
         try:
             cluster.wait_ready()
-            nodes = cluster.nodes
+            nodes = cluster.nodes[:]
             print(f"== controller {cluster.ctl.control}; nodes {', '.join(n.node_id for n in nodes)} up; "
                   "6 pairs, each with a secondary on another node")
+            spare = cluster.add_node()   # joins after the placement: it serves nothing until a rebalance
+            print(f"== node {spare.node_id} joins the running cluster (no pairs yet)")
             print(f"== traffic into {nodes[0].ingress}: {args.flows} flows (half TCP) at {args.rate} pps "
                   f"for {args.seconds:.0f} s")
             report_path = tmp_path / "report.json"
@@ -61,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
             node = kill_node(cluster)
             if node is not None:
                 print("== SIGKILL " + describe("node", node))
+            wait_for(cluster, healthy)
+            op = rebalance(cluster)   # the survivors took the dead node's primaries: spread them again
+            print(f"== rebalance over the live nodes: {op['state']} in {op['finished_ms'] - op['started_ms']:.0f} ms, "
+                  f"{op['hand_overs']} planned hand-overs (frozen primary, nothing in doubt)"
+                  + (f": {op['error']}" if op.get("error") else ""))
             gen.wait(args.seconds + 60)
             wait_for(cluster, healthy)
             print("\n== deft-ctl --controller status")
