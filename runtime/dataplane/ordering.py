@@ -145,6 +145,16 @@ class OrderingUnit:
         self._free.extend(slots.tolist())
         return out
 
+    def take_pending(self) -> np.ndarray:
+        """Every packet waiting for a gap (per flow in seq order), removed from the store: for a pair
+        that leaves this worker, so they go on to its next primary instead of being lost."""
+        slots = [slot for flow in sorted(self.pending) for _, slot in sorted(self.pending[flow])]
+        out = self.store[np.array(slots, dtype=np.int64)].copy() if slots else self.store[:0].copy()
+        self._free.extend(slots)
+        self.pending.clear()
+        self.waiting_since.clear()
+        return out
+
     def forget(self, flow_ids: list[int]) -> None:
         """Drop ordering state of flows that no longer come here (migration, expiry)."""
         for f in flow_ids:

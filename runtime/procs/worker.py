@@ -304,11 +304,15 @@ class Worker:
 
         After a planned hand-over (the pair was frozen) what it held unprocessed goes on to the new
         primary, and so does what still comes for a while (``forward.py``)."""
-        if slot.frozen and self.forwarder is not None:
-            if slot.held:
-                self.forwarder.forward(slot.pair, slot.held)
+        if self.forwarder is not None:
+            # unprocessed packets go on to the pair's next primary: those held while it was frozen,
+            # and those its ordering kept waiting for a gap (their copies may be at an older secondary)
+            unprocessed = [slot.ordering.take_pending(), *(slot.held if slot.frozen else [])]
+            if sum(len(u) for u in unprocessed):
+                self.forwarder.forward(slot.pair, unprocessed)
+            if slot.frozen:
                 slot.held, slot.held_n = [], 0
-            self.freezer.thaw(slot.pair)
+                self.freezer.thaw(slot.pair)
         if slot.role is not None:
             slot.role.close()
         if slot.waiting is not None:

@@ -119,3 +119,17 @@ def test_a_gap_that_does_not_fill_is_skipped_after_the_timeout():
     assert list(zip(out["flow_id"].tolist(), out["seq"].tolist())) == [(1, 4), (1, 5)]
     assert unit.gaps_skipped == 1 and unit.pending_count == 0 and not unit.waiting_since
     assert feed(unit, [(1, 2), (1, 6)], 8) == [(1, 6)]   # the skipped seqs went elsewhere: stale if they come
+
+
+def test_take_pending_hands_out_every_waiting_packet_in_seq_order_and_frees_the_store():
+    """A pair leaving a worker: what waited for a gap goes on (forward.py), nothing stays behind."""
+    from deft.runtime.dataplane.packet import PACKET_DTYPE, empty_batch
+
+    o = OrderingUnit(PACKET_DTYPE, 16)
+    o.next_expected = {1: 1, 2: 4}
+    b = empty_batch(4)
+    b["flow_id"], b["seq"] = [1, 1, 2, 1], [3, 2, 5, 5]
+    assert len(o.order(b, 1)) == 0 and o.pending_count == 4
+    taken = o.take_pending()
+    assert list(zip(taken["flow_id"].tolist(), taken["seq"].tolist())) == [(1, 2), (1, 3), (1, 5), (2, 5)]
+    assert o.pending_count == 0 and not o.waiting_since and len(o.take_pending()) == 0
