@@ -21,19 +21,8 @@ from pathlib import Path
 import orjson
 
 from deft.tools.ctl import query
-from deft.tools.drills import start_traffic, traffic_report, wait_for
+from deft.tools.drills import run_operation, start_traffic, traffic_report, wait_for
 from deft.tools.localnode import LocalCluster
-
-
-def operate(cluster: LocalCluster, request: dict, timeout: float = 60.0) -> dict:
-    op = query(cluster.ctl.control, request, 3000)
-    if not op.get("ok"):
-        raise RuntimeError(f"{request}: {op.get('error')}")
-    deadline = time.monotonic() + timeout
-    while op["state"] == "running" and time.monotonic() < deadline:
-        time.sleep(0.02)
-        op = query(cluster.ctl.control, {"cmd": "operation", "id": op["id"]}, 3000)
-    return op
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,11 +44,11 @@ def main(argv: list[str] | None = None) -> int:
             wait_for(cluster, lambda st: any(i["id"].startswith(node4.node_id) and i["state"] == "up"
                                              for i in st["instances"]), timeout=15)
             joined_s = time.monotonic() - t
-            ops.append(("rebalance after a join", operate(cluster, {"cmd": "rebalance"})))
+            ops.append(("rebalance after a join", run_operation(cluster, {"cmd": "rebalance"})))
             drained = cluster.nodes[1].node_id
-            ops.append((f"drain {drained}", operate(cluster, {"cmd": "drain", "node": drained})))
+            ops.append((f"drain {drained}", run_operation(cluster, {"cmd": "drain", "node": drained})))
             query(cluster.ctl.control, {"cmd": "undrain", "node": drained}, 3000)
-            ops.append(("rebalance back", operate(cluster, {"cmd": "rebalance"})))
+            ops.append(("rebalance back", run_operation(cluster, {"cmd": "rebalance"})))
         finally:
             report = traffic_report(gen, tmp / "report.json")
     finally:

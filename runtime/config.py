@@ -96,7 +96,7 @@ class EgressSection:
     @property
     def sent_by_workers(self) -> bool:
         """Each worker sends its own output (a udp:// egress); a shm:// sink is fed by the io alone
-        (one producer per ring). See ``Worker.send_own_ring``."""
+        (one producer per ring). See ``Worker.send_egress``."""
         return self.send_to.startswith("udp://")
 
 

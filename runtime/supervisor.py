@@ -37,7 +37,8 @@ from deft.runtime.errors import DeftError
 from deft.runtime.heartbeat import Heartbeats
 from deft.runtime.params import split_host_port
 from deft.runtime.procs import io, standby, unit, worker
-from deft.runtime.procs.freeze import FREEZE, REASONS, RETRY, THAW, FreezeBox, ask_and_wait
+from deft.runtime.procs.egress import UdpSink, send_ring
+from deft.runtime.procs.freeze import FREEZE, REASONS, RETRY, FreezeBox, ask_and_wait
 from deft.runtime.dataplane.stamper import StamperTable
 from deft.runtime.ring import Doorbell, Ring, cleanup_node
 from deft.runtime.ring.fdbell import FdBell
@@ -274,11 +275,8 @@ class Supervisor:
             if len(ring):
                 left = len(ring)
                 if self.orphan_sink is None:
-                    from deft.runtime.procs.egress import UdpSink
-
                     self.orphan_sink = UdpSink(self.config.egress.send_to)
-                while len(ring):
-                    self.orphan_sink.send(ring.peek(worker.EGRESS_BURST), ring)
+                send_ring(self.orphan_sink, ring)
                 self.log.warning("nf%d: sent the %d released packets it left in its egress ring", index, left)
             return decisions
         self.egress_bell.ring()
@@ -384,33 +382,26 @@ class Supervisor:
 
     # -- planned hand-overs ---------------------------------------------------
     def on_freeze(self, request: dict) -> dict:
-        """``{"cmd": "freeze", "pair": P, "instance": I, "epoch": E, "op": "freeze" | "thaw"}`` for the
-        controller (E: the routes whose secondary must be the synced one; a worker behind them says retry).
+        """``{"cmd": "freeze", "pair": P, "instance": I, "epoch": E}`` for the controller (E: the routes
+        whose secondary must be the synced one; a worker behind them says retry).
 
         Freeze: worker I stops releasing pair P and answers, once nothing of it is in flight, with
         the last batch it released (``freeze.py``). The reply says ``frozen`` with that ``batch``,
         or why not (``retry``: ask again soon, e.g. its secondary is still syncing).
         """
-        pair, index, op = request.get("pair"), request.get("instance"), request.get("op", "freeze")
-        if not isinstance(pair, int) or isinstance(pair, bool) or pair < 0:
-            raise ValueError("pair must be a pair number")
+        pair, index, epoch = request.get("pair"), request.get("instance"), request.get("epoch", 0)
+        for name, value in (("pair", pair), ("epoch", epoch)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {value!r}")
         if index not in self.freeze_boxes:
             raise ValueError(f"instance must be a replicating instance of node {self.topo.node_id}, got {index!r}")
-        if op not in ("freeze", "thaw"):
-            raise ValueError(f"op must be freeze or thaw, got {op!r}")
         child = self.child_by_name(f"nf{index}")
         if child is None or not child.alive:
             return {"frozen": False, "reason": f"nf{index} is not running", "retry": True}
-        epoch = request.get("epoch", 0)
-        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
-            raise ValueError("epoch must be a routes epoch")
-        got = ask_and_wait(self.freeze_boxes[index], FREEZE if op == "freeze" else THAW, pair,
-                           self.worker_bells[index].ring, epoch)
+        got = ask_and_wait(self.freeze_boxes[index], FREEZE, pair, self.worker_bells[index].ring, epoch)
         if got is None:
             return {"frozen": False, "reason": f"nf{index} did not answer", "retry": True}
         status, batch = got
-        if op == "thaw":
-            return {"frozen": False, "thawed": True}
         reason = REASONS.get(status, f"status {status}")
         if reason is not None:
             return {"frozen": False, "reason": reason, "retry": status in RETRY}

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import orjson
 
-from deft.tools.ctl import query, render_cluster
-from deft.tools.drills import Failover, kill_node, kill_primary_worker, wait_for, healthy
+from deft.tools.ctl import render_cluster
+from deft.tools.drills import Failover, healthy, kill_node, kill_primary_worker, run_operation, wait_for
 from deft.tools.localnode import LocalCluster
 
 
@@ -33,16 +33,6 @@ def describe(what: str, f: Failover) -> str:
     return (f"{what} {f.victim} (pairs {list(f.pairs)}): failure detected {f.detected_ms:.0f} ms after the kill, "
             f"first packet of the taken-over pairs out {f.released_ms:.0f} ms after it "
             f"({f.recovery_ms:.0f} ms after detection)")
-
-
-def rebalance(cluster: LocalCluster, timeout: float = 30.0) -> dict:
-    """``deft-ctl --controller ... rebalance --wait``: the operation once it ended."""
-    op = query(cluster.ctl.control, {"cmd": "rebalance"}, 3000)
-    deadline = time.monotonic() + timeout
-    while op.get("state") == "running" and time.monotonic() < deadline:
-        time.sleep(0.02)
-        op = query(cluster.ctl.control, {"cmd": "operation", "id": op["id"]}, 3000)
-    return op
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             if node is not None:
                 print("== SIGKILL " + describe("node", node))
             wait_for(cluster, healthy)
-            op = rebalance(cluster)   # the survivors took the dead node's primaries: spread them again
+            op = run_operation(cluster, {"cmd": "rebalance"}, timeout=30.0)   # the survivors took the dead node's primaries: spread them again
             print(f"== rebalance over the live nodes: {op['state']} in {op['finished_ms'] - op['started_ms']:.0f} ms, "
                   f"{op['hand_overs']} planned hand-overs (frozen primary, nothing in doubt)"
                   + (f": {op['error']}" if op.get("error") else ""))

@@ -63,6 +63,20 @@ def traffic_report(gen: subprocess.Popen, report: Path, timeout: float = 90) -> 
     return orjson.loads(Path(report).read_bytes())
 
 
+def run_operation(cluster: LocalCluster, request: dict, timeout: float = 60.0) -> dict:
+    """Start a planned operation on the controller (``rebalance``, ``drain``) and poll it until it
+    ends or ``timeout`` passes, as ``deft-ctl ... --wait`` does; its last report (``state`` says how
+    it ended; still ``running`` after the timeout). An error reply raises RuntimeError."""
+    op = query(cluster.ctl.control, request, 3000)
+    if not op.get("ok"):
+        raise RuntimeError(f"{request}: {op.get('error')}")
+    deadline = time.monotonic() + timeout
+    while op["state"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.02)
+        op = query(cluster.ctl.control, {"cmd": "operation", "id": op["id"]}, 3000)
+    return op
+
+
 def healthy(st: dict) -> bool:
     """Every pair served by a live, ready primary and replicated to a live, ready secondary."""
     live = {i["id"] for i in st["instances"] if i["state"] == "up" and i.get("ready", True)}

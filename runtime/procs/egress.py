@@ -122,6 +122,16 @@ class ShmSink:
         self.ring.close()
 
 
+def send_ring(sink: UdpSink, ring: Ring) -> tuple[int, int, int]:
+    """Send all ``ring`` holds, a burst at a time, each datagram released from it as it leaves (a
+    worker sending its own output; its supervisor after it died); (sent, send errors, ICMP refused)."""
+    sent = errors = refused = 0
+    while len(ring):
+        s, e, r = sink.send(ring.peek(BURST), ring)
+        sent, errors, refused = sent + s, errors + e, refused + r
+    return sent, errors, refused
+
+
 def open_sink(topo: Topology):
     url = topo.config.egress.send_to
     return UdpSink(url) if url.startswith("udp://") else ShmSink(topo)

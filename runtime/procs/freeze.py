@@ -11,10 +11,10 @@ doubt and the new primary replays exactly what was not released.
 
 A frozen pair holds the packets that arrive for it unprocessed (they have
 copies at the secondary, which replays them) and, once answered, releases
-nothing. It stays frozen until the routes move it away, a thaw comes (the
-controller gave up), or ``LEASE_NS`` passes (the controller died between the
-freeze and the route change): then it processes what it held and goes on as
-the primary. A freeze is refused while the pair has no synced secondary (the
+nothing. It stays frozen until the routes move it away, its secondary
+changes (the hand-over's target died: the freeze is void), or ``LEASE_NS``
+passes (the controller died between the freeze and the route change): then
+it processes what it held and goes on as the primary. A freeze is refused while the pair has no synced secondary (the
 controller retries) or while it waits for global results.
 """
 
@@ -25,10 +25,10 @@ import time
 from deft.runtime.stats import CounterBlock
 
 FIELDS = ["req_seq", "req_pair", "req_op", "req_epoch", "ack_seq", "ack_status", "ack_batch"]
-FREEZE, THAW = 1, 2
+FREEZE = 1   # the one request (its code travels in the box: anything else is a bad request)
 # answers
-FROZEN, THAWED, NOT_PRIMARY, NO_SECONDARY, NOT_SYNCED, BUSY, BAD_REQUEST, OLD_ROUTES = range(1, 9)
-REASONS = {FROZEN: None, THAWED: None, NOT_PRIMARY: "not the pair's primary", BUSY: "waiting for global results",
+FROZEN, NOT_PRIMARY, NO_SECONDARY, NOT_SYNCED, BUSY, BAD_REQUEST, OLD_ROUTES = range(1, 8)
+REASONS = {FROZEN: None, NOT_PRIMARY: "not the pair's primary", BUSY: "waiting for global results",
            NO_SECONDARY: "the pair has no secondary", NOT_SYNCED: "its secondary is not synced yet",
            OLD_ROUTES: "the worker has not taken up the routes the freeze is for yet",
            BAD_REQUEST: "bad request"}
@@ -93,8 +93,8 @@ class Freezer:
         self.worker = worker
         self.box = box
         self.seen = box.get("req_seq")   # a request from before this worker started is not ours
-        self.frozen: dict[int, int] = {}     # pair -> monotonic ns its freeze lapses
         self.flushing: dict[int, int] = {}   # pair -> request seq, answered once all it processed is out
+        # a frozen pair's lease is its slot's (``PairSlot.frozen_until``): it goes when the slot goes
 
     def may_release(self, pair: int) -> bool:
         """For a frozen pair: only while it flushes (after the answer, nothing more)."""
@@ -111,29 +111,20 @@ class Freezer:
                 slot = self.worker.slots.get(pair)
                 if slot is None or slot.role is None:
                     del self.flushing[pair]
-                    self.frozen.pop(pair, None)
                     self.reply(seq, NOT_PRIMARY)
                 elif slot.out.n == 0 and slot.waiting is None and slot.role.in_flight() == 0:
                     del self.flushing[pair]
                     self.reply(seq, FROZEN, int(self.worker.record.committed[pair]))
-        if self.frozen:
-            for pair, until in list(self.frozen.items()):
-                slot = self.worker.slots.get(pair)
-                if slot is None:
-                    del self.frozen[pair]
-                elif now_ns >= until:
-                    self.worker.log.warning("pair %d: freeze lapsed (no route change came); releasing again", pair)
-                    self.worker.count["freezes_lapsed"] += 1
-                    self.thaw(pair)
+        for slot in self.worker.slots.values():
+            if slot.frozen and now_ns >= slot.frozen_until:
+                self.worker.log.warning("pair %d: freeze lapsed (no route change came); releasing again", slot.pair)
+                self.worker.count["freezes_lapsed"] += 1
+                self.thaw(slot)
 
     def handle(self, seq: int, op: int, pair: int, epoch: int, now_ns: int) -> None:
         # the routes written before the request came must be the ones checked: a round that began
         # before the controller's last route change would judge the old secondary synced
         self.worker.refresh()
-        if op == THAW:
-            self.thaw(pair)
-            self.reply(seq, THAWED)
-            return
         if op != FREEZE:
             self.reply(seq, BAD_REQUEST)
             return
@@ -150,17 +141,19 @@ class Freezer:
             self.reply(seq, BUSY)
         else:
             self.worker.pull()   # what was sent here before the freeze is processed and flushed with it
-            slot.frozen = True
-            self.frozen[pair] = now_ns + LEASE_NS
+            slot.frozen_until = now_ns + LEASE_NS
             self.flushing[pair] = seq
             self.worker.count["freezes"] += 1
 
-    def thaw(self, pair: int) -> None:
-        self.frozen.pop(pair, None)
+    def forget(self, pair: int) -> None:
+        """The pair left this worker: an unanswered freeze of it gets no answer (the supervisor's
+        wait ends without one, which the controller takes as "ask again")."""
         self.flushing.pop(pair, None)
-        slot = self.worker.slots.get(pair)
-        if slot is not None and slot.frozen:
-            slot.thaw()
+
+    def thaw(self, slot) -> None:
+        """End ``slot``'s freeze: it processes what it held and goes on as the primary."""
+        self.flushing.pop(slot.pair, None)
+        slot.thaw()
 
     def reply(self, seq: int, status: int, batch: int = 0) -> None:
         self.box.set("ack_status", status)

@@ -42,6 +42,7 @@ import zmq
 from deft.runtime.dataplane.packet import PACKET_DTYPE
 from deft.runtime.dataplane.parse import DROP_REASONS
 from deft.runtime.dataplane.stamper import unit_of
+from deft.runtime.procs.egress import BURST as EGRESS_BURST
 from deft.runtime.procs.egress import LatencyWindow, open_sink
 from deft.runtime.procs.ingress import BURST, open_source
 from deft.runtime.procs.unit import IoShared, StampingUnit
@@ -56,7 +57,6 @@ COUNTERS = (["ready", "owner", "rounds", "sleeps",
              # egress
              "sent", "send_errors", "icmp_refused", "egress_bursts", "node_latency_p50_us", "node_latency_p99_us"]
             + [f"drop_{r}" for r in DROP_REASONS])
-EGRESS_BURST = 256
 BLOCKED_RETRY_MS = 1      # a unit whose destinations were full looks again this soon
 EXPIRY_NS = 1_000_000_000
 

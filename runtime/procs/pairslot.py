@@ -124,7 +124,7 @@ class PairSlot:
         self.waiting: PendingBatch | None = None              # the batch waiting for its results
         self.held: list[np.ndarray] = []                      # what arrived meanwhile
         self.held_n = 0
-        self.frozen = False   # for a planned hand-over (freeze.py): new input is held, not processed
+        self.frozen_until = 0   # monotonic ns a hand-over's freeze lapses (freeze.py); 0: not frozen
         self.gap_grace_until = 0   # monotonic ns: gaps wait TAKEOVER_GAP_NS until then (see takeover.py)
         self.global_serial = 0                                # batch numbers without a 2PC core
         self.session_name = f"pair{pair}/local"               # sessions of unreplayable batches (the worker names it)
@@ -146,6 +146,11 @@ class PairSlot:
         self.count = dict.fromkeys(SLOT_COUNTERS, 0)
         self.role = None  # the primary's replication (PrimaryRole), when the pair has a secondary
         self.taken_core = None  # after a take-over: the 2PC core that continues the pair's batch ids
+
+    @property
+    def frozen(self) -> bool:
+        """Frozen for a planned hand-over: new input is held, not processed."""
+        return self.frozen_until != 0
 
     def process(self, arrived: np.ndarray) -> None:
         if self.waiting is not None or self.frozen:
@@ -212,7 +217,7 @@ class PairSlot:
 
     def thaw(self) -> None:
         """A freeze ended without a hand-over: go on with what arrived meanwhile."""
-        self.frozen = False
+        self.frozen_until = 0
         if self.waiting is None:
             self.process_held()
 

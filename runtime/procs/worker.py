@@ -58,6 +58,8 @@ from deft.nfs.base import FlowTable
 from deft.runtime.dataplane.commit_record import CommitRecord
 from deft.runtime.dataplane.packet import FORWARD, PACKET_DTYPE
 from deft.runtime.dataplane.routes import NONE, Routes
+from deft.runtime.procs.egress import BURST as EGRESS_BURST
+from deft.runtime.procs.egress import UdpSink, send_ring
 from deft.runtime.procs.globalbatches import GlobalBatches
 from deft.runtime.procs.globals_client import GlobalClient
 from deft.runtime.procs.pairslot import SLOT_COUNTERS, PairSlot
@@ -71,7 +73,6 @@ from deft.runtime.topology import Topology
 
 POLLIN = 1  # zmq.POLLIN, without importing zmq into a worker that does not replicate
 TICK_NS = 5_000_000        # 2PC retransmits and Missing requests count in these
-EGRESS_BURST = 256         # datagrams per UdpSink.send (its staging block)
 PUBLISH_NS = 50_000_000    # counters reach shared memory at most this often while busy
 PUBLISH_IDLE_NS = 100_000_000   # and at most this much later once the worker goes idle: a timer of its own
                                 # at PUBLISH_NS was most of the timer wake-ups at 200 pps (20 a second each)
@@ -139,22 +140,17 @@ class Worker:
         # behind the commit record, and sent from there: the ring's head says what has left the node
         # (the commit rule needs it), and if the worker dies mid-send the supervisor sends the rest
         # (Supervisor.finish_releases)
-        self.direct = None
-        if cfg.egress.sent_by_workers:
-            from deft.runtime.procs.egress import UdpSink
-
-            self.direct = UdpSink(cfg.egress.send_to)
+        self.direct = UdpSink(cfg.egress.send_to) if cfg.egress.sent_by_workers else None
         self.stats = CounterBlock.attach(topo.stats(f"nf{index}"))
         self.record = CommitRecord.attach(topo.commit_record(index))
         self.route_tables = None   # the last whole route set refresh() took up (a RouteSnapshot)
         self.freezer = None   # planned hand-overs of its primary pairs (replicated only)
         self.forwarder = None
         if cfg.nf.replicate:
+            from deft.runtime.procs.forward import Forwarder
             from deft.runtime.procs.freeze import FreezeBox, Freezer
 
             self.freezer = Freezer(self, FreezeBox.attach(topo.stats(f"freeze.nf{index}")))
-            from deft.runtime.procs.forward import Forwarder
-
             self.forwarder = Forwarder(self)
         self.routes = Routes.attach(topo.routes())
         self.state_dtype = nf_class(cfg.nf.kind).state_dtype
@@ -263,7 +259,7 @@ class Worker:
             # the freeze was for a hand-over to the old secondary: it is void now (the controller asks
             # again if it still wants one); processing goes on at once, not after the lease
             self.log.warning("pair %d: freeze dropped, its secondary changed", slot.pair)
-            self.freezer.thaw(slot.pair)
+            self.freezer.thaw(slot)
         if self.globals is not None:  # a batch waiting for its global results goes out under the old role
             self.globals.finish_now(slot)
         core = None
@@ -302,17 +298,14 @@ class Worker:
     def retire(self, slot: PairSlot) -> None:
         """The routes moved ``slot``'s pair away: keep its counters, drop its state and output.
 
-        After a planned hand-over (the pair was frozen) what it held unprocessed goes on to the new
-        primary, and so does what still comes for a while (``forward.py``)."""
+        Replicating, what it has not processed goes on to the pair's new primary (``forward.py``):
+        what it held while frozen for a hand-over and what its ordering kept waiting for a gap (their
+        copies may be at an older secondary); whatever still reaches it later goes by ``on_strays``."""
         if self.forwarder is not None:
-            # unprocessed packets go on to the pair's next primary: those held while it was frozen,
-            # and those its ordering kept waiting for a gap (their copies may be at an older secondary)
             unprocessed = [slot.ordering.take_pending(), *(slot.held if slot.frozen else [])]
             if sum(len(u) for u in unprocessed):
                 self.forwarder.forward(slot.pair, unprocessed)
-            if slot.frozen:
-                slot.held, slot.held_n = [], 0
-                self.freezer.thaw(slot.pair)
+            self.freezer.forget(slot.pair)
         if slot.role is not None:
             slot.role.close()
         if slot.waiting is not None:
@@ -481,7 +474,7 @@ class Worker:
 
     def send_direct(self, records: np.ndarray) -> None:
         """Send an unreplicated batch's output on this worker's own socket (VXLAN, like the io's egress)."""
-        for start in range(0, len(records), EGRESS_BURST):
+        for start in range(0, len(records), EGRESS_BURST):   # the sink's staging block holds a burst
             self.count_sent(self.direct.send(records[start: start + EGRESS_BURST]))
 
     def send_egress(self) -> None:
@@ -494,10 +487,8 @@ class Worker:
         """
         if self.direct is None:
             self.egress_bell.ring()
-            return
-        ring = self.egress
-        while len(ring):
-            self.count_sent(self.direct.send(ring.peek(EGRESS_BURST), ring))
+        else:
+            self.count_sent(send_ring(self.direct, self.egress))
 
     def count_sent(self, result: tuple[int, int, int]) -> None:
         sent, errors, refused = result
@@ -702,6 +693,8 @@ class Worker:
                 due = min(due, slot.out.deadline)
             if slot.ordering.waiting_since:  # a gap may time out before anything arrives
                 due = min(due, self.next_gap_check)
+            if slot.frozen:   # its freeze lapses then (freeze.py)
+                due = min(due, slot.frozen_until)
         if self.secondaries is not None and (self.secondaries.needs_tick()
                                              or any(r.needs_tick() for r in self.roles())):
             due = min(due, self.next_tick)
@@ -712,8 +705,6 @@ class Worker:
         if self.gclient is not None and self.gclient.requests:
             due = min(due, int(min(p.retry_at for p in self.gclient.requests.values()) * 1e9))
         due = min(due, self.next_expiry)
-        if self.freezer is not None and self.freezer.frozen:
-            due = min(due, min(self.freezer.frozen.values()))
         if self.dirty:   # rounds that work publish once next_publish is past; this wakes only an idle worker
             due = min(due, self.next_publish + PUBLISH_IDLE_NS)
         return max(1, -(-(due - now) // 1_000_000))
@@ -747,7 +738,7 @@ class Worker:
         """
         if slot.out.n == 0 or slot.waiting is not None:
             return False
-        if self.freezer is not None and slot.pair in self.freezer.frozen:
+        if slot.frozen:
             # frozen for a hand-over: what it processed goes out at once, then nothing more
             return self.freezer.may_release(slot.pair) and (slot.role is None or slot.role.window_open())
         role = slot.role

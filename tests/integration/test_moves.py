@@ -14,7 +14,7 @@ import time
 import pytest
 
 from deft.tools.ctl import query
-from deft.tools.drills import healthy, start_traffic, traffic_report, wait_for
+from deft.tools.drills import healthy, run_operation, start_traffic, traffic_report, wait_for
 from deft.tools.localnode import LocalCluster
 
 from .test_failover import assert_no_harm, controller_status, running_cluster
@@ -29,15 +29,9 @@ def cluster(tmp_path):
     yield from running_cluster(tmp_path, "mv")
 
 
-def operate(cluster: LocalCluster, request: dict, timeout: float = 30.0) -> dict:
-    """Start an operation on the controller and wait for its end (as ``deft-ctl ... --wait``)."""
-    op = query(cluster.ctl.control, request, 3000)
-    assert op.get("ok"), op
-    deadline = time.monotonic() + timeout
-    while op["state"] == "running":
-        assert time.monotonic() < deadline, op
-        time.sleep(0.05)
-        op = query(cluster.ctl.control, {"cmd": "operation", "id": op["id"]}, 3000)
+def operate(cluster: LocalCluster, request: dict) -> dict:
+    """Start an operation and wait for its end (as ``deft-ctl ... --wait``); it must be done."""
+    op = run_operation(cluster, request, timeout=30.0)
     assert op["state"] == "done", op
     return op
 
