@@ -167,6 +167,7 @@ class FlowTable:
         self.flow_ids = np.zeros(capacity, dtype=np.uint64)
         self.live = np.zeros(capacity, dtype=bool)
         self.last_ns = np.zeros(capacity, dtype=np.uint64)  # newest packet timestamp per flow (runtime-kept)
+        self.key_hash = np.zeros(capacity, dtype=np.uint32)  # the flow's 5-tuple hash: its bucket (runtime-kept)
         self._changed = np.zeros(capacity, dtype=bool)
         self._removed: list[int] = []
         self._index: dict[int, int] = {}
@@ -213,7 +214,7 @@ class FlowTable:
     def _grow(self) -> None:
         old = len(self.state)
         new = old * 2
-        for name in ("state", "flow_ids", "live", "_changed", "last_ns"):
+        for name in ("state", "flow_ids", "live", "_changed", "last_ns", "key_hash"):
             arr = getattr(self, name)
             grown = np.zeros(new, dtype=arr.dtype)
             grown[:old] = arr
@@ -251,13 +252,15 @@ class FlowTable:
         return self.export_rows(rows), removed
 
     def export_dtype(self) -> np.dtype:
-        # last_ns travels with the state: a replica that takes over must not think every flow idle
-        return np.dtype([("flow_id", "<u8"), ("last_ns", "<u8"), ("state", self.state_dtype)])
+        # last_ns travels with the state: a replica that takes over must not think every flow idle;
+        # key_hash too: a pair that moves buckets to another (controller/bucketmove.py) picks its flows by it
+        return np.dtype([("flow_id", "<u8"), ("last_ns", "<u8"), ("key_hash", "<u4"), ("state", self.state_dtype)])
 
     def export_rows(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty(len(rows), dtype=self.export_dtype())
         out["flow_id"] = self.flow_ids[rows]
         out["last_ns"] = self.last_ns[rows]
+        out["key_hash"] = self.key_hash[rows]
         out["state"] = self.state[rows]
         return out
 
@@ -276,10 +279,17 @@ class FlowTable:
             self.state[rows] = records["state"]
             if "last_ns" in records.dtype.names:
                 self.last_ns[rows] = records["last_ns"]
+            if "key_hash" in records.dtype.names:
+                self.key_hash[rows] = records["key_hash"]
             self._changed[rows] = False
 
     def live_rows(self) -> np.ndarray:
         return np.flatnonzero(self.live)
+
+    def rows_in_buckets(self, buckets: np.ndarray, n_buckets: int) -> np.ndarray:
+        """Live rows whose flow falls in ``buckets`` (a bool mask over ``n_buckets``)."""
+        live = self.live_rows()
+        return live[buckets[self.key_hash[live] % np.uint32(n_buckets)]]
 
 
 class NetworkFunction:
@@ -328,6 +338,13 @@ class NetworkFunction:
                   (``STALE`` for each if a replayed batch's entry was superseded)
         """
         raise NotImplementedError
+
+    def moved_out(self, table: FlowTable, rows: np.ndarray) -> None:
+        """The flows in ``rows`` moved to another pair with their state (a bucket move): forget them.
+
+        An NF whose flows hold something instance-wide that the new owner keeps using (the
+        NAT's public ports) overrides this to keep a placeholder instead."""
+        table.remove(rows)
 
     def rebuild(self, table: FlowTable) -> None:
         """Recompute instance-wide structures from the table (after a state import)."""

@@ -57,11 +57,17 @@ the same flow). They are forwarded unchanged. Inbound translation (packets
 addressed to public_ip:port back to the private endpoint) would need a lookup
 by public port, which the flow key does not provide: a known limitation.
 
+Moved flows. A flow whose bucket moves to another pair keeps its port (it is in
+the old pair's slice, so the new pair's pool never hands it out). The old pair
+keeps a placeholder row for it (``moved_out``: its row stays, dated
+``PLACEHOLDER_NS`` so that no expiry ever takes it), so its pool does not hand
+the port to another flow while the moved one may still use it. If the bucket
+comes back, the flow's row comes back over the placeholder. The cost: a port
+whose flow ends at the new pair stays held at the old one (see the weak spots
+in docs/ARCHITECTURE.md).
+
 Other limits. ICMP flows are keyed by addresses only, so two concurrent echo
-sessions between the same hosts share one identifier mapping. A flow that
-migrates in from another instance keeps its port (outside this instance's
-slice, so this pool never hands it out); its old instance may reuse it once the
-flow's row is gone there.
+sessions between the same hosts share one identifier mapping.
 """
 
 from __future__ import annotations
@@ -74,6 +80,7 @@ from deft.runtime.dataplane.packet import DROP
 
 _NS = 1_000_000_000
 _MAX_TIMEOUT_S = 366 * 86400      # keeps last_ns + timeout far inside uint64
+PLACEHOLDER_NS = 1 << 62          # "newest packet" of a moved-out flow's placeholder: never idle
 
 
 class Nat(NetworkFunction):
@@ -217,6 +224,13 @@ class Nat(NetworkFunction):
         free[k] = False
         self._n_free -= 1
         return self.port_lo + k
+
+    def moved_out(self, table: FlowTable, rows: np.ndarray) -> None:
+        """Keep the moved flows' rows as placeholders that hold their ports (see Moved flows)."""
+        if len(rows):
+            table.state["last_ns"][rows] = PLACEHOLDER_NS
+            table.last_ns[rows] = PLACEHOLDER_NS
+            table.mark_changed(rows)
 
     def rebuild(self, table: FlowTable) -> None:
         """Recompute the free ports from the table (after a state import)."""

@@ -38,6 +38,8 @@ from deft.runtime.heartbeat import Heartbeats
 from deft.runtime.params import split_host_port
 from deft.runtime.procs import io, standby, unit, worker
 from deft.runtime.procs.egress import UdpSink, send_ring
+from deft.runtime.procs import bucketmove
+from deft.runtime.procs.bucketmove import MoveBox
 from deft.runtime.procs.freeze import FREEZE, REASONS, RETRY, FreezeBox, ask_and_wait
 from deft.runtime.dataplane.stamper import StamperTable
 from deft.runtime.ring import Doorbell, Ring, cleanup_node
@@ -97,6 +99,7 @@ class Supervisor:
         self.stats: dict[str, CounterBlock] = {}
         self.records: dict[int, CommitRecord] = {}  # per worker: the replicated batches it released
         self.freeze_boxes: dict[int, FreezeBox] = {}  # per worker: planned hand-over requests (freeze.py)
+        self.move_boxes: dict[int, MoveBox] = {}      # ... and bucket moves (bucketmove.py)
         self.worker_bells: dict[int, FdBell] = {}
         self.orphan_sink = None   # sends what a dead worker left in its egress ring (finish_releases)
         self.sent_logs: list[SentLog] = []            # per unit: its recent sends to other nodes
@@ -138,6 +141,7 @@ class Supervisor:
             self.records[i] = CommitRecord.create(topo.commit_record(i))
             if cfg.nf.replicate:   # the controller's planned hand-overs reach the worker here (freeze.py)
                 self.freeze_boxes[i] = FreezeBox.create(topo.stats(f"freeze.nf{i}"))
+                self.move_boxes[i] = MoveBox.create(topo.stats(f"move.nf{i}"))
         self.egress_bell = FdBell.create(topo.egress_bell())   # the io polls it with its ingress socket
         self.bells.append(self.egress_bell)
         self.bells.append(FdBell.create(topo.ingress_bell()))
@@ -164,7 +168,7 @@ class Supervisor:
             block.close()
         for record in self.records.values():
             record.close()
-        for box in self.freeze_boxes.values():
+        for box in [*self.freeze_boxes.values(), *self.move_boxes.values()]:
             box.close()
         for sent_log in self.sent_logs:
             sent_log.close()
@@ -408,6 +412,17 @@ class Supervisor:
         self.log.info("pair %d frozen on nf%d for a hand-over after batch %d", pair, index, batch)
         return {"frozen": True, "batch": batch}
 
+    def on_move(self, request: dict) -> dict:
+        """``{"cmd": "move", ...}``: a step of a bucket move for worker ``instance`` (``bucketmove.serve``)."""
+        index = request.get("instance")
+        if index not in self.move_boxes:
+            raise ValueError(f"instance must be a replicating instance of node {self.topo.node_id}, got {index!r}")
+        child = self.child_by_name(f"nf{index}")
+        if child is None or not child.alive:
+            return {"done": False, "reason": f"nf{index} is not running", "retry": True}
+        return bucketmove.serve(request, self.move_boxes[index], self.topo.move_files(index),
+                                self.worker_bells[index].ring)
+
     # -- drills ---------------------------------------------------------------
     def on_kill(self, request: dict) -> dict:
         """``{"cmd": "kill", "target": "nf0" | "io" | "node"}``: SIGKILL it ("ingress", "egress",
@@ -496,6 +511,7 @@ class Supervisor:
                 self.control = ControlServer(self.zctx, self.config.node.control,
                                              {"status": lambda req: node_status(self), "kill": self.on_kill,
                                               "set_routes": self.on_set_routes, "freeze": self.on_freeze,
+                                              "move": self.on_move,
                                               "raft_transfer": self.on_raft_transfer},
                                              self.log,
                                              deferred={"global_get": self.on_global_get,

@@ -89,6 +89,11 @@ class Topology:
         """Rung by a local shm producer (``shm://`` ingress)."""
         return self._name("bell.ingress")
 
+    def move_files(self, i: int) -> tuple[str, str]:
+        """Paths of a bucket move's request and answer payloads for worker ``i`` (bucketmove.py): files in
+        /dev/shm named like the node's segments, so the supervisor's cleanup removes them too."""
+        return tuple("/dev/shm" + self._name(f"move.nf{i}.{end}") for end in ("req", "ack"))
+
     # flow rules and counters
     def stamper_table(self, u: int) -> str:
         return self._name(f"stamper.u{u}")

@@ -9,6 +9,7 @@ Synopsis::
     deft-ctl --controller tcp://127.0.0.1:7000 rebalance [--wait]     # spread pairs over the live nodes
     deft-ctl --controller tcp://127.0.0.1:7000 drain node2 [--wait]   # move every role off node2
     deft-ctl --controller tcp://127.0.0.1:7000 undrain node2          # let it take roles again
+    deft-ctl --controller tcp://127.0.0.1:7000 move --buckets 100-199 --to-pair 3 [--wait]   # flows move
     deft-ctl --node tcp://127.0.0.1:7101 global get KEY [--linearizable] [--json]
     deft-ctl --node tcp://127.0.0.1:7101 global incr KEY [N]     # also: put KEY JSON, add_to_set KEY JSON
 
@@ -109,6 +110,9 @@ def describe_operation(op: dict) -> str:
     what = op["kind"] + (f" {op['node']}" if op.get("node") else "")
     took = f" in {op['finished_ms'] - op['started_ms']:.0f} ms" if op.get("finished_ms") is not None else ""
     text = f"operation {op['id']} ({what}) {op['state']}{took}: {op['steps']} steps, {op['hand_overs']} hand-overs"
+    if op.get("move"):
+        m = op["move"]
+        text += f", {m['buckets']} buckets to pair {m['to_pair']} ({m['legs_done']} legs, {m['flows_moved']} flows)"
     if op.get("error"):
         text += f": {op['error']}"
     elif op.get("waiting_for"):
@@ -150,6 +154,21 @@ def report_operation(endpoint: str, op: dict, args) -> int:
     return 1 if op.get("state") == "failed" else 0
 
 
+def bucket_list(text: str) -> list[int]:
+    """``100-199`` or ``5,7,10-12`` -> the bucket numbers (argparse type)."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, sep, hi = part.strip().partition("-")
+            first, last = int(lo), int(hi) if sep else int(lo)
+            if first < 0 or last < first:
+                raise ValueError
+            out.extend(range(first, last + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad bucket list {text!r} (expected e.g. 100-199 or 5,7,10-12)") from None
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="deft-ctl", description="Query and steer DEFT nodes and the controller.")
     where = parser.add_mutually_exclusive_group()
@@ -165,7 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     p_rebalance = sub.add_parser("rebalance", help="spread primaries and secondaries evenly over the live nodes")
     p_drain = sub.add_parser("drain", help="move every pair's roles off a node (planned hand-overs, no loss)")
     p_drain.add_argument("node")
-    for p in (p_rebalance, p_drain):
+    p_move = sub.add_parser("move", help="move buckets (their flows, state and order) to another pair, no loss")
+    p_move.add_argument("--buckets", required=True, type=bucket_list,
+                        help="bucket numbers and ranges, e.g. 100-199 or 5,7,10-12")
+    p_move.add_argument("--to-pair", required=True, type=int, help="the pair that takes them")
+    for p in (p_rebalance, p_drain, p_move):
         p.add_argument("--wait", action="store_true", help="return when it is done (exit 1 if it failed)")
         p.add_argument("--wait-s", type=float, default=120.0, help="give up waiting after this long")
         p.add_argument("--json", action="store_true")
@@ -183,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     p_raft.add_argument("endpoint", nargs="?", help="add-learner: the new member's tcp://HOST:PORT")
     p_raft.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    if args.cmd in ("fail", "rebalance", "drain", "undrain") and not args.controller:
+    if args.cmd in ("fail", "rebalance", "drain", "undrain", "move") and not args.controller:
         parser.error(f"{args.cmd} needs --controller")
     endpoint = args.controller or args.node or "tcp://127.0.0.1:7101"
     if args.cmd == "status":
@@ -194,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         request = {"cmd": "rebalance"}
     elif args.cmd in ("drain", "undrain"):
         request = {"cmd": args.cmd, "node": args.node}
+    elif args.cmd == "move":
+        request = {"cmd": "move", "buckets": args.buckets, "to_pair": args.to_pair}
     elif args.cmd == "raft":
         if args.op == "add-learner" and not args.endpoint:
             parser.error("raft add-learner needs the member's endpoint")
@@ -211,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     reply = ask(endpoint, request, args.timeout_ms)
     if reply is None:
         return 1
-    if args.cmd in ("rebalance", "drain"):
+    if args.cmd in ("rebalance", "drain", "move"):
         return report_operation(endpoint, reply, args)
     if args.cmd == "undrain":
         print(f"undrained {args.node}; draining now: {', '.join(reply['draining']) or 'none'}")

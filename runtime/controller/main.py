@@ -128,7 +128,7 @@ class Controller:
         self.decisions: dict[str, dict[int, int]] = {}  # instance id -> commit record from its FAILED notice
         from deft.runtime.controller.operations import Operations
 
-        self.operations = Operations(self, self.freeze_pair, log)
+        self.operations = Operations(self, self.freeze_pair, log, ask=self.ask_node, clock=now_ms)
         self.zctx = zmq.Context()
         try:
             self.sub = make_socket(self.zctx, zmq.SUB, bind=cfg.heartbeats)
@@ -136,7 +136,7 @@ class Controller:
             self.control = ControlServer(self.zctx, cfg.control,
                                          {"status": self.status, "fail": self.fail, "rebalance": self.rebalance,
                                           "drain": self.drain, "undrain": self.undrain,
-                                          "operation": self.operation}, log)
+                                          "move": self.move, "operation": self.operation}, log)
         except zmq.ZMQError as exc:
             self.zctx.destroy(linger=0)
             raise DeftError(f"{cfg.source}: [controller] cannot bind: {exc}") from None
@@ -167,6 +167,31 @@ class Controller:
             raise ValueError("no pairs placed yet")
         return self.operations.start("drain", node, now_ms()).report()
 
+    def move(self, request: dict) -> dict:
+        """``{"cmd": "move", "buckets": [b, ...], "to_pair": P}``: move those buckets' flows to pair P."""
+        if not self.assignment.placed:
+            raise ValueError("no pairs placed yet")
+        n_buckets, n_pairs = len(self.assignment.buckets), len(self.assignment.pairs)
+        buckets, to_pair = request.get("buckets"), request.get("to_pair")
+        if not isinstance(buckets, list) or not buckets or not all(
+                isinstance(b, int) and not isinstance(b, bool) and 0 <= b < n_buckets for b in buckets):
+            raise ValueError(f"buckets must be a non-empty list of bucket numbers 0..{n_buckets - 1}")
+        if not isinstance(to_pair, int) or isinstance(to_pair, bool) or not 0 <= to_pair < n_pairs:
+            raise ValueError(f"to_pair must be a pair number 0..{n_pairs - 1}, got {to_pair!r}")
+        return self.operations.start("move", None, now_ms(), buckets=buckets, to_pair=to_pair).report()
+
+    def ask_node(self, node_id: str, instance: int, request: dict) -> dict | None:
+        """A request to ``node_id``'s supervisor (None: not up, or no answer within 500 ms)."""
+        from deft.runtime.control import NoAnswer, query
+
+        node = self.view.nodes.get(node_id)
+        if node is None or node.state != "up":
+            return None
+        try:
+            return query(node.control, request, 500)
+        except NoAnswer:
+            return None
+
     def undrain(self, request: dict) -> dict:
         node = request.get("node")
         if not isinstance(node, str):
@@ -182,16 +207,8 @@ class Controller:
 
     def freeze_pair(self, node_id: str, instance: int, pair: int) -> dict | None:
         """Ask ``node_id``'s supervisor to freeze ``pair`` on ``instance`` (None: no answer)."""
-        from deft.runtime.control import NoAnswer, query
-
-        node = self.view.nodes.get(node_id)
-        if node is None or node.state != "up":
-            return None
-        try:
-            return query(node.control, {"cmd": "freeze", "pair": pair, "instance": instance,
-                                        "epoch": self.routes_epoch}, 500)
-        except NoAnswer:
-            return None
+        return self.ask_node(node_id, instance, {"cmd": "freeze", "pair": pair, "instance": instance,
+                                                 "epoch": self.routes_epoch})
 
     def push_routes_now(self) -> None:
         self.next_push_ms = 0.0

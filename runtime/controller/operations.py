@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+from deft.runtime.controller.bucketmove import BucketMove
 from deft.runtime.controller.moves import Blocked, HandOver, Secondary, apply_step, drain_step, rebalance_step
 
 RETRY_MS = 20.0
@@ -34,7 +35,7 @@ KEEP_FINISHED = 20   # finished operations kept for status
 @dataclasses.dataclass
 class Operation:
     id: int
-    kind: str                 # "drain" | "rebalance"
+    kind: str                 # "drain" | "rebalance" | "move"
     node: str | None
     started_ms: float
     state: str = "running"    # running | done | failed
@@ -44,22 +45,31 @@ class Operation:
     finished_ms: float | None = None
     retry_at_ms: float = 0.0
     waiting_for: str | None = None   # why the current step waits (status)
+    bucket_move: BucketMove | None = None   # a move's progress
 
     def report(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "retry_at_ms"}
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("retry_at_ms", "bucket_move")}
+        if self.bucket_move is not None:
+            out["move"] = self.bucket_move.report()
+        return out
 
 
 class Operations:
     """Start, advance and report operations; the controller supplies the I/O.
 
     ``freeze(node_id, instance, pair)`` -> the supervisor's reply (a dict) or None (no answer);
+    ``ask(node_id, instance, request)`` -> likewise for any request (a bucket move's steps);
     ``push()`` pushes the routes now (after an assignment change); ``usable()`` the instances that
     may take roles (a draining node's excluded).
     """
 
-    def __init__(self, controller, freeze: Callable[[str, int, int], dict | None], log) -> None:
+    def __init__(self, controller, freeze: Callable[[str, int, int], dict | None], log,
+                 ask: Callable[[str, int, dict], dict | None] | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
         self.controller = controller
         self.freeze = freeze
+        self.ask = ask
+        self.clock = clock   # ms; a move's steps take RPCs, and its switch must go in time (bucketmove.py)
         self.log = log
         self.ops: list[Operation] = []
         self.draining: set[str] = set()   # nodes that take no role (a drain runs or ran; until undrain)
@@ -68,11 +78,15 @@ class Operations:
     def current(self) -> Operation | None:
         return next((op for op in self.ops if op.state == "running"), None)
 
-    def start(self, kind: str, node: str | None, now_ms: float) -> Operation:
+    def start(self, kind: str, node: str | None, now_ms: float, buckets: list[int] | None = None,
+              to_pair: int | None = None) -> Operation:
         running = self.current
         if running is not None:
             raise ValueError(f"operation {running.id} ({running.kind}) is still running")
         op = Operation(len(self.ops) + 1 if not self.ops else self.ops[-1].id + 1, kind, node, now_ms)
+        if kind == "move":
+            # the workers tell attempts apart by id: unique per controller run and operation
+            op.bucket_move = BucketMove(buckets, to_pair, (int(now_ms * 1000) % (1 << 40)) << 12)
         if kind == "drain":
             self.draining.add(node)
         self.ops.append(op)
@@ -100,6 +114,9 @@ class Operations:
             self.finish(op, now_ms, f"no end after {DEADLINE_MS / 1000:.0f} s ({op.waiting_for or 'planning'})")
             return
         assignment = self.controller.assignment
+        if op.kind == "move":
+            self.move_step(op, now_ms)
+            return
         usable = self.controller.usable()
         step = drain_step(assignment, op.node, usable) if op.kind == "drain" else rebalance_step(assignment, usable)
         if step is None:
@@ -137,6 +154,31 @@ class Operations:
         self.controller.push_routes_now()   # the frozen primary holds the pair's output until this lands
         self.log.info("operation %d: pair %d handed over from %s/nf%d to %s/nf%d after batch %d", op.id,
                       step.pair, node, instance, *pair.primary, reply["batch"])
+
+    def move_step(self, op: Operation, now_ms: float) -> None:
+        """A bucket move's next steps (``bucketmove.py``), as many as can go now."""
+        move = op.bucket_move
+        while True:
+            now_ms = self.clock() if self.clock is not None else now_ms
+            verdict = move.step(self.controller.assignment, self.controller.routes_epoch, now_ms, self.ask)
+            op.waiting_for = move.waiting_for
+            if verdict == "next":
+                op.steps += 1
+                continue
+            if verdict == "switch":
+                op.steps += 1
+                self.controller.routes_due = True
+                self.controller.push_routes_now()   # the held buckets wait for it
+                self.log.info("operation %d: buckets moved to pair %d (%d flows so far)", op.id, move.to_pair,
+                              move.flows_moved)
+                return
+            if verdict == "done":
+                self.finish(op, now_ms)
+            elif verdict.startswith("failed"):
+                self.finish(op, now_ms, verdict.partition(": ")[2])
+            else:
+                op.retry_at_ms = now_ms + RETRY_MS
+            return
 
     def finish(self, op: Operation, now_ms: float, error: str | None = None) -> None:
         op.state, op.error, op.finished_ms, op.waiting_for = ("failed" if error else "done"), error, now_ms, None

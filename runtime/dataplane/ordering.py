@@ -39,6 +39,10 @@ class OrderingUnit:
         self.pending: dict[int, list[tuple[int, int]]] = {}  # flow -> heap of (seq, store slot)
         self.waiting_since: dict[int, int] = {}  # flow -> time its oldest gap was first seen
         self.adopt_unknown = adopt_unknown
+        # buckets moved in with their flows' nextExpectedPktID (controller/bucketmove.py): a flow of
+        # theirs that is unknown here is new, so it starts at seq 1 instead of being adopted mid-stream
+        # (its first packets may still come forwarded by the old pair)
+        self.guarded: np.ndarray | None = None   # bool mask over buckets, or None
         self.adopted = 0
         self.gaps_skipped = 0
         self.now_ns = 0
@@ -59,8 +63,11 @@ class OrderingUnit:
         seqs = batch["seq"].tolist()
         self.now_ns = now_ns
         if self.adopt_unknown:
-            for f, s in zip(fids, seqs):
+            guarded = self.guarded
+            for i, (f, s) in enumerate(zip(fids, seqs)):
                 if f not in ne:
+                    if guarded is not None and guarded[int(batch["key_hash"][i]) % len(guarded)]:
+                        continue
                     ne[f] = s
                     self.adopted += 1
         if not self.pending:
@@ -145,14 +152,18 @@ class OrderingUnit:
         self._free.extend(slots.tolist())
         return out
 
-    def take_pending(self) -> np.ndarray:
-        """Every packet waiting for a gap (per flow in seq order), removed from the store: for a pair
-        that leaves this worker, so they go on to its next primary instead of being lost."""
-        slots = [slot for flow in sorted(self.pending) for _, slot in sorted(self.pending[flow])]
+    def take_pending(self, flows=None) -> np.ndarray:
+        """The packets waiting for a gap (per flow in seq order), removed from the store: for a pair
+        that leaves this worker, so they go on to its next primary instead of being lost. ``flows``:
+        only those of the flows for which it is true (``flows(key_hash) -> bool``; a bucket move)."""
+        taken = sorted(f for f, heap in self.pending.items()
+                       if flows is None or flows(int(self.store[heap[0][1]]["key_hash"])))
+        slots = [slot for flow in taken for _, slot in sorted(self.pending[flow])]
         out = self.store[np.array(slots, dtype=np.int64)].copy() if slots else self.store[:0].copy()
         self._free.extend(slots)
-        self.pending.clear()
-        self.waiting_since.clear()
+        for flow in taken:
+            del self.pending[flow]
+            self.waiting_since.pop(flow, None)
         return out
 
     def forget(self, flow_ids: list[int]) -> None:

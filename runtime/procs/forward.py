@@ -32,18 +32,24 @@ class Forwarder:
         self.worker = worker
         self.socks: dict[str, zmq.Socket] = {}
 
-    def forward(self, pair: int, records, unless_to: tuple[str, int] | None = None) -> bool:
+    def forward(self, pair: int, records, unless_to: tuple[str, int] | None = None, copies: bool = False) -> bool:
         """Send ``records`` (unprocessed packets of ``pair``: an array or a list of them) to the pair's
         primary in the routes the worker acts on; False (nothing sent, nothing counted) if that is
-        ``unless_to`` or the routes name none (``unless_to=None``: counted as dropped then)."""
+        ``unless_to`` or the routes name none (``unless_to=None``: counted as dropped then).
+        ``copies``: and a copy of each to the pair's secondary (a bucket move: theirs went to the old
+        pair's secondary)."""
         c = self.worker.count
         routes = self.worker.route_tables   # the whole route set the worker acts on (refresh's)
         target = None
         if routes is not None and pair < routes.n_pairs:
-            pn, pi = int(routes.table[pair][0]), int(routes.table[pair][1])
+            pn, pi, sn, si = (int(x) for x in routes.table[pair][:4])
             nodes = routes.nodes()
             if pn != NONE and pn < len(nodes) and nodes[pn][1] and (nodes[pn][0], pi) != unless_to:
                 target = (endpoint_of(nodes[pn][1], pi), pi, routes.epoch)
+                if copies and sn != NONE and sn < len(nodes) and nodes[sn][2]:
+                    copy_to = (endpoint_of(nodes[sn][2], si), si)
+                else:
+                    copy_to = None
         if target is None:
             if unless_to is not None:
                 return False
@@ -53,20 +59,30 @@ class Forwarder:
         if not len(records):
             return True
         endpoint, instance, epoch = target
+        if copies and copy_to is not None:   # before the packets, as the io sends them
+            records["dup"] = 1
+            self.send(copy_to[0], zmq.DEALER, wire.COPIES, epoch, copy_to[1], records)
+        records["dup"] = 0   # a copy held here (taken over, then handed on) travels as a packet
+        sent = self.send(endpoint, zmq.PUSH, wire.PACKETS, epoch, instance, records)
+        c["forward_dropped"] += len(records) - sent
+        c["forwarded"] += sent
+        return True
+
+    def send(self, endpoint: str, kind: int, what: bytes, epoch: int, instance: int, records: np.ndarray) -> int:
+        """How many of ``records`` went (the rest found the socket's queue full: that node is gone or far
+        behind)."""
         sock = self.socks.get(endpoint)
         if sock is None:
-            sock = self.socks[endpoint] = make_socket(self.worker.zctx, zmq.PUSH, connect=endpoint, hwm=HWM)
-        records["dup"] = 0   # a copy held here (taken over, then handed on) travels as a packet
+            sock = self.socks[endpoint] = make_socket(self.worker.zctx, kind, connect=endpoint, hwm=HWM)
         sent = 0
         try:
             for start in range(0, len(records), 256):
                 part = records[start: start + 256]
-                sock.send_multipart(wire.encode_packets(epoch, instance, part), zmq.NOBLOCK, copy=False)
+                sock.send_multipart(wire.encode_packets(epoch, instance, part, kind=what), zmq.NOBLOCK, copy=False)
                 sent += len(part)
-        except zmq.Again:   # its queue is full: the new primary's node is gone or far behind
-            c["forward_dropped"] += len(records) - sent
-        c["forwarded"] += sent
-        return True
+        except zmq.Again:
+            pass
+        return sent
 
     def close(self) -> None:
         for sock in self.socks.values():

@@ -36,20 +36,23 @@ RETRY = {NOT_SYNCED, BUSY, OLD_ROUTES}   # worth asking again soon
 LEASE_NS = 2_000_000_000
 
 
-class FreezeBox:
-    """The shared-memory block of one worker (created by its supervisor)."""
+class RequestBox:
+    """A supervisor-to-worker request block in shared memory (created by the supervisor): named int64
+    fields, the request's sequence number written last and the answer's likewise."""
+
+    fields: list[str] = []
 
     def __init__(self, block: CounterBlock):
         self.block = block
         self.v = block.values
-        self.i = {name: block.index[name] for name in FIELDS}
+        self.i = {name: block.index[name] for name in self.fields}
 
     @classmethod
-    def create(cls, name: str) -> "FreezeBox":
-        return cls(CounterBlock.create(name, FIELDS))
+    def create(cls, name: str):
+        return cls(CounterBlock.create(name, cls.fields))
 
     @classmethod
-    def attach(cls, name: str) -> "FreezeBox":
+    def attach(cls, name: str):
         return cls(CounterBlock.attach(name))
 
     def get(self, field: str) -> int:
@@ -57,6 +60,15 @@ class FreezeBox:
 
     def set(self, field: str, value: int) -> None:
         self.v[self.i[field]] = value
+
+    def close(self) -> None:
+        self.block.close()
+
+
+class FreezeBox(RequestBox):
+    """The freeze requests of one worker."""
+
+    fields = FIELDS
 
     # -- the supervisor ------------------------------------------------------------------------------
     def ask(self, op: int, pair: int, epoch: int = 0) -> int:
@@ -74,9 +86,6 @@ class FreezeBox:
         if self.get("ack_seq") != seq:
             return None
         return self.get("ack_status"), self.get("ack_batch")
-
-    def close(self) -> None:
-        self.block.close()
 
 
 class Freezer:
@@ -164,7 +173,11 @@ class Freezer:
 def ask_and_wait(box: FreezeBox, op: int, pair: int, ring, epoch: int = 0,
                  timeout_s: float = 0.3) -> tuple[int, int] | None:
     """The supervisor's request: post it, wake the worker (``ring()``), wait for the answer (None: none came)."""
-    seq = box.ask(op, pair, epoch)
+    return await_answer(box, box.ask(op, pair, epoch), ring, timeout_s)
+
+
+def await_answer(box: RequestBox, seq: int, ring, timeout_s: float) -> tuple[int, int] | None:
+    """Wake the worker that got request ``seq`` and wait for its answer (None: none came)."""
     ring()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -126,6 +126,10 @@ class PairSlot:
         self.held_n = 0
         self.frozen_until = 0   # monotonic ns a hand-over's freeze lapses (freeze.py); 0: not frozen
         self.gap_grace_until = 0   # monotonic ns: gaps wait TAKEOVER_GAP_NS until then (see takeover.py)
+        self.move_out = None       # a bucket move's hold on some of its buckets (procs/bucketmove.py)
+        # packets of buckets the routes give another pair go there (the worker's ``divert``: they came
+        # late after a bucket move, or from a replica's buffer); None: no route set to judge by
+        self.divert = None
         self.global_serial = 0                                # batch numbers without a 2PC core
         self.session_name = f"pair{pair}/local"               # sessions of unreplayable batches (the worker names it)
         self.session_epoch = None                             # the 2PC epoch this worker's Sync started
@@ -153,6 +157,12 @@ class PairSlot:
         return self.frozen_until != 0
 
     def process(self, arrived: np.ndarray) -> None:
+        if self.divert is not None:
+            arrived = self.divert(self, arrived)
+        if self.move_out is not None:
+            arrived = self.move_out.take(arrived)
+        if not len(arrived):
+            return
         if self.waiting is not None or self.frozen:
             self.held.append(arrived.copy())
             self.held_n += len(arrived)
@@ -236,6 +246,7 @@ class PairSlot:
         """The NF on packets in order (verdicts and rewrites in place); returns ``ready``."""
         rows, new_rows = self.table.rows_for(ready["flow_id"])
         self.table.last_ns[rows] = ready["ts_ns"]  # per flow the last write wins: packets are in order
+        self.table.key_hash[rows] = ready["key_hash"]   # its bucket, for a bucket move (bucketmove.py)
         self.ctx.now_ns = int(ready["ts_ns"].max())
         try:
             ready["verdict"] = self.nf.process(ready, rows, new_rows, self.table, self.ctx)

@@ -110,6 +110,15 @@ class PrimaryRole:
         self.submitted_ns[t] = time.monotonic_ns()
         self.execute(self.link.submit_batch(t, stamps, delta))
 
+    def submit_state(self, records: np.ndarray, flows: np.ndarray, nexts: np.ndarray) -> int:
+        """A batch of state alone (a bucket move's import: rows and nextExpectedPktID, no packets); its
+        number. Its decision says the secondary has them (``Mover.decided``)."""
+        t = self.core.next_batch
+        self.staged[t] = (np.zeros(0, dtype=PACKET_DTYPE), None, None)
+        delta = Delta(records, np.zeros(0, dtype=np.uint64), flows.astype(np.uint64), nexts.astype(np.uint64))
+        self.execute(self.link.submit_batch(t, np.zeros(0, dtype=STAMP_DTYPE), delta))
+        return t
+
     def payloads_for(self, batch: int, stamps: np.ndarray) -> list[bytes]:
         """The packets of ``batch`` the secondary lacks, as they arrived here (empty for any not kept)."""
         entry = self.staged.get(batch)
@@ -142,6 +151,8 @@ class PrimaryRole:
                 self.worker.count["repl_refused"] += 1
         if decided:  # a decided batch without output (a Sync) is recorded too: a successor needs it
             self.worker.record.decided(self.slot.pair, decided)
+            if self.worker.mover is not None:
+                self.worker.mover.decided(self.slot.pair, decided)
         self.note_sent(self.worker.egress.popped)
 
     def note_sent(self, popped: int) -> None:

@@ -101,6 +101,9 @@ COUNTERS = [
     "freezes", "freezes_lapsed",
     # ... and the packets of a handed-over pair sent on to its new primary (forward.py), or not
     "forwarded", "forward_dropped",
+    # bucket moves (bucketmove.py): holds, holds that lapsed without the switch, flows exported and
+    # imported, moves finished here (the switch came), packets of moved buckets sent on to their pair
+    "move_holds", "move_holds_lapsed", "move_flows_out", "move_flows_in", "moves_out", "move_forwarded",
     # the last take-over: when it started, and when its pair's first packet was released (monotonic ns)
     "takeover_ns", "takeover_release_ns",
     # global operations: batches committed, retries, answers that never came (replay), held packets,
@@ -144,14 +147,18 @@ class Worker:
         self.stats = CounterBlock.attach(topo.stats(f"nf{index}"))
         self.record = CommitRecord.attach(topo.commit_record(index))
         self.route_tables = None   # the last whole route set refresh() took up (a RouteSnapshot)
+        self.bucket_pair = None    # ... its pair of each bucket
         self.freezer = None   # planned hand-overs of its primary pairs (replicated only)
         self.forwarder = None
+        self.mover = None     # bucket moves (replicated only)
         if cfg.nf.replicate:
+            from deft.runtime.procs.bucketmove import MoveBox, Mover
             from deft.runtime.procs.forward import Forwarder
             from deft.runtime.procs.freeze import FreezeBox, Freezer
 
             self.freezer = Freezer(self, FreezeBox.attach(topo.stats(f"freeze.nf{index}")))
             self.forwarder = Forwarder(self)
+            self.mover = Mover(self, MoveBox.attach(topo.stats(f"move.nf{index}")), *topo.move_files(index))
         self.routes = Routes.attach(topo.routes())
         self.state_dtype = nf_class(cfg.nf.kind).state_dtype
         self.slots: dict[int, PairSlot] = {}
@@ -207,6 +214,8 @@ class Worker:
 
             global_ops = GlobalOps(MappingProxyType(self.gclient.replica))
         slot = PairSlot(self.cfg, pair, n_pairs, self.log, global_ops=global_ops, **kw)
+        if self.forwarder is not None:
+            slot.divert = self.divert
         # batches of a slot without a 2PC core are numbered by the slot: its sessions are its own
         slot.session_name = f"pair{pair}/{self.cfg.node.id}.{os.getpid()}.{next(self._slot_ids)}"
         return slot
@@ -221,6 +230,7 @@ class Worker:
             return
         epoch = self.epoch = routes.epoch
         self.route_tables = routes
+        self.bucket_pair = routes.bucket_pair
         if self.dup_inputs:   # copies do not ring the bell (unit.wake): a take-over below must see them all
             self.pull_duplicates()
         me, rows = routes.self_node, routes.table[: routes.n_pairs].tolist()
@@ -244,6 +254,8 @@ class Worker:
                     self.secondaries.drop(p)
         for p in [p for p in self.slots if p >= n_pairs]:
             self.retire(self.slots.pop(p))
+        if self.mover is not None:
+            self.mover.on_routes(self.bucket_pair)
 
     def replicate(self, slot: PairSlot, key: tuple, nodes) -> None:
         """Give ``slot`` the secondary the routes name (``key`` = node, instance, generation)."""
@@ -302,10 +314,12 @@ class Worker:
         what it held while frozen for a hand-over and what its ordering kept waiting for a gap (their
         copies may be at an older secondary); whatever still reaches it later goes by ``on_strays``."""
         if self.forwarder is not None:
-            unprocessed = [slot.ordering.take_pending(), *(slot.held if slot.frozen else [])]
+            unprocessed = [slot.ordering.take_pending(), *(slot.held if slot.frozen else []),
+                           *(slot.move_out.held if slot.move_out is not None else [])]
             if sum(len(u) for u in unprocessed):
                 self.forwarder.forward(slot.pair, unprocessed)
             self.freezer.forget(slot.pair)
+            self.mover.forget(slot.pair)
         if slot.role is not None:
             slot.role.close()
         if slot.waiting is not None:
@@ -410,6 +424,36 @@ class Worker:
                 self.count["early"] += len(part)
             else:
                 self.count["not_mine"] += len(part)
+
+    def divert(self, slot: PairSlot, arrived: np.ndarray) -> np.ndarray:
+        """``arrived`` without the packets whose bucket the routes give another pair, which go to that
+        pair (``forward_moved``): late after a bucket move from here, or a replica's buffered copies of
+        what its old primary held. Buckets this pair just imported are its own whatever the routes here
+        say (the io may have taken up the switch before this worker)."""
+        bp = self.bucket_pair
+        buckets = arrived["key_hash"] % np.uint32(len(bp))
+        owner = bp[buckets]
+        away = owner != slot.pair
+        if not away.any():
+            return arrived
+        guarded = slot.ordering.guarded
+        if guarded is not None:
+            away &= ~guarded[buckets]
+            if not away.any():
+                return arrived
+        for to in np.unique(owner[away]).tolist():
+            self.forward_moved(to, [arrived[away & (owner == to)]])
+        return arrived[~away]
+
+    def forward_moved(self, pair: int, parts: list[np.ndarray]) -> None:
+        """Packets of buckets that moved to ``pair``: to its primary, with copies for its secondary
+        (they went to the old pair's secondary when they were stamped)."""
+        from deft.runtime.procs.forward import as_packets
+
+        records = as_packets(parts)
+        records["pair"] = pair
+        self.count["move_forwarded"] += len(records)
+        self.forwarder.forward(pair, records, copies=True)
 
     def me(self) -> tuple[str, int]:
         return (self.node_id, self.index)
@@ -571,6 +615,7 @@ class Worker:
                 role.note_sent(self.egress.popped)
             if self.freezer is not None:
                 self.freezer.poll(now)
+                self.mover.poll(now)
             moved = self.pull()
             now = time.monotonic_ns()
             released = False
@@ -695,6 +740,10 @@ class Worker:
                 due = min(due, self.next_gap_check)
             if slot.frozen:   # its freeze lapses then (freeze.py)
                 due = min(due, slot.frozen_until)
+        if self.mover is not None:   # a hold or a guard of a bucket move ends
+            at = self.mover.next_due()
+            if at is not None:
+                due = min(due, at)
         if self.secondaries is not None and (self.secondaries.needs_tick()
                                              or any(r.needs_tick() for r in self.roles())):
             due = min(due, self.next_tick)
@@ -744,7 +793,7 @@ class Worker:
         role = slot.role
         if role is not None and not role.window_open():
             return False
-        if slot.out.due(now):
+        if slot.out.due(now) or (slot.move_out is not None and not slot.move_out.exported):
             return True
         if not (self.flush_on_idle and self.inputs_empty()):
             return False

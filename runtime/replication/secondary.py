@@ -313,6 +313,12 @@ class SecondaryReplica:
         for t in range(self.committed + 1, self.prepared + 1):
             msg = self._staged[t]
             assert isinstance(msg, Prepare)  # only a sync can be a non-Prepare, and it is applied above
+            if not len(msg.stamps):
+                # state alone (a bucket move's import): nothing to replay, so its state is applied. Its
+                # rows and flows are the moved buckets', which no batch before it touched; the batches
+                # after it that carry their packets find them (a replay would have nothing to redo)
+                self._apply(msg)
+                continue
             keys = stamp_keys(msg.stamps)
             replays.append(Replay(t, msg.stamps, tuple(self._buffer.pop(k) for k in keys),
                                   release=decision is None or t > decision))

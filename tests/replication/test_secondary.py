@@ -176,6 +176,19 @@ def test_take_over_after_a_node_crash_replays_and_releases_every_in_doubt_batch(
     assert [(r.batch, r.release) for r in plan.replays] == [(2, True), (3, True)]
 
 
+def test_a_state_only_batch_in_doubt_is_applied_not_replayed():
+    """A bucket move's import (rows and nextExpectedPktID, no packets) has nothing to replay: a take-over
+    with it in doubt applies it, so the batches after it that carry the moved flows find their state."""
+    s = secondary()
+    with_packets(s, (1, 1), (7, 5))
+    s.step(prepare(1, [(1, 1)]))
+    s.step(Prepare(EPOCH, PAIR, 2, stamps(), delta({7: 4})))      # flow 7 moved in at seq 4
+    s.step(prepare(3, [(7, 5)]))
+    plan = s.take_over(None)
+    assert [r.batch for r in plan.replays] == [1, 3] and plan.in_doubt == (1, 2, 3)
+    assert counts_of(plan.table) == {7: 4} and plan.next_expected[7] == 5   # batch 3 replays on it
+
+
 def test_take_over_refuses_an_impossible_commit_record():
     s = secondary()
     _staged_three(s)

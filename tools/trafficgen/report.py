@@ -160,8 +160,9 @@ def _timeline(send_ns: np.ndarray, recv_ns: np.ndarray, latency_ns: np.ndarray, 
     for b in range(n_bins):
         chunk = by_bin[bounds[b]: bounds[b + 1]]
         p50 = round(float(np.median(chunk)) / 1000, 1) if len(chunk) else None
+        p99 = round(float(np.percentile(chunk, 99)) / 1000, 1) if len(chunk) else None
         timeline.append({"t_ms": b * bin_ns // 1_000_000, "sent": int(sent_count[b]),
-                         "received": int(recv_count[b]), "p50_us": p50})
+                         "received": int(recv_count[b]), "p50_us": p50, "p99_us": p99})
     return timeline
 
 
