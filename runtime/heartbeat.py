@@ -51,7 +51,8 @@ class Heartbeats:
         sup = self.sup
         self._instances = [
             {"id": f"{sup.topo.node_id}/nf{c.index}", "index": c.index, "pid": c.pid, "alive": c.alive,
-             "restarts": c.restarts, "stats": sup.stats[c.stats_key]}
+             "restarts": c.restarts, "stats": sup.stats[c.stats_key], "load": sup.load_blocks.get(c.index),
+             "ring": sup.rings.get(sup.topo.nf_ring(c.index))}
             for c in sup.children if c.role == "worker"
         ]
 
@@ -68,13 +69,24 @@ class Heartbeats:
         self.seq += 1
         instances = [
             {"id": i["id"], "index": i["index"], "pid": i["pid"], "alive": i["alive"], "restarts": i["restarts"],
-             "ready": bool(i["alive"] and i["stats"].get("ready")), "lag": self.lag(i["stats"])}
+             "ready": bool(i["alive"] and i["stats"].get("ready")), "lag": self.lag(i["stats"]), **self.load(i)}
             for i in self._instances
         ]
         return {"node": sup.topo.node_id, "pid": os.getpid(), "seq": self.seq,
                 "control": sup.config.node.control, "fabric": sup.config.node.fabric,
                 "replication": sup.config.node.replication, "buckets": sup.config.ingress.buckets,
                 "routes_epoch": sup.routes.epoch, "instances": instances}
+
+    @staticmethod
+    def load(instance: dict) -> dict[str, Any]:
+        """What the controller's load per pair is made of (controller/load.py): the worker's busy time and
+        packets per pair, cumulative, and its input ring's occupancy now."""
+        stats, block, ring = instance["stats"], instance["load"], instance["ring"]
+        if block is None or "busy_ns" not in stats.index:
+            return {}
+        values = block.values
+        pairs = {str(p): int(values[p]) for p in values.nonzero()[0].tolist()}
+        return {"busy_ns": stats.get("busy_ns"), "pairs": pairs, "in_ring": len(ring) if ring is not None else 0}
 
     @staticmethod
     def lag(stats) -> int:

@@ -31,7 +31,7 @@ from deft.runtime.config import NodeConfig
 from deft.runtime.control import ControlServer
 from deft.runtime.dataplane.commit_record import CommitRecord
 from deft.runtime.dataplane.sentlog import SentLog
-from deft.runtime.dataplane.routes import RouteError, Routes, RouteSet
+from deft.runtime.dataplane.routes import MAX_PAIRS, RouteError, Routes, RouteSet
 from deft.runtime.dataplane.packet import PACKET_DTYPE
 from deft.runtime.errors import DeftError
 from deft.runtime.heartbeat import Heartbeats
@@ -100,6 +100,7 @@ class Supervisor:
         self.records: dict[int, CommitRecord] = {}  # per worker: the replicated batches it released
         self.freeze_boxes: dict[int, FreezeBox] = {}  # per worker: planned hand-over requests (freeze.py)
         self.move_boxes: dict[int, MoveBox] = {}      # ... and bucket moves (bucketmove.py)
+        self.load_blocks: dict[int, CounterBlock] = {}  # per worker: packets processed per pair (heartbeats)
         self.worker_bells: dict[int, FdBell] = {}
         self.orphan_sink = None   # sends what a dead worker left in its egress ring (finish_releases)
         self.sent_logs: list[SentLog] = []            # per unit: its recent sends to other nodes
@@ -138,6 +139,7 @@ class Supervisor:
             self.worker_bells[i] = FdBell.create(topo.nf_bell(i))  # a worker polls it beside its sockets
             self.bells.append(self.worker_bells[i])
             self.stats[f"nf{i}"] = CounterBlock.create(topo.stats(f"nf{i}"), worker.counter_names(cfg.nf.kind))
+            self.load_blocks[i] = CounterBlock.create(topo.stats(f"load.nf{i}"), [f"pair{p}" for p in range(MAX_PAIRS)])
             self.records[i] = CommitRecord.create(topo.commit_record(i))
             if cfg.nf.replicate:   # the controller's planned hand-overs reach the worker here (freeze.py)
                 self.freeze_boxes[i] = FreezeBox.create(topo.stats(f"freeze.nf{i}"))
@@ -168,7 +170,7 @@ class Supervisor:
             block.close()
         for record in self.records.values():
             record.close()
-        for box in [*self.freeze_boxes.values(), *self.move_boxes.values()]:
+        for box in [*self.freeze_boxes.values(), *self.move_boxes.values(), *self.load_blocks.values()]:
             box.close()
         for sent_log in self.sent_logs:
             sent_log.close()

@@ -75,8 +75,13 @@ def decode(frames: list[bytes]) -> tuple[bytes, dict[str, Any]]:
             _check_fields(f"heartbeat instances[{i}]", inst, _INSTANCE)
             if not isinstance(inst.get("ready", False), bool):
                 raise WireError(f"heartbeat instances[{i}]: 'ready' has the wrong type")
-            if type(inst.get("lag", 0)) is not int:
-                raise WireError(f"heartbeat instances[{i}]: 'lag' has the wrong type")
+            for name in ("lag", "busy_ns", "in_ring"):
+                if type(inst.get(name, 0)) is not int or inst.get(name, 0) < 0:
+                    raise WireError(f"heartbeat instances[{i}]: {name!r} must be an int >= 0")
+            pairs = inst.get("pairs", {})
+            if not isinstance(pairs, dict) or not all(
+                    k.isdigit() and type(v) is int and v >= 0 for k, v in pairs.items()):
+                raise WireError(f"heartbeat instances[{i}]: 'pairs' must map pair numbers to counts >= 0")
     elif kind == FAILED and "decisions" in header:
         decisions = header["decisions"]
         if not isinstance(decisions, dict) or not all(

@@ -95,7 +95,9 @@ def render_cluster(st: dict) -> str:
                      f"restarts {inst['restarts']}{lag}")
     for pair in st.get("pairs", []):
         lines.append(f"  pair {pair['pair']}  primary {pair['primary']}  secondary {pair['secondary'] or '-'}  "
-                     f"generation {pair['generation']}  buckets {pair.get('buckets', '?')}")
+                     f"generation {pair['generation']}  buckets {pair.get('buckets', '?')}"
+                     + (f"  {pair['load']['pps']:.0f} pps  busy {pair['load']['busy']:.0%}" if pair.get("load") else "")
+                     + ("  (moving)" if pair.get("moving") else ""))
     if st.get("draining"):
         lines.append(f"  draining: {', '.join(st['draining'])}")
     for op in st.get("operations", [])[-5:]:

@@ -143,6 +143,13 @@ class Controller:
         self.started = time.time()
 
     def status(self, request: dict) -> dict:
+        st = self._status()
+        moving = self.operations.moving_pairs()
+        for p in st["pairs"]:
+            p["moving"] = p["pair"] in moving
+        return st
+
+    def _status(self) -> dict:
         return {"controller": {"pid": os.getpid(), "uptime_s": round(time.time() - self.started, 3),
                                "heartbeat_ms": self.cfg.heartbeat_ms, "miss_limit": self.cfg.miss_limit,
                                "counters": {**self.counters, "bad_requests": self.control.bad_requests},

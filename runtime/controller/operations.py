@@ -188,5 +188,12 @@ class Operations:
             self.log.info("operation %d (%s) done: %d steps, %d hand-overs, %.0f ms", op.id, op.kind, op.steps,
                           op.hand_overs, now_ms - op.started_ms)
 
+    def moving_pairs(self) -> set[int]:
+        """The pairs a running bucket move is taking buckets from or giving them to now."""
+        op = self.current
+        if op is None or op.bucket_move is None or op.bucket_move.leg is None:
+            return set()
+        return {op.bucket_move.leg.source, op.bucket_move.to_pair}
+
     def status(self) -> dict[str, Any]:
         return {"operations": [op.report() for op in self.ops], "draining": sorted(self.draining)}

@@ -14,6 +14,7 @@ import dataclasses
 from typing import Any
 
 from deft.runtime.controller.detector import FailureDetector
+from deft.runtime.controller.load import LoadMeter
 
 EVENTS_KEPT = 200
 
@@ -60,6 +61,7 @@ class ClusterView:
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=EVENTS_KEPT)
         self.false_suspicions = 0
         self.pairs: list[dict[str, Any]] = []  # from the last route set pushed
+        self.load = LoadMeter()                 # per instance and pair, from the beats' counters
 
     def _event(self, now_ms: float, what: str, **details: Any) -> None:
         self.events.append({"t_ms": round(now_ms, 3), "event": what, **details})
@@ -100,6 +102,7 @@ class ClusterView:
         info.pid, info.restarts = inst["pid"], inst["restarts"]
         info.ready = bool(inst.get("ready", inst["alive"]))
         info.lag = int(inst.get("lag", 0))
+        self.load.observe(info.id, now_ms, inst)
 
     def survivors(self) -> frozenset[tuple[str, int]]:
         """Instances up again as the very process that was marked failed (a false suspicion): state intact."""
@@ -158,8 +161,10 @@ class ClusterView:
                 instances.append({"id": info.id, "node": info.node, "role": info.role, "peer": info.peer,
                                   "secondary_of": info.secondary_of, "pid": info.pid, "state": info.state,
                                   "ready": info.ready, "restarts": info.restarts, "replication_lag": info.lag,
-                                  "primary_of_pairs": info.primary_pairs, "secondary_of_pairs": info.secondary_pairs})
-        return {"nodes": nodes, "instances": instances, "pairs": self.pairs, "events": list(self.events),
+                                  "primary_of_pairs": info.primary_pairs, "secondary_of_pairs": info.secondary_pairs,
+                                  "load": self.load.instance_load(info.id)})
+        pairs = [dict(p, load=self.load.pair_load(p["pair"], p["primary"])) for p in self.pairs]
+        return {"nodes": nodes, "instances": instances, "pairs": pairs, "events": list(self.events),
                 "false_suspicions": self.false_suspicions}
 
 

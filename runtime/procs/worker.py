@@ -84,7 +84,7 @@ COUNTERS = [
     # the loop: rounds, and how often it slept (a round without a sleep found more work); what ended
     # each sleep: the bell (its rings), other nodes' packets, the 2PC socket of its replicas, votes
     # for its primary roles, global state, or a timer (each is a wake-up: benchmarks/efficiency.py)
-    "rounds", "sleeps", "woke_bell", "woke_packets", "woke_replica", "woke_votes", "woke_global", "woke_timer",
+    "rounds", "sleeps", "busy_ns", "woke_bell", "woke_packets", "woke_replica", "woke_votes", "woke_global", "woke_timer",
     # output sent by the worker itself (no replication: see Worker.direct)
     "egress_sent", "egress_send_errors", "egress_icmp_refused",
     # packets from other nodes' io processes (the PULL at [node] fabric + index)
@@ -145,6 +145,8 @@ class Worker:
         # (Supervisor.finish_releases)
         self.direct = UdpSink(cfg.egress.send_to) if cfg.egress.sent_by_workers else None
         self.stats = CounterBlock.attach(topo.stats(f"nf{index}"))
+        # packets processed per pair as its primary (cumulative; the controller's load per pair)
+        self.load = CounterBlock.attach(topo.stats(f"load.nf{index}"))
         self.record = CommitRecord.attach(topo.commit_record(index))
         self.route_tables = None   # the last whole route set refresh() took up (a RouteSnapshot)
         self.bucket_pair = None    # ... its pair of each bucket
@@ -162,6 +164,7 @@ class Worker:
         self.routes = Routes.attach(topo.routes())
         self.state_dtype = nf_class(cfg.nf.kind).state_dtype
         self.slots: dict[int, PairSlot] = {}
+        self.load_base: dict[int, int] = {}   # per pair: processed by its slots here that are gone
         self.first_release_of = -1  # the pair just taken over, until its first packet leaves
         self.last_release_end = 0   # egress ring position after the newest committed release
         self.epoch = 0
@@ -246,7 +249,9 @@ class Worker:
                 if self.secondaries is not None:  # keyed by node id: node numbers shift as nodes come and go
                     self.replicate(self.slots[p], (sn, si, gen), nodes)
             elif p in self.slots:
-                self.retire(self.slots.pop(p))
+                slot = self.slots.pop(p)
+                self.load_base[p] = self.load_base.get(p, 0) + slot.count["processed"]
+                self.retire(slot)
             if self.secondaries is not None:
                 if (sn, si) == (me, self.index):
                     self.secondaries.ensure(p, (nodes[pn][0], pi, gen), gen)
@@ -589,6 +594,8 @@ class Worker:
         self.stats.values[self._published_at] = [
             c[name] if name in c else nf.get(name[3:], 0) for name in self._published
         ]
+        for s in slots:
+            self.load.values[s.pair] = self.load_base.get(s.pair, 0) + s.count["processed"]
 
     # -- the loop ----------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -607,7 +614,7 @@ class Worker:
             if timeout_ms:
                 count["sleeps"] += 1
             ready = self.wait(timeout_ms)
-            now = time.monotonic_ns()
+            woke = now = time.monotonic_ns()
             self.refresh()
             if ready:
                 self.on_ready(ready)
@@ -631,6 +638,7 @@ class Worker:
                 timeout_ms = 0   # more may be waiting: look again before sleeping
             else:
                 timeout_ms = self.next_timeout_ms(now)   # a publish of dirty counters is one of its timers
+            count["busy_ns"] += time.monotonic_ns() - woke   # the load the controller sees (controller/load.py)
 
     def roles(self) -> list:
         return [s.role for s in self.slots.values() if s.role is not None]
