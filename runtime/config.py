@@ -74,6 +74,7 @@ class NodeSection:
     heartbeat_ms: int
     fabric: str          # base endpoint of the workers' packet sockets (from other nodes' io): worker i binds port + i
     replication: str     # base endpoint of the workers' replication sockets: worker i binds port + i
+    metrics: str = ""    # http://HOST:PORT of the Prometheus endpoint ("" = none)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,9 +178,12 @@ def parse_config(raw: dict, source: str = "<config>") -> NodeConfig:
     replication = p.str("replication", "")
     if replication:
         replication = p.url("replication", ("tcp",))
+    metrics = p.str("metrics", "")
+    if metrics:
+        metrics = p.url("metrics", ("http",))
     node = NodeSection(id=node_id, control=p.url("control", ("tcp", "ipc"), "tcp://127.0.0.1:7101"),
                        controller=controller, heartbeat_ms=p.int("heartbeat_ms", 10, min=1, max=10_000),
-                       fabric=fabric, replication=replication)
+                       fabric=fabric, replication=replication, metrics=metrics)
     p.check_unknown()
 
     p = _section(raw, "ingress", source)

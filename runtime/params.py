@@ -71,7 +71,7 @@ class Params:
         scheme, sep, rest = value.partition("://")
         if not sep or scheme not in schemes or not rest:
             raise self.error(key, f"expected {' or '.join(s + '://...' for s in schemes)}, got {value!r}")
-        if scheme in ("udp", "tcp"):
+        if scheme in ("udp", "tcp", "http"):
             try:
                 split_host_port(rest)
             except ValueError as exc:

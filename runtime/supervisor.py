@@ -425,6 +425,36 @@ class Supervisor:
         return bucketmove.serve(request, self.move_boxes[index], self.topo.move_files(index),
                                 self.worker_bells[index].ring)
 
+    # -- metrics --------------------------------------------------------------
+    metrics = None
+
+    def metric_families(self):
+        """Prometheus families, read from shared memory when scraped (README, "Metrics")."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        from deft.runtime.metrics import counter_families
+
+        node = self.topo.node_id
+        workers = [(i, self.stats[f"nf{i}"]) for i in sorted(self.load_blocks)] or [
+            (int(k[2:]), b) for k, b in self.stats.items() if k.startswith("nf")]
+        yield from counter_families("deft_worker", [({"node": node, "instance": f"nf{i}"}, b.as_dict())
+                                                    for i, b in workers], ["node", "instance"])
+        if "io" in self.stats:
+            yield from counter_families("deft_io", [({"node": node}, self.stats["io"].as_dict())], ["node"])
+        ring = GaugeMetricFamily("deft_worker_input_ring", "packets waiting in the worker's input ring",
+                                 labels=["node", "instance"])
+        per_pair = CounterMetricFamily("deft_pair_processed", "packets a worker processed as a pair's primary",
+                                       labels=["node", "instance", "pair"])
+        for i, _ in workers:
+            r = self.rings.get(self.topo.nf_ring(i))
+            ring.add_metric([node, f"nf{i}"], float(len(r)) if r is not None else 0.0)
+            block = self.load_blocks.get(i)
+            if block is not None:
+                for p in block.values.nonzero()[0].tolist():
+                    per_pair.add_metric([node, f"nf{i}", str(p)], float(block.values[p]))
+        yield ring
+        yield per_pair
+
     # -- drills ---------------------------------------------------------------
     def on_kill(self, request: dict) -> dict:
         """``{"cmd": "kill", "target": "nf0" | "io" | "node"}``: SIGKILL it ("ingress", "egress",
@@ -525,6 +555,13 @@ class Supervisor:
             self.log.info("node %s up: control %s, ingress %s, egress %s", self.topo.node_id,
                           self.config.node.control, self.config.ingress.listen, self.config.egress.send_to)
             self.heartbeats = Heartbeats(self) if self.config.node.controller else None
+            if self.config.node.metrics:
+                from deft.runtime.metrics import MetricsServer
+
+                try:
+                    self.metrics = MetricsServer(self.config.node.metrics, self.metric_families, self.log)
+                except OSError as exc:
+                    raise DeftError(f"{self.config.source}: [node] metrics {self.config.node.metrics}: {exc}") from None
             child_died = self.child_death_pipe()
             poller = zmq.Poller()
             poller.register(self.control.sock, zmq.POLLIN)
@@ -556,6 +593,8 @@ class Supervisor:
                 if self.pending_kill and time.monotonic() >= self.pending_kill[1]:
                     self.drill_kill(self.pending_kill[0])
         finally:
+            if self.metrics is not None:
+                self.metrics.close()
             self.stop_children()
             if self.heartbeats:
                 self.heartbeats.close()

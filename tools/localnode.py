@@ -291,14 +291,18 @@ class LocalCluster:
     def __init__(self, tmp: Path, tag: str, n_nodes: int = 2, *, replicate: bool = False,
                  miss_limit: int = 10, logs: bool = True, kind: str = "nat", params: dict | None = None,
                  instances: int = 2, raft: bool | dict = False, nf: dict | None = None,
-                 env: dict[int, dict] | None = None):
+                 env: dict[int, dict] | None = None, metrics: bool = False):
         """``kind``/``params``/``instances``/``nf`` (extra ``[nf]`` keys) choose the NF (NAT by
         default); ``raft`` gives every node a member of the global-state Raft (``[raft]``, members on
         free loopback ports, data in ``tmp``; a dict adds its keys, e.g. ``{"fsync": False}``);
-        ``env`` maps a node number (1-based) to extra environment variables of its processes."""
+        ``env`` maps a node number (1-based) to extra environment variables of its processes;
+        ``metrics`` gives the controller and every node a Prometheus endpoint (``metrics_urls``)."""
         self.tmp = tmp
         self.configs: list[Path] = []
         cfg = controller_config(heartbeat_ms=10, miss_limit=miss_limit, expect_nodes=n_nodes)
+        self.metrics_urls: list[str] = []   # controller first, then the nodes
+        if metrics:
+            cfg["controller"]["metrics"] = self._metrics_url()
         (tmp / f"{tag}-controller.toml").write_text(to_toml(cfg))
         self.ctl = LocalController.start(tmp / f"{tag}-controller.toml",
                                          tmp / f"{tag}-controller.log" if logs else None)
@@ -308,7 +312,7 @@ class LocalCluster:
         if params is None:
             params = {"public_ip": "203.0.113.1"} if kind == "nat" else {}
         self.settings = dict(tag=tag, cfg=cfg, kind=kind, params=params, instances=instances, raft=raft,
-                             replicate=replicate, nf=nf, logs=logs)
+                             replicate=replicate, nf=nf, logs=logs, metrics=metrics)
         for n in range(1, n_nodes + 1):
             self.nodes.append(self._start_node(n, (env or {}).get(n)))
 
@@ -319,6 +323,8 @@ class LocalCluster:
                 "fabric": f"tcp://127.0.0.1:{consecutive_ports(st['instances'])}"}
         if st["replicate"]:
             node["replication"] = f"tcp://127.0.0.1:{consecutive_ports(st['instances'])}"
+        if st["metrics"]:
+            node["metrics"] = self._metrics_url()
         # one public address for the cluster: a pair (and its port slice) moves between nodes on failover
         extra: dict[str, dict] = {"ingress": {"listen": "none"}} if n > 1 else {}
         if st["raft"]:
@@ -331,6 +337,11 @@ class LocalCluster:
         path = write_config(self.tmp / f"{node_id}.toml", conf)
         self.configs.append(path)
         return LocalNode.start(path, self.tmp / f"{node_id}.log" if st["logs"] else None, env)
+
+    def _metrics_url(self) -> str:
+        url = f"http://127.0.0.1:{free_port(socket.SOCK_STREAM)}"
+        self.metrics_urls.append(url + "/metrics")
+        return url
 
     def add_node(self) -> LocalNode:
         """Start one more node (no ingress) that joins the running cluster; it is ready when this returns."""

@@ -72,6 +72,7 @@ class ControllerConfig:
     fresh_grace_ms: int
     manage_routes: bool
     expect_nodes: int
+    metrics: str = ""          # http://HOST:PORT of the Prometheus endpoint ("" = none)
 
 
 def load_controller_config(path: str | Path) -> ControllerConfig:
@@ -95,6 +96,7 @@ def load_controller_config(path: str | Path) -> ControllerConfig:
         fresh_grace_ms=p.int("fresh_grace_ms", 500, min=0, max=600_000),
         manage_routes=p.bool("manage_routes", True),
         expect_nodes=p.int("expect_nodes", 1, min=1, max=1000),
+        metrics=p.url("metrics", ("http",)) if p.str("metrics", "") else "",
     )
     p.check_unknown()
     return cfg
@@ -244,6 +246,45 @@ class Controller:
         self.log.warning("drill: killed %s %s (pid %s)", what, ident, reply["pid"])
         return {"killed": ident, "pid": reply["pid"]}
 
+    metrics_status: dict | None = None
+
+    def metric_families(self):
+        """Prometheus families from the last status copy (README, "Metrics")."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        from deft.runtime.metrics import counter_families
+
+        st = self.metrics_status
+        if st is None:
+            return
+        yield from counter_families("deft_controller", [({}, st["controller"]["counters"])], [])
+        up = GaugeMetricFamily("deft_node_up", "1 if the node is up", labels=["node"])
+        for n in st["nodes"]:
+            up.add_metric([n["id"]], float(n["state"] == "up"))
+        yield up
+        inst = {name: GaugeMetricFamily(f"deft_instance_{name}", doc, labels=["instance"]) for name, doc in (
+            ("up", "1 if the instance is up and ready"), ("busy", "fraction of the time its loop worked"),
+            ("pps", "packets per second it processed as a primary"), ("input_ring", "packets in its input ring"))}
+        for i in st["instances"]:
+            inst["up"].add_metric([i["id"]], float(i["state"] == "up" and bool(i["ready"])))
+            for name in ("busy", "pps", "input_ring"):
+                inst[name].add_metric([i["id"]], float(i["load"][name]))
+        yield from inst.values()
+        pair = {name: GaugeMetricFamily(f"deft_pair_{name}", doc, labels=["pair"]) for name, doc in (
+            ("pps", "packets per second"), ("busy", "its share of its primary's busy time"),
+            ("input_ring", "packets in its primary's input ring"), ("buckets", "buckets routed to it"),
+            ("moving", "1 while a bucket move takes buckets from it or gives it some"))}
+        for p in st["pairs"]:
+            k = str(p["pair"])
+            for name in ("pps", "busy", "input_ring"):
+                pair[name].add_metric([k], float(p["load"][name]))
+            pair["buckets"].add_metric([k], float(p["buckets"]))
+            pair["moving"].add_metric([k], float(p["moving"]))
+        yield from pair.values()
+        running = GaugeMetricFamily("deft_operations_running", "planned operations running (0 or 1)")
+        running.add_metric([], float(any(op["state"] == "running" for op in st["operations"])))
+        yield running
+
     def usable(self) -> list[tuple[str, int]]:
         """Instances that can take a role now: up, ready, on a live node with a fabric."""
         draining = self.operations.draining
@@ -354,6 +395,15 @@ class Controller:
         from deft.runtime.controller.liveness import LivenessWatch
 
         self.liveness = LivenessWatch(self.zctx)
+        metrics = None
+        if self.cfg.metrics:
+            from deft.runtime.metrics import MetricsServer
+
+            try:
+                metrics = MetricsServer(self.cfg.metrics, self.metric_families, self.log)
+            except OSError as exc:
+                raise DeftError(f"{self.cfg.source}: [controller] metrics {self.cfg.metrics}: {exc}") from None
+        next_metrics = 0.0
         poller = zmq.Poller()
         poller.register(self.sub, zmq.POLLIN)
         poller.register(self.control.sock, zmq.POLLIN)
@@ -383,11 +433,18 @@ class Controller:
                 if self.cfg.manage_routes:
                     self.maybe_push_routes()
                     self.operations.advance(now_ms())
+                if metrics is not None and now_ms() >= next_metrics:   # scrapes read this copy (their thread)
+                    self.metrics_status, next_metrics = self.status({}), now_ms() + METRICS_EVERY_MS
         finally:
+            if metrics is not None:
+                metrics.close()
             self.liveness.close()
             self.sub.close()
             self.control.close()
             self.zctx.term()
+
+
+METRICS_EVERY_MS = 250.0
 
 
 def main(argv: list[str] | None = None) -> int:
