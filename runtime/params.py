@@ -44,10 +44,12 @@ class Params:
             raise self.error(key, f"must be <= {max}, got {value}")
         return value
 
-    def float(self, key: str, default: Any = None, *, min: float | None = None) -> float:
+    def float(self, key: str, default: Any = None, *, min: float | None = None, max: float | None = None) -> float:
         value = self._get(key, _REQUIRED if default is None else default, (int, float), "a number")
         if min is not None and value < min:
             raise self.error(key, f"must be >= {min}, got {value}")
+        if max is not None and value > max:
+            raise self.error(key, f"must be <= {max}, got {value}")
         return float(value)
 
     def str(self, key: str, default: Any = None) -> str:

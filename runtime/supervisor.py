@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import zmq
 
 from deft.runtime.config import NodeConfig
@@ -106,6 +107,7 @@ class Supervisor:
         self.sent_logs: list[SentLog] = []            # per unit: its recent sends to other nodes
         self.routes: Routes | None = None
         self.segments: list[tuple[str, object]] = []
+        self.bucket_load = None   # packets per bucket lately (the io's; the autoscaler asks: on_bucket_load)
         self.takeover_bells: dict[str, Doorbell] = {}
         self.ingress_socket: socket.socket | None = None  # bound here, so its queue outlives an io
         self.children: list[Child] = []
@@ -122,6 +124,11 @@ class Supervisor:
         removed = cleanup_node(topo.node_id)
         if removed:
             self.log.warning("removed %d leftover shared-memory objects of node %s", len(removed), topo.node_id)
+        self.bucket_load = None
+        if topo.has_ingress:
+            mm = create_segment(topo.bucket_load(), 8 * cfg.ingress.buckets)
+            self.segments.append((topo.bucket_load(), mm))
+            self.bucket_load = np.ndarray((cfg.ingress.buckets,), dtype=np.float64, buffer=mm)
         for u in topo.units:
             self._ring(topo.unit_ring(u), cfg.ingress.ring_slots)
             # the stamper's flow table outlives its unit process: a restarted unit continues every flow
@@ -160,6 +167,7 @@ class Supervisor:
         self.rings[name] = Ring.create(name, PACKET_DTYPE, slots)
 
     def close_shared(self) -> None:
+        self.bucket_load = None   # a view of its segment: released below
         if self.orphan_sink is not None:
             self.orphan_sink.close()
         for ring in self.rings.values():
@@ -414,6 +422,15 @@ class Supervisor:
         self.log.info("pair %d frozen on nf%d for a hand-over after batch %d", pair, index, batch)
         return {"frozen": True, "batch": batch}
 
+    def on_bucket_load(self, request: dict) -> dict:
+        """``{"cmd": "bucket_load"}``: packets per second of every bucket this node's ingress switched
+        lately (nonzero ones; none without an ingress), for the controller's autoscaler."""
+        if self.bucket_load is None:
+            return {"rates": {}}
+        load = self.bucket_load.copy()
+        busy = np.flatnonzero(load > 0.01)
+        return {"rates": {str(b): round(float(load[b]) / 2, 2) for b in busy.tolist()}}
+
     def on_move(self, request: dict) -> dict:
         """``{"cmd": "move", ...}``: a step of a bucket move for worker ``instance`` (``bucketmove.serve``)."""
         index = request.get("instance")
@@ -543,7 +560,7 @@ class Supervisor:
                 self.control = ControlServer(self.zctx, self.config.node.control,
                                              {"status": lambda req: node_status(self), "kill": self.on_kill,
                                               "set_routes": self.on_set_routes, "freeze": self.on_freeze,
-                                              "move": self.on_move,
+                                              "move": self.on_move, "bucket_load": self.on_bucket_load,
                                               "raft_transfer": self.on_raft_transfer},
                                              self.log,
                                              deferred={"global_get": self.on_global_get,

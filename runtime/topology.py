@@ -98,6 +98,11 @@ class Topology:
     def stamper_table(self, u: int) -> str:
         return self._name(f"stamper.u{u}")
 
+    def bucket_load(self) -> str:
+        """float64 per bucket: the packets the node's stamping units switched, halved every second
+        (about twice the packets per second of each bucket; the autoscaler's pick of hot buckets)."""
+        return self._name("bucketload")
+
     def commit_record(self, i: int) -> str:
         """Instance i's commit record: the replicated batches it released (supervisor-owned)."""
         return self._name(f"commit.nf{i}")

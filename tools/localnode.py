@@ -291,15 +291,17 @@ class LocalCluster:
     def __init__(self, tmp: Path, tag: str, n_nodes: int = 2, *, replicate: bool = False,
                  miss_limit: int = 10, logs: bool = True, kind: str = "nat", params: dict | None = None,
                  instances: int = 2, raft: bool | dict = False, nf: dict | None = None,
-                 env: dict[int, dict] | None = None, metrics: bool = False):
+                 env: dict[int, dict] | None = None, metrics: bool = False, controller: dict | None = None):
         """``kind``/``params``/``instances``/``nf`` (extra ``[nf]`` keys) choose the NF (NAT by
         default); ``raft`` gives every node a member of the global-state Raft (``[raft]``, members on
         free loopback ports, data in ``tmp``; a dict adds its keys, e.g. ``{"fsync": False}``);
         ``env`` maps a node number (1-based) to extra environment variables of its processes;
-        ``metrics`` gives the controller and every node a Prometheus endpoint (``metrics_urls``)."""
+        ``metrics`` gives the controller and every node a Prometheus endpoint (``metrics_urls``);
+        ``controller`` adds ``[controller]`` keys (e.g. the autoscaler's)."""
         self.tmp = tmp
         self.configs: list[Path] = []
         cfg = controller_config(heartbeat_ms=10, miss_limit=miss_limit, expect_nodes=n_nodes)
+        cfg["controller"].update(controller or {})
         self.metrics_urls: list[str] = []   # controller first, then the nodes
         if metrics:
             cfg["controller"]["metrics"] = self._metrics_url()

@@ -55,6 +55,7 @@ import zmq
 
 from deft.runtime import wire
 from deft.runtime.control import ControlServer
+from deft.runtime.controller.autoscale import AutoscaleConfig, Autoscaler, pick_buckets
 from deft.runtime.controller.view import ClusterView
 from deft.runtime.errors import ConfigError, DeftError, WireError
 from deft.runtime.params import Params
@@ -73,6 +74,7 @@ class ControllerConfig:
     manage_routes: bool
     expect_nodes: int
     metrics: str = ""          # http://HOST:PORT of the Prometheus endpoint ("" = none)
+    autoscale: AutoscaleConfig = AutoscaleConfig()
 
 
 def load_controller_config(path: str | Path) -> ControllerConfig:
@@ -97,6 +99,11 @@ def load_controller_config(path: str | Path) -> ControllerConfig:
         manage_routes=p.bool("manage_routes", True),
         expect_nodes=p.int("expect_nodes", 1, min=1, max=1000),
         metrics=p.url("metrics", ("http",)) if p.str("metrics", "") else "",
+        autoscale=AutoscaleConfig(
+            enabled=p.bool("autoscale", False), high=p.float("autoscale_high", 0.7, min=0.05, max=1.0),
+            dwell_ms=p.float("autoscale_dwell_ms", 2000.0, min=0.0, max=3_600_000.0),
+            cooldown_ms=p.float("autoscale_cooldown_ms", 10_000.0, min=0.0, max=3_600_000.0),
+            min_gain=p.float("autoscale_min_gain", 0.2, min=0.0, max=1.0)),
     )
     p.check_unknown()
     return cfg
@@ -131,6 +138,8 @@ class Controller:
         from deft.runtime.controller.operations import Operations
 
         self.operations = Operations(self, self.freeze_pair, log, ask=self.ask_node, clock=now_ms)
+        self.autoscaler = Autoscaler(cfg.autoscale)
+        self.next_autoscale_ms = 0.0
         self.zctx = zmq.Context()
         try:
             self.sub = make_socket(self.zctx, zmq.SUB, bind=cfg.heartbeats)
@@ -158,7 +167,7 @@ class Controller:
                                # event times are ms after this monotonic instant (CLOCK_MONOTONIC is
                                # system-wide: a local tool can line them up with its own clock)
                                "t0_monotonic_ns": _T0},
-                **self.view.status(now_ms()), **self.operations.status()}
+                **self.view.status(now_ms()), **self.operations.status(), "autoscale": self.autoscaler.status()}
 
     # -- planned operations (operations.py) ---------------------------------------------------------
     def rebalance(self, request: dict) -> dict:
@@ -188,6 +197,30 @@ class Controller:
         if not isinstance(to_pair, int) or isinstance(to_pair, bool) or not 0 <= to_pair < n_pairs:
             raise ValueError(f"to_pair must be a pair number 0..{n_pairs - 1}, got {to_pair!r}")
         return self.operations.start("move", None, now_ms(), buckets=buckets, to_pair=to_pair).report()
+
+    def autoscale(self, now: float) -> None:
+        """The autoscaler's look at the load per pair (``autoscale.py``); a move if it asks for one."""
+        if not self.assignment.placed:
+            return
+        busy = {k: self.view.load.pair_load(k, f"{p.primary[0]}/nf{p.primary[1]}")["busy"]
+                for k, p in enumerate(self.assignment.pairs) if p.primary is not None}
+        plan = self.autoscaler.tick(now, busy, self.operations.current is not None)
+        if plan is None:
+            return
+        rates: dict[int, float] = {}
+        for node in self.view.nodes.values():   # the ingress nodes know each bucket's packets lately
+            reply = self.ask_node(node.id, 0, {"cmd": "bucket_load"}) if node.state == "up" else None
+            for b, r in ((reply or {}).get("rates") or {}).items():
+                rates[int(b)] = rates.get(int(b), 0.0) + float(r)
+        own = [b for b, p in enumerate(self.assignment.buckets) if p == plan.source]
+        buckets = pick_buckets(plan, own, rates)
+        if not buckets:
+            return
+        op = self.operations.start("move", None, now, buckets=buckets, to_pair=plan.to)
+        op.origin = "autoscale"
+        self.autoscaler.started(now, plan, buckets, busy)
+        self.log.info("autoscale: pair %d busy %.2f, pair %d %.2f: moving %d of its %d buckets (operation %d)",
+                      plan.source, busy[plan.source], plan.to, busy[plan.to], len(buckets), len(own), op.id)
 
     def ask_node(self, node_id: str, instance: int, request: dict) -> dict | None:
         """A request to ``node_id``'s supervisor (None: not up, or no answer within 500 ms)."""
@@ -284,6 +317,14 @@ class Controller:
         running = GaugeMetricFamily("deft_operations_running", "planned operations running (0 or 1)")
         running.add_metric([], float(any(op["state"] == "running" for op in st["operations"])))
         yield running
+        auto = st["autoscale"]
+        wanted = GaugeMetricFamily("deft_autoscale_node_wanted", "1 if every pair is over the autoscaler's "
+                                   "threshold: no pair to move load to, a node would help")
+        wanted.add_metric([], float(auto["node_wanted"]))
+        yield wanted
+        moves = GaugeMetricFamily("deft_autoscale_moves", "bucket moves the autoscaler started")
+        moves.add_metric([], float(auto["moves"]))
+        yield moves
 
     def usable(self) -> list[tuple[str, int]]:
         """Instances that can take a role now: up, ready, on a live node with a fabric."""
@@ -433,6 +474,9 @@ class Controller:
                 if self.cfg.manage_routes:
                     self.maybe_push_routes()
                     self.operations.advance(now_ms())
+                    if now_ms() >= self.next_autoscale_ms:
+                        self.next_autoscale_ms = now_ms() + AUTOSCALE_EVERY_MS
+                        self.autoscale(now_ms())
                 if metrics is not None and now_ms() >= next_metrics:   # scrapes read this copy (their thread)
                     self.metrics_status, next_metrics = self.status({}), now_ms() + METRICS_EVERY_MS
         finally:
@@ -445,6 +489,7 @@ class Controller:
 
 
 METRICS_EVERY_MS = 250.0
+AUTOSCALE_EVERY_MS = 250.0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,6 +46,7 @@ class Operation:
     retry_at_ms: float = 0.0
     waiting_for: str | None = None   # why the current step waits (status)
     bucket_move: BucketMove | None = None   # a move's progress
+    origin: str = "operator"                # or "autoscale"
 
     def report(self) -> dict[str, Any]:
         out = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("retry_at_ms", "bucket_move")}

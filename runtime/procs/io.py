@@ -233,6 +233,7 @@ class IoProcess:
                 self.next_expiry = now + EXPIRY_NS
                 for unit in self.units:
                     unit.expire(now)
+                self.shared.decay_bucket_load()
             self.egress.latency.publish(self.stats, now)   # at most every 100 ms
             # After a round that moved packets, the select itself says whether more came (it returns at
             # once if so): a whole empty round to find out costs more than the syscall

@@ -233,6 +233,7 @@ class StampingUnit:
             self._v[self._i["table_full"]] += int((~ok).sum())
             batch, dest = batch[ok], dest[ok]
             dest2 = None if dest2 is None else dest2[ok]
+        np.add.at(self.io.bucket_load, buckets if ok.all() else buckets[ok], 1.0)
         if dest2 is not None:  # copies first: a local copy is in its ring before its original can be
             self.hand_on_copies(batch, dest2)   # processed and prepared (the secondary votes on both)
         self.hand_on(batch, dest)
@@ -356,6 +357,10 @@ class IoShared:
                           if self.replicate else [])
         self.bells = [FdBell.attach(topo.nf_bell(i)) for i in topo.instances]
         self.rung: set[int] = set()
+        # packets per bucket, halved every second (decay_bucket_load): the autoscaler's hot buckets
+        self._load_mm = attach_segment(topo.bucket_load()) if topo.has_ingress else None
+        self.bucket_load = (np.zeros(topo.config.ingress.buckets) if self._load_mm is None else
+                            np.ndarray((topo.config.ingress.buckets,), dtype=np.float64, buffer=self._load_mm))
         self._switch = Switch(self._snapshot(), len(self.in_rings), zctx, replicate=self.replicate)
 
     def _snapshot(self) -> RouteTables:
@@ -381,10 +386,17 @@ class IoShared:
             self.bells[k].ring()
         self.rung.clear()
 
+    def decay_bucket_load(self) -> None:
+        """Once a second: the per-bucket counts halve, so they stay about twice the recent rate."""
+        self.bucket_load *= 0.5
+
     def close(self) -> None:
         for r in self.in_rings + self.dup_rings:
             r.close()
         self.routes.close()
         self._switch.close()
+        self.bucket_load = None
+        if self._load_mm is not None:
+            release_segment(self._load_mm, self.topo.bucket_load(), False)
 
 

@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, metavar="S", help="stop sending after S seconds")
     p.add_argument("--size", type=int, default=128, metavar="BYTES",
                    help="inner Ethernet frame size (default 128)")
+    p.add_argument("--hot-flows", type=int, default=0, metavar="K",
+                   help="skew: the first K flows carry --hot-share of the packets (default 0: even)")
+    p.add_argument("--hot-share", type=float, default=0.5, metavar="S", help="share of the hot flows (default 0.5)")
     p.add_argument("--tcp-ratio", type=float, default=0.5, metavar="R", help="share of TCP flows (default 0.5)")
     p.add_argument("--vni", type=int, default=100, help="VXLAN network identifier (default 100)")
     p.add_argument("--seed", type=int, default=1, metavar="N", help="seed of addresses, ports and order")
@@ -92,6 +95,9 @@ def _validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--node: expected tcp://HOST:PORT, got {args.node!r}")
     checks = [
         (args.flows >= 1, f"--flows: must be at least 1, got {args.flows}"),
+        (0 <= args.hot_flows < max(args.flows, 1) or args.hot_flows == 0,
+         f"--hot-flows: must be 0..{args.flows - 1} (fewer than --flows), got {args.hot_flows}"),
+        (0.0 < args.hot_share < 1.0, f"--hot-share: must be between 0 and 1, got {args.hot_share}"),
         (args.rate >= 0, f"--rate: must be >= 0, got {args.rate:g}"),
         (args.packets is None or args.packets >= 1, f"--packets: must be at least 1, got {args.packets}"),
         (args.duration is None or args.duration > 0, f"--duration: must be > 0, got {args.duration}"),
@@ -163,7 +169,8 @@ def _build_plan(args: argparse.Namespace) -> PacketPlan:
         except OSError as exc:
             raise TrafficGenError(f"--pcap {args.pcap}: {exc.strerror or exc}") from None
     flows = make_flows(args.flows, args.tcp_ratio, args.seed)
-    return build_synthetic_plan(flows, args.packets, args.size, args.vni, args.seed)
+    return build_synthetic_plan(flows, args.packets, args.size, args.vni, args.seed,
+                                hot_flows=args.hot_flows, hot_share=args.hot_share)
 
 
 def _assemble_report(args: argparse.Namespace, plan: PacketPlan, log: SendLog, received: Received,

@@ -167,6 +167,12 @@ def _flow_templates(flow: Flow, frame_size: int, vni: int) -> list[Template]:
     return templates
 
 
+def _spread(packets: int, flows: int) -> np.ndarray:
+    counts = np.full(flows, packets // flows, dtype=np.int64)
+    counts[: packets % flows] += 1
+    return np.maximum(counts, 1)
+
+
 def _isns(flow: Flow) -> tuple[int, int]:
     """Client and server initial sequence numbers, derived from the 5-tuple (reproducible)."""
     rng = random.Random(hash((flow.src_ip, flow.dst_ip, flow.sport, flow.dport)) & 0xFFFFFFFF)
@@ -178,22 +184,30 @@ def _interleave(counts: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
     Sort key = round + a random fraction: rounds stay in order (so each flow's
     packets stay in order) while the flows' order varies from round to round.
+    Flows with more packets (``--hot-flows``) have shorter rounds (the key is
+    divided by the flow's count), so every flow's packets spread over the whole run.
     """
     total = int(counts.sum())
     flow = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
     starts = np.cumsum(counts) - counts
     seq = np.arange(total, dtype=np.int64) - np.repeat(starts, counts) + 1
     key = (seq - 1) + np.random.default_rng(seed).random(total)
+    if (counts != counts[0]).any():
+        key = key / counts[flow]
     order = np.argsort(key, kind="stable")
     return flow[order], seq[order]
 
 
 def build_synthetic_plan(flows: Sequence[Flow], packets: int, frame_size: int, vni: int,
-                         seed: int = 1) -> PacketPlan:
-    """Plan ``packets`` packets over ``flows``, spread evenly (the first flows get the remainder)."""
+                         seed: int = 1, hot_flows: int = 0, hot_share: float = 0.0) -> PacketPlan:
+    """Plan ``packets`` packets over ``flows``, spread evenly (the first flows get the remainder);
+    or ``hot_share`` of them over the first ``hot_flows`` flows and the rest over the others (skew)."""
     n_flows = len(flows)
-    counts = np.full(n_flows, packets // n_flows, dtype=np.int64)
-    counts[: packets % n_flows] += 1
+    if hot_flows and 0 < hot_flows < n_flows:
+        hot = int(packets * hot_share)
+        counts = np.concatenate([_spread(hot, hot_flows), _spread(packets - hot, n_flows - hot_flows)])
+    else:
+        counts = _spread(packets, n_flows)
     pkt_flow, pkt_seq = _interleave(counts, seed)
 
     templates: list[Template] = []
