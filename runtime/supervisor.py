@@ -328,6 +328,8 @@ class Supervisor:
             raise ValueError(str(exc)) from None
         for bell in self.bells:   # the workers and the io take the new roles now, not at their next wake-up
             bell.ring()
+        # kept as it came: a restarted controller takes its assignment back from it (on_get_routes)
+        self.routes_request = {k: v for k, v in request.items() if k != "cmd"}
         self.log.info("routes epoch %d installed: %d pairs over %d nodes", routes.epoch, len(routes.pairs),
                       len(routes.nodes))
         return {"epoch": routes.epoch}
@@ -421,6 +423,13 @@ class Supervisor:
             return {"frozen": False, "reason": reason, "retry": status in RETRY}
         self.log.info("pair %d frozen on nf%d for a hand-over after batch %d", pair, index, batch)
         return {"frozen": True, "batch": batch}
+
+    routes_request: dict | None = None
+
+    def on_get_routes(self, request: dict) -> dict:
+        """``{"cmd": "get_routes"}``: the last route set installed here, as the controller sent it (with
+        its ``controller_state``), or None."""
+        return {"routes": self.routes_request}
 
     def on_bucket_load(self, request: dict) -> dict:
         """``{"cmd": "bucket_load"}``: packets per second of every bucket this node's ingress switched
@@ -561,6 +570,7 @@ class Supervisor:
                                              {"status": lambda req: node_status(self), "kill": self.on_kill,
                                               "set_routes": self.on_set_routes, "freeze": self.on_freeze,
                                               "move": self.on_move, "bucket_load": self.on_bucket_load,
+                                              "get_routes": self.on_get_routes,
                                               "raft_transfer": self.on_raft_transfer},
                                              self.log,
                                              deferred={"global_get": self.on_global_get,

@@ -308,6 +308,7 @@ class LocalCluster:
         (tmp / f"{tag}-controller.toml").write_text(to_toml(cfg))
         self.ctl = LocalController.start(tmp / f"{tag}-controller.toml",
                                          tmp / f"{tag}-controller.log" if logs else None)
+        self._ctl_files = (tmp / f"{tag}-controller.toml", tmp / f"{tag}-controller.log" if logs else None)
         self.egress = f"udp://127.0.0.1:{free_port()}"
         self.nodes: list[LocalNode] = []
         self.members = {str(n): f"tcp://127.0.0.1:{free_port(socket.SOCK_STREAM)}" for n in range(1, n_nodes + 1)}
@@ -339,6 +340,20 @@ class LocalCluster:
         path = write_config(self.tmp / f"{node_id}.toml", conf)
         self.configs.append(path)
         return LocalNode.start(path, self.tmp / f"{node_id}.log" if st["logs"] else None, env)
+
+    def restart_controller(self, kill: bool = True) -> LocalController:
+        """SIGKILL (``kill``) or stop the controller and start it again on the same config; the new one
+        takes the assignment back from the nodes. Its log goes on in the same file."""
+        import signal
+
+        if kill and self.ctl.proc.poll() is None:
+            self.ctl.proc.send_signal(signal.SIGKILL)
+        self.ctl.stop()
+        config, log = self._ctl_files
+        if log is not None:
+            log = log.with_name(log.stem + f".{int(time.time() * 1000) % 100000}.log")
+        self.ctl = LocalController.start(config, log)
+        return self.ctl
 
     def _metrics_url(self) -> str:
         url = f"http://127.0.0.1:{free_port(socket.SOCK_STREAM)}"

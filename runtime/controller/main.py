@@ -337,6 +337,9 @@ class Controller:
         """Apply what happened since the last look (failures, returns, joins); True if the routes must change."""
         members = tuple(m for m in self.view.membership() if m[1])
         if not self.assignment.placed:
+            recovered = self.recover()
+            if recovered or recovered is None:
+                return bool(recovered)
             if len(members) < self.cfg.expect_nodes:
                 return False
             from deft.runtime.controller.placement import Assignment
@@ -364,6 +367,55 @@ class Controller:
         changed |= bool(self.assignment.fill(usable, now_ms(), self.view.survivors()))
         return changed or members != self.placed
 
+    recovering_since: float | None = None
+    recovery_done = False
+
+    def recover(self) -> bool | None:
+        """A controller (re)started beside nodes that already hold routes takes its assignment back
+        from them instead of placing afresh (which would undo every failover and move since, and
+        restart the pairs' state): the newest route set any live node holds, with the drained nodes
+        and the running operation that ride on it. It waits ``RECOVER_BEATS`` heartbeats after the
+        first node beat, so every live node is heard from; a node the route set uses that has not beaten by
+        then is taken as failed (its pairs fail over, as for a node that died while no controller
+        watched). True: recovered; False: nothing to take back (a new cluster: place it); None: wait."""
+        if self.recovery_done:
+            return False
+        if not self.view.nodes:
+            return None
+        now = now_ms()
+        if self.recovering_since is None:
+            self.recovering_since = now
+        if now - self.recovering_since < max(100.0, RECOVER_BEATS * self.cfg.heartbeat_ms):
+            return None
+        from deft.runtime.control import query_all
+        from deft.runtime.controller.placement import Assignment
+
+        up = {n.id: n.control for n in self.view.nodes.values() if n.state == "up"}
+        replies = query_all(up, {"cmd": "get_routes"}, 500)
+        held = [r["routes"] for r in replies.values() if r and r.get("ok") and r.get("routes")]
+        self.recovery_done = True
+        if not held:
+            return False
+        newest = max(held, key=lambda r: r["epoch"])
+        try:
+            assignment = Assignment.from_request(newest, self.cfg.fresh_grace_ms)
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            self.log.error("cannot take the assignment back from the nodes' routes (%s); placing afresh", exc)
+            return False
+        self.assignment = assignment
+        self.routes_epoch = max(self.routes_epoch, int(newest["epoch"]))
+        usable = self.usable()
+        for node in sorted(assignment.nodes_used() - set(up)):
+            self.log.warning("node %s is in the routes but silent since the controller started: failed", node)
+            self.handled_nodes.add(node)
+            assignment.node_failed(node, usable, now, None)
+        op = self.operations.recover(newest.get("controller_state") or {}, now)
+        self.log.warning("took the assignment back from the nodes' routes (epoch %d: %d pairs over %s)%s",
+                         newest["epoch"], len(assignment.pairs), ", ".join(sorted(assignment.nodes_used())),
+                         f"; operation {op.kind} started again" if op else "")
+        self.view.record(now, "assignment_recovered", epoch=newest["epoch"])
+        return True
+
     def maybe_push_routes(self) -> None:
         """Push a new route set when the assignment changed (or the last push failed), with a new epoch."""
         if self.update_assignment():
@@ -376,6 +428,7 @@ class Controller:
         self.routes_epoch = max(self.routes_epoch, self.view.max_routes_epoch()) + 1
         endpoints = {n.id: (n.fabric, n.replication) for n in self.view.nodes.values()}
         request = self.assignment.request(self.routes_epoch, endpoints, {m[0] for m in members})
+        request["controller_state"] = self.operations.persistent()   # a restarted controller reads it back
         # to every member at once: a stalled node costs one timeout, and other nodes' failures are seen
         # sooner (sent one by one, a push blocked the loop 500 ms per silent node)
         replies = query_all({m[0]: self.view.nodes[m[0]].control for m in members}, request, 500)
@@ -489,6 +542,7 @@ class Controller:
 
 
 METRICS_EVERY_MS = 250.0
+RECOVER_BEATS = 4   # a restarted controller hears every live node (4 beats) before it takes the routes back
 AUTOSCALE_EVERY_MS = 250.0
 
 

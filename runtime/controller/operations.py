@@ -189,6 +189,26 @@ class Operations:
             self.log.info("operation %d (%s) done: %d steps, %d hand-overs, %.0f ms", op.id, op.kind, op.steps,
                           op.hand_overs, now_ms - op.started_ms)
 
+    def persistent(self) -> dict[str, Any]:
+        """What a restarted controller needs to go on (it rides on every route set: ``recover``)."""
+        op = self.current
+        running = None
+        if op is not None:
+            running = {"kind": op.kind, "node": op.node}
+            if op.bucket_move is not None:
+                running.update(buckets=op.bucket_move.buckets, to_pair=op.bucket_move.to_pair)
+        return {"draining": sorted(self.draining), "operation": running}
+
+    def recover(self, state: dict[str, Any], now_ms: float) -> Operation | None:
+        """Take back what ``persistent`` said: the drained nodes, and the operation that ran (started
+        again: each of its steps is planned from the assignment as it is, so it goes on where it was)."""
+        self.draining = set(state.get("draining") or [])
+        running = state.get("operation")
+        if not running:
+            return None
+        return self.start(running["kind"], running.get("node"), now_ms, buckets=running.get("buckets"),
+                          to_pair=running.get("to_pair"))
+
     def moving_pairs(self) -> set[int]:
         """The pairs a running bucket move is taking buckets from or giving them to now."""
         op = self.current

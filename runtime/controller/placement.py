@@ -62,6 +62,18 @@ class Assignment:
     def placed(self) -> bool:
         return bool(self.pairs)
 
+    @classmethod
+    def from_request(cls, req: dict[str, Any], fresh_grace_ms: float = 0.0) -> "Assignment":
+        """The assignment a ``set_routes`` request carried (a restarted controller takes it back from
+        the nodes: the route set they hold is the assignment it pushed last)."""
+        names = [str(n[0]) for n in req["nodes"]]
+        a = cls(len(req["buckets"]), fresh_grace_ms)
+        for pn, pi, sn, si, *rest in req["pairs"]:
+            decision, generation = (rest[0], rest[1]) if len(rest) == 2 else (FRESH, req["epoch"])
+            a.pairs.append(Pair((names[pn], pi), (names[sn], si) if sn != NONE else None, decision, generation))
+        a.buckets = [int(b) for b in req["buckets"]]
+        return a
+
     def place(self, instances: dict[str, int]) -> None:
         """First placement: every instance the primary of a pair, its secondary the same index on the next node."""
         nodes = sorted(instances)

@@ -104,3 +104,21 @@ def test_one_operation_at_a_time_and_undrain_only_when_not_draining():
     run(ops, ctl)
     ops.undrain("n1")
     assert ops.draining == set() and ops.status()["operations"][0]["state"] == "done"
+
+
+def test_what_rides_on_the_routes_brings_a_restarted_controller_back_to_its_operation():
+    ctl, ops = make({"n1": 2, "n2": 2, "n3": 2}, lambda *a: {"ok": True, "frozen": True, "batch": 1})
+    ops.start("drain", "n2", 0.0)
+    state = ops.persistent()
+    assert state == {"draining": ["n2"], "operation": {"kind": "drain", "node": "n2"}}
+    ctl2, ops2 = make({"n1": 2, "n2": 2, "n3": 2}, lambda *a: {"ok": True, "frozen": True, "batch": 1})
+    op = ops2.recover(state, 5.0)
+    assert op.kind == "drain" and op.node == "n2" and ops2.draining == {"n2"}
+    ctl3, ops3 = make({"n1": 2, "n2": 2, "n3": 2}, lambda *a: None)
+    assert ops3.recover({"draining": ["n3"], "operation": None}, 6.0) is None and ops3.draining == {"n3"}
+
+
+def test_a_move_rides_on_the_routes_with_its_buckets():
+    ctl, ops = make({"n1": 2, "n2": 2}, lambda *a: None)
+    ops.start("move", None, 0.0, buckets=[3, 1, 2], to_pair=2)
+    assert ops.persistent()["operation"] == {"kind": "move", "node": None, "buckets": [1, 2, 3], "to_pair": 2}
