@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cluster.wait_ready()
         gen = start_traffic(cluster, tmp / "report.json", args.flows, args.rate, 7.0)
+        t_gen = time.monotonic()   # about when the generator's clock starts (its timeline is relative to it)
         try:
             time.sleep(1.0)
             t = time.monotonic()
@@ -44,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
             wait_for(cluster, lambda st: any(i["id"].startswith(node4.node_id) and i["state"] == "up"
                                              for i in st["instances"]), timeout=15)
             joined_s = time.monotonic() - t
+            scale_out = [time.monotonic() - t_gen]
             ops.append(("rebalance after a join", run_operation(cluster, {"cmd": "rebalance"})))
+            scale_out.append(time.monotonic() - t_gen)
             drained = cluster.nodes[1].node_id
             ops.append((f"drain {drained}", run_operation(cluster, {"cmd": "drain", "node": drained})))
             query(cluster.ctl.control, {"cmd": "undrain", "node": drained}, 3000)
@@ -62,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         "traffic": {k: report[k] for k in ("sent", "received", "lost", "duplicated", "reordered", "remapped_flows")},
         "latency_us": report["latency_us"],
         "timeline_p50_us_max": max(timeline, default=None),
+        # packets per 100 ms from half a second before the rebalance to a second after (scale-out 3 -> 4)
+        "scale_out_timeline": [{"t_ms": b["t_ms"], "sent": b["sent"], "received": b["received"],
+                                "p50_us": b["p50_us"], "p99_us": b.get("p99_us")} for b in report["timeline"]
+                               if scale_out[0] * 1000 - 500 <= b["t_ms"] <= scale_out[1] * 1000 + 1000],
+        "scale_out_window_ms": [round(x * 1000) for x in scale_out],
     }
     for o in out["operations"]:
         print(f"{o['what']:28s} {o['state']:6s} {o['ms']} ms  {o['steps']} steps  {o['hand_overs']} hand-overs"
@@ -72,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
           f"duplicated {t['duplicated']} reordered {t['reordered']} remapped flows {t['remapped_flows']}")
     print(f"latency p50 {lat['p50'] / 1000:.2f} ms p99 {lat['p99'] / 1000:.2f} ms; highest 100 ms p50 "
           f"{(out['timeline_p50_us_max'] or 0) / 1000:.2f} ms")
+    w = out["scale_out_window_ms"]
+    print(f"scale-out 3 -> 4 nodes (rebalance from about {w[0]} to {w[1]} ms of the traffic), per 100 ms:")
+    for b in out["scale_out_timeline"]:
+        print(f"  {b['t_ms']:>6} ms  sent {b['sent']:>4}  received {b['received']:>4}  p50 "
+              f"{(b['p50_us'] or 0) / 1000:6.2f} ms  p99 {(b['p99_us'] or 0) / 1000:6.2f} ms")
     if args.json:
         args.json.write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2))
     bad = t["lost"] or t["duplicated"] or t["reordered"] or t["remapped_flows"] or any(

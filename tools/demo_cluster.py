@@ -10,7 +10,8 @@ shows what the traffic saw (lost, duplicated, reordered, NAT mappings
 changed), how long each failover took, and the cluster as the controller
 sees it afterwards. A fourth node joins before the traffic and takes pairs when,
 after the node kill, a rebalance spreads the primaries over the live nodes again
-(planned hand-overs under traffic).
+(planned hand-overs under traffic); then buckets 100-199 move to pair 3 with their
+flows' state (a bucket move) and the fourth node is drained again.
 """
 
 from __future__ import annotations
@@ -69,6 +70,17 @@ def main(argv: list[str] | None = None) -> int:
             op = run_operation(cluster, {"cmd": "rebalance"}, timeout=30.0)   # the survivors took the dead node's primaries: spread them again
             print(f"== rebalance over the live nodes: {op['state']} in {op['finished_ms'] - op['started_ms']:.0f} ms, "
                   f"{op['hand_overs']} planned hand-overs (frozen primary, nothing in doubt)"
+                  + (f": {op['error']}" if op.get("error") else ""))
+            st = cluster.ctl.status()
+            print(f"   {spare.node_id} now serves pairs {sorted(p['pair'] for p in st['pairs'] if p['primary'].startswith(spare.node_id + '/'))} as primary")
+            op = run_operation(cluster, {"cmd": "move", "buckets": list(range(100, 200)), "to_pair": 3}, timeout=30.0)
+            m = op.get("move") or {}
+            print(f"== move --buckets 100-199 --to-pair 3: {op['state']} in {op['finished_ms'] - op['started_ms']:.0f} ms, "
+                  f"{m.get('flows_moved', 0)} flows with their state, from {m.get('legs_done', 0)} pairs"
+                  + (f": {op['error']}" if op.get("error") else ""))
+            op = run_operation(cluster, {"cmd": "drain", "node": spare.node_id}, timeout=30.0)
+            print(f"== drain {spare.node_id}: {op['state']} in {op['finished_ms'] - op['started_ms']:.0f} ms, "
+                  f"{op['hand_overs']} planned hand-overs; it serves nothing now"
                   + (f": {op['error']}" if op.get("error") else ""))
             gen.wait(args.seconds + 60)
             wait_for(cluster, healthy)
