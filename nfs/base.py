@@ -339,12 +339,21 @@ class NetworkFunction:
         """
         raise NotImplementedError
 
+    def movable(self, table: FlowTable, rows: np.ndarray) -> np.ndarray:
+        """Of ``rows`` (a bucket move's flows), those that go with their buckets (all, unless the NF
+        keeps rows of its own that are not flows: the NAT's lent and owned ports)."""
+        return rows
+
     def moved_out(self, table: FlowTable, rows: np.ndarray) -> None:
         """The flows in ``rows`` moved to another pair with their state (a bucket move): forget them.
 
-        An NF whose flows hold something instance-wide that the new owner keeps using (the
-        NAT's public ports) overrides this to keep a placeholder instead."""
+        An NF whose flows hold something instance-wide that goes with them (the NAT's public
+        ports) overrides this to keep track of it."""
         table.remove(rows)
+
+    def moved_in(self, table: FlowTable, rows: np.ndarray) -> None:
+        """Flows came in ``rows`` with their state (a bucket move's import)."""
+        self.rebuild(table)
 
     def rebuild(self, table: FlowTable) -> None:
         """Recompute instance-wide structures from the table (after a state import)."""

@@ -57,20 +57,29 @@ the same flow). They are forwarded unchanged. Inbound translation (packets
 addressed to public_ip:port back to the private endpoint) would need a lookup
 by public port, which the flow key does not provide: a known limitation.
 
-Moved flows. A flow whose bucket moves to another pair keeps its port (it is in
-the old pair's slice, so the new pair's pool never hands it out). The old pair
-keeps a placeholder row for it (``moved_out``: its row stays, dated
-``PLACEHOLDER_NS`` so that no expiry ever takes it), so its pool does not hand
-the port to another flow while the moved one may still use it. If the bucket
-comes back, the flow's row comes back over the placeholder. The cost: a port
-whose flow ends at the new pair stays held at the old one (see the weak spots
-in docs/ARCHITECTURE.md).
+Moved flows: a port goes with its flow. A flow whose bucket moves to another
+pair keeps its port, and the port's ownership moves with it, so every port is
+either held by one live flow or free at exactly one pair, and none is lost:
+
+* the old pair forgets the flow and keeps a *lent* row for its port
+  (``moved_out``): a row of its own (flow id ``LENT | port``) that holds the
+  port for ever, so its pool never hands it out again;
+* the new pair holds the port with the flow; when the flow ends there, a port
+  from another pair's slice becomes an *owned* row (flow id ``OWNED | port``):
+  free, and handed to a new flow once the pair's own slice is used up;
+* a flow that moves back brings its port home: the lent row goes (``moved_in``).
+
+These rows are rows like any other, so they are replicated with the state
+clock and survive a take-over; they never move with a bucket (``movable``),
+and no expiry takes them (they are dated ``PLACEHOLDER_NS``).
 
 Other limits. ICMP flows are keyed by addresses only, so two concurrent echo
 sessions between the same hosts share one identifier mapping.
 """
 
 from __future__ import annotations
+
+import bisect
 
 import numpy as np
 
@@ -80,7 +89,10 @@ from deft.runtime.dataplane.packet import DROP
 
 _NS = 1_000_000_000
 _MAX_TIMEOUT_S = 366 * 86400      # keeps last_ns + timeout far inside uint64
-PLACEHOLDER_NS = 1 << 62          # "newest packet" of a moved-out flow's placeholder: never idle
+PLACEHOLDER_NS = 1 << 62          # "newest packet" of a lent or owned row: never idle
+LENT = 1 << 62                    # flow id LENT | port: a port given away with its flow
+OWNED = 1 << 61                   # flow id OWNED | port: another pair's port, free here
+SYNTHETIC = OWNED                 # real flow ids are far below (stamping units: (u + 1) << 40 | k)
 
 
 class Nat(NetworkFunction):
@@ -109,6 +121,7 @@ class Nat(NetworkFunction):
         # Instance-wide structures, derived from the table (see rebuild):
         self._free = np.ones(self.n_ports, bool)     # port_lo + k is held by no live flow
         self._n_free = self.n_ports
+        self._owned: list[int] = []                 # other pairs' ports free here (owned rows), sorted
         self._cutoff = -1                           # flows idle before this are already gone
         self._table_len = 0                         # len(table) after our last batch
 
@@ -172,15 +185,23 @@ class Nat(NetworkFunction):
         if len(old):
             old = old[~np.isin(old, rows)]     # their own packets decide (see _assign)
         if len(old):
-            self._release(st["port"][old])
+            ports = st["port"][old].copy()
             table.remove(old)
+            self._release(table, ports)
             self.stats["expired"] += len(old)
 
-    def _release(self, ports: np.ndarray) -> None:
-        k = ports.astype(np.int64) - self.port_lo
-        k = np.unique(k[(k >= 0) & (k < self.n_ports)])   # migrated-in flows' ports are not ours
+    def _release(self, table: FlowTable, ports: np.ndarray) -> None:
+        """Ports whose flows ended here: our own slice's are free again, another pair's become ours."""
+        ports = ports[ports != 0].astype(np.int64)
+        k = ports - self.port_lo
+        mine = (k >= 0) & (k < self.n_ports)
+        k = np.unique(k[mine])
         self._n_free += int(np.count_nonzero(~self._free[k]))
         self._free[k] = True
+        for port in np.unique(ports[~mine]).tolist():   # moved in with its flow: owned here from now on
+            if table.row_of(OWNED | port) < 0:
+                _hold(table, OWNED | port, port)
+                bisect.insort(self._owned, port)
 
     def _assign(self, batch, rows, need_idx, table, ctx) -> list[int] | None:
         """Give a port to every flow that needs one, in order of first appearance.
@@ -193,13 +214,15 @@ class Nat(NetworkFunction):
         firsts = need_idx[first[order]]
         starts = ctx.random_u32(batch["flow_id"][firsts]) % np.uint32(self.n_ports)
         dead = []
+        ended = []
         for row, i, start in zip(uniq[order].tolist(), firsts.tolist(), starts.tolist()):
             if st["port"][row]:
                 # Idle past the timeout: the old mapping ends, the flow chooses afresh.
                 self.stats["expired"] += 1
-                self._release(st["port"][row:row + 1])
+                ended.append(int(st["port"][row]))
+                self._release_own(int(st["port"][row]))
                 st["port"][row] = 0
-            port = self._take(start)
+            port = self._take(table, start)
             if port == 0:
                 dead.append(row)
                 continue
@@ -208,12 +231,28 @@ class Nat(NetworkFunction):
             st["init_dir"][row] = batch["direction"][i]
             st["last_ns"][row] = t
             self.stats["new_flows"] += 1
+        foreign = [p for p in ended if not self._is_own(p)]
+        if foreign:   # after the loop: new rows may reallocate the table's arrays
+            self._release(table, np.array(foreign, np.int64))
         return dead or None
 
-    def _take(self, start: int) -> int:
-        """Take the first free port at or after slot ``start``, cyclically; 0 if none."""
+    def _is_own(self, port: int) -> bool:
+        return 0 <= port - self.port_lo < self.n_ports
+
+    def _release_own(self, port: int) -> None:
+        if self._is_own(port) and not self._free[port - self.port_lo]:
+            self._free[port - self.port_lo] = True
+            self._n_free += 1
+
+    def _take(self, table: FlowTable, start: int) -> int:
+        """Take the first free port of our slice at or after slot ``start``, cyclically; when the slice
+        is used up, the lowest port we own from another pair; 0 if none."""
         if self._n_free == 0:
-            return 0
+            if not self._owned:
+                return 0
+            port = self._owned.pop(0)
+            table.remove(np.array([table.row_of(OWNED | port)], np.int64))
+            return port
         free = self._free
         k = start + int(free[start:].argmax())      # argmax stops at the first True
         if not free[k]:
@@ -225,22 +264,48 @@ class Nat(NetworkFunction):
         self._n_free -= 1
         return self.port_lo + k
 
+    def movable(self, table: FlowTable, rows: np.ndarray) -> np.ndarray:
+        """Flows move with their buckets; lent and owned rows stay (they are this pair's)."""
+        return rows[table.flow_ids[rows] < SYNTHETIC]
+
     def moved_out(self, table: FlowTable, rows: np.ndarray) -> None:
-        """Keep the moved flows' rows as placeholders that hold their ports (see Moved flows)."""
-        if len(rows):
-            table.state["last_ns"][rows] = PLACEHOLDER_NS
-            table.last_ns[rows] = PLACEHOLDER_NS
-            table.mark_changed(rows)
+        """The flows went with their ports: forget them, keep a lent row per port (see Moved flows)."""
+        ports = table.state["port"][rows].astype(np.int64)
+        table.remove(rows)
+        for port in np.unique(ports[ports != 0]).tolist():
+            _hold(table, LENT | port, port)
+        self.rebuild(table)
+
+    def moved_in(self, table: FlowTable, rows: np.ndarray) -> None:
+        """Flows came with their ports: a port this pair had lent comes home (its lent row goes)."""
+        ports = np.unique(table.state["port"][rows])
+        lent = [table.row_of(LENT | int(p)) for p in ports.tolist() if p]
+        lent = [r for r in lent if r >= 0]
+        if lent:
+            table.remove(np.array(lent, np.int64))
+        self.rebuild(table)
 
     def rebuild(self, table: FlowTable) -> None:
         """Recompute the free ports from the table (after a state import)."""
         live = table.live_rows()
-        k = table.state["port"][live].astype(np.int64) - self.port_lo
+        ids = table.flow_ids[live]
+        ports = table.state["port"][live].astype(np.int64)
+        owned = (ids & np.uint64(OWNED)) != 0      # (a lent row's id has the LENT bit only)
+        k = ports[~owned] - self.port_lo
         self._free.fill(True)
         self._free[k[(k >= 0) & (k < self.n_ports)]] = False   # port 0 rows fall out here too
         self._n_free = int(np.count_nonzero(self._free))
+        self._owned = sorted(ports[owned].tolist())
         self._cutoff = -1                 # scan at the next batch: finds nothing, or what is due
         self._table_len = len(table)
+
+
+def _hold(table: FlowTable, flow_id: int, port: int) -> None:
+    """A lent or owned row: the port, dated so that no expiry ever takes it."""
+    rows, _ = table.rows_for(np.array([flow_id], np.uint64))
+    table.state["port"][rows] = port
+    table.state["last_ns"][rows] = PLACEHOLDER_NS
+    table.last_ns[rows] = PLACEHOLDER_NS
 
 
 def _port_range(params: Params, value: list) -> tuple[int, int]:

@@ -22,7 +22,7 @@ and rings its bell:
 3. the controller switches S to B in the routes (a new epoch). A, taking the
    routes up, forwards what it held of S to B (with copies for B's secondary:
    they never went there) and hands its rows of S to the NF's ``moved_out``
-   (forgotten, or kept as placeholders: the NAT keeps the moved flows' ports).
+   (forgotten; the NAT keeps a "lent" row per port, which went with its flow).
    Any packet of S that still reaches A (or a replica of A's that takes over
    later: its buffered copies of what A held) is forwarded the same way
    (``Worker.divert``). B's ordering puts the forwarded packets before the
@@ -259,7 +259,7 @@ class Mover:
     def export(self, slot, out: MoveOut) -> None:
         """S's rows and nextExpectedPktID, in the ack file (answered DONE)."""
         table, ne = slot.table, slot.ordering.next_expected
-        rows = table.rows_in_buckets(out.mask, len(out.mask))
+        rows = slot.nf.movable(table, table.rows_in_buckets(out.mask, len(out.mask)))
         records = table.export_rows(rows)
         flows = [f for f in table.flow_ids[rows].tolist() if f in ne]
         write_file(self.ack_path, pack(records=records, flows=np.array(flows, dtype=np.uint64),
@@ -290,7 +290,7 @@ class Mover:
             return BAD_REQUEST
         flows, nexts = req["flows"].astype(np.uint64), req["nexts"].astype(np.uint64)
         slot.table.import_records(records)
-        slot.nf.rebuild(slot.table)
+        slot.nf.moved_in(slot.table, np.array([slot.table.row_of(f) for f in records["flow_id"].tolist()], np.int64))
         slot.ordering.next_expected.update(zip(flows.tolist(), nexts.tolist()))
         guarded = slot.ordering.guarded
         slot.ordering.guarded = mask if guarded is None else (guarded | mask)
@@ -344,7 +344,7 @@ class Mover:
             if out.held:
                 self.worker.forward_moved(to, out.held)
             failpoint("worker_move_switched")   # tests: die right after forwarding what it held (maybe still queued)
-            rows = slot.table.rows_in_buckets(out.mask, len(out.mask))
+            rows = slot.nf.movable(slot.table, slot.table.rows_in_buckets(out.mask, len(out.mask)))
             flows = slot.table.flow_ids[rows].tolist()
             slot.nf.moved_out(slot.table, rows)
             slot.ordering.forget(flows)

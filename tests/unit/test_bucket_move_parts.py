@@ -1,7 +1,7 @@
 """The pieces a bucket move rests on (runtime/procs/bucketmove.py): a flow's bucket kept in its table
 row and replicated with it, the ordering unit's guard for moved-in buckets and its per-bucket
-hand-back of waiting packets, the NAT's placeholders that keep a moved flow's port from being
-handed out twice, and the payloads' checks."""
+hand-back of waiting packets, the NAT's lent rows that keep a moved flow's port from being handed
+out twice (tests/unit/test_nat_ownership.py simulates many pairs), and the payloads' checks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from deft.nfs.base import FlowTable
-from deft.nfs.nat import PLACEHOLDER_NS
+from deft.nfs.nat import LENT
 from deft.runtime.dataplane.ordering import OrderingUnit
 from deft.runtime.dataplane.packet import PACKET_DTYPE, empty_batch
 from deft.runtime.procs.bucketmove import bucket_mask, pack, unpack
@@ -56,22 +56,26 @@ def test_waiting_packets_of_some_buckets_are_handed_back_in_seq_order():
     assert list(unit.pending) == [2] and unit.pending_count == 1
 
 
-def test_a_moved_flows_port_stays_held_at_its_old_pair_and_comes_back_with_it():
+def test_a_moved_flows_port_stays_lent_at_its_old_pair_and_comes_home_with_it():
     nf, table = nat(ports=(10000, 10003), timeout=60)      # a 4-port pool
     flows = Flows()
     run(nf, table, flows.batch(out_pkts(4), ts=S))
     ports = sorted(table.state["port"][table.live_rows()].tolist())
     moved = table.row_of(flows.ids[next(iter(flows.ids))])
     port = int(table.state["port"][moved])
-    nf.moved_out(table, np.array([moved]))
-    # long after every timeout, the placeholder still holds the port: new flows do not get it
+    record = table.export_rows(np.array([moved]))
+    nf.moved_out(table, nf.movable(table, np.array([moved])))
+    assert table.row_of(LENT | port) >= 0 and table.row_of(int(record["flow_id"][0])) < 0
+    # long after every timeout, the lent row still holds the port: a new flow does not get it
     run(nf, table, flows.batch(out_pkts(3, first=1), ts=1000 * S))   # the other 3 flows, kept alive
-    assert table.last_ns[moved] == PLACEHOLDER_NS
-    fresh = flows.batch(out_pkts(1, first=50), ts=1001 * S)
-    run(nf, table, fresh)
-    assert nf.stats["no_port"] == 1                                # the pool is full: the placeholder holds one
+    run(nf, table, flows.batch(out_pkts(1, first=50), ts=1001 * S))
+    assert nf.stats["no_port"] == 1                                 # the pool is full
     assert sorted(table.state["port"][table.live_rows()].tolist()) == ports
-    # the flow returns (its bucket moved back with its row): it keeps its port
+    # the flow's bucket moves back with its row: the port comes home, the flow keeps it
+    record["last_ns"] = record["state"]["last_ns"] = 1001 * S
+    table.import_records(record)
+    nf.moved_in(table, np.array([table.row_of(int(record["flow_id"][0]))]))
+    assert table.row_of(LENT | port) < 0
     back = flows.batch(out_pkts(1), ts=1002 * S)
     run(nf, table, back)
     assert int(table.state["port"][table.row_of(back["flow_id"][0])]) == port
