@@ -319,7 +319,7 @@ class LocalCluster:
         for n in range(1, n_nodes + 1):
             self.nodes.append(self._start_node(n, (env or {}).get(n)))
 
-    def _start_node(self, n: int, env: dict | None = None) -> LocalNode:
+    def _start_node(self, n: int, env: dict | None = None, nf: dict | None = None) -> LocalNode:
         st = self.settings
         node_id = f"{st['tag']}{os.getpid()}n{n}"
         node = {"controller": st["cfg"]["controller"]["heartbeats"],
@@ -335,7 +335,8 @@ class LocalCluster:
             extra["raft"] = {"id": n, "members": self.members, "data_dir": str(self.tmp / f"{node_id}-raft"),
                              **(raft if isinstance(raft, dict) else {})}
         conf = node_config(node_id, st["kind"], st["instances"], dict(st["params"]), node=node,
-                           egress={"send_to": self.egress}, nf={"replicate": st["replicate"], **(st["nf"] or {})},
+                           egress={"send_to": self.egress},
+                           nf={"replicate": st["replicate"], **(st["nf"] or {}), **(nf or {})},
                            **extra)
         path = write_config(self.tmp / f"{node_id}.toml", conf)
         self.configs.append(path)
@@ -360,11 +361,12 @@ class LocalCluster:
         self.metrics_urls.append(url + "/metrics")
         return url
 
-    def add_node(self) -> LocalNode:
-        """Start one more node (no ingress) that joins the running cluster; it is ready when this returns."""
+    def add_node(self, env: dict | None = None, nf: dict | None = None) -> LocalNode:
+        """Start one more node (no ingress) that joins the running cluster; it is ready when this returns.
+        ``env``: extra environment variables of its processes; ``nf``: extra ``[nf]`` keys."""
         if self.settings["raft"]:
             raise ValueError("add_node: Raft members join through raft_member, not here")
-        node = self._start_node(len(self.nodes) + 1)
+        node = self._start_node(len(self.nodes) + 1, env, nf)
         self.nodes.append(node)
         node.wait_ready()
         return node

@@ -41,7 +41,10 @@ from deft.runtime.procs.pairslot import GLOBAL_WINDOW, PairSlot, replay_prefix
 
 TAKEOVER_COUNTERS = ("takeovers", "takeover_failed", "replay_released", "takeover_fenced",
                      "takeover_fence_failed", "takeover_rebuilt", "takeover_rebuilt_missing",
-                     "takeover_rebuilt_before")
+                     "takeover_rebuilt_before",
+                     # a new primary died before its sync here after a hand-over from here: went on
+                     # from the state this worker handed over (``Worker.shadows``)
+                     "takeover_from_shadow")
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,19 +166,31 @@ class TakeOver:
         return slot
 
     def fresh(self, link, exc: Exception) -> PairSlot:
-        """No state to take over (the primary died before its sync here was decided: two failures
-        within one sync): the pair starts fresh, with the packets this replica holds (G1 kept, G5 not)."""
+        """No replica to take over (the primary died before its sync here was decided: two failures
+        within one sync): the pair goes on from the packets this replica holds. If this worker handed
+        the pair over a moment ago (``Worker.shadows``: its table and nextExpectedPktID as they were at
+        the hand-over, which nothing released since can be ahead of), from that state: nothing is lost,
+        G5 kept. Else with fresh state (G1 kept, G5 not)."""
         from deft.runtime.replication.errors import ReplicationError
 
-        self.count["takeover_failed"] += 1
         try:
             payloads = link.core.salvage()
         except ReplicationError:
             payloads = ()
         link.close()
-        self.log.error("pair %d: cannot take over (%s); serving it with fresh state and the %d packets "
-                       "buffered here", self.pair, exc, len(payloads))
-        slot = self.w.new_slot(self.pair, self.n_pairs, keep_inputs=True)
+        shadow = self.w.shadows.pop(self.pair, None)
+        if shadow is not None:
+            self.count["takeover_from_shadow"] += 1
+            self.log.warning("pair %d: its new primary died before it synced here; going on from the state "
+                             "this worker handed over (%d flows) and the %d packets buffered since", self.pair,
+                             len(shadow.table), len(payloads))
+            slot = self.w.new_slot(self.pair, self.n_pairs, adopt_unknown=False, table=shadow.table,
+                                   next_expected=shadow.next_expected, keep_inputs=True)
+        else:
+            self.count["takeover_failed"] += 1
+            self.log.error("pair %d: cannot take over (%s); serving it with fresh state and the %d packets "
+                           "buffered here", self.pair, exc, len(payloads))
+            slot = self.w.new_slot(self.pair, self.n_pairs, keep_inputs=True)
         if payloads:
             slot.process(records_of(payloads, self.count))
         return slot

@@ -46,6 +46,7 @@ worker without replication, or a route change, sends it flows mid-stream.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import time
@@ -55,6 +56,7 @@ import numpy as np
 
 from deft.nfs import Context, make_nf, nf_class
 from deft.nfs.base import FlowTable
+from deft.runtime.consensus.failpoints import failpoint
 from deft.runtime.dataplane.commit_record import CommitRecord
 from deft.runtime.dataplane.packet import FORWARD, PACKET_DTYPE
 from deft.runtime.dataplane.routes import NONE, Routes
@@ -165,6 +167,9 @@ class Worker:
         self.state_dtype = nf_class(cfg.nf.kind).state_dtype
         self.slots: dict[int, PairSlot] = {}
         self.load_base: dict[int, int] = {}   # per pair: processed by its slots here that are gone
+        # pairs handed over from here to their secondary, this worker their next secondary: the state
+        # as it was at the hand-over, until the new primary's sync here is decided (takeover.fresh)
+        self.shadows: dict[int, Shadow] = {}
         self.first_release_of = -1  # the pair just taken over, until its first packet leaves
         self.last_release_end = 0   # egress ring position after the newest committed release
         self.epoch = 0
@@ -251,12 +256,20 @@ class Worker:
             elif p in self.slots:
                 slot = self.slots.pop(p)
                 self.load_base[p] = self.load_base.get(p, 0) + slot.count["processed"]
-                self.retire(slot)
+                unprocessed = self.retire(slot)
+                if (sn, si) == (me, self.index) and slot.frozen:   # a hand-over; this worker its next secondary
+                    self.shadows[p] = Shadow(slot.table, dict(slot.ordering.next_expected), unprocessed,
+                                             time.monotonic_ns())
             if self.secondaries is not None:
                 if (sn, si) == (me, self.index):
                     self.secondaries.ensure(p, (nodes[pn][0], pi, gen), gen)
+                    shadow = self.shadows.get(p)
+                    if shadow is not None and shadow.unprocessed:   # as copies: it forwarded them
+                        self.secondaries.on_duplicates(p, copies_of(shadow.unprocessed))
+                        shadow.unprocessed = []
                 else:
                     self.secondaries.drop(p)
+                    self.shadows.pop(p, None)
         for p in [p for p in self.slots if p >= n_pairs]:
             self.retire(self.slots.pop(p))
         if self.mover is not None:
@@ -294,6 +307,7 @@ class Worker:
             role_staged = {}
         if sn == NONE:
             return
+        taken_over = slot.taken_core is not None
         if core is None:
             core = slot.taken_core or PrimaryReplicator(
                 0, slot.pair, has_secondary=False, last_batch=int(self.record.committed[slot.pair]))
@@ -307,21 +321,25 @@ class Worker:
                 self.globals.finish_now(slot)
         slot.role.start_sync(max(gen, core.epoch + 1))
         slot.session_epoch = slot.role.core.epoch  # batches from here on are replayable: named after it
+        if taken_over:
+            failpoint("worker_takeover_sync")   # tests: die with the sync after a take-over just sent
 
     def take_over(self, pair: int, decision: int, n_pairs: int) -> PairSlot | None:
         """Become the primary of ``pair`` from the replica kept here (``takeover``); None if there is none."""
         return TakeOver(self, pair, decision, n_pairs).run()
 
-    def retire(self, slot: PairSlot) -> None:
+    def retire(self, slot: PairSlot) -> list[np.ndarray]:
         """The routes moved ``slot``'s pair away: keep its counters, drop its state and output.
 
         Replicating, what it has not processed goes on to the pair's new primary (``forward.py``):
         what it held while frozen for a hand-over and what its ordering kept waiting for a gap (their
         copies may be at an older secondary); whatever still reaches it later goes by ``on_strays``."""
+        unprocessed = []
         if self.forwarder is not None:
             unprocessed = [slot.ordering.take_pending(), *(slot.held if slot.frozen else []),
                            *(slot.move_out.held if slot.move_out is not None else [])]
-            if sum(len(u) for u in unprocessed):
+            unprocessed = [u for u in unprocessed if len(u)]
+            if unprocessed:
                 self.forwarder.forward(slot.pair, unprocessed)
             self.freezer.forget(slot.pair)
             self.mover.forget(slot.pair)
@@ -339,6 +357,7 @@ class Worker:
         for name, value in slot.nf.stats.items():
             self.retired_nf[name] = self.retired_nf.get(name, 0) + value
         self.log.warning("pair %d moved away; %d packets unreleased dropped", slot.pair, slot.out.n)
+        return unprocessed
 
     # -- input -------------------------------------------------------------------------------------------
     def pull_duplicates(self) -> int:
@@ -423,7 +442,10 @@ class Worker:
             if slot is not None:
                 slot.process(part)
             elif self.forwarder is not None and self.forwarder.forward(p, part, unless_to=self.me()):
-                pass
+                if self.secondaries is not None and p in self.secondaries.links:
+                    # its secondary here keeps a copy too: the copy the io made went to the pair's
+                    # older secondary (this worker handed the pair over a moment ago: takeover.fresh)
+                    self.secondaries.on_duplicates(p, copies_of([part]))
             elif self.secondaries is not None and p in self.secondaries.links:
                 self.secondaries.on_duplicates(p, part)
                 self.count["early"] += len(part)
@@ -784,7 +806,15 @@ class Worker:
                 slot.expire_idle(self.idle_ns)
             if self.secondaries is not None:
                 self.secondaries.trim()
+                self.drop_shadows(now)
             self.dirty = True
+
+    def drop_shadows(self, now: int) -> None:
+        """A hand-over's shadow goes once the new primary's sync here is decided (or after a while)."""
+        for p, shadow in list(self.shadows.items()):
+            link = self.secondaries.links.get(p)
+            if link is None or link.core.synced or now - shadow.since_ns > SHADOW_NS:
+                del self.shadows[p]
 
     def should_release(self, slot: PairSlot, now: int) -> bool:
         """Full, past the flush deadline, or idle; with replication, also a free 2PC window.
@@ -831,6 +861,25 @@ class Worker:
         self.record.close()
         self.routes.close()
         self.stats.close()
+
+
+SHADOW_NS = 10_000_000_000   # a sync that takes longer than this has other trouble
+
+
+@dataclasses.dataclass
+class Shadow:
+    table: FlowTable
+    next_expected: dict[int, int]
+    unprocessed: list[np.ndarray]   # what it held and forwarded to the new primary (a replica must have them)
+    since_ns: int
+
+
+def copies_of(parts: list[np.ndarray]) -> np.ndarray:
+    from deft.runtime.procs.forward import as_packets
+
+    records = as_packets(parts)
+    records["dup"] = 1
+    return records
 
 
 def by_pair(records: np.ndarray):

@@ -146,3 +146,26 @@ def test_the_secondary_killed_while_its_primary_is_frozen(cluster, tmp_path):
     pair = frozen_under_traffic(cluster, tmp_path, 4.0, kill="secondary", duplicates_known=True)
     assert primary_of_2_once_healthy(cluster) == pair["primary"]
     assert worker_counter(cluster, pair["primary"], "freezes_lapsed") == 0
+
+
+def test_a_new_primary_dying_before_it_synced_its_secondary_loses_no_state(cluster, tmp_path):
+    """A rebalance hands pairs to a joining node whose workers die right after each hand-over, with
+    the sync to their new secondary (the old primary) just sent: the old primary goes on from the
+    state it handed over and the copies it kept since (``Worker.shadows``), not from fresh state."""
+    gen = start_traffic(cluster, tmp_path / "report.json", FLOWS, RATE, 5.0)
+    try:
+        time.sleep(0.5)
+        node4 = cluster.add_node(env={"DEFT_FAILPOINTS": "worker_takeover_sync=exit#1"}, nf={"restart": False})
+        wait_for(cluster, lambda st: sum(i["id"].startswith(node4.node_id) and i["state"] == "up"
+                                         for i in st["instances"]) == 2, timeout=15)
+        run_operation(cluster, {"cmd": "rebalance"}, timeout=30.0)   # its hand-overs' new primaries die
+    finally:
+        report = traffic_report(gen, tmp_path / "report.json")
+    assert_no_harm(report, cluster)
+    totals = {}
+    for node in cluster.nodes:
+        for inst in node.status()["instances"]:
+            for name in ("takeover_from_shadow", "takeover_failed"):
+                totals[name] = totals.get(name, 0) + inst["counters"].get(name, 0)
+    assert totals.get("takeover_failed", 0) == 0, totals
+    assert totals.get("takeover_from_shadow", 0) >= 1, totals     # the window was hit
