@@ -38,7 +38,7 @@ def autoscaled(tmp_path, tag: str, seconds: float, *traffic: str, controller: di
 
 def test_skewed_load_moves_hot_buckets_to_a_cool_pair_within_seconds(tmp_path):
     # 3 of 1000 flows carry 60 % of 2000 pps: their pairs are hot, the others cool
-    st, _ = autoscaled(tmp_path, "as", 5.0, "2000", "7.0", "--hot-flows", "3", "--hot-share", "0.6",
+    st, _ = autoscaled(tmp_path, "as", 4.0, "2000", "5.0", "--hot-flows", "3", "--hot-share", "0.6",
                        controller=AUTOSCALE)
     moves = [op for op in st["operations"] if op.get("origin") == "autoscale"]
     assert moves and moves[0]["state"] in ("done", "running"), st["operations"]
@@ -49,5 +49,5 @@ def test_skewed_load_moves_hot_buckets_to_a_cool_pair_within_seconds(tmp_path):
 
 
 def test_even_load_moves_nothing(tmp_path):
-    st, _ = autoscaled(tmp_path, "ae", 8.0, "1000", "9.0", controller={"autoscale": True})
+    st, _ = autoscaled(tmp_path, "ae", 6.0, "1000", "7.0", controller={"autoscale": True})
     assert st["autoscale"]["moves"] == 0 and not st["operations"], (st["autoscale"], st["operations"])

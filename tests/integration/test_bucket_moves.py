@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from deft.tools.ctl import query
 from deft.tools.drills import healthy, run_operation, start_traffic, traffic_report, wait_for
 from deft.tools.localnode import LocalCluster
 
@@ -34,11 +35,11 @@ def move(cluster, buckets: list[int], to_pair: int) -> dict:
 
 
 def test_buckets_moved_back_and_forth_lose_nothing(cluster, tmp_path):
-    gen = start_traffic(cluster, tmp_path / "report.json", FLOWS, RATE, 8.0)
+    gen = start_traffic(cluster, tmp_path / "report.json", FLOWS, RATE, 10.0)
     moved = 0
     try:
         time.sleep(1.0)
-        for k in range(10):
+        for k in range(20):
             op = move(cluster, list(range(0, 2048)), (k + 1) % 6)
             moved += op["move"]["flows_moved"]
     finally:
@@ -62,7 +63,7 @@ def test_a_primary_dying_at_each_step_of_a_move_loses_nothing(tmp_path, point):
     try:
         cluster.wait_ready()
         source, target = (2, 0) if point in SOURCE_STEPS else (0, 2)
-        gen = start_traffic(cluster, tmp_path / "report.json", FLOWS, RATE, 5.0)
+        gen = start_traffic(cluster, tmp_path / "report.json", FLOWS, RATE, 4.0)
         try:
             time.sleep(1.0)
             op = move(cluster, list(range(source, 4096, 6)), target)
@@ -73,6 +74,40 @@ def test_a_primary_dying_at_each_step_of_a_move_loses_nothing(tmp_path, point):
         assert next(p for p in st["pairs"] if p["pair"] == source)["buckets"] == 0, st["pairs"]
         took_over = next(p for p in st["pairs"] if p["pair"] == 2)["primary"]
         assert took_over.startswith(cluster.nodes[2].node_id), (point, took_over, op)   # n2/nf0 died
+    finally:
+        left = cluster.stop()
+        assert not any(left.values()), left
+
+
+def test_a_move_survives_a_controller_restart_and_a_secondary_killed_midway(tmp_path):
+    """Every other pair's buckets move to pair 0 (five legs, one per source pair). Between legs the
+    controller is SIGKILLed and started again: the new one takes the assignment and the running move
+    back from the nodes' routes and finishes it. Then, while pair 0's buckets go to pair 3, pair 3's
+    secondary is SIGKILLed (the import's 2PC must go to its next secondary). Nothing lost or twice."""
+    cluster = LocalCluster(tmp_path, "bc", n_nodes=3, replicate=True)
+    try:
+        cluster.wait_ready()
+        gen = start_traffic(cluster, tmp_path / "report.json", FLOWS, RATE, 6.0)
+        try:
+            time.sleep(1.0)
+            op = query(cluster.ctl.control, {"cmd": "move", "buckets": [b for b in range(4096) if b % 6], "to_pair": 0},
+                       3000)
+            wait_for(cluster, lambda st: any(o["id"] == op["id"] and o["move"]["legs_done"] >= 2
+                                             for o in st["operations"]), timeout=15)
+            cluster.restart_controller(kill=True)
+            st = wait_for(cluster, lambda st: healthy(st) and sum(p["buckets"] for p in st["pairs"] if p["pair"]) == 0,
+                          timeout=20)
+            assert [o for o in st["operations"] if o["kind"] == "move"], st["operations"]   # taken up again
+            secondary = next(p for p in st["pairs"] if p["pair"] == 3)["secondary"]
+            started = query(cluster.ctl.control, {"cmd": "move", "buckets": list(range(0, 4096, 12)), "to_pair": 3}, 3000)
+            query(cluster.ctl.control, {"cmd": "fail", "what": "nf", "id": secondary}, 3000)
+            done = wait_for(cluster, lambda st: any(o["id"] == started["id"] and o["state"] != "running"
+                                                    for o in st["operations"]), timeout=30)
+            assert next(o for o in done["operations"] if o["id"] == started["id"])["state"] == "done", done["operations"]
+        finally:
+            report = traffic_report(gen, tmp_path / "report.json")
+        assert_no_harm(report, cluster)
+        wait_for(cluster, healthy, timeout=10)
     finally:
         left = cluster.stop()
         assert not any(left.values()), left

@@ -102,8 +102,7 @@ def worker_counter(cluster: LocalCluster, instance_id: str, name: str) -> int:
     return next(i["counters"][name] for i in node.status()["instances"] if i["id"] == instance_id)
 
 
-def frozen_under_traffic(cluster: LocalCluster, tmp_path, seconds: float, kill: str | None,
-                         duplicates_known: bool = False) -> dict:
+def frozen_under_traffic(cluster: LocalCluster, tmp_path, seconds: float, kill: str | None) -> dict:
     """Traffic; a second in, pair 2 frozen on its primary and then (``kill``: "primary" or
     "secondary") that instance SIGKILLed; the generator's report checked for harm; the pair."""
     gen = start_traffic(cluster, tmp_path / "report.json", FLOWS, RATE, seconds)
@@ -114,10 +113,6 @@ def frozen_under_traffic(cluster: LocalCluster, tmp_path, seconds: float, kill: 
             query(cluster.ctl.control, {"cmd": "fail", "what": "nf", "id": pair[kill]}, 3000)
     finally:
         report = traffic_report(gen, tmp_path / "report.json")
-    if duplicates_known and report["duplicated"]:
-        assert_no_harm(dict(report, duplicated=0), cluster)   # loss, order and NAT mappings: strict
-        pytest.xfail(f"known, not yet explained: {report['duplicated']} packet(s) twice when the "
-                     "secondary of a frozen pair dies (2 runs in 3 at the end of the stop that found it)")
     assert_no_harm(report, cluster)
     return pair
 
@@ -143,7 +138,7 @@ def test_a_freeze_no_route_change_follows_lapses_and_the_pair_goes_on(cluster, t
 
 def test_the_secondary_killed_while_its_primary_is_frozen(cluster, tmp_path):
     """The hand-over's target dies: the pair gets a new secondary, the void freeze is dropped at once."""
-    pair = frozen_under_traffic(cluster, tmp_path, 4.0, kill="secondary", duplicates_known=True)
+    pair = frozen_under_traffic(cluster, tmp_path, 4.0, kill="secondary")
     assert primary_of_2_once_healthy(cluster) == pair["primary"]
     assert worker_counter(cluster, pair["primary"], "freezes_lapsed") == 0
 
