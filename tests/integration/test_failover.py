@@ -79,7 +79,8 @@ def assert_healthy_again(cluster: LocalCluster, dead_node: str | None = None) ->
 
 
 def assert_no_harm(report: dict, cluster: LocalCluster, duplicates_allowed: int = 0) -> None:
-    seen = {k: report[k] for k in ("lost", "reordered", "duplicated", "remapped_flows", "lost_sample")}
+    seen = {k: report.get(k) for k in ("lost", "reordered", "duplicated", "remapped_flows", "lost_sample",
+                                       "duplicated_sample")}
     ok = (report["lost"] == 0                                   # G1
           and report["reordered"] == 0                          # G2
           and report["duplicated"] <= duplicates_allowed        # G3

@@ -61,6 +61,9 @@ def analyze(plan_flow: np.ndarray, plan_flow_seq: np.ndarray, sent: SendLog, rec
                          "sent_ms": round((int(send_ns[i]) - sent.start_ns) / 1e6, 3)}
                         for i in np.flatnonzero(lost_mask)[:20]],
         "duplicated": len(ids) - len(first_ids),
+        # a few of the packets that came twice: when they were sent and when each copy came back
+        "duplicated_sample": _dup_sample(ids, first, plan_flow, plan_flow_seq, send_ns, sent.start_ns,
+                                         received.recv_ns[valid].astype(np.int64)),
         "reordered": reordered,
         "reordered_flows": reordered_flows,
         "foreign": received.foreign + int((~valid).sum()),
@@ -99,6 +102,19 @@ def _count_remapped(flow: np.ndarray, received: Received, valid: np.ndarray, fir
     groups = np.unique(np.stack([flow[keep].astype(np.uint64), dst[keep], src[keep]]), axis=1)
     flow_dst, counts = np.unique(groups[:2], axis=1, return_counts=True)
     return len(np.unique(flow_dst[0][counts > 1]))
+
+
+def _dup_sample(ids, first, plan_flow, plan_flow_seq, send_ns, start_ns, recv_ns) -> list[dict]:
+    again = np.ones(len(ids), dtype=bool)
+    again[first] = False
+    out = []
+    for k in np.flatnonzero(again)[:20].tolist():
+        i = int(ids[k])
+        came = np.flatnonzero(ids == i)
+        out.append({"id": i, "flow": int(plan_flow[i]), "flow_seq": int(plan_flow_seq[i]),
+                    "sent_ms": round((int(send_ns[i]) - start_ns) / 1e6, 3),
+                    "received_ms": [round((int(recv_ns[c]) - start_ns) / 1e6, 3) for c in came.tolist()]})
+    return out
 
 
 def _count_reordered(flow: np.ndarray, seq: np.ndarray) -> tuple[int, int]:
