@@ -78,6 +78,14 @@ def assert_healthy_again(cluster: LocalCluster, dead_node: str | None = None) ->
     return st
 
 
+#: A worker SIGKILLed while it sends its own output may send the datagram it was sending twice: the
+#: kernel sends it and the kill lands as the syscall returns, before the worker marks it sent in its
+#: egress ring; the supervisor then sends what the ring still holds (Supervisor.finish_releases). At
+#: most one datagram per killed worker: the contract (docs/ARCHITECTURE.md, G3). Marking it sent
+#: first would lose it instead when the kill lands between the mark and the send.
+IN_FLIGHT_PER_KILL = 1
+
+
 def assert_no_harm(report: dict, cluster: LocalCluster, duplicates_allowed: int = 0) -> None:
     seen = {k: report.get(k) for k in ("lost", "reordered", "duplicated", "remapped_flows", "lost_sample",
                                        "duplicated_sample")}
@@ -120,7 +128,7 @@ def test_killing_a_primary_worker_loses_nothing(cluster, tmp_path):
         victim["id"] = primary_of_pair(st, 2)
         drill(cluster, "nf", victim["id"])
 
-    assert_no_harm(under_traffic(cluster, tmp_path, kill), cluster)
+    assert_no_harm(under_traffic(cluster, tmp_path, kill), cluster, duplicates_allowed=IN_FLIGHT_PER_KILL)
     st = assert_healthy_again(cluster)
     assert primary_of_pair(st, 2) != victim["id"] and takeovers(st)[-1]["takeovers"] == [2]
 
@@ -129,7 +137,8 @@ def test_killing_a_secondary_worker_loses_nothing(cluster, tmp_path):
     def kill(st):
         drill(cluster, "nf", next(p["secondary"] for p in st["pairs"] if p["pair"] == 0))
 
-    assert_no_harm(under_traffic(cluster, tmp_path, kill), cluster)
+    # the secondary of pair 0 is the primary of another pair: it sends output too
+    assert_no_harm(under_traffic(cluster, tmp_path, kill), cluster, duplicates_allowed=IN_FLIGHT_PER_KILL)
     assert_healthy_again(cluster)
 
 
@@ -140,7 +149,7 @@ def test_killing_two_workers_on_different_nodes_at_once(cluster, tmp_path):
         drill(cluster, "nf", first)
         drill(cluster, "nf", second)
 
-    assert_no_harm(under_traffic(cluster, tmp_path, kill), cluster)
+    assert_no_harm(under_traffic(cluster, tmp_path, kill), cluster, duplicates_allowed=2 * IN_FLIGHT_PER_KILL)
     assert_healthy_again(cluster)
 
 
