@@ -386,7 +386,8 @@ def serve(request: dict, box: MoveBox, paths: tuple[str, str], ring) -> dict:
     again soon (``retry``; an answer that takes longer than a moment, e.g. a hold waiting for its
     flush, is "in progress": ask again with the same move).
     """
-    op = {name: code for code, name in OPS.items()}.get(request.get("op"))
+    name = request.get("op")
+    op = {n: code for code, n in OPS.items()}.get(name) if isinstance(name, str) else None
     if op is None:
         raise ValueError(f"op must be one of {', '.join(OPS.values())}, got {request.get('op')!r}")
     fields = {name: request.get(name, 0 if name == "epoch" else None) for name in ("move", "pair", "epoch")}
