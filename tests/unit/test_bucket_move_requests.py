@@ -62,3 +62,30 @@ def test_a_worker_refusal_is_passed_on_with_its_reason(tmp_path):
               lambda: None)
     good = pack(records=np.zeros(0), flows=np.zeros(0, np.uint64), nexts=np.zeros(0, np.uint64))
     assert bucketmove.unpack(good, ("records", "flows", "nexts"))["flows"].dtype == np.uint64
+
+
+class FakeController:
+    """What ``Controller.move`` looks at: a placed assignment and the operations."""
+
+    def __init__(self):
+        import logging
+
+        from deft.runtime.controller.operations import Operations
+        from deft.runtime.controller.placement import Assignment
+
+        self.assignment = Assignment(64)
+        self.assignment.place({"n1": 2, "n2": 2})
+        self.operations = Operations(self, lambda *a: None, logging.getLogger("test"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(request=st.dictionaries(st.sampled_from(["buckets", "to_pair", "cmd"]), json_values, max_size=3))
+def test_the_controllers_move_refuses_bad_buckets_or_pairs_by_name(request):
+    from deft.runtime.controller.main import Controller
+
+    try:
+        op = Controller.move(FakeController(), request)
+    except ValueError as exc:
+        assert "buckets" in str(exc) or "to_pair" in str(exc)
+        return
+    assert op["kind"] == "move" and op["state"] == "running"
