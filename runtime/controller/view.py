@@ -129,7 +129,10 @@ class ClusterView:
 
     def tick(self, now_ms: float) -> list[str]:
         """Declare silent nodes failed (with all their instances); return the nodes that just failed."""
+        stalls = self.fdu.stalls
         failed = self.fdu.expired(now_ms)
+        if self.fdu.stalls != stalls:   # every node silent at once: our stall, not theirs (detector.py)
+            self._event(now_ms, "all_nodes_silent", nodes=sorted(n for n, m in self.fdu.members.items() if not m.failed))
         for name in failed:
             self._node_failed(name, now_ms, "no heartbeat")
         return failed
@@ -165,7 +168,7 @@ class ClusterView:
                                   "load": self.load.instance_load(info.id)})
         pairs = [dict(p, load=self.load.pair_load(p["pair"], p["primary"])) for p in self.pairs]
         return {"nodes": nodes, "instances": instances, "pairs": pairs, "events": list(self.events),
-                "false_suspicions": self.false_suspicions}
+                "false_suspicions": self.false_suspicions, "detector_stalls": self.fdu.stalls}
 
 
     def membership(self) -> tuple:

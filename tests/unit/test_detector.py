@@ -46,3 +46,20 @@ def test_bad_settings_are_refused():
         FailureDetector(0, 3)
     with pytest.raises(ValueError):
         FailureDetector(10, 0)
+
+
+def test_every_member_silent_at_once_is_a_stall_here_not_that_many_failures():
+    fdu = FailureDetector(10, 3)
+    for name in ("a", "b", "c"):
+        fdu.observe(name, 0)
+    assert fdu.expired(200) == [] and fdu.stalls == 1     # the detector (or its host) stalled
+    assert fdu.expired(225) == []                         # their clocks restarted at 200
+    fdu.observe("a", 230)
+    fdu.observe("b", 230)
+    assert fdu.expired(240) == ["c"]                      # one silent among live ones: a failure
+
+
+def test_a_single_member_silent_is_still_a_failure():
+    fdu = FailureDetector(10, 3)
+    fdu.observe("a", 0)
+    assert fdu.expired(41) == ["a"]
