@@ -58,7 +58,8 @@ def test_a_restarted_supervisor_is_a_new_node_incarnation():
 def test_a_notice_from_an_unknown_node_is_ignored():
     v = ClusterView(10, 3)
     v.on_failed({"node": "ghost", "process": "nf0", "pid": 1, "exit": 1}, 0)
-    assert v.status(0) == {"nodes": [], "instances": [], "pairs": [], "events": [], "false_suspicions": 0}
+    assert v.status(0) == {"nodes": [], "instances": [], "pairs": [], "events": [], "false_suspicions": 0,
+                           "detector_stalls": 0}
 
 
 def test_a_late_node_that_comes_back_is_counted_as_a_false_suspicion():
