@@ -53,6 +53,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from deft.runtime.dataplane.stamper import bucket_of
+
 from deft.runtime.params import Params, int_to_ipv4, ipv4_to_int  # re-exported for NF authors
 
 __all__ = ["STALE", "Context", "FlowTable", "GlobalOps", "NetworkFunction", "Params", "int_to_ipv4",
@@ -286,10 +288,10 @@ class FlowTable:
     def live_rows(self) -> np.ndarray:
         return np.flatnonzero(self.live)
 
-    def rows_in_buckets(self, buckets: np.ndarray, n_buckets: int) -> np.ndarray:
-        """Live rows whose flow falls in ``buckets`` (a bool mask over ``n_buckets``)."""
+    def rows_in_buckets(self, buckets: np.ndarray) -> np.ndarray:
+        """Live rows whose flow falls in ``buckets`` (a bool mask over all the buckets)."""
         live = self.live_rows()
-        return live[buckets[self.key_hash[live] % np.uint32(n_buckets)]]
+        return live[buckets[bucket_of(self.key_hash[live], len(buckets))]]
 
 
 class NetworkFunction:

@@ -51,8 +51,8 @@ class Heartbeats:
         sup = self.sup
         self._instances = [
             {"id": f"{sup.topo.node_id}/nf{c.index}", "index": c.index, "pid": c.pid, "alive": c.alive,
-             "restarts": c.restarts, "stats": sup.stats[c.stats_key], "load": sup.load_blocks.get(c.index),
-             "ring": sup.rings.get(sup.topo.nf_ring(c.index))}
+             "restarts": c.restarts, "stats": sup.stats[c.stats_key], "load": sup.load_blocks[c.index],
+             "ring": sup.rings[sup.topo.nf_ring(c.index)]}
             for c in sup.children if c.role == "worker"
         ]
 
@@ -81,12 +81,9 @@ class Heartbeats:
     def load(instance: dict) -> dict[str, Any]:
         """What the controller's load per pair is made of (controller/load.py): the worker's busy time and
         packets per pair, cumulative, and its input ring's occupancy now."""
-        stats, block, ring = instance["stats"], instance["load"], instance["ring"]
-        if block is None or "busy_ns" not in stats.index:
-            return {}
-        values = block.values
+        values = instance["load"].values
         pairs = {str(p): int(values[p]) for p in values.nonzero()[0].tolist()}
-        return {"busy_ns": stats.get("busy_ns"), "pairs": pairs, "in_ring": len(ring) if ring is not None else 0}
+        return {"busy_ns": instance["stats"].get("busy_ns"), "pairs": pairs, "in_ring": len(instance["ring"])}
 
     @staticmethod
     def lag(stats) -> int:

@@ -14,6 +14,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 
+from deft.runtime.errors import DeftError
 from deft.runtime.params import split_host_port
 
 _NAME = re.compile(r"[^a-zA-Z0-9_]")
@@ -35,13 +36,17 @@ class _Collector:
 
 
 class MetricsServer:
-    def __init__(self, url: str, collect: Callable[[], Iterable], log: logging.Logger):
+    def __init__(self, url: str, collect: Callable[[], Iterable], log: logging.Logger, where: str):
+        """Serve at ``url``; a DeftError naming ``where`` (the config file and key) if it cannot bind."""
         from prometheus_client import CollectorRegistry, start_http_server
 
         host, port = split_host_port(url.partition("://")[2])
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Collector(collect, log))
-        self.server, self.thread = start_http_server(port, addr=host, registry=registry)
+        try:
+            self.server, self.thread = start_http_server(port, addr=host, registry=registry)
+        except OSError as exc:
+            raise DeftError(f"{where} {url}: {exc}") from None
         self.url = f"http://{host}:{self.server.server_port}/metrics"
 
     def close(self) -> None:

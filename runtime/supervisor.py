@@ -124,7 +124,6 @@ class Supervisor:
         removed = cleanup_node(topo.node_id)
         if removed:
             self.log.warning("removed %d leftover shared-memory objects of node %s", len(removed), topo.node_id)
-        self.bucket_load = None
         if topo.has_ingress:
             mm = create_segment(topo.bucket_load(), 8 * cfg.ingress.buckets)
             self.segments.append((topo.bucket_load(), mm))
@@ -405,15 +404,13 @@ class Supervisor:
         the last batch it released (``freeze.py``). The reply says ``frozen`` with that ``batch``,
         or why not (``retry``: ask again soon, e.g. its secondary is still syncing).
         """
-        pair, index, epoch = request.get("pair"), request.get("instance"), request.get("epoch", 0)
+        pair, epoch = request.get("pair"), request.get("epoch", 0)
         for name, value in (("pair", pair), ("epoch", epoch)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-        if index not in self.freeze_boxes:
-            raise ValueError(f"instance must be a replicating instance of node {self.topo.node_id}, got {index!r}")
-        child = self.child_by_name(f"nf{index}")
-        if child is None or not child.alive:
-            return {"frozen": False, "reason": f"nf{index} is not running", "retry": True}
+        index, down = self.box_owner(self.freeze_boxes, request)
+        if down:
+            return {"frozen": False, "reason": down, "retry": True}
         got = ask_and_wait(self.freeze_boxes[index], FREEZE, pair, self.worker_bells[index].ring, epoch)
         if got is None:
             return {"frozen": False, "reason": f"nf{index} did not answer", "retry": True}
@@ -423,6 +420,15 @@ class Supervisor:
             return {"frozen": False, "reason": reason, "retry": status in RETRY}
         self.log.info("pair %d frozen on nf%d for a hand-over after batch %d", pair, index, batch)
         return {"frozen": True, "batch": batch}
+
+    def box_owner(self, boxes: dict, request: dict) -> tuple[int, str | None]:
+        """The worker a planned-move request is for (its ``instance``, one with a box) and why it cannot
+        answer now (None: it runs)."""
+        index = request.get("instance")
+        if index not in boxes:
+            raise ValueError(f"instance must be a replicating instance of node {self.topo.node_id}, got {index!r}")
+        child = self.child_by_name(f"nf{index}")
+        return index, None if child is not None and child.alive else f"nf{index} is not running"
 
     routes_request: dict | None = None
 
@@ -442,12 +448,9 @@ class Supervisor:
 
     def on_move(self, request: dict) -> dict:
         """``{"cmd": "move", ...}``: a step of a bucket move for worker ``instance`` (``bucketmove.serve``)."""
-        index = request.get("instance")
-        if index not in self.move_boxes:
-            raise ValueError(f"instance must be a replicating instance of node {self.topo.node_id}, got {index!r}")
-        child = self.child_by_name(f"nf{index}")
-        if child is None or not child.alive:
-            return {"done": False, "reason": f"nf{index} is not running", "retry": True}
+        index, down = self.box_owner(self.move_boxes, request)
+        if down:
+            return {"done": False, "reason": down, "retry": True}
         return bucketmove.serve(request, self.move_boxes[index], self.topo.move_files(index),
                                 self.worker_bells[index].ring)
 
@@ -461,23 +464,20 @@ class Supervisor:
         from deft.runtime.metrics import counter_families
 
         node = self.topo.node_id
-        workers = [(i, self.stats[f"nf{i}"]) for i in sorted(self.load_blocks)] or [
-            (int(k[2:]), b) for k, b in self.stats.items() if k.startswith("nf")]
-        yield from counter_families("deft_worker", [({"node": node, "instance": f"nf{i}"}, b.as_dict())
-                                                    for i, b in workers], ["node", "instance"])
+        workers = list(self.topo.instances)
+        yield from counter_families("deft_worker", [({"node": node, "instance": f"nf{i}"}, self.stats[f"nf{i}"].as_dict())
+                                                    for i in workers], ["node", "instance"])
         if "io" in self.stats:
             yield from counter_families("deft_io", [({"node": node}, self.stats["io"].as_dict())], ["node"])
         ring = GaugeMetricFamily("deft_worker_input_ring", "packets waiting in the worker's input ring",
                                  labels=["node", "instance"])
         per_pair = CounterMetricFamily("deft_pair_processed", "packets a worker processed as a pair's primary",
                                        labels=["node", "instance", "pair"])
-        for i, _ in workers:
-            r = self.rings.get(self.topo.nf_ring(i))
-            ring.add_metric([node, f"nf{i}"], float(len(r)) if r is not None else 0.0)
-            block = self.load_blocks.get(i)
-            if block is not None:
-                for p in block.values.nonzero()[0].tolist():
-                    per_pair.add_metric([node, f"nf{i}", str(p)], float(block.values[p]))
+        for i in workers:
+            ring.add_metric([node, f"nf{i}"], float(len(self.rings[self.topo.nf_ring(i)])))
+            values = self.load_blocks[i].values
+            for p in values.nonzero()[0].tolist():
+                per_pair.add_metric([node, f"nf{i}", str(p)], float(values[p]))
         yield ring
         yield per_pair
 
@@ -585,10 +585,8 @@ class Supervisor:
             if self.config.node.metrics:
                 from deft.runtime.metrics import MetricsServer
 
-                try:
-                    self.metrics = MetricsServer(self.config.node.metrics, self.metric_families, self.log)
-                except OSError as exc:
-                    raise DeftError(f"{self.config.source}: [node] metrics {self.config.node.metrics}: {exc}") from None
+                self.metrics = MetricsServer(self.config.node.metrics, self.metric_families, self.log,
+                                             f"{self.config.source}: [node] metrics")
             child_died = self.child_death_pipe()
             poller = zmq.Poller()
             poller.register(self.control.sock, zmq.POLLIN)

@@ -493,10 +493,8 @@ class Controller:
         if self.cfg.metrics:
             from deft.runtime.metrics import MetricsServer
 
-            try:
-                metrics = MetricsServer(self.cfg.metrics, self.metric_families, self.log)
-            except OSError as exc:
-                raise DeftError(f"{self.cfg.source}: [controller] metrics {self.cfg.metrics}: {exc}") from None
+            metrics = MetricsServer(self.cfg.metrics, self.metric_families, self.log,
+                                    f"{self.cfg.source}: [controller] metrics")
         next_metrics = 0.0
         poller = zmq.Poller()
         poller.register(self.sub, zmq.POLLIN)

@@ -152,12 +152,12 @@ class OrderingUnit:
         self._free.extend(slots.tolist())
         return out
 
-    def take_pending(self, flows=None) -> np.ndarray:
+    def take_pending(self, buckets: np.ndarray | None = None) -> np.ndarray:
         """The packets waiting for a gap (per flow in seq order), removed from the store: for a pair
-        that leaves this worker, so they go on to its next primary instead of being lost. ``flows``:
-        only those of the flows for which it is true (``flows(key_hash) -> bool``; a bucket move)."""
+        that leaves this worker, so they go on to its next primary instead of being lost. ``buckets``:
+        only those of the flows in these buckets (a bool mask over all of them: a bucket move)."""
         taken = sorted(f for f, heap in self.pending.items()
-                       if flows is None or flows(int(self.store[heap[0][1]]["key_hash"])))
+                       if buckets is None or buckets[int(self.store[heap[0][1]]["key_hash"]) % len(buckets)])
         slots = [slot for flow in taken for _, slot in sorted(self.pending[flow])]
         out = self.store[np.array(slots, dtype=np.int64)].copy() if slots else self.store[:0].copy()
         self._free.extend(slots)

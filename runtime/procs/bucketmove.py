@@ -44,6 +44,7 @@ import os
 import numpy as np
 
 from deft.runtime.consensus.failpoints import failpoint
+from deft.runtime.dataplane.stamper import bucket_of
 from deft.runtime.procs.freeze import RequestBox, await_answer
 from deft.runtime.procs.pairslot import TAKEOVER_GAP_NS
 
@@ -66,21 +67,9 @@ GUARD_NS = 5_000_000_000     # B's ordering waits for A's forwarded packets of S
 
 
 class MoveBox(RequestBox):
+    """The bucket-move requests of one worker: answered (status, move)."""
+
     fields = FIELDS
-
-    def ask(self, op: int, move: int, pair: int, epoch: int) -> int:
-        """Post a request (its sequence number last: the worker acts on a whole request)."""
-        seq = self.get("req_seq") + 1
-        for field, value in (("req_op", op), ("req_move", move), ("req_pair", pair), ("req_epoch", epoch)):
-            self.set(field, value)
-        self.set("req_seq", seq)
-        return seq
-
-    def answer(self, seq: int) -> tuple[int, int] | None:
-        """(status, move) once the worker answered request ``seq``."""
-        if self.get("ack_seq") != seq:
-            return None
-        return self.get("ack_status"), self.get("ack_move")
 
 
 # -- the bulk beside the box: numpy arrays in one file (no pickle) ------------------------------------
@@ -139,7 +128,7 @@ class MoveOut:
 
     def take(self, arrived: np.ndarray) -> np.ndarray:
         """Keep ``arrived``'s packets of S; return the others."""
-        mine = self.mask[arrived["key_hash"] % np.uint32(len(self.mask))]
+        mine = self.mask[bucket_of(arrived["key_hash"], len(self.mask))]
         if not mine.any():
             return arrived
         self.held.append(arrived[mine].copy())
@@ -243,7 +232,7 @@ class Mover:
             return BAD_REQUEST
         w = self.worker
         w.pull()   # what came before the hold is processed here and flushed with it
-        first = slot.ordering.take_pending(lambda h: bool(mask[h % len(mask)]))
+        first = slot.ordering.take_pending(mask)
         core = slot.role.core
         upto = core.next_batch - 1 + (1 if slot.out.n else 0)   # the output buffer is the next batch
         slot.move_out = MoveOut(move, mask, upto, now_ns + LEASE_NS, first)
@@ -259,7 +248,7 @@ class Mover:
     def export(self, slot, out: MoveOut) -> None:
         """S's rows and nextExpectedPktID, in the ack file (answered DONE)."""
         table, ne = slot.table, slot.ordering.next_expected
-        rows = slot.nf.movable(table, table.rows_in_buckets(out.mask, len(out.mask)))
+        rows = slot.nf.movable(table, table.rows_in_buckets(out.mask))
         records = table.export_rows(rows)
         flows = [f for f in table.flow_ids[rows].tolist() if f in ne]
         write_file(self.ack_path, pack(records=records, flows=np.array(flows, dtype=np.uint64),
@@ -344,7 +333,7 @@ class Mover:
             if out.held:
                 self.worker.forward_moved(to, out.held)
             failpoint("worker_move_switched")   # tests: die right after forwarding what it held (maybe still queued)
-            rows = slot.nf.movable(slot.table, slot.table.rows_in_buckets(out.mask, len(out.mask)))
+            rows = slot.nf.movable(slot.table, slot.table.rows_in_buckets(out.mask))
             flows = slot.table.flow_ids[rows].tolist()
             slot.nf.moved_out(slot.table, rows)
             slot.ordering.forget(flows)
@@ -358,7 +347,7 @@ class Mover:
         self.guards.pop(pair, None)
 
     def n_buckets(self) -> int:
-        return len(self.worker.bucket_pair)
+        return self.worker.cfg.ingress.buckets
 
     def answer_pending(self, move: int) -> None:
         if self.pending is not None and self.pending[1] == move:
@@ -374,7 +363,7 @@ class Mover:
 def ask_and_wait(box: MoveBox, op: int, move: int, pair: int, epoch: int, ring,
                  timeout_s: float = 0.3) -> tuple[int, int] | None:
     """The supervisor's request: post it, wake the worker, wait for its answer (None: none came)."""
-    return await_answer(box, box.ask(op, move, pair, epoch), ring, timeout_s)
+    return await_answer(box, box.ask(op=op, move=move, pair=pair, epoch=epoch), ring, timeout_s)
 
 
 # -- the supervisor's side ------------------------------------------------------------------------------

@@ -37,10 +37,10 @@ class Forwarder:
         primary in the routes the worker acts on; False (nothing sent, nothing counted) if that is
         ``unless_to`` or the routes name none (``unless_to=None``: counted as dropped then).
         ``copies``: and a copy of each to the pair's secondary (a bucket move: theirs went to the old
-        pair's secondary)."""
+        pair's secondary). The records go labelled with ``pair``."""
         c = self.worker.count
         routes = self.worker.route_tables   # the whole route set the worker acts on (refresh's)
-        target = None
+        target = copy_to = None
         if routes is not None and pair < routes.n_pairs:
             pn, pi, sn, si = (int(x) for x in routes.table[pair][:4])
             nodes = routes.nodes()
@@ -48,18 +48,17 @@ class Forwarder:
                 target = (endpoint_of(nodes[pn][1], pi), pi, routes.epoch)
                 if copies and sn != NONE and sn < len(nodes) and nodes[sn][2]:
                     copy_to = (endpoint_of(nodes[sn][2], si), si)
-                else:
-                    copy_to = None
         if target is None:
             if unless_to is not None:
                 return False
-            c["forward_dropped"] += len(as_packets(records))
+            c["forward_dropped"] += len(records) if isinstance(records, np.ndarray) else sum(map(len, records))
             return True
         records = as_packets(records)
         if not len(records):
             return True
         endpoint, instance, epoch = target
-        if copies and copy_to is not None:   # before the packets, as the io sends them
+        records["pair"] = pair   # a bucket move's packets still carry the pair they were stamped for
+        if copy_to is not None:   # before the packets, as the io sends them
             records["dup"] = 1
             self.send(copy_to[0], zmq.DEALER, wire.COPIES, epoch, copy_to[1], records)
         records["dup"] = 0   # a copy held here (taken over, then handed on) travels as a packet

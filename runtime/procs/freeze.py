@@ -38,7 +38,7 @@ LEASE_NS = 2_000_000_000
 
 class RequestBox:
     """A supervisor-to-worker request block in shared memory (created by the supervisor): named int64
-    fields, the request's sequence number written last and the answer's likewise."""
+    fields ``req_*`` and ``ack_*``; the request's sequence number is written last, and the answer's."""
 
     fields: list[str] = []
 
@@ -46,6 +46,7 @@ class RequestBox:
         self.block = block
         self.v = block.values
         self.i = {name: block.index[name] for name in self.fields}
+        self.ack_fields = [f for f in self.fields if f.startswith("ack_") and f != "ack_seq"]
 
     @classmethod
     def create(cls, name: str):
@@ -61,31 +62,30 @@ class RequestBox:
     def set(self, field: str, value: int) -> None:
         self.v[self.i[field]] = value
 
+    # -- the supervisor ------------------------------------------------------------------------------
+    def ask(self, **request: int) -> int:
+        """Post a request (``req_<name>`` = value; its sequence number last: the worker acts on a
+        whole request); the sequence number."""
+        seq = self.get("req_seq") + 1
+        for name, value in request.items():
+            self.set(f"req_{name}", value)
+        self.set("req_seq", seq)
+        return seq
+
+    def answer(self, seq: int) -> tuple[int, ...] | None:
+        """The ``ack_*`` fields (in their order) once the worker answered request ``seq``."""
+        if self.get("ack_seq") != seq:
+            return None
+        return tuple(self.get(f) for f in self.ack_fields)
+
     def close(self) -> None:
         self.block.close()
 
 
 class FreezeBox(RequestBox):
-    """The freeze requests of one worker."""
+    """The freeze requests of one worker: answered (status, the last batch released)."""
 
     fields = FIELDS
-
-    # -- the supervisor ------------------------------------------------------------------------------
-    def ask(self, op: int, pair: int, epoch: int = 0) -> int:
-        """Post a request (its sequence number last: the worker acts on a whole request). ``epoch``:
-        the routes the freeze is for (the pair's secondary in them is the one that must be synced)."""
-        seq = self.get("req_seq") + 1
-        self.set("req_pair", pair)
-        self.set("req_op", op)
-        self.set("req_epoch", epoch)
-        self.set("req_seq", seq)
-        return seq
-
-    def answer(self, seq: int) -> tuple[int, int] | None:
-        """(status, batch) once the worker answered request ``seq``."""
-        if self.get("ack_seq") != seq:
-            return None
-        return self.get("ack_status"), self.get("ack_batch")
 
 
 class Freezer:
@@ -173,7 +173,7 @@ class Freezer:
 def ask_and_wait(box: FreezeBox, op: int, pair: int, ring, epoch: int = 0,
                  timeout_s: float = 0.3) -> tuple[int, int] | None:
     """The supervisor's request: post it, wake the worker (``ring()``), wait for the answer (None: none came)."""
-    return await_answer(box, box.ask(op, pair, epoch), ring, timeout_s)
+    return await_answer(box, box.ask(op=op, pair=pair, epoch=epoch), ring, timeout_s)
 
 
 def await_answer(box: RequestBox, seq: int, ring, timeout_s: float) -> tuple[int, int] | None:

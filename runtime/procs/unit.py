@@ -231,9 +231,9 @@ class StampingUnit:
         ok = self.stamper.stamp(batch, ring_head=self.in_ring.popped)
         if not ok.all():  # flow table full: new flows without a slot are dropped unstamped
             self._v[self._i["table_full"]] += int((~ok).sum())
-            batch, dest = batch[ok], dest[ok]
+            batch, dest, buckets = batch[ok], dest[ok], buckets[ok]
             dest2 = None if dest2 is None else dest2[ok]
-        np.add.at(self.io.bucket_load, buckets if ok.all() else buckets[ok], 1.0)
+        np.add.at(self.io.bucket_load, buckets, 1.0)
         if dest2 is not None:  # copies first: a local copy is in its ring before its original can be
             self.hand_on_copies(batch, dest2)   # processed and prepared (the secondary votes on both)
         self.hand_on(batch, dest)

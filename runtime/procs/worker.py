@@ -60,6 +60,7 @@ from deft.runtime.consensus.failpoints import failpoint
 from deft.runtime.dataplane.commit_record import CommitRecord
 from deft.runtime.dataplane.packet import FORWARD, PACKET_DTYPE
 from deft.runtime.dataplane.routes import NONE, Routes
+from deft.runtime.dataplane.stamper import bucket_of
 from deft.runtime.procs.egress import BURST as EGRESS_BURST
 from deft.runtime.procs.egress import UdpSink, send_ring
 from deft.runtime.procs.globalbatches import GlobalBatches
@@ -151,7 +152,6 @@ class Worker:
         self.load = CounterBlock.attach(topo.stats(f"load.nf{index}"))
         self.record = CommitRecord.attach(topo.commit_record(index))
         self.route_tables = None   # the last whole route set refresh() took up (a RouteSnapshot)
-        self.bucket_pair = None    # ... its pair of each bucket
         self.freezer = None   # planned hand-overs of its primary pairs (replicated only)
         self.forwarder = None
         self.mover = None     # bucket moves (replicated only)
@@ -238,13 +238,13 @@ class Worker:
             return
         epoch = self.epoch = routes.epoch
         self.route_tables = routes
-        self.bucket_pair = routes.bucket_pair
         if self.dup_inputs:   # copies do not ring the bell (unit.wake): a take-over below must see them all
             self.pull_duplicates()
         me, rows = routes.self_node, routes.table[: routes.n_pairs].tolist()
         n_pairs = len(rows)
         nodes = routes.nodes()
         for p, (pn, pi, sn, si, decision, gen) in enumerate(rows):
+            unprocessed = []
             if (pn, pi) == (me, self.index):
                 if p not in self.slots:
                     if epoch == self.start_epoch and sn != NONE:
@@ -255,25 +255,21 @@ class Worker:
                     self.replicate(self.slots[p], (sn, si, gen), nodes)
             elif p in self.slots:
                 slot = self.slots.pop(p)
-                self.load_base[p] = self.load_base.get(p, 0) + slot.count["processed"]
                 unprocessed = self.retire(slot)
                 if (sn, si) == (me, self.index) and slot.frozen:   # a hand-over; this worker its next secondary
-                    self.shadows[p] = Shadow(slot.table, dict(slot.ordering.next_expected), unprocessed,
-                                             time.monotonic_ns())
+                    self.shadows[p] = Shadow(slot.table, dict(slot.ordering.next_expected), time.monotonic_ns())
             if self.secondaries is not None:
                 if (sn, si) == (me, self.index):
                     self.secondaries.ensure(p, (nodes[pn][0], pi, gen), gen)
-                    shadow = self.shadows.get(p)
-                    if shadow is not None and shadow.unprocessed:   # as copies: it forwarded them
-                        self.secondaries.on_duplicates(p, copies_of(shadow.unprocessed))
-                        shadow.unprocessed = []
+                    if unprocessed and p in self.shadows:   # it forwarded them: a replica must have them
+                        self.secondaries.on_duplicates(p, copies_of(unprocessed))
                 else:
                     self.secondaries.drop(p)
                     self.shadows.pop(p, None)
         for p in [p for p in self.slots if p >= n_pairs]:
             self.retire(self.slots.pop(p))
         if self.mover is not None:
-            self.mover.on_routes(self.bucket_pair)
+            self.mover.on_routes(routes.bucket_pair)
 
     def replicate(self, slot: PairSlot, key: tuple, nodes) -> None:
         """Give ``slot`` the secondary the routes name (``key`` = node, instance, generation)."""
@@ -333,7 +329,9 @@ class Worker:
 
         Replicating, what it has not processed goes on to the pair's new primary (``forward.py``):
         what it held while frozen for a hand-over and what its ordering kept waiting for a gap (their
-        copies may be at an older secondary); whatever still reaches it later goes by ``on_strays``."""
+        copies may be at an older secondary); whatever still reaches it later goes by ``on_strays``.
+        Returns what it forwarded."""
+        self.load_base[slot.pair] = self.load_base.get(slot.pair, 0) + slot.count["processed"]
         unprocessed = []
         if self.forwarder is not None:
             unprocessed = [slot.ordering.take_pending(), *(slot.held if slot.frozen else []),
@@ -457,8 +455,8 @@ class Worker:
         pair (``forward_moved``): late after a bucket move from here, or a replica's buffered copies of
         what its old primary held. Buckets this pair just imported are its own whatever the routes here
         say (the io may have taken up the switch before this worker)."""
-        bp = self.bucket_pair
-        buckets = arrived["key_hash"] % np.uint32(len(bp))
+        bp = self.route_tables.bucket_pair
+        buckets = bucket_of(arrived["key_hash"], len(bp))
         owner = bp[buckets]
         away = owner != slot.pair
         if not away.any():
@@ -475,12 +473,8 @@ class Worker:
     def forward_moved(self, pair: int, parts: list[np.ndarray]) -> None:
         """Packets of buckets that moved to ``pair``: to its primary, with copies for its secondary
         (they went to the old pair's secondary when they were stamped)."""
-        from deft.runtime.procs.forward import as_packets
-
-        records = as_packets(parts)
-        records["pair"] = pair
-        self.count["move_forwarded"] += len(records)
-        self.forwarder.forward(pair, records, copies=True)
+        self.count["move_forwarded"] += sum(len(p) for p in parts)
+        self.forwarder.forward(pair, parts, copies=True)
 
     def me(self) -> tuple[str, int]:
         return (self.node_id, self.index)
@@ -831,7 +825,7 @@ class Worker:
         role = slot.role
         if role is not None and not role.window_open():
             return False
-        if slot.out.due(now) or (slot.move_out is not None and not slot.move_out.exported):
+        if slot.out.due(now) or (self.mover is not None and self.mover.needs_flush(slot)):
             return True
         if not (self.flush_on_idle and self.inputs_empty()):
             return False
@@ -856,11 +850,13 @@ class Worker:
             self.direct.close()
         if self.freezer is not None:
             self.freezer.box.close()
+            self.mover.box.close()
         if self.forwarder is not None:
             self.forwarder.close()
         self.record.close()
         self.routes.close()
         self.stats.close()
+        self.load.close()
 
 
 SHADOW_NS = 10_000_000_000   # a sync that takes longer than this has other trouble
@@ -870,7 +866,6 @@ SHADOW_NS = 10_000_000_000   # a sync that takes longer than this has other trou
 class Shadow:
     table: FlowTable
     next_expected: dict[int, int]
-    unprocessed: list[np.ndarray]   # what it held and forwarded to the new primary (a replica must have them)
     since_ns: int
 
 

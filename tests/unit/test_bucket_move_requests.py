@@ -23,8 +23,8 @@ class FakeBox:
     def __init__(self, status=None):
         self.status, self.seq, self.move = status, 0, 0
 
-    def ask(self, op, move, pair, epoch):
-        self.seq, self.move = self.seq + 1, move
+    def ask(self, **request):
+        self.seq, self.move = self.seq + 1, request["move"]
         return self.seq
 
     def answer(self, seq):
