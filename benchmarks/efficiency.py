@@ -11,6 +11,7 @@ machine's background load falls on all of them alike:
              no stamping, no replication (a third of DEFT's work)
   single     examples/node1.toml: one node, NAT on 2 instances, no replication
   cluster    examples/cluster/: controller + 3 nodes, NAT, replication on
+  cluster-secure  examples/cluster-secure/: the same with CURVE on every socket (keys made per run)
 
 The example configs are used as shipped except for their addresses: every port
 is replaced by a free one (so a benchmark never collides with a running
@@ -214,15 +215,28 @@ class ExampleNodes(Device):
     """Nodes (and a controller) started from example configs, with fresh ports."""
 
     def __init__(self, name: str, tmp: Path, node_files: list[Path], controller_file: Path | None = None,
-                 overrides: dict[tuple[str, str], Any] | None = None, python: str | None = None):
+                 overrides: dict[tuple[str, str], Any] | None = None, python: str | None = None,
+                 secure: bool = False):
+        """``secure``: the configs' ``[security] keys`` point at keys made for this run, and this
+        process speaks to the nodes with the operator key while the device runs."""
         self.name = name
         mapping: dict[int, int] = {}
         self.controller = None
         self.nodes: list[LocalNode] = []
-        tag = f"b{os.getpid()}{name[:2]}{'b' if name.endswith('-before') else ''}"
+        self.secure = secure
+        tag = f"b{os.getpid()}{name[:2]}{'b' if name.endswith('-before') else ''}{'s' if secure else ''}"
+        keys = tmp / f"{tag}-keys"
+        if secure:
+            from deft.runtime import sockets
+            from deft.runtime.security import init_keys, load_keys
+
+            init_keys(keys, ["controller1", "controller2", *(f"{tag}node{k}" for k in range(1, len(node_files) + 1))])
+            sockets.use_keys(load_keys(keys, "operator", operator=True))
         try:
             if controller_file is not None:
                 cfg = _fresh_ports(tomllib.loads(controller_file.read_text()), mapping)
+                if secure:
+                    cfg["security"] = {"keys": str(keys)}
                 path = tmp / f"{tag}-controller.toml"
                 path.write_text(to_toml(cfg))
                 self.controller = LocalController.start(path, tmp / f"{tag}-controller.log", python)
@@ -233,6 +247,8 @@ class ExampleNodes(Device):
                 _base_ports(raw, mapping)
                 cfg = _fresh_ports(raw, mapping)
                 cfg["node"]["id"] = f"{tag}{cfg['node']['id']}"
+                if secure:
+                    cfg["security"] = {"keys": str(keys)}
                 path = tmp / f"{cfg['node']['id']}.toml"
                 path.write_text(to_toml(cfg))
                 self.nodes.append(LocalNode.start(path, tmp / f"{cfg['node']['id']}.log", python=python))
@@ -260,6 +276,10 @@ class ExampleNodes(Device):
             cleanup_node(node.node_id)
         if self.controller is not None:
             self.controller.stop()
+        if self.secure:
+            from deft.runtime import sockets
+
+            sockets.use_keys(None)
 
 
 # -- traffic -------------------------------------------------------------------------------------
@@ -390,10 +410,10 @@ def start_devices(names: list[str], tmp: Path, overrides: dict | None = None,
             devices[name] = ReferenceNat(tmp)
         elif name == "single":
             devices[name] = ExampleNodes("single", tmp, [ROOT / "examples" / "node1.toml"], overrides=overrides)
-        elif name == "cluster":
-            d = ROOT / "examples" / "cluster"
-            devices[name] = ExampleNodes("cluster", tmp, [d / f"node{k}.toml" for k in (1, 2, 3)],
-                                         d / "controller.toml", overrides=overrides)
+        elif name in ("cluster", "cluster-secure"):
+            d = ROOT / "examples" / name
+            devices[name] = ExampleNodes(name, tmp, [d / f"node{k}.toml" for k in (1, 2, 3)],
+                                         d / "controller.toml", overrides=overrides, secure=name == "cluster-secure")
         else:
             raise SystemExit(f"efficiency.py: unknown device {name!r}")
     return devices

@@ -16,6 +16,7 @@ Reference (defaults in brackets)::
     id = "node1"                          # required; names shared memory: /dev/shm/deft.<id>.*
     control = "tcp://127.0.0.1:7101"      # ZMQ ROUTER for deft-ctl
     controller = ""                       # deft-controller's heartbeat endpoint, e.g. tcp://127.0.0.1:7001
+                                          # (a list: every controller, the active one and its standbys)
     heartbeat_ms = 10                     # heartbeat interval
     fabric = ""                           # workers' packet sockets: worker i binds this port + i, e.g. tcp://127.0.0.1:7210
     replication = ""                      # workers' 2PC sockets: worker i binds this port + i, e.g. tcp://127.0.0.1:7300
@@ -61,16 +62,17 @@ from typing import Any
 
 from deft.runtime.errors import ConfigError
 from deft.runtime.params import Params
+from deft.runtime.security import keys_from_config
 
 _NODE_ID = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
-_SECTIONS = {"node", "ingress", "egress", "nf", "raft"}
+_SECTIONS = {"node", "ingress", "egress", "nf", "raft", "security"}
 
 
 @dataclasses.dataclass(frozen=True)
 class NodeSection:
     id: str
     control: str
-    controller: str      # heartbeat endpoint of deft-controller ("" = run without one)
+    controller: tuple[str, ...]   # heartbeat endpoints of the controllers (() = run without one)
     heartbeat_ms: int
     fabric: str          # base endpoint of the workers' packet sockets (from other nodes' io): worker i binds port + i
     replication: str     # base endpoint of the workers' replication sockets: worker i binds port + i
@@ -141,6 +143,7 @@ class NodeConfig:
     egress: EgressSection
     nf: NfSection
     raft: RaftSection | None = None  # when [raft] is given
+    keys: str = ""                   # [security] keys: the CURVE key directory, absolute ("" = plain sockets)
 
     def nf_params(self) -> Params:
         return Params(self.nf.params, self.source, "nf.params")
@@ -169,9 +172,7 @@ def parse_config(raw: dict, source: str = "<config>") -> NodeConfig:
     node_id = p.str("id")
     if not _NODE_ID.match(node_id):
         raise p.error("id", f"use 1-40 letters, digits, '_' or '-', got {node_id!r}")
-    controller = p.str("controller", "")
-    if controller:
-        controller = p.url("controller", ("tcp", "ipc"))
+    controller = p.urls("controller", ("tcp", "ipc"))   # one, or the active controller and its standbys
     fabric = p.str("fabric", "")
     if fabric:
         fabric = p.url("fabric", ("tcp",))
@@ -234,7 +235,8 @@ def parse_config(raw: dict, source: str = "<config>") -> NodeConfig:
     if nf.replicate and not (node.replication and node.fabric):
         raise p.error("replicate", "needs [node] replication and [node] fabric (pairs span nodes)")
     config = NodeConfig(source=source, node=node, ingress=ingress, egress=egress, nf=nf,
-                        raft=_raft_section(raw, source) if "raft" in raw else None)
+                        raft=_raft_section(raw, source) if "raft" in raw else None,
+                        keys=keys_from_config(raw, source))
     _check_nf(config)
     return config
 

@@ -28,7 +28,7 @@ Handler = Callable[[dict], dict]
 class ControlServer:
     def __init__(self, ctx: zmq.Context, endpoint: str, handlers: dict[str, Handler], log,
                  deferred: dict[str, Callable[[dict, Callable[[dict], None]], None]] | None = None):
-        self.sock = make_socket(ctx, zmq.ROUTER, bind=endpoint)
+        self.sock = make_socket(ctx, zmq.ROUTER, bind=endpoint, domain="control")   # operators too
         self.handlers = handlers
         self.deferred = deferred or {}
         self.log = log

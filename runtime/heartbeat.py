@@ -36,7 +36,7 @@ class Heartbeats:
     def __init__(self, sup):
         self.sup = sup
         self.interval_s = sup.config.node.heartbeat_ms / 1000
-        self.endpoint = sup.config.node.controller
+        self.endpoints = sup.config.node.controller   # every controller: the active one and its standbys
         self.seq = 0
         self.sent = 0
         self._notices: queue.SimpleQueue = queue.SimpleQueue()
@@ -75,7 +75,9 @@ class Heartbeats:
         return {"node": sup.topo.node_id, "pid": os.getpid(), "seq": self.seq,
                 "control": sup.config.node.control, "fabric": sup.config.node.fabric,
                 "replication": sup.config.node.replication, "buckets": sup.config.ingress.buckets,
-                "routes_epoch": sup.routes.epoch, "instances": instances}
+                "routes_epoch": sup.routes.epoch, "instances": instances,
+                # the newest controller this node obeys: a deposed one learns it was (lease.py)
+                "controller_fence": list(sup.controller_lease.fence)}
 
     @staticmethod
     def load(instance: dict) -> dict[str, Any]:
@@ -95,8 +97,11 @@ class Heartbeats:
         # thread only: one delivered here interrupted the timed queue wait, which then never woke again
         # (every node paused and resumed stopped beating for good)
         signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-        # PUB connects to the controller's SUB: many nodes, one bound subscriber
-        sock = make_socket(self.sup.zctx, zmq.PUB, connect=self.endpoint, hwm=1000)
+        # PUB connects to every controller's SUB (many nodes, one bound subscriber each): every beat and
+        # notice goes to each, so a standby's view is as fresh as the active one's
+        sock = make_socket(self.sup.zctx, zmq.PUB, hwm=1000)
+        for endpoint in self.endpoints:
+            sock.connect(endpoint)
         try:
             next_beat = time.monotonic()
             while not self._stop.is_set():

@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from deft.runtime.config import load_config
+from deft.runtime.security import load_keys
 from deft.runtime.errors import DeftError
 
 
@@ -20,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
+        keys = load_keys(config.keys, config.node.id) if config.keys else None
     except DeftError as exc:
         print(f"deft-node: error: {exc}", file=sys.stderr)
         return 2
@@ -29,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     from deft.runtime.procs.common import StopFlag, boost_priority, setup_logging
     from deft.runtime.supervisor import Supervisor
 
+    from deft.runtime.sockets import use_keys
+
+    use_keys(keys)   # every socket of this process speaks CURVE from now on (its children load them too)
     log = setup_logging(f"node[{config.node.id}]")
     boost_priority()
     stop = StopFlag()

@@ -69,7 +69,21 @@ class Params:
 
     def url(self, key: str, schemes: tuple[str, ...], default: Any = None) -> str:
         """A URL such as udp://127.0.0.1:4789 whose scheme is one of ``schemes``."""
-        value = self.str(key, default)
+        return self._check_url(key, self.str(key, default), schemes)
+
+    def urls(self, key: str, schemes: tuple[str, ...]) -> tuple[str, ...]:
+        """One URL or a list of them (each as ``url`` checks it, none twice); () when absent or ""."""
+        value = self._get(key, [], (str, list), "a URL or a list of URLs")
+        values = [value] if isinstance(value, str) and value else value if isinstance(value, list) else []
+        for v in values:
+            if not isinstance(v, str):
+                raise self.error(key, f"expected URLs, got {v!r}")
+            self._check_url(key, v, schemes)
+        if len(set(values)) != len(values):
+            raise self.error(key, "lists a URL twice")
+        return tuple(values)
+
+    def _check_url(self, key: str, value: str, schemes: tuple[str, ...]) -> str:
         scheme, sep, rest = value.partition("://")
         if not sep or scheme not in schemes or not rest:
             raise self.error(key, f"expected {' or '.join(s + '://...' for s in schemes)}, got {value!r}")

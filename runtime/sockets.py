@@ -1,22 +1,51 @@
-"""The one place ZeroMQ sockets are made, so options (and later CURVE) live together.
+"""The one place ZeroMQ sockets are made, so options and CURVE live together.
 
 Every ZeroMQ socket of the runtime and its tools comes from ``make_socket``
 (``tests/test_packaging.py`` checks that no other module calls ``.socket(``
 on a context).
+
+With keys (``use_keys``: a process whose config has ``[security] keys``, or
+``deft-ctl --keys``) every socket but inproc ones speaks CURVE: a socket that
+binds (or ``serve``) serves with the cluster's key pair and asks its
+context's ZAP handler (a thread per context, started with the first such
+socket) whether the client's key is a member's (``domain="cluster"``) or, on
+control sockets (``domain="control"``), a member's or an operator's; any other
+peer, plain or with another key, is dropped during the handshake and gets
+nothing. A socket that connects presents this process's own key. Both ends
+of every connection are made here, so none can miss it.
 """
 
 from __future__ import annotations
 
+import signal
+
 import zmq
+
+from deft.runtime.security import KeyCheck, Keys
+
+_keys: Keys | None = None
+_authenticators: dict[int, object] = {}   # id(context) -> its ZAP handler (ThreadAuthenticator)
+
+
+def use_keys(keys: Keys | None) -> None:
+    """Every socket made from now on in this process speaks CURVE with ``keys`` (None: plain)."""
+    global _keys
+    _keys = keys
+
+
+def keys_in_use() -> Keys | None:
+    return _keys
 
 
 def make_socket(ctx: zmq.Context, kind: int, *, bind: str | None = None, connect: str | None = None,
                 hwm: int = 10_000, identity: bytes | None = None, immediate: bool = False,
-                subscribe: bytes | None = None) -> zmq.Socket:
+                subscribe: bytes | None = None, serve: bool = False, domain: str = "cluster") -> zmq.Socket:
     """A socket with linger 0 and both high-water marks at ``hwm``.
 
     ``identity`` names a DEALER to its ROUTER; ``immediate`` queues nothing for a
-    peer that is not connected; ``subscribe`` is a SUB socket's topic prefix.
+    peer that is not connected; ``subscribe`` is a SUB socket's topic prefix;
+    ``serve`` marks a socket its caller binds later (CURVE server); ``domain``
+    says who may connect to a serving socket ("control": operators too).
     """
     sock = ctx.socket(kind)
     sock.linger = 0  # an abandoned socket must never hang a process on exit
@@ -30,8 +59,62 @@ def make_socket(ctx: zmq.Context, kind: int, *, bind: str | None = None, connect
         sock.setsockopt(zmq.IMMEDIATE, 1)
     if subscribe is not None:
         sock.setsockopt(zmq.SUBSCRIBE, subscribe)
+    if _keys is not None and not (bind or connect or "").startswith("inproc://"):
+        try:
+            if bind or serve:
+                _serve(ctx, sock, _keys, domain)
+            else:
+                sock.curve_secretkey = _keys.secret
+                sock.curve_publickey = _keys.public
+                sock.curve_serverkey = _keys.server_public
+        except BaseException:
+            sock.close()
+            raise
     if bind:
         sock.bind(bind)
     if connect:
         sock.connect(connect)
     return sock
+
+
+def _serve(ctx: zmq.Context, sock: zmq.Socket, keys: Keys, domain: str) -> None:
+    if keys.server_secret is None:
+        raise ValueError(f"{keys.name} holds an operator's keys: it cannot serve")
+    _authenticator(ctx, keys)
+    sock.curve_secretkey = keys.server_secret
+    sock.curve_publickey = keys.server_public
+    sock.curve_server = True
+    sock.zap_domain = domain.encode()
+
+
+def _authenticator(ctx: zmq.Context, keys: Keys) -> None:
+    """The context's ZAP handler, started once (its thread blocks signals: they are the main thread's)."""
+    if id(ctx) in _authenticators:
+        return
+    from zmq.auth.thread import ThreadAuthenticator
+
+    auth = ThreadAuthenticator(ctx)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        auth.start()   # the thread inherits the blocked mask
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    auth.configure_curve_callback("cluster", KeyCheck(keys.members))
+    auth.configure_curve_callback("control", KeyCheck(keys.members | keys.operators))
+    _authenticators[id(ctx)] = auth
+
+
+def refused(ctx: zmq.Context) -> int:
+    """Clients this context's ZAP handler turned away (0 without keys)."""
+    auth = _authenticators.get(id(ctx))
+    if auth is None:
+        return 0
+    return sum(p.refused for p in auth.credentials_providers.values())
+
+
+def close_context(ctx: zmq.Context) -> None:
+    """Stop the context's ZAP handler (if any) and terminate it: its sockets must be closed."""
+    auth = _authenticators.pop(id(ctx), None)
+    if auth is not None:
+        auth.stop()
+    ctx.term()

@@ -30,6 +30,7 @@ import zmq
 
 from deft.runtime.config import NodeConfig
 from deft.runtime.control import ControlServer
+from deft.runtime.controller.lease import LeaseVoter, fenced, serve_request
 from deft.runtime.dataplane.commit_record import CommitRecord
 from deft.runtime.dataplane.sentlog import SentLog
 from deft.runtime.dataplane.routes import MAX_PAIRS, RouteError, Routes, RouteSet
@@ -46,6 +47,7 @@ from deft.runtime.dataplane.stamper import StamperTable
 from deft.runtime.ring import Doorbell, Ring, cleanup_node
 from deft.runtime.ring.fdbell import FdBell
 from deft.runtime.ring.shm import create_segment, release_segment
+from deft.runtime.sockets import close_context
 from deft.runtime.stats import CounterBlock
 from deft.runtime.topology import Topology
 
@@ -117,6 +119,9 @@ class Supervisor:
         self.pending_kill: tuple[str, float] | None = None
         self.globalstate = None  # this node's Raft member, with [raft]
         self.globals_channel = None  # its workers' global operations (WorkerChannel)
+        # the controller lease (controller/lease.py): this node votes when a controller lists it as a
+        # witness, and obeys no controller whose term is below the newest it obeyed (fencing)
+        self.controller_lease = LeaseVoter()
 
     # -- shared memory ------------------------------------------------------
     def create_shared(self) -> None:
@@ -315,8 +320,22 @@ class Supervisor:
                 proc.wait()
 
     # -- routes -----------------------------------------------------------------
+    def on_lease(self, request: dict) -> dict:
+        """``{"cmd": "lease", ...}``: a controller asks this witness for the lease (``controller/lease.py``)."""
+        return serve_request(self.controller_lease, request, time.monotonic() * 1000)
+
+    def fenced(self, request: dict, what: str) -> None:
+        """Refuse (ValueError, logged) a deposed controller's request."""
+        try:
+            fenced(self.controller_lease, request, what)
+        except ValueError as exc:
+            self.log.warning("%s", exc)
+            raise
+
     def on_set_routes(self, request: dict) -> dict:
-        """Install a route set (from the controller): refused when stale or inconsistent, with a log line."""
+        """Install a route set (from the controller): refused when stale or inconsistent, or when its
+        controller was deposed, with a log line."""
+        self.fenced(request, "routes")
         try:
             routes = RouteSet.from_request(request, self.config.ingress.buckets,
                                            {self.topo.node_id: self.config.nf.instances})
@@ -404,6 +423,7 @@ class Supervisor:
         the last batch it released (``freeze.py``). The reply says ``frozen`` with that ``batch``,
         or why not (``retry``: ask again soon, e.g. its secondary is still syncing).
         """
+        self.fenced(request, "freeze")
         pair, epoch = request.get("pair"), request.get("epoch", 0)
         for name, value in (("pair", pair), ("epoch", epoch)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -448,6 +468,7 @@ class Supervisor:
 
     def on_move(self, request: dict) -> dict:
         """``{"cmd": "move", ...}``: a step of a bucket move for worker ``instance`` (``bucketmove.serve``)."""
+        self.fenced(request, "move")
         index, down = self.box_owner(self.move_boxes, request)
         if down:
             return {"done": False, "reason": down, "retry": True}
@@ -490,6 +511,7 @@ class Supervisor:
         the caller learns which pid went; "node" kills the supervisor itself
         (and with it, by PDEATHSIG, every child): a node failure.
         """
+        self.fenced(request, "kill")
         target = request.get("target")
         if target == "node":
             pid = os.getpid()
@@ -570,7 +592,7 @@ class Supervisor:
                                              {"status": lambda req: node_status(self), "kill": self.on_kill,
                                               "set_routes": self.on_set_routes, "freeze": self.on_freeze,
                                               "move": self.on_move, "bucket_load": self.on_bucket_load,
-                                              "get_routes": self.on_get_routes,
+                                              "get_routes": self.on_get_routes, "lease": self.on_lease,
                                               "raft_transfer": self.on_raft_transfer},
                                              self.log,
                                              deferred={"global_get": self.on_global_get,
@@ -631,7 +653,7 @@ class Supervisor:
                 self.control.close()
             if self.ingress_socket:
                 self.ingress_socket.close()
-            self.zctx.term()
+            close_context(self.zctx)
             self.close_shared()
             self.log.info("node %s stopped", self.topo.node_id)
 

@@ -3,7 +3,8 @@
 Synopsis::
 
     deft-ctl --node tcp://127.0.0.1:7101 status [--json]
-    deft-ctl --controller tcp://127.0.0.1:7000 status [--json]
+    deft-ctl --controller tcp://127.0.0.1:7000 status [--json]     # either controller; a standby says
+                                                                    # which one is active and forwards the rest
     deft-ctl --controller tcp://127.0.0.1:7000 fail nf node1/nf0      # drills: SIGKILL an NF worker
     deft-ctl --controller tcp://127.0.0.1:7000 fail node node1        # ... or a whole node
     deft-ctl --controller tcp://127.0.0.1:7000 rebalance [--wait]     # spread pairs over the live nodes
@@ -11,6 +12,8 @@ Synopsis::
     deft-ctl --controller tcp://127.0.0.1:7000 undrain node2          # let it take roles again
     deft-ctl --controller tcp://127.0.0.1:7000 move --buckets 100-199 --to-pair 3 [--wait]   # flows move
     deft-ctl --node tcp://127.0.0.1:7101 global get KEY [--linearizable] [--json]
+    deft-ctl keys init examples/cluster-secure/keys [--members node1,...]   # a secure cluster's CURVE keys
+    deft-ctl --keys examples/cluster-secure/keys --controller tcp://127.0.0.1:7000 status   # ... used
     deft-ctl --node tcp://127.0.0.1:7101 global incr KEY [N]     # also: put KEY JSON, add_to_set KEY JSON
 
 ``status`` shows the node id, the pid of the supervisor and of every process,
@@ -24,8 +27,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 import orjson
+
+from deft.runtime.errors import DeftError
+from deft.runtime.security import DEFAULT_MEMBERS, OPERATOR, init_keys, load_keys
+from deft.runtime.sockets import use_keys
 
 # the control client lives with the control server (the controller uses it too); re-exported here
 from deft.runtime.control import NoAnswer as NoAnswer
@@ -81,8 +89,16 @@ def render_status(st: dict) -> str:
 
 def render_cluster(st: dict) -> str:
     c = st["controller"]
-    lines = [f"controller pid {c['pid']}  up {c['uptime_s']:.1f}s  heartbeat {c['heartbeat_ms']} ms x "
+    lines = [f"controller {c['id']}  pid {c['pid']}  up {c['uptime_s']:.1f}s  heartbeat {c['heartbeat_ms']} ms x "
              f"{c['miss_limit']}  {_fmt_counters(c['counters'])}"]
+    if c["role"] == "active":
+        since = time.strftime("%H:%M:%S", time.localtime(c["active_since"]))
+        lines.append(f"  ACTIVE since {since} ({time.time() - c['active_since']:.1f} s), lease term {c['term']}, "
+                     f"{c['lease']['granted']} of {c['lease']['voters']} voters")
+    else:
+        active = c["active"]
+        lines.append(f"  STANDBY: the active controller is {active['holder'] or 'unknown'}"
+                     + (f" at {active['control']}" if active["control"] else "") + f" (term {c['term']} asked)")
     for node in st["nodes"]:
         lines.append(f"node {node['id']}  pid {node['pid']}  {node['state'].upper()}  control {node['control']}  "
                      f"last beat {node['silence_ms']:.0f} ms ago")
@@ -122,30 +138,34 @@ def describe_operation(op: dict) -> str:
     return text
 
 
-def ask(endpoint: str, request: dict, timeout_ms: int) -> dict | None:
-    """The reply, or None after printing why there is none (no answer, or an error reply)."""
+def ask(endpoint: str, request: dict, timeout_ms: int) -> tuple[str, dict | None]:
+    """The endpoint that answered and its reply, or None after printing why there is none (no answer,
+    or an error reply). A standby controller names the active one: the request goes there."""
     try:
         reply = query(endpoint, request, timeout_ms)
+        if not reply.get("ok") and isinstance(reply.get("active"), str) and reply["active"] != endpoint:
+            print(f"deft-ctl: {endpoint} is a standby controller; asking the active one at {reply['active']}",
+                  file=sys.stderr)
+            endpoint = reply["active"]
+            reply = query(endpoint, request, timeout_ms)
     except NoAnswer as exc:
         print(f"deft-ctl: {exc}", file=sys.stderr)
-        return None
+        return endpoint, None
     if not reply.get("ok"):
         print(f"deft-ctl: {reply.get('error')}", file=sys.stderr)
-        return None
-    return reply
+        return endpoint, None
+    return endpoint, reply
 
 
 def report_operation(endpoint: str, op: dict, args) -> int:
     """Print a started operation; with --wait, poll it until it ends (exit 0 done, 1 failed or timed out)."""
-    import time
-
     deadline = time.monotonic() + args.wait_s
     while args.wait and op.get("state") == "running":
         if time.monotonic() >= deadline:
             print(f"deft-ctl: gave up waiting after {args.wait_s:.0f} s: {describe_operation(op)}", file=sys.stderr)
             return 1
         time.sleep(0.1)
-        reply = ask(endpoint, {"cmd": "operation", "id": op["id"]}, args.timeout_ms)
+        endpoint, reply = ask(endpoint, {"cmd": "operation", "id": op["id"]}, args.timeout_ms)
         if reply is None:
             return 1
         op = reply
@@ -154,6 +174,21 @@ def report_operation(endpoint: str, op: dict, args) -> int:
     else:
         print(describe_operation(op))
     return 1 if op.get("state") == "failed" else 0
+
+
+def init_keys_command(args) -> int:
+    """``deft-ctl keys init DIR``: the missing keys made, the existing ones kept."""
+    split = [[n.strip() for n in text.split(",") if n.strip()] for text in (args.members, args.operators)]
+    try:
+        made = init_keys(args.dir, split[0], split[1])
+    except (DeftError, OSError) as exc:
+        print(f"deft-ctl: {exc}", file=sys.stderr)
+        return 2
+    for path in made:
+        print(f"made {path}")
+    print(f"{args.dir}: keys for the cluster, members {', '.join(split[0])} and operators "
+          f"{', '.join(split[1])} ({len(made)} new; existing keys kept)")
+    return 0
 
 
 def bucket_list(text: str) -> list[int]:
@@ -177,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--node", help="node control endpoint (default tcp://127.0.0.1:7101)")
     where.add_argument("--controller", help="controller control endpoint, e.g. tcp://127.0.0.1:7000")
     parser.add_argument("--timeout-ms", type=int, default=2000)
+    parser.add_argument("--keys", metavar="DIR", help="a secure cluster's key directory: speak CURVE with "
+                        "its operator key (operators/<--operator>.key_secret)")
+    parser.add_argument("--operator", default="operator", help="which operator key of --keys [operator]")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_status = sub.add_parser("status", help="show processes, counters and rings (node) or the cluster")
     p_status.add_argument("--json", action="store_true")
@@ -207,7 +245,21 @@ def main(argv: list[str] | None = None) -> int:
     p_raft.add_argument("id", type=int, help="the member id")
     p_raft.add_argument("endpoint", nargs="?", help="add-learner: the new member's tcp://HOST:PORT")
     p_raft.add_argument("--json", action="store_true")
+    p_keys = sub.add_parser("keys", help="make a secure cluster's CURVE keys (examples/cluster-secure/README.md)")
+    p_keys.add_argument("op", choices=("init",))
+    p_keys.add_argument("dir", help="the key directory ([security] keys of every config)")
+    p_keys.add_argument("--members", default=",".join(DEFAULT_MEMBERS),
+                        help="node and controller ids that get a key [%(default)s]")
+    p_keys.add_argument("--operators", default=OPERATOR, help="operator key names [%(default)s]")
     args = parser.parse_args(argv)
+    if args.cmd == "keys":
+        return init_keys_command(args)
+    if args.keys:
+        try:
+            use_keys(load_keys(args.keys, args.operator, operator=True))
+        except DeftError as exc:
+            print(f"deft-ctl: {exc}", file=sys.stderr)
+            return 2
     if args.cmd in ("fail", "rebalance", "drain", "undrain", "move") and not args.controller:
         parser.error(f"{args.cmd} needs --controller")
     endpoint = args.controller or args.node or "tcp://127.0.0.1:7101"
@@ -235,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             parser.error(f"global {args.op}: bad value {args.value!r} (incr takes an integer, put JSON)")
         request = {"cmd": "global_op", "op": args.op, "key": args.key, "args": value}
-    reply = ask(endpoint, request, args.timeout_ms)
+    endpoint, reply = ask(endpoint, request, args.timeout_ms)
     if reply is None:
         return 1
     if args.cmd in ("rebalance", "drain", "move"):

@@ -1,4 +1,4 @@
-"""``make demo``: a controller and three NAT nodes on loopback, traffic, a primary and then a node killed mid-run.
+"""``make demo``: two controllers and three NAT nodes on loopback, traffic, a primary, a node and the active controller killed mid-run.
 
     python -m deft.tools.demo_cluster [--rate 3000] [--seconds 8] [--flows 1000]
 
@@ -36,6 +36,18 @@ def describe(what: str, f: Failover) -> str:
             f"({f.recovery_ms:.0f} ms after detection)")
 
 
+def take_over(cluster: LocalCluster) -> str:
+    """Kill the active controller; the standby takes over (how long it took, from its status)."""
+    active = cluster.active_controller()
+    killed_at = time.time()
+    active.proc.kill()
+    new = cluster.active_controller()
+    st = new.wait_for(healthy, 10.0)
+    c = st["controller"]
+    return (f"the active controller {active.control}: {c['id']} took over {(c['active_since'] - killed_at) * 1000:.0f} ms "
+            f"later (lease term {c['term']}), with the assignment read back from the nodes")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="deft-demo-cluster")
     parser.add_argument("--rate", type=int, default=3000)
@@ -44,13 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="deft-demo-") as tmp:
         tmp_path = Path(tmp)
-        cluster = LocalCluster(tmp_path, "demo", 3, replicate=True, miss_limit=5)
+        cluster = LocalCluster(tmp_path, "demo", 3, replicate=True, miss_limit=5, standby=True)
         gen = None
         try:
             cluster.wait_ready()
             nodes = cluster.nodes[:]
-            print(f"== controller {cluster.ctl.control}; nodes {', '.join(n.node_id for n in nodes)} up; "
-                  "6 pairs, each with a secondary on another node")
+            print(f"== controller {cluster.ctl.control} active, {cluster.controllers[1].control} standing by; nodes "
+                  f"{', '.join(n.node_id for n in nodes)} up; 6 pairs, each with a secondary on another node")
             spare = cluster.add_node()   # joins after the placement: it serves nothing until a rebalance
             print(f"== node {spare.node_id} joins the running cluster (no pairs yet)")
             print(f"== traffic into {nodes[0].ingress}: {args.flows} flows (half TCP) at {args.rate} pps "
@@ -67,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             if node is not None:
                 print("== SIGKILL " + describe("node", node))
             wait_for(cluster, healthy)
+            print("== SIGKILL " + take_over(cluster))
             op = run_operation(cluster, {"cmd": "rebalance"}, timeout=30.0)   # the survivors took the dead node's primaries: spread them again
             print(f"== rebalance over the live nodes: {op['state']} in {op['finished_ms'] - op['started_ms']:.0f} ms, "
                   f"{op['hand_overs']} planned hand-overs (frozen primary, nothing in doubt)"

@@ -293,13 +293,18 @@ class LocalCluster:
     def __init__(self, tmp: Path, tag: str, n_nodes: int = 2, *, replicate: bool = False,
                  miss_limit: int = 10, logs: bool = True, kind: str = "nat", params: dict | None = None,
                  instances: int = 2, raft: bool | dict = False, nf: dict | None = None,
-                 env: dict[int, dict] | None = None, metrics: bool = False, controller: dict | None = None):
+                 env: dict[int, dict] | None = None, metrics: bool = False, controller: dict | None = None,
+                 standby: bool = False, keys: Path | None = None):
         """``kind``/``params``/``instances``/``nf`` (extra ``[nf]`` keys) choose the NF (NAT by
         default); ``raft`` gives every node a member of the global-state Raft (``[raft]``, members on
         free loopback ports, data in ``tmp``; a dict adds its keys, e.g. ``{"fsync": False}``);
         ``env`` maps a node number (1-based) to extra environment variables of its processes;
         ``metrics`` gives the controller and every node a Prometheus endpoint (``metrics_urls``);
-        ``controller`` adds ``[controller]`` keys (e.g. the autoscaler's)."""
+        ``controller`` adds ``[controller]`` keys (e.g. the autoscaler's); ``standby`` starts a second
+        controller (``standby``, the first one's peer; the nodes are the witnesses); ``keys`` makes a
+        secure cluster: CURVE keys for every member made there (``deft-ctl keys init``), and
+        ``[security] keys`` in every config (the caller speaks to it with ``use_keys`` and the
+        operator key)."""
         self.tmp = tmp
         self.configs: list[Path] = []
         cfg = controller_config(heartbeat_ms=10, miss_limit=miss_limit, expect_nodes=n_nodes)
@@ -307,10 +312,34 @@ class LocalCluster:
         self.metrics_urls: list[str] = []   # controller first, then the nodes
         if metrics:
             cfg["controller"]["metrics"] = self._metrics_url()
-        (tmp / f"{tag}-controller.toml").write_text(to_toml(cfg))
-        self.ctl = LocalController.start(tmp / f"{tag}-controller.toml",
-                                         tmp / f"{tag}-controller.log" if logs else None)
-        self._ctl_files = (tmp / f"{tag}-controller.toml", tmp / f"{tag}-controller.log" if logs else None)
+        # node control endpoints chosen now: the controllers' witnesses
+        self.node_controls = [f"tcp://127.0.0.1:{free_port(socket.SOCK_STREAM)}" for _ in range(n_nodes)]
+        cfgs = [cfg]
+        self.keys = keys
+        if keys is not None:
+            from deft.runtime.security import init_keys
+
+            init_keys(keys, ["controller1", "controller2",
+                             *(f"{tag}{os.getpid()}n{n}" for n in range(1, n_nodes + 3))])
+            cfg["controller"].setdefault("id", "controller1")
+            cfg["security"] = {"keys": str(keys)}
+        if standby:
+            cfg2 = controller_config(heartbeat_ms=10, miss_limit=miss_limit, expect_nodes=n_nodes)
+            if keys is not None:
+                cfg2["security"] = {"keys": str(keys)}
+            cfg2["controller"].update({**(controller or {}), "id": "controller2", "standby": True})
+            cfg["controller"].update(id="controller1", peers=[cfg2["controller"]["control"]],
+                                     witnesses=self.node_controls)
+            cfg2["controller"].update(peers=[cfg["controller"]["control"]], witnesses=self.node_controls)
+            cfgs.append(cfg2)
+        self.controllers: list[LocalController] = []
+        self._ctl_files = []
+        for k, c in enumerate(cfgs):
+            name = f"{tag}-controller{k + 1 if k else ''}"
+            files = (tmp / f"{name}.toml", tmp / f"{name}.log" if logs else None)
+            files[0].write_text(to_toml(c))
+            self.controllers.append(LocalController.start(*files))
+            self._ctl_files.append(files)
         self.egress = f"udp://127.0.0.1:{free_port()}"
         self.nodes: list[LocalNode] = []
         self.members = {str(n): f"tcp://127.0.0.1:{free_port(socket.SOCK_STREAM)}" for n in range(1, n_nodes + 1)}
@@ -324,14 +353,18 @@ class LocalCluster:
     def _start_node(self, n: int, env: dict | None = None, nf: dict | None = None) -> LocalNode:
         st = self.settings
         node_id = f"{st['tag']}{os.getpid()}n{n}"
-        node = {"controller": st["cfg"]["controller"]["heartbeats"],
+        node = {"controller": [c.heartbeats for c in self.controllers],
                 "fabric": f"tcp://127.0.0.1:{consecutive_ports(st['instances'])}"}
+        if n <= len(self.node_controls):
+            node["control"] = self.node_controls[n - 1]
         if st["replicate"]:
             node["replication"] = f"tcp://127.0.0.1:{consecutive_ports(st['instances'])}"
         if st["metrics"]:
             node["metrics"] = self._metrics_url()
         # one public address for the cluster: a pair (and its port slice) moves between nodes on failover
         extra: dict[str, dict] = {"ingress": {"listen": "none"}} if n > 1 else {}
+        if self.keys is not None:
+            extra["security"] = {"keys": str(self.keys)}
         if st["raft"]:
             raft = st["raft"]
             extra["raft"] = {"id": n, "members": self.members, "data_dir": str(self.tmp / f"{node_id}-raft"),
@@ -344,19 +377,39 @@ class LocalCluster:
         self.configs.append(path)
         return LocalNode.start(path, self.tmp / f"{node_id}.log" if st["logs"] else None, env)
 
-    def restart_controller(self, kill: bool = True) -> LocalController:
-        """SIGKILL (``kill``) or stop the controller and start it again on the same config; the new one
-        takes the assignment back from the nodes. Its log goes on in the same file."""
+    @property
+    def ctl(self) -> LocalController:
+        """The first controller still running (with a standby: which one is active is
+        ``active_controller``; a standby answers status, and names the active one to anything else)."""
+        return next((c for c in self.controllers if c.proc.poll() is None), self.controllers[0])
+
+    def active_controller(self, timeout: float = 10.0) -> LocalController:
+        """The controller whose status says it is active (waits for one)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for c in self.controllers:
+                try:
+                    if c.proc.poll() is None and c.status(500)["controller"]["role"] == "active":
+                        return c
+                except NoAnswer:
+                    pass
+            time.sleep(0.02)
+        raise RuntimeError(f"no active controller within {timeout:.0f} s")
+
+    def restart_controller(self, kill: bool = True, k: int = 0) -> LocalController:
+        """SIGKILL (``kill``) or stop controller ``k`` and start it again on the same config; the new one
+        takes the assignment back from the nodes (or stands by). Its log goes on in another file."""
         import signal
 
-        if kill and self.ctl.proc.poll() is None:
-            self.ctl.proc.send_signal(signal.SIGKILL)
-        self.ctl.stop()
-        config, log = self._ctl_files
+        old = self.controllers[k]
+        if kill and old.proc.poll() is None:
+            old.proc.send_signal(signal.SIGKILL)
+        old.stop()
+        config, log = self._ctl_files[k]
         if log is not None:
             log = log.with_name(log.stem + f".{int(time.time() * 1000) % 100000}.log")
-        self.ctl = LocalController.start(config, log)
-        return self.ctl
+        self.controllers[k] = LocalController.start(config, log)
+        return self.controllers[k]
 
     def _metrics_url(self) -> str:
         url = f"http://127.0.0.1:{free_port(socket.SOCK_STREAM)}"
@@ -377,7 +430,7 @@ class LocalCluster:
         """Every process serving and routes pushed over all the nodes."""
         for node in self.nodes:
             node.wait_ready()
-        self.ctl.wait_for(lambda st: any(e["event"] == "routes_pushed" and e["ok"]
+        self.active_controller(20).wait_for(lambda st: any(e["event"] == "routes_pushed" and e["ok"]
                                          and len(e["nodes"]) == len(self.nodes) for e in st["events"]))
         return self
 
@@ -403,7 +456,8 @@ class LocalCluster:
         """
         # the controller first: nodes stopping one by one under it would be failed over onto the ones
         # still running, each a take-over the next stop waits out (teardowns took 5-9 s)
-        self.ctl.stop()
+        for ctl in self.controllers:
+            ctl.stop()
         crashed = {node.node_id: node.proc.poll() is not None for node in self.nodes}
         for node in self.nodes:   # every supervisor told at once; each then waited for below
             if node.proc.poll() is None:

@@ -12,6 +12,19 @@
     fresh_grace_ms = 500                  # a pair whose every replica's node is suspected waits this long
                                           # for one to come back (same process: state kept) before it
                                           # restarts with fresh state
+    id = "controller1"                    # its name in status and logs (default: its control endpoint)
+    peers = ["tcp://127.0.0.1:7010"]      # control endpoints of the other controllers (a standby)
+    witnesses = ["tcp://127.0.0.1:7101", ...]  # node control endpoints that vote on who is active
+    lease_ms = 500                        # an active controller holds its lease this long per renewal
+    standby = false                       # true: let the others take the lease first at start
+
+With peers, one controller is active at a time (``lease.py``): it holds the
+lease from a majority of the voters (the controllers and the witnesses) and
+renews it every lease_ms / 4; the others watch the same beats and answer
+``status``; every other request gets an error naming the active one
+(``active``: its endpoint; deft-ctl follows it). Every route set and planned
+step carries the term of the lease: a node refuses a term below the newest it
+obeyed, so a deposed controller changes nothing.
 
 Planned operations (``operations.py``, with ``manage_routes``): ``rebalance``
 spreads primaries and secondaries over the live nodes, ``drain`` moves every
@@ -56,11 +69,13 @@ import zmq
 from deft.runtime import wire
 from deft.runtime.control import ControlServer
 from deft.runtime.controller.autoscale import AutoscaleConfig, Autoscaler, pick_buckets
+from deft.runtime.controller.leaselink import LeaseKeeper
 from deft.runtime.controller.view import ClusterView
 from deft.runtime.errors import ConfigError, DeftError, WireError
 from deft.runtime.params import Params
 from deft.runtime.procs.common import StopFlag, boost_priority, setup_logging
-from deft.runtime.sockets import make_socket
+from deft.runtime.security import keys_from_config, load_keys
+from deft.runtime.sockets import close_context, make_socket, use_keys
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +90,12 @@ class ControllerConfig:
     expect_nodes: int
     metrics: str = ""          # http://HOST:PORT of the Prometheus endpoint ("" = none)
     autoscale: AutoscaleConfig = AutoscaleConfig()
+    id: str = ""               # "" = its control endpoint
+    peers: tuple[str, ...] = ()
+    witnesses: tuple[str, ...] = ()
+    lease_ms: int = 500
+    standby: bool = False
+    keys: str = ""             # [security] keys: the CURVE key directory ("" = plain sockets)
 
 
 def load_controller_config(path: str | Path) -> ControllerConfig:
@@ -85,9 +106,9 @@ def load_controller_config(path: str | Path) -> ControllerConfig:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    unknown = sorted(set(raw) - {"controller"})
+    unknown = sorted(set(raw) - {"controller", "security"})
     if unknown:
-        raise ConfigError(f"{path}: [{unknown[0]}]: unknown section (known: controller)")
+        raise ConfigError(f"{path}: [{unknown[0]}]: unknown section (known: controller, security)")
     p = Params(raw.get("controller", {}), str(path), "controller")
     cfg = ControllerConfig(
         source=str(path),
@@ -104,8 +125,18 @@ def load_controller_config(path: str | Path) -> ControllerConfig:
             dwell_ms=p.float("autoscale_dwell_ms", 2000.0, min=0.0, max=3_600_000.0),
             cooldown_ms=p.float("autoscale_cooldown_ms", 10_000.0, min=0.0, max=3_600_000.0),
             min_gain=p.float("autoscale_min_gain", 0.2, min=0.0, max=1.0)),
+        id=p.str("id", ""), peers=p.urls("peers", ("tcp", "ipc")), witnesses=p.urls("witnesses", ("tcp", "ipc")),
+        lease_ms=p.int("lease_ms", 500, min=20, max=60_000), standby=p.bool("standby", False),
+        keys=keys_from_config(raw, str(path)),
     )
     p.check_unknown()
+    if cfg.peers and not cfg.witnesses:
+        raise p.error("witnesses", "controllers with peers need witness nodes (their control endpoints) to "
+                      "agree which one is active: two controllers alone cannot outvote each other")
+    if cfg.keys and not cfg.id:
+        raise p.error("id", "is required with [security] keys: it names this controller's key in members/")
+    if cfg.control in cfg.peers:
+        raise p.error("peers", f"lists this controller's own control endpoint {cfg.control}")
     return cfg
 
 
@@ -140,18 +171,82 @@ class Controller:
         self.operations = Operations(self, self.freeze_pair, log, ask=self.ask_node, clock=now_ms)
         self.autoscaler = Autoscaler(cfg.autoscale)
         self.next_autoscale_ms = 0.0
+        # the lease (lease.py): active while a majority of the voters (itself, its peers, the witness
+        # nodes) grant it; one incarnation is one holder, so a restarted controller is a new one
+        self.holder = f"{cfg.id or cfg.control}#{os.getpid()}"
+        self.is_active = False
+        self.active_since: float | None = None   # wall clock, for status
         self.zctx = zmq.Context()
         try:
             self.sub = make_socket(self.zctx, zmq.SUB, bind=cfg.heartbeats)
             self.sub.subscribe(b"")
+            handlers = {"fail": self.fail, "rebalance": self.rebalance, "drain": self.drain,
+                        "undrain": self.undrain, "move": self.move, "operation": self.operation}
             self.control = ControlServer(self.zctx, cfg.control,
-                                         {"status": self.status, "fail": self.fail, "rebalance": self.rebalance,
-                                          "drain": self.drain, "undrain": self.undrain,
-                                          "move": self.move, "operation": self.operation}, log)
+                                         {"status": self.status, "lease": self.on_lease,
+                                          **{cmd: self.when_active(h) for cmd, h in handlers.items()}}, log)
         except zmq.ZMQError as exc:
             self.zctx.destroy(linger=0)
             raise DeftError(f"{cfg.source}: [controller] cannot bind: {exc}") from None
         self.started = time.time()
+        # (a standby lets the others go first)
+        self.lease = LeaseKeeper(self.zctx, self.holder, cfg.control, list(cfg.peers), list(cfg.witnesses),
+                                 cfg.lease_ms, now_ms() + (cfg.lease_ms if cfg.standby else 0.0), now_ms)
+
+    # -- the lease (lease.py, leaselink.py) --------------------------------------------------------
+    def on_lease(self, request: dict) -> dict:
+        """A peer controller's lease request: this controller votes too."""
+        return self.lease.vote(request)
+
+    def check_role(self, now: float) -> None:
+        """Take charge when the lease is ours, step down when it lapsed."""
+        active = self.lease.active()
+        if active and not self.is_active:
+            self.take_charge(now)
+        elif not active and self.is_active:
+            self.is_active = False
+            self.counters["stepped_down"] = self.counters.get("stepped_down", 0) + 1
+            self.log.error("lost the controller lease (term %d): standing by", self.lease.term)
+            self.view.record(now, "controller_standby", term=self.lease.term)
+
+    def take_charge(self, now: float) -> None:
+        """Active from now on: everything a previous active one decided is read back from the nodes'
+        route sets (``recover``), as a restarted controller does; nothing of an earlier term is kept."""
+        from deft.runtime.controller.operations import Operations
+        from deft.runtime.controller.placement import Assignment
+
+        self.is_active, self.active_since = True, time.time()
+        self.assignment, self.placed, self.routes_due, self.next_push_ms = Assignment(0), (), False, 0.0
+        self.recovery_done = False
+        self.handled_nodes.clear()
+        self.handled_instances.clear()
+        self.operations = Operations(self, self.freeze_pair, self.log, ask=self.ask_node, clock=now_ms)
+        self.log.warning("active controller now (lease term %d: %s)", self.lease.term, self.lease.status())
+        self.view.record(now, "controller_active", term=self.lease.term, holder=self.holder)
+
+    def when_active(self, handler):
+        """A request only the active controller serves; a standby names the active one."""
+        def serve(request: dict) -> dict:
+            if self.is_active:
+                return handler(request)
+            holder, control = self.known_active()
+            if control:
+                return {"ok": False, "error": f"standby controller: the active one is {holder} at {control}",
+                        "active": control}
+            return {"ok": False, "error": f"no active controller yet (this one, {self.holder}, asks for the "
+                    f"lease at term {self.lease.term})"}
+        return serve
+
+    def known_active(self) -> tuple[str | None, str]:
+        """(holder, control endpoint) of the active controller as far as this one knows."""
+        return (self.holder, self.cfg.control) if self.is_active else self.lease.known_active()
+
+    def lease_status(self) -> dict:
+        holder, control = self.known_active()
+        return {"id": self.cfg.id or self.cfg.control, "holder": self.holder,
+                "role": "active" if self.is_active else "standby", "term": self.lease.term,
+                "active_since": self.active_since if self.is_active else None,
+                "active": {"holder": holder, "control": control}, "lease": self.lease.status()}
 
     def status(self, request: dict) -> dict:
         st = self._status()
@@ -166,7 +261,7 @@ class Controller:
                                "counters": {**self.counters, "bad_requests": self.control.bad_requests},
                                # event times are ms after this monotonic instant (CLOCK_MONOTONIC is
                                # system-wide: a local tool can line them up with its own clock)
-                               "t0_monotonic_ns": _T0},
+                               "t0_monotonic_ns": _T0, **self.lease_status()},
                 **self.view.status(now_ms()), **self.operations.status(), "autoscale": self.autoscaler.status()}
 
     # -- planned operations (operations.py) ---------------------------------------------------------
@@ -227,12 +322,16 @@ class Controller:
         from deft.runtime.control import NoAnswer, query
 
         node = self.view.nodes.get(node_id)
-        if node is None or node.state != "up":
+        if node is None or node.state != "up" or not self.lease.active():
             return None
         try:
-            return query(node.control, request, 500)
+            return query(node.control, self.fenced(request), 500)
         except NoAnswer:
             return None
+
+    def fenced(self, request: dict) -> dict:
+        """A request to a node with this controller's lease term: a node that obeyed a newer term refuses it."""
+        return {**request, "term": self.lease.term, "controller": self.holder}
 
     def undrain(self, request: dict) -> dict:
         node = request.get("node")
@@ -271,7 +370,7 @@ class Controller:
         if node is None or node.state != "up":
             raise ValueError(f"no live node for {ident!r}")
         try:
-            reply = query(node.control, {"cmd": "kill", "target": target}, 1000)
+            reply = query(node.control, self.fenced({"cmd": "kill", "target": target}), 1000)
         except NoAnswer as exc:
             raise ValueError(str(exc)) from None
         if not reply.get("ok"):
@@ -424,11 +523,14 @@ class Controller:
             return
         from deft.runtime.control import query_all
 
+        if not self.lease.active():   # lapsed since the loop looked: the next look steps down
+            return
         members = tuple(m for m in self.view.membership() if m[1])
         self.routes_epoch = max(self.routes_epoch, self.view.max_routes_epoch()) + 1
         endpoints = {n.id: (n.fabric, n.replication) for n in self.view.nodes.values()}
         request = self.assignment.request(self.routes_epoch, endpoints, {m[0] for m in members})
         request["controller_state"] = self.operations.persistent()   # a restarted controller reads it back
+        request = self.fenced(request)
         # to every member at once: a stalled node costs one timeout, and other nodes' failures are seen
         # sooner (sent one by one, a push blocked the loop 500 ms per silent node)
         replies = query_all({m[0]: self.view.nodes[m[0]].control for m in members}, request, 500)
@@ -460,6 +562,10 @@ class Controller:
         if kind == wire.HEARTBEAT:
             self.counters["heartbeats"] += 1
             self.view.on_heartbeat(header, now_ms())
+            fence = header.get("controller_fence")   # the newest controller this node obeys
+            if isinstance(fence, list) and len(fence) == 2 and isinstance(fence[0], int) \
+                    and isinstance(fence[1], (str, type(None))):
+                self.lease.deposed_by(fence[0], fence[1])
         else:
             self.counters["failure_notices"] += 1
             if "decisions" in header:
@@ -499,13 +605,16 @@ class Controller:
         poller = zmq.Poller()
         poller.register(self.sub, zmq.POLLIN)
         poller.register(self.control.sock, zmq.POLLIN)
+        own = {self.sub, self.control.sock}
         next_tick = now_ms()
         self.log.info("controller up: control %s, heartbeats %s (%d ms x %d)", self.cfg.control,
                       self.cfg.heartbeats, self.cfg.heartbeat_ms, self.cfg.miss_limit)
         try:
             while not self.stop:
                 # rounded up: a timeout rounded down to 0 would spin until the tick
-                events = dict(poller.poll(max(0, math.ceil(min(self.cfg.heartbeat_ms, next_tick - now_ms())))))
+                # at least every lease_ms / 4: the role follows the lease
+                wait = min(self.cfg.heartbeat_ms, self.cfg.lease_ms / 4, next_tick - now_ms())
+                events = dict(poller.poll(max(0, math.ceil(wait))))
                 if self.sub in events:
                     for _ in range(1000):  # drain what is there, then look at the rest
                         try:
@@ -514,15 +623,18 @@ class Controller:
                             break
                 if self.control.sock in events:
                     self.control.handle_one()
-                if len(events) > (self.sub in events) + (self.control.sock in events):
+                if any(sock not in own for sock in events):
                     self.on_lost(events)
+                self.check_role(now_ms())
+                if self.recovering_since is None and self.view.nodes:   # a standby's view is warm at take-over
+                    self.recovering_since = now_ms()
                 self.watch_nodes(poller)
                 if now_ms() >= next_tick:
                     for node in self.view.tick(now_ms()):
                         self.log.warning("node %s failed (no heartbeat for %d x %d ms)", node,
                                          self.cfg.miss_limit, self.cfg.heartbeat_ms)
                     next_tick = now_ms() + self.cfg.heartbeat_ms
-                if self.cfg.manage_routes:
+                if self.cfg.manage_routes and self.is_active:
                     self.maybe_push_routes()
                     self.operations.advance(now_ms())
                     if now_ms() >= self.next_autoscale_ms:
@@ -534,9 +646,10 @@ class Controller:
             if metrics is not None:
                 metrics.close()
             self.liveness.close()
+            self.lease.close()
             self.sub.close()
             self.control.close()
-            self.zctx.term()
+            close_context(self.zctx)
 
 
 METRICS_EVERY_MS = 250.0
@@ -556,6 +669,8 @@ def main(argv: list[str] | None = None) -> int:
     log = setup_logging("controller")
     boost_priority()
     try:
+        if cfg.keys:
+            use_keys(load_keys(cfg.keys, cfg.id))
         Controller(cfg, StopFlag(), log).run()
     except DeftError as exc:
         log.error("%s", exc)

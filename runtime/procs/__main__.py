@@ -28,7 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     stop = StopFlag()
     log = setup_logging(f"{args.role}{args.index if args.role == 'worker' else ''}")
     try:
-        topo = Topology(load_config(args.config))
+        config = load_config(args.config)
+        if config.keys:
+            from deft.runtime.security import load_keys
+            from deft.runtime.sockets import use_keys
+
+            use_keys(load_keys(config.keys, config.node.id))
+        topo = Topology(config)
         extra = {"socket_fd": args.socket_fd} if args.role == "io" else {}
         if args.role == "io":
             from deft.runtime.procs.io import run

@@ -48,6 +48,7 @@ from deft.runtime.procs.ingress import BURST, open_source
 from deft.runtime.procs.unit import IoShared, StampingUnit
 from deft.runtime.ring import Ring
 from deft.runtime.ring.fdbell import FdBell
+from deft.runtime.sockets import close_context
 from deft.runtime.stats import CounterBlock
 from deft.runtime.topology import Topology
 
@@ -252,7 +253,7 @@ class IoProcess:
         self.egress.close()
         self.shared.close()
         self.egress_bell.close()
-        self.zctx.term()
+        close_context(self.zctx)
         self.stats.close()
 
 

@@ -71,6 +71,7 @@ from deft.runtime.params import endpoint_of
 from deft.runtime.procs.takeover import TAKEOVER_COUNTERS, TakeOver
 from deft.runtime.ring import Ring
 from deft.runtime.ring.fdbell import FdBell
+from deft.runtime.sockets import close_context
 from deft.runtime.stats import CounterBlock
 from deft.runtime.topology import Topology
 
@@ -844,7 +845,7 @@ class Worker:
             self.gclient.close()
         for r in self.inputs + self.dup_inputs:
             r.close()
-        self.zctx.term()
+        close_context(self.zctx)
         self.egress.close()
         if self.direct is not None:
             self.direct.close()

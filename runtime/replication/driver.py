@@ -224,7 +224,7 @@ class Router:
     """
 
     def __init__(self, ctx: zmq.Context, endpoint: str, *, max_msg_bytes: int = MAX_MSG_BYTES) -> None:
-        self.sock = make_socket(ctx, zmq.ROUTER)
+        self.sock = make_socket(ctx, zmq.ROUTER, serve=True)
         self.sock.maxmsgsize = max_msg_bytes   # before bind: applies to accepted connections
         self.sock.bind(endpoint)
         self.endpoint: str = self.sock.last_endpoint.decode()

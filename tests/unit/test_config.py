@@ -78,7 +78,7 @@ def test_shipped_examples_load():
     examples = sorted(Path(__file__).resolve().parents[2].joinpath("examples").rglob("*.toml"))
     assert len(examples) >= 8
     for path in examples:
-        if path.name == "controller.toml":
+        if path.name.startswith("controller"):
             load_controller_config(path)
         else:
             load_config(path)
