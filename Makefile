@@ -22,7 +22,7 @@ demo-node: $(STAMP)
 	$(PY) -m deft.tools.demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=20 tests
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q tests -m "not slow"

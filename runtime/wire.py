@@ -80,12 +80,12 @@ def decode(frames: list[bytes]) -> tuple[bytes, dict[str, Any]]:
                     raise WireError(f"heartbeat instances[{i}]: {name!r} must be an int >= 0")
             pairs = inst.get("pairs", {})
             if not isinstance(pairs, dict) or not all(
-                    k.isdigit() and type(v) is int and v >= 0 for k, v in pairs.items()):
+                    k.isascii() and k.isdigit() and type(v) is int and v >= 0 for k, v in pairs.items()):
                 raise WireError(f"heartbeat instances[{i}]: 'pairs' must map pair numbers to counts >= 0")
     elif kind == FAILED and "decisions" in header:
         decisions = header["decisions"]
         if not isinstance(decisions, dict) or not all(
-                k.isdigit() and type(v) is int and v >= 0 for k, v in decisions.items()):
+                k.isascii() and k.isdigit() and type(v) is int and v >= 0 for k, v in decisions.items()):
             raise WireError("failed: 'decisions' must map pair numbers to batches >= 0")
     return kind, header
 

@@ -120,15 +120,17 @@ class LocalNode:
 
     @classmethod
     def start(cls, config_path: Path, log_path: Path | None = None, env: dict | None = None,
-              python: str | None = None) -> "LocalNode":
+              python: str | None = None, prefix: list[str] | None = None) -> "LocalNode":
         """Start ``deft-node`` on ``config_path``; ``env`` adds variables (e.g. ``DEFT_FAILPOINTS``);
-        ``python`` runs another installation (benchmarks compare two trees)."""
+        ``python`` runs another installation (benchmarks compare two trees); ``prefix`` runs it through
+        a command that execs it (``ip netns exec NS``: the node's PID is still ``proc.pid``)."""
         import tomllib
 
         config = tomllib.loads(Path(config_path).read_text())
         out = open(log_path, "w") if log_path else subprocess.DEVNULL
         try:
-            proc = subprocess.Popen([python or sys.executable, "-m", "deft.runtime.node", "--config", str(config_path)],
+            proc = subprocess.Popen([*(prefix or []), python or sys.executable, "-m", "deft.runtime.node", "--config",
+                                     str(config_path)],
                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env={**os.environ, **env} if env else None)
         finally:
@@ -208,13 +210,14 @@ class LocalController:
         self.proc = proc
 
     @classmethod
-    def start(cls, config_path: Path, log_path: Path | None = None, python: str | None = None) -> "LocalController":
+    def start(cls, config_path: Path, log_path: Path | None = None, python: str | None = None,
+              prefix: list[str] | None = None) -> "LocalController":
         import tomllib
 
         config = tomllib.loads(Path(config_path).read_text())
         out = open(log_path, "w") if log_path else subprocess.DEVNULL
         try:
-            proc = subprocess.Popen([python or sys.executable, "-m", "deft.runtime.controller.main", "--config",
+            proc = subprocess.Popen([*(prefix or []), python or sys.executable, "-m", "deft.runtime.controller.main", "--config",
                                      str(config_path)], stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL)
         finally:

@@ -20,9 +20,10 @@ its voters granted it the lease and none of those grants has lapsed.
   highest term it has seen. A controller deposed while it was cut off (or
   paused) learns the newer term from the first refusal or beat, and stops.
 
-A lone controller (no peers) is its own only voter: always active, with a
-term above every term the nodes report, so a restarted controller's routes
-fence off whatever an older one might still send.
+A lone controller (no peers) is its own only voter: always active (a stall of
+its own does not end a lease no one else can hold), with a term above every
+term the nodes report, so a restarted controller's routes fence off whatever
+an older one might still send.
 
 Pure and deterministic: the caller passes the time and carries the messages
 (``leaselink.py``); ``tests/unit/test_lease.py`` drives many of them with
@@ -137,9 +138,12 @@ class LeaseCandidate:
             self.grants = {}
 
     def until_ms(self) -> float:
-        """When this controller's lease ends in its own reckoning (-inf: not held)."""
+        """When this controller's lease ends in its own reckoning (-inf: not held; inf: a lone
+        controller's, which no one else can be granted: only a newer term ends it)."""
         if len(self.grants) < self.majority:
             return -math.inf
+        if len(self.voters) == 1:
+            return math.inf
         nth = sorted(self.grants.values(), reverse=True)[self.majority - 1]
         return nth + self.lease_ms * (1 - LEASE_MARGIN)
 

@@ -551,14 +551,19 @@ class Controller:
             self.counters["route_push_failures"] += 1
             self.next_push_ms = now_ms() + 100  # try again soon, with a newer epoch
 
+    liveness = None
+
     def on_message(self, frames: list[bytes]) -> None:
+        """A beat or a failure notice; anything malformed in it is counted and dropped whole."""
         try:
             kind, header = wire.decode(frames)
-        except WireError as exc:
+            self._on_message(kind, header)
+        except (WireError, KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
             self.counters["bad_frames"] += 1
             if self.counters["bad_frames"] <= 10:
                 self.log.warning("ignored a bad frame on the heartbeat socket: %s", exc)
-            return
+
+    def _on_message(self, kind: bytes, header: dict) -> None:
         if kind == wire.HEARTBEAT:
             self.counters["heartbeats"] += 1
             self.view.on_heartbeat(header, now_ms())
@@ -645,11 +650,15 @@ class Controller:
         finally:
             if metrics is not None:
                 metrics.close()
+            self.close()
+
+    def close(self) -> None:
+        if self.liveness is not None:
             self.liveness.close()
-            self.lease.close()
-            self.sub.close()
-            self.control.close()
-            close_context(self.zctx)
+        self.lease.close()
+        self.sub.close()
+        self.control.close()
+        close_context(self.zctx)
 
 
 METRICS_EVERY_MS = 250.0
