@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-node test test-fast bench bench-e2e bench-recovery bench-efficiency figures clean
+.PHONY: demo demo-node test test-long test-fast bench bench-e2e bench-recovery bench-efficiency figures clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ demo-node: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=20 tests
+
+test-long: $(STAMP)
+	DEFT_LONG=1 $(PY) -m pytest -q --durations=20 tests
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q tests -m "not slow"

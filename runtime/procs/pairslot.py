@@ -125,7 +125,10 @@ class PairSlot:
         self.held: list[np.ndarray] = []                      # what arrived meanwhile
         self.held_n = 0
         self.frozen_until = 0   # monotonic ns a hand-over's freeze lapses (freeze.py); 0: not frozen
-        self.gap_grace_until = 0   # monotonic ns: gaps wait TAKEOVER_GAP_NS until then (see takeover.py)
+        # until this monotonic ns, gaps wait at least gap_grace_ns: the old primary (a take-over,
+        # takeover.py) or a move's source (bucketmove.py) may still forward what it held
+        self.gap_grace_until = 0
+        self.gap_grace_ns = TAKEOVER_GAP_NS
         self.move_out = None       # a bucket move's hold on some of its buckets (procs/bucketmove.py)
         # packets of buckets the routes give another pair go there (the worker's ``divert``: they came
         # late after a bucket move, or from a replica's buffer); None: no route set to judge by
@@ -238,8 +241,10 @@ class PairSlot:
 
     def skip_gaps(self, now_ns: int, gap_ns: int) -> None:
         if self.ordering.waiting_since and self.waiting is None and not self.frozen:
-            if now_ns < self.gap_grace_until:   # just taken over: the old primary may still forward
-                gap_ns = max(gap_ns, TAKEOVER_GAP_NS)
+            if now_ns < self.gap_grace_until:   # just taken over, or buckets just moved in
+                gap_ns = max(gap_ns, self.gap_grace_ns)
+            else:
+                self.gap_grace_ns = TAKEOVER_GAP_NS
             self.run_nf(self.ordering.skip_gaps(now_ns, gap_ns))
 
     def apply_nf(self, ready: np.ndarray) -> np.ndarray:

@@ -1,6 +1,8 @@
 """Wire encoding of Raft messages."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from deft.runtime.consensus import Entry, EntryKind, Membership, Message, MsgType, Snapshot
 from deft.runtime.consensus.codec import decode, encode
@@ -53,3 +55,19 @@ def test_one_frame_with_binary_context_and_payloads() -> None:
     assert isinstance(frame, bytes)
     assert decode(frame) == m
     assert decode(encode(Message(MsgType.PROP, 1, 2, 3, entries=(Entry(0, 0, b"cmd"),)))).entries[0].data == b"cmd"
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=st.binary(max_size=200), base=st.sampled_from(range(len(MESSAGES))), cut=st.integers(0, 400),
+       flip=st.integers(0, 400), byte=st.integers(0, 255))
+def test_any_bytes_on_the_raft_socket_decode_or_raise_wire_error(data, base, cut, flip, byte) -> None:
+    """Random frames, and real ones truncated, bit-flipped or with bytes appended: a Message or a
+    WireError (the driver counts and drops those), never anything else."""
+    good = bytearray(encode(MESSAGES[base]))
+    if flip < len(good):
+        good[flip] = byte
+    for frame in (data, bytes(good[:cut]), bytes(good), bytes(good) + data):
+        try:
+            assert isinstance(decode(frame), Message)
+        except WireError:
+            pass

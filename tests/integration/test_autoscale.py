@@ -48,6 +48,7 @@ def test_skewed_load_moves_hot_buckets_to_a_cool_pair_within_seconds(tmp_path):
     assert last["busy_from"] > 0.5 and last["busy_from"] - last["busy_to"] >= 0.15, last
 
 
+@pytest.mark.long   # the autoscaler core is held to noisy even traces in tests/unit/test_autoscale.py
 def test_even_load_moves_nothing(tmp_path):
     st, _ = autoscaled(tmp_path, "ae", 6.0, "1000", "7.0", controller={"autoscale": True})
     assert st["autoscale"]["moves"] == 0 and not st["operations"], (st["autoscale"], st["operations"])

@@ -85,7 +85,8 @@ def start(tmp_path):
         assert not any(left.values()), left
 
 
-@pytest.mark.parametrize("point", ["worker_global_proposed", "worker_global_applied", "worker_global_submitted"])
+@pytest.mark.parametrize("point", ["worker_global_proposed", "worker_global_applied",
+                                   pytest.param("worker_global_submitted", marks=pytest.mark.long)])
 def test_a_primary_dying_at_each_step_of_a_global_batch_counts_it_once(start, tmp_path, point):
     """Proposed (the entry maybe sent, maybe not), applied (the batch unknown to the secondary),
     submitted (the prepare sent or still queued): every packet counted once, none lost."""

@@ -45,16 +45,25 @@ def test_standby_takes_over_within_a_second_then_a_worker_fails(cluster, tmp_pat
     # deft-ctl against the standby: status answers there, an operation goes on to the active one
     assert ctl_main(["--controller", standby.control, "status"]) == 0
     assert "STANDBY: the active controller is controller1" in capsys.readouterr().out
-    before = placement(st)
+    buckets = list(range(0, 4096, 2))   # held by every pair: one leg per pair
     gen = start_traffic(cluster, tmp_path / "report.json", 1000, 2000, 7.0)
     try:
         time.sleep(1.5)
+        # the active one dies in the middle of a bucket move (after its first leg switched)
+        op = query(active.control, {"cmd": "move", "buckets": buckets, "to_pair": 0}, 3000)
+        while op["state"] == "running" and op["move"]["legs_done"] < 1:
+            op = query(active.control, {"cmd": "operation", "id": op["id"]}, 3000)
+        assert op["state"] == "running", op
         killed_at = time.time()
         active.proc.send_signal(signal.SIGKILL)
         st2 = wait_status(standby, lambda s: s["controller"]["role"] == "active", 5.0)
         takeover_s = st2["controller"]["active_since"] - killed_at
         assert takeover_s < 1.0, takeover_s
-        st2 = wait_status(standby, lambda s: healthy(s) and placement(s) == before, 5.0)
+        # the standby took the move over from the nodes' route sets and finished it
+        st2 = wait_status(standby, lambda s: healthy(s) and any(
+            o["kind"] == "move" and o["state"] == "done" for o in s["operations"]), 10.0)
+        assert sum(p["buckets"] for p in st2["pairs"] if p["pair"] == 0) >= len(buckets)
+        assert [(p["primary"], p["secondary"]) for p in st2["pairs"]] == [b[1:3] for b in placement(st)]
         time.sleep(max(0.0, killed_at + 1.0 - time.time()))
         victim = next(p for p in st2["pairs"] if p["pair"] == 2)["primary"]
         query(standby.control, {"cmd": "fail", "what": "nf", "id": victim}, 3000)
