@@ -25,6 +25,7 @@ def placement(st: dict) -> list[tuple]:
     return [(p["pair"], p["primary"], p["secondary"], p["buckets"]) for p in st["pairs"]]
 
 
+@pytest.mark.long   # the standby test takes over the same way (recover), mid-move, then a failure
 def test_a_restarted_controller_keeps_the_assignment_and_goes_on(cluster, tmp_path):
     gen = start_traffic(cluster, tmp_path / "report.json", 1000, 2000, 9.0)
     try:

@@ -32,6 +32,7 @@ def test_the_controller_and_every_node_serve_metrics_under_traffic(tmp_path):
             nodes = [scrape(url) for url in cluster.metrics_urls[1:]]
         finally:
             report = traffic_report(gen, tmp_path / "report.json")
+        after = [scrape(url) for url in cluster.metrics_urls[1:]]   # every packet processed by now
     finally:
         left = cluster.stop()
         assert not any(left.values()), left
@@ -43,7 +44,11 @@ def test_the_controller_and_every_node_serve_metrics_under_traffic(tmp_path):
     assert {s.labels["instance"] for s in ctl["deft_instance_busy"]} >= {f"{n.node_id}/nf0" for n in cluster.nodes}
     assert ctl["deft_controller_heartbeats"][0].value > 0
     assert ctl["deft_operations_running"][0].value == 0
-    processed = sum(s.value for n in nodes for s in n["deft_pair_processed"])
-    assert processed >= report["sent"] * 0.5, processed               # scraped a second before the end
+    processed = [sum(s.value for s in n["deft_pair_processed"]) for n in nodes]
+    assert sum(processed) > 0
+    # the counter counts what the primaries processed: every packet, once the traffic is over (a scrape
+    # under traffic lags by the queues, half a second and more on a loaded machine)
+    total = sum(s.value for n in after for s in n["deft_pair_processed"])
+    assert total >= report["received"], (total, report["received"])
     assert sum(s.value for s in nodes[0]["deft_io_received"]) > 0      # node 1 takes the traffic
     assert len(nodes[1]["deft_worker_processed"]) == 2 and "deft_worker_input_ring" in nodes[2]
