@@ -3,13 +3,12 @@
 Shapes taken from pyzmq's own tests: a context that must terminate within a
 timeout (or the test fails, naming leaked sockets as the likely cause), a
 tracked socket factory whose sockets are closed with linger 0, random
-loopback ports, a receive helper that fails instead of hanging, and a SIGALRM
-guard so no test can hang the run.
+loopback ports and a receive helper that fails instead of hanging (no test can hang
+the run: pytest-timeout, and ``TEST_TIMEOUT`` for these tests).
 """
 
 from __future__ import annotations
 
-import signal
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -88,17 +87,3 @@ def recv_frames(sock: zmq.Socket, timeout: float = 1.0) -> list[bytes]:
 @pytest.fixture
 def recv() -> Callable[..., list[bytes]]:
     return recv_frames
-
-
-@pytest.fixture
-def sigalrm_timeout() -> Iterator[None]:
-    """Fail a test that runs longer than TEST_TIMEOUT seconds (a missed deadline in a socket loop)."""
-
-    def on_alarm(signum: int, frame: Any) -> None:
-        pytest.fail(f"test took longer than {TEST_TIMEOUT} s")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(TEST_TIMEOUT)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)

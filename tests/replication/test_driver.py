@@ -31,10 +31,11 @@ from deft.runtime.replication import (
 from deft.runtime.replication.codec import Codec
 from deft.runtime.replication.driver import PrimaryLink, Router, SecondaryLink
 
+from .conftest import TEST_TIMEOUT
 from .helpers import EPOCH, EXPORT, PAIR, prepare
 from .model import ModelNF, make_input, new_table, table_state
 
-pytestmark = pytest.mark.usefixtures("sigalrm_timeout")
+pytestmark = pytest.mark.timeout(TEST_TIMEOUT)   # a missed deadline in a socket loop fails fast
 
 CODEC = Codec(EXPORT)
 BATCH = 4
