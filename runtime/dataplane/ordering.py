@@ -10,7 +10,10 @@ processed before; the others wait in the pending store until the gap fills.
 * seq < next expected, or a seq already pending: a duplicate or stale packet,
   dropped and counted (it was processed already or is waiting).
 * the pending store is bounded; a packet that finds it full is dropped and
-  counted, never blocks and never grows memory without bound.
+  counted, never blocks and never grows memory without bound. Its flow does
+  not wait for it (``lost``): a flow stalled on a packet this unit dropped
+  itself would hold its later packets for the whole gap wait, fill the store
+  and drop more: one burst of overflow became seconds of it.
 
 The common case (no gaps) costs one dict lookup and a compare per packet and
 returns the input batch itself, without a copy. Pure: no clock (times are
@@ -51,6 +54,7 @@ class OrderingUnit:
         self.stale = 0
         self.duplicate = 0
         self.overflow = 0
+        self.lost: dict[int, set[int]] = {}   # flow -> seqs dropped for overflow, not waited for
 
     @property
     def pending_count(self) -> int:
@@ -70,7 +74,7 @@ class OrderingUnit:
                         continue
                     ne[f] = s
                     self.adopted += 1
-        if not self.pending:
+        if not self.pending and not self.lost:
             # fast path: everything in order -> return the batch as it is
             for i, (f, s) in enumerate(zip(fids, seqs)):
                 if ne.get(f, 1) != s:
@@ -84,10 +88,14 @@ class OrderingUnit:
         picks: list[tuple[bool, int]] = [(False, j) for j in range(done)]
         for i in range(done, len(fids)):
             f, s = fids[i], seqs[i]
+            if f in self.lost:   # (the fast path of an earlier batch may have stopped on a lost seq)
+                self._past_lost(f)
             expected = ne.get(f, 1)
             if s == expected:
                 picks.append((False, i))
                 ne[f] = s + 1
+                if f in self.lost:
+                    self._past_lost(f)
                 if f in self.pending:
                     self._drain(f, picks)
             elif s < expected:
@@ -104,6 +112,7 @@ class OrderingUnit:
             return
         if not self._free:
             self.overflow += 1
+            self.lost.setdefault(flow, set()).add(seq)
             if not heap:
                 del self.pending[flow]
                 self.waiting_since.pop(flow, None)
@@ -120,6 +129,8 @@ class OrderingUnit:
             if seq == ne[flow]:
                 picks.append((True, slot))
                 ne[flow] = seq + 1
+                if flow in self.lost:
+                    self._past_lost(flow)
             else:  # a pending copy of something already processed
                 self.stale += 1
                 self._free.append(slot)
@@ -128,6 +139,19 @@ class OrderingUnit:
             self.waiting_since.pop(flow, None)
         else:
             self.waiting_since[flow] = self.now_ns  # progress: the clock restarts for the next gap
+
+    def _past_lost(self, flow: int) -> None:
+        """Move ``flow``'s next expected seq past the packets this unit dropped."""
+        lost = self.lost[flow]
+        n = self.next_expected.get(flow, 1)
+        while n in lost:
+            n += 1
+        self.next_expected[flow] = n
+        lost = {q for q in lost if q > n}
+        if lost:
+            self.lost[flow] = lost
+        else:
+            del self.lost[flow]
 
     def skip_gaps(self, now_ns: int, max_wait_ns: int) -> np.ndarray:
         """Give up on gaps older than ``max_wait_ns``: their flows continue from the oldest pending seq."""
@@ -164,6 +188,7 @@ class OrderingUnit:
         for flow in taken:
             del self.pending[flow]
             self.waiting_since.pop(flow, None)
+            self.lost.pop(flow, None)
         return out
 
     def forget(self, flow_ids: list[int]) -> None:
@@ -171,5 +196,6 @@ class OrderingUnit:
         for f in flow_ids:
             self.next_expected.pop(f, None)
             self.waiting_since.pop(f, None)
+            self.lost.pop(f, None)
             for _, slot in self.pending.pop(f, []):
                 self._free.append(slot)
