@@ -64,6 +64,15 @@ def served(keydir, name="node1"):
     return ctx, control, url, pull
 
 
+def send_refused(push, data: bytes) -> None:
+    """Send without blocking: a PUSH refused at the handshake has no peer, and a blocking send would
+    wait for ever (whether the refusal comes before the send is a race)."""
+    try:
+        push.send(data, zmq.NOBLOCK)
+    except zmq.Again:
+        pass
+
+
 def answer_once(control, pull, timeout_ms=300):
     if control.sock.poll(timeout_ms):
         control.handle_one()
@@ -95,7 +104,7 @@ def test_members_and_operators_get_in_and_strangers_get_nothing(keydir, tmp_path
         sockets.use_keys(load_keys(keydir, "operator", operator=True))
         assert query(url, {"cmd": "ping"}, 2000)["pong"]
         push = make_socket(zmq.Context.instance(), zmq.PUSH, connect=data_url)
-        push.send(b"operator")
+        send_refused(push, b"operator")
         assert not pull.poll(500)
         push.close()
         # a plain peer, and one with keys of another cluster: nothing, not even an error
@@ -105,7 +114,7 @@ def test_members_and_operators_get_in_and_strangers_get_nothing(keydir, tmp_path
             with pytest.raises(NoAnswer):
                 query(url, {"cmd": "ping"}, 500)
             push = make_socket(zmq.Context.instance(), zmq.PUSH, connect=data_url)
-            push.send(b"stranger")
+            send_refused(push, b"stranger")
             assert not pull.poll(300)
             push.close()
         # the operator's key on a data socket was refused by the ZAP handler (counted); the plain peer
