@@ -91,7 +91,9 @@ class LeaseKeeper:
         try:
             while not self._stop.is_set():
                 wait = max(0.0, self.next_ms - self.clock())   # answers wake it sooner
-                for sock, _ in poller.poll(wait):
+                if not socks:   # a lone controller: zmq's poll with no sockets returns at once (it spun a core)
+                    self._stop.wait(wait / 1000)
+                for sock, _ in poller.poll(wait) if socks else ():
                     self._replies(sock, voter_of[sock])
                 if self.clock() >= self.next_ms:
                     self._ask(socks.values())

@@ -179,6 +179,7 @@ def test_standby_takes_over_within_about_a_lease(seed):
     first.dead = True
     died = sim.t
     while not sim.active():
+        assert sim.t < died + 20 * LEASE_MS, "nobody took over"   # a liveness bug fails, never hangs
         sim.step()
     took = sim.t - died
     assert took <= LEASE_MS * (1 + 2 * LEASE_MARGIN) + 2 * LEASE_MS / 4 * 1.2 + 2 * 2 * LEASE_MS, took
@@ -214,3 +215,30 @@ def test_lone_controller_is_active_above_the_terms_nodes_report():
     c.deposed_by(8, "solo#2")            # its own term, reported back: nothing changes
     assert c.active(5)
     assert c.active(10_000)           # not renewed, and still active: no one else can hold it
+
+
+def test_a_lone_controllers_lease_thread_sleeps_between_renewals():
+    """No remote voter, no socket to poll: zmq's poll with none returns at once, and the thread spun
+    a core in every single-controller cluster until it slept on its own."""
+    import time
+
+    import zmq
+
+    from deft.runtime.controller.leaselink import LeaseKeeper
+
+    calls = 0
+
+    def clock() -> float:
+        nonlocal calls
+        calls += 1
+        return time.monotonic() * 1000
+
+    ctx = zmq.Context()
+    keeper = LeaseKeeper(ctx, "c#0", "tcp://127.0.0.1:1", [], [], 400, 0.0, clock)
+    try:
+        time.sleep(0.5)
+        assert keeper.active()
+    finally:
+        keeper.close()
+        ctx.term()
+    assert calls < 100, f"{calls} clock reads in 0.5 s: the thread spins"   # a renewal every 100 ms
