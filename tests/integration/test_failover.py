@@ -15,6 +15,7 @@ import time
 import orjson
 import pytest
 
+from deft.runtime.procs.ingress import BURST
 from deft.tools.ctl import query
 from deft.tools.drills import healthy, start_traffic, traffic_report, wait_for
 from deft.tools.localnode import LocalCluster, processes
@@ -170,15 +171,16 @@ def test_killing_the_ingress_nodes_io_loses_at_most_its_burst_in_hand(cluster, t
     stamps again what was in hand (journal, input ring in shared memory) and resends what it had
     handed to ZeroMQ (sent log); the datagrams read from the socket and not yet in the unit's ring
     are lost, the datagram being sent may go twice. That burst is a datagram or two at 3 kpps when
-    the io keeps up, but grows with the time the io was off the CPU: 19 once in a full `make test`
-    on two cores (Dec 2026), so the bound is 32, not 8. A known loss (ARCHITECTURE, weak spots: the
-    MSG_PEEK/SO_PEEK_OFF read that would close it), not noise."""
+    the io keeps up, but grows with the time the io was off the CPU (19, then 38 in full `make test`
+    runs on two cores, Dec 2026): so what is asserted is its shape, one run of consecutive datagrams
+    of at most BURST, not a count that depends on the scheduler. A known loss (ARCHITECTURE, weak
+    spots: the MSG_PEEK/SO_PEEK_OFF read that would close it), not noise."""
     def kill(st):
         reply = query(cluster.nodes[0].control, {"cmd": "kill", "target": "io"}, 3000)
         assert reply.get("ok"), reply
 
     report = under_traffic(cluster, tmp_path, kill)
-    assert report["lost"] <= 32, report["lost_sample"]
+    assert report["lost_runs"] <= 1 and report["lost"] <= BURST, report["lost_sample"]
     assert_no_harm(dict(report, lost=0), cluster, duplicates_allowed=1)
     assert_healthy_again(cluster)
 

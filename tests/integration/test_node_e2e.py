@@ -16,6 +16,7 @@ import zmq
 
 from deft.runtime.dataplane.frames import build_frame, ethernet_frame, ipv4_header, vxlan_wrap
 from deft.runtime.params import split_host_port
+from deft.runtime.procs.ingress import BURST
 
 from .conftest import run_trafficgen
 
@@ -192,8 +193,9 @@ def test_io_killed_repeatedly_loses_at_most_the_burst_in_hand(start_node, tmp_pa
     st = node.status()
     assert st["io"]["restarts"] == 3 and len(set(kills)) == 3
     # a burst is what queued while the io waited for a core: a datagram or two at 2.5 kpps on a quiet
-    # machine, 32 over three kills once in a loaded suite run; BURST (256) bounds it
-    assert report["lost"] <= 3 * 32, report["lost"]
+    # machine, 32 over three kills once in a loaded suite run; so its shape is asserted: one run of
+    # consecutive datagrams per kill, each at most BURST
+    assert report["lost_runs"] <= 3 and report["lost"] <= 3 * BURST, report["lost_sample"]
     assert report["duplicated"] <= 3 and report["reordered"] == 0, report
     assert st["units"][0]["counters"]["new_flows"] <= 300  # no flow got a second id
     assert sum(i["nf_counters"]["new_flows"] for i in st["instances"]) == 300  # each flow got one port

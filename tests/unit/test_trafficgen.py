@@ -208,6 +208,7 @@ def test_analysis_counts_duplicates_reorders_loss_and_foreign():
     assert report["sent"] == 7
     assert report["received"] == 6
     assert report["lost"] == 1 and report["flows_with_loss"] == 1      # id 6 (flow 2)
+    assert report["lost_runs"] == 1
     assert report["duplicated"] == 1                                    # id 1 twice
     assert report["reordered"] == 2 and report["reordered_flows"] == 2  # id 1 after 2, id 4 after 5
     assert report["foreign"] == 3 + 2                                   # stale id 2, id 99
@@ -220,6 +221,13 @@ def test_analysis_with_nothing_received():
     log = tg.SendLog(np.array([5, 6]), 5, 6, 2, 0)
     report = tg.analyze(np.array([0, 0]), np.array([1, 2]), log, _received([], [], []))
     assert (report["received"], report["lost"], report["latency_us"]) == (0, 2, None)
+    assert report["lost_runs"] == 1   # ids 0 and 1: one run
+
+
+def test_lost_runs_count_stretches_of_consecutive_ids():
+    from deft.tools.trafficgen.report import _runs
+
+    assert [_runs(np.array(p, dtype=np.int64)) for p in ([], [4], [1, 2, 3], [1, 2, 5, 6, 9])] == [0, 1, 1, 3]
 
 
 def test_failed_sends_are_not_counted_as_sent():

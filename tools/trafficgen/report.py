@@ -60,6 +60,8 @@ def analyze(plan_flow: np.ndarray, plan_flow_seq: np.ndarray, sent: SendLog, rec
         "lost_sample": [{"id": int(i), "flow": int(plan_flow[i]), "flow_seq": int(plan_flow_seq[i]),
                          "sent_ms": round((int(send_ns[i]) - sent.start_ns) / 1e6, 3)}
                         for i in np.flatnonzero(lost_mask)[:20]],
+        # runs of consecutive lost packets in send order: an io killed mid-burst loses one run
+        "lost_runs": _runs(np.flatnonzero(lost_mask[tagged])),
         "duplicated": len(ids) - len(first_ids),
         # a few of the packets that came twice: when they were sent and when each copy came back
         "duplicated_sample": _dup_sample(ids, first, plan_flow, plan_flow_seq, send_ns, sent.start_ns,
@@ -297,3 +299,8 @@ def _format_timeline(timeline: list[dict[str, Any]]) -> list[str]:
         p50 = "-" if b["p50_us"] is None else f"{b['p50_us']:.0f}"
         lines.append(f"              {b['t_ms'] / 1000:5.1f} {b['sent']:9,} {b['received']:9,} {p50:>10}")
     return lines
+
+
+def _runs(positions: np.ndarray) -> int:
+    """How many runs of consecutive integers ``positions`` (sorted) holds."""
+    return int(len(positions) and 1 + np.count_nonzero(np.diff(positions) != 1))
