@@ -77,6 +77,17 @@ def make_socket(ctx: zmq.Context, kind: int, *, bind: str | None = None, connect
     return sock
 
 
+def send_nowait(sock: zmq.Socket, frames: list[bytes]) -> bool:
+    """Send ``frames`` without blocking; False if no peer takes them now (not connected, behind, or
+    refused at the handshake: a refused PUSH or DEALER has no peer left, and a blocking send would
+    wait for ever)."""
+    try:
+        sock.send_multipart(frames, zmq.NOBLOCK)
+    except zmq.Again:
+        return False
+    return True
+
+
 def _serve(ctx: zmq.Context, sock: zmq.Socket, keys: Keys, domain: str) -> None:
     if keys.server_secret is None:
         raise ValueError(f"{keys.name} holds an operator's keys: it cannot serve")

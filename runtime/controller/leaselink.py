@@ -22,7 +22,7 @@ import orjson
 import zmq
 
 from deft.runtime.controller.lease import LeaseCandidate, LeaseVoter, serve_request
-from deft.runtime.sockets import make_socket
+from deft.runtime.sockets import make_socket, send_nowait
 
 
 class LeaseKeeper:
@@ -91,10 +91,11 @@ class LeaseKeeper:
         try:
             while not self._stop.is_set():
                 wait = max(0.0, self.next_ms - self.clock())   # answers wake it sooner
-                if not socks:   # a lone controller: zmq's poll with no sockets returns at once (it spun a core)
+                if socks:
+                    for sock, _ in poller.poll(wait):
+                        self._replies(sock, voter_of[sock])
+                else:   # a lone controller: zmq's poll with no sockets returns at once (it spun a core)
                     self._stop.wait(wait / 1000)
-                for sock, _ in poller.poll(wait) if socks else ():
-                    self._replies(sock, voter_of[sock])
                 if self.clock() >= self.next_ms:
                     self._ask(socks.values())
         finally:
@@ -111,11 +112,8 @@ class LeaseKeeper:
             self.candidate.on_reply("self", {**own, "seq": request["seq"]}, now)
             self.next_ms = now + self.lease_ms / 4
         payload = orjson.dumps(request)
-        for sock in socks:
-            try:
-                sock.send(payload, zmq.NOBLOCK)
-            except zmq.Again:
-                pass   # not connected (or behind): this round's answer would not come anyway
+        for sock in socks:   # one not connected (or behind) would not answer this round anyway
+            send_nowait(sock, [payload])
 
     def _replies(self, sock: zmq.Socket, voter: str) -> None:
         while True:

@@ -88,7 +88,7 @@ class OrderingUnit:
         picks: list[tuple[bool, int]] = [(False, j) for j in range(done)]
         for i in range(done, len(fids)):
             f, s = fids[i], seqs[i]
-            if f in self.lost:   # (the fast path of an earlier batch may have stopped on a lost seq)
+            if f in self.lost:   # next_expected may have been set from outside (a bucket import)
                 self._past_lost(f)
             expected = ne.get(f, 1)
             if s == expected:

@@ -13,7 +13,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deft.runtime.sockets import make_socket
+from deft.runtime.sockets import make_socket, send_nowait
 from deft.tools.drills import healthy, start_traffic, traffic_report, wait_for
 from deft.tools.localnode import LocalCluster
 
@@ -96,10 +96,7 @@ def test_data_sockets_drop_garbage(cluster, endpoints, before, where, msg, kind)
             time.sleep(0.02)   # a PUB drops what it sends before the subscriber is connected
         # never blocking: a PUSH is refused by the 2PC ROUTER at the handshake (wrong socket type), and
         # once refused it has no peer, so a blocking send would wait for ever (it hung a CI run)
-        try:
-            sock.send_multipart(msg, zmq.NOBLOCK)
-        except zmq.Again:
-            pass
+        send_nowait(sock, msg)
         time.sleep(0.002)
     finally:
         sock.close()

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import heapq
 import random
+import time
 
 import pytest
+import zmq
 
 from deft.runtime.controller.lease import LEASE_MARGIN, LeaseCandidate, LeaseVoter
+from deft.runtime.controller.leaselink import LeaseKeeper
 
 LEASE_MS = 400.0
 
@@ -220,12 +223,6 @@ def test_lone_controller_is_active_above_the_terms_nodes_report():
 def test_a_lone_controllers_lease_thread_sleeps_between_renewals():
     """No remote voter, no socket to poll: zmq's poll with none returns at once, and the thread spun
     a core in every single-controller cluster until it slept on its own."""
-    import time
-
-    import zmq
-
-    from deft.runtime.controller.leaselink import LeaseKeeper
-
     calls = 0
 
     def clock() -> float:
