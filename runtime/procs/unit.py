@@ -42,6 +42,7 @@ COPY_WAKE_AT = 256   # copies waiting in a secondary's dup ring before its bell 
 
 COUNTERS = ["ready", "owner", "received", "stamped", "duplicated", "sent_remote", "dropped_fabric", "resent", "blocked",
             "dropped_stalled", "table_full", "new_flows", "flows", "expired"]
+_EVENTS, _POLLOUT = int(zmq.EVENTS), int(zmq.POLLOUT)   # plain ints: enum operations cost per call
 STALL_S = 1.0  # an instance whose ring stays full this long is treated as stuck
 
 
@@ -172,7 +173,8 @@ class Switch:
 
     def rooms(self, rings: list[Ring], socks: list[zmq.Socket]) -> list[int]:
         """Room per destination: free ring slots here, a whole batch for a socket below its HWM."""
-        return [r.free() for r in rings] + [MAX_BATCH if s is not None and s.poll(0, zmq.POLLOUT) else 0
+        # EVENTS, not poll(0): one getsockopt instead of a Poller built per socket per batch
+        return [r.free() for r in rings] + [MAX_BATCH if s is not None and s.get(_EVENTS) & _POLLOUT else 0
                                             for s in socks]
 
     def close(self) -> None:

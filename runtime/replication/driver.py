@@ -323,7 +323,10 @@ class SecondaryLink(ReplicationLink):
 
 def _drain(sock: zmq.Socket, timeout_ms: int) -> list[list[zmq.Frame]]:
     """Up to MAX_DRAIN messages, waiting at most ``timeout_ms`` for the first one."""
-    if not sock.poll(timeout_ms, _POLLIN):
+    if timeout_ms:
+        if not sock.poll(timeout_ms, _POLLIN):
+            return []
+    elif not sock.get(_EVENTS) & _POLLIN:   # the worker's own poll woke it: no Poller built per call
         return []
     out = []
     # EVENTS says whether another message is there: cheaper than ending on a raised zmq.Again

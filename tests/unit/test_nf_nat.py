@@ -320,3 +320,41 @@ def test_example_config_builds():
     assert cfg["nf"]["kind"] == "nat"
     nf = make_nf("nat", Params(cfg["nf"]["params"]), Context(0, cfg["nf"]["instances"]))
     assert nf.n_ports == 25500
+
+
+PROTOS = [IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_TCP]   # each client's flow
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.integers(0, 5), st.booleans()), min_size=1, max_size=6), min_size=8, max_size=25),
+       st.lists(st.sampled_from([0, 1000, S // 4, S // 2, 3 * S]), min_size=25, max_size=25))
+def test_few_packets_path_decides_as_the_batch_path(batches, gaps):
+    """Batches of up to FEW packets of established flows take a path in Python integers: the same
+    verdicts, frames and table as the column path, through new flows, reverse packets, expiry and
+    idle re-mapping (a 1 s timeout, gaps of 0 to 3 s between batches)."""
+    from deft.nfs import checksum, nat as nat_module
+
+    flows = Flows()
+    built, t = [], S
+    for k, pkts in enumerate(batches):
+        t += gaps[k]
+        spec = [(SERVER, 443, *client(c), PROTOS[c]) if back else (*client(c), SERVER, 443, PROTOS[c])
+                for c, back in pkts]
+        built.append(flows.batch(spec, ts=t + np.arange(len(spec))))
+    outcomes = []
+    for few in (nat_module.FEW, 0):
+        saved = nat_module.FEW, checksum.FEW
+        nat_module.FEW = checksum.FEW = few
+        try:
+            nf, table = nat(ports=(40000, 40004), timeout=1)   # 6 flows, 5 ports: some get none
+            seen = []
+            for b in built:
+                b = b.copy()
+                verdict = run(nf, table, b)
+                seen.append((verdict.tolist(), b["frame"].tobytes(), b["src_ip"].tolist(), b["src_port"].tolist()))
+            live = table.live_rows()
+            seen.append((sorted(zip(table.flow_ids[live].tolist(), table.state[live].tolist())), dict(nf.stats)))
+            outcomes.append(seen)
+        finally:
+            nat_module.FEW, checksum.FEW = saved
+    assert outcomes[0] == outcomes[1]
