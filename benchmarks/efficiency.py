@@ -171,7 +171,10 @@ def _base_ports(config: dict, mapping: dict[int, int]) -> None:
         if base:
             old = int(base.rsplit(":", 1)[1])
             new = consecutive_ports(n)
-            mapping[old] = new
+            # new -> new too: _fresh_ports runs over this config next and would otherwise give the new
+            # base a bind(0) port from the ephemeral range (a worker then once found base + 1 taken by
+            # some connection and restarted for ever: "Address already in use")
+            mapping[old] = mapping[new] = new
             node[key] = f"tcp://127.0.0.1:{new}"
 
 
