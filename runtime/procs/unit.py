@@ -78,14 +78,14 @@ def plan_handoff(instance: np.ndarray, rooms: list[int], stuck: set[int]) -> tup
     return live[:take], consumed
 
 
-def split_by_instance(instance: np.ndarray, n_inst: int) -> list[np.ndarray]:
-    """Indices of the batch's packets per instance, in arrival order."""
-    if len(instance) <= 4:  # a few packets: a Python pass beats one numpy call per instance
-        parts: list[list[int]] = [[] for _ in range(n_inst)]
+def split_by_instance(instance: np.ndarray, n_inst: int) -> list[tuple[int, np.ndarray]]:
+    """(instance, indices of its packets in arrival order) for every instance the batch has packets for."""
+    if len(instance) <= 4:  # a few packets: a Python pass, and no array for the instances without any
+        parts: dict[int, list[int]] = {}
         for j, i in enumerate(instance.tolist()):
-            parts[i].append(j)
-        return [np.array(p, dtype=np.int64) for p in parts]
-    return [np.flatnonzero(instance == i) for i in range(n_inst)]
+            parts.setdefault(i, []).append(j)
+        return [(i, np.array(parts[i], dtype=np.int64)) for i in sorted(parts)]
+    return [(i, part) for i in range(n_inst) if len(part := np.flatnonzero(instance == i))]
 
 
 class StallWatch:
@@ -298,9 +298,7 @@ class StampingUnit:
             self.wake(0, copies)
             return
         socks = sw.copies_to if copies else sw.originals_to
-        for k, part in enumerate(split_by_instance(dest, sw.n_local + len(sw.remote))):
-            if not len(part):
-                continue
+        for k, part in split_by_instance(dest, sw.n_local + len(sw.remote)):
             if k < sw.n_local:
                 rings[k].push_some(batch, part)
                 self.wake(k, copies)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
 
-from deft.runtime.procs.unit import StallWatch, fitting_prefix, plan_handoff
+from deft.runtime.procs.unit import StallWatch, fitting_prefix, plan_handoff, split_by_instance
 
 
 def test_prefix_stops_at_the_first_packet_that_does_not_fit():
@@ -39,3 +41,11 @@ def test_stall_watch_needs_a_full_ring_for_the_whole_period():
     assert watch.stuck([0, 3], now=11.0) == {0}
     assert watch.stuck([1, 3], now=11.1) == set()      # room again: the clock restarts
     assert watch.stuck([0, 0], now=11.2) == set()
+
+
+@given(st.lists(st.integers(0, 7), max_size=12))
+def test_split_by_instance_names_each_instance_with_packets_once(instance):
+    parts = split_by_instance(np.array(instance, dtype=np.int64), 8)
+    assert [k for k, _ in parts] == sorted(set(instance))
+    for k, idx in parts:
+        assert idx.tolist() == [j for j, i in enumerate(instance) if i == k]
