@@ -235,7 +235,12 @@ class StampingUnit:
             self._v[self._i["table_full"]] += int((~ok).sum())
             batch, dest, buckets = batch[ok], dest[ok], buckets[ok]
             dest2 = None if dest2 is None else dest2[ok]
-        np.add.at(self.io.bucket_load, buckets, 1.0)
+        if len(buckets) <= 4:   # np.add.at's fixed cost is a few plain additions many times over
+            load = self.io.bucket_load
+            for b in buckets.tolist():
+                load[b] += 1.0
+        else:
+            np.add.at(self.io.bucket_load, buckets, 1.0)
         if dest2 is not None:  # copies first: a local copy is in its ring before its original can be
             self.hand_on_copies(batch, dest2)   # processed and prepared (the secondary votes on both)
         self.hand_on(batch, dest)

@@ -109,3 +109,29 @@ def test_send_again_steps_over_refusals_up_to_the_limit():
     assert not send_again(stuck, b"x") and stuck.sent == []
     nobufs = ScriptedSend([OSError(105, "No buffer space available")])
     assert not send_again(nobufs, b"x")
+
+
+def test_a_few_datagrams_leave_as_a_burst_of_columns_would():
+    """Up to FEW records are joined from bytes, not staged as columns: the same datagrams (VNI, frame)."""
+    from deft.runtime.procs import egress
+
+    recs = records(egress.FEW + 2)
+    recs["vni"] = [0, 1, 0xABCDEF, 0xFFFFFF, 7, 100][: len(recs)]
+    sent = {}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        sink = UdpSink(f"udp://127.0.0.1:{rx.getsockname()[1]}")
+        try:
+            for few in (egress.FEW, 0):
+                saved, egress.FEW = egress.FEW, few
+                try:
+                    for k in range(1, len(recs) + 1):
+                        assert sink.send(recs[:k])[:2] == (k, 0)
+                        sent.setdefault(k, []).append(drain(rx, k))
+                finally:
+                    egress.FEW = saved
+        finally:
+            sink.close()
+    for k, (few, columns) in sent.items():
+        assert few == columns and len(few) == k
+        assert [int.from_bytes(d[4:7], "big") for d in few] == recs["vni"][:k].tolist()
