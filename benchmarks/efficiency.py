@@ -29,6 +29,10 @@ cluster). Per device, after a warm-up that creates every flow once:
              x2 up from 2,500 pps, then bisection (4 steps)
 
 Printed as a table with the issue's targets; ``--json`` writes everything.
+
+To compare two versions of the code on a noisy machine, run them together and
+alternate several short trials, e.g. ``--only single,single-before --before
+CHECKOUT --together --repeat 7 --quick --no-search``: the medians are reported.
 """
 
 from __future__ import annotations
@@ -141,7 +145,8 @@ def _proc_stat() -> tuple[int, int]:
 # -- devices -------------------------------------------------------------------------------------
 
 def _fresh_ports(config: dict, mapping: dict[int, int]) -> dict:
-    """The config with every tcp/udp port replaced (the same old port -> the same new port)."""
+    """The config with every tcp/udp/http port replaced (the same old port -> the same new port): two
+    devices from the same example (--together) never bind the same port."""
 
     def swap(value):
         if isinstance(value, str):
@@ -150,7 +155,7 @@ def _fresh_ports(config: dict, mapping: dict[int, int]) -> dict:
                 if old not in mapping:
                     mapping[old] = free_port(socket.SOCK_STREAM if m.group(1) == "tcp" else socket.SOCK_DGRAM)
                 return f"{m.group(1)}://127.0.0.1:{mapping[old]}"
-            return re.sub(r"(tcp|udp)://127\.0\.0\.1:(\d+)", repl, value)
+            return re.sub(r"(tcp|udp|http)://127\.0\.0\.1:(\d+)", repl, value)   # http: metrics
         if isinstance(value, dict):
             return {k: swap(v) for k, v in value.items()}
         if isinstance(value, list):
@@ -397,6 +402,17 @@ def start_devices(names: list[str], tmp: Path, overrides: dict | None = None,
     """``before``: another checkout (with its own .venv) whose examples and code run as the
     devices ``single-before`` and ``cluster-before``, side by side with this tree's."""
     devices: dict[str, Device] = {}
+    try:
+        _start_each(devices, names, tmp, overrides, before)
+    except BaseException:
+        for dev in devices.values():   # a later device failed to start: stop the ones already running
+            dev.stop()
+        raise
+    return devices
+
+
+def _start_each(devices: dict[str, Device], names: list[str], tmp: Path, overrides: dict | None,
+                before: Path | None) -> None:
     for name in names:
         if name.endswith("-before"):
             if before is None:
@@ -419,7 +435,6 @@ def start_devices(names: list[str], tmp: Path, overrides: dict | None = None,
                                          d / "controller.toml", overrides=overrides, secure=name == "cluster-secure")
         else:
             raise SystemExit(f"efficiency.py: unknown device {name!r}")
-    return devices
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -434,6 +449,9 @@ def main(argv: list[str] | None = None) -> int:
                          "at a time: an idle device's own wake-ups are load on the others)")
     ap.add_argument("--before", type=Path, help="a checkout of the code before a change (with its own "
                     ".venv): --only may then name single-before and cluster-before too")
+    ap.add_argument("--repeat", type=int, default=1, metavar="N",
+                    help="N trials per rate and device, alternating between the devices; the medians are "
+                         "reported (with --together: a side-by-side comparison that survives a noisy machine)")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a key in every node config (experiments), e.g. nf.instances=1")
     args = ap.parse_args(argv)
@@ -471,11 +489,15 @@ def measure_devices(devices: dict[str, Device], out: dict, rates: list[int], sec
         run_traffic(dev, tmp, 2000, FLOWS)        # warm-up: every flow created once
         out["devices"][name] = {"latency": {}, "idle_cores": idle_cores(dev, 2.0 if args.quick else 5.0)}
     for rate in rates:
-        for name, dev in devices.items():
-            out["devices"][name]["latency"][str(rate)] = m = measure(dev, tmp, rate, seconds)
-            print(f"{name:9s} {rate:>6} pps  p50 {m['p50_us'] or 0:8.0f} us  p99 {m['p99_us'] or 0:8.0f} us  "
-                  f"lost {m['lost']}  cores {m['cores']:.3f}  {m['cpu_us_per_packet']:.0f} us/pkt  "
-                  f"{m['cpu_us_per_packet_by_role']}  wake-ups per packet {m['wakeups_per_packet']}", flush=True)
+        trials: dict[str, list[dict]] = {name: [] for name in devices}
+        for _ in range(args.repeat):   # trials of the devices alternate: a noisy spell hits them alike
+            for name, dev in devices.items():
+                trials[name].append(m := measure(dev, tmp, rate, seconds))
+                print(f"{name:9s} {rate:>6} pps  p50 {m['p50_us'] or 0:8.0f} us  p99 {m['p99_us'] or 0:8.0f} us  "
+                      f"lost {m['lost']}  cores {m['cores']:.3f}  {m['cpu_us_per_packet']:.0f} us/pkt  "
+                      f"{m['cpu_us_per_packet_by_role']}  wake-ups per packet {m['wakeups_per_packet']}", flush=True)
+        for name in devices:
+            out["devices"][name]["latency"][str(rate)] = median_trial(trials[name])
     if args.no_search:
         return
     searches = {name: ZeroLossSearch(bisections=2 if args.quick else 4) for name in devices}
@@ -491,6 +513,20 @@ def measure_devices(devices: dict[str, Device], out: dict, rates: list[int], sec
     for name, s in searches.items():
         out["devices"][name]["zero_loss_pps"] = s.good
         out["devices"][name]["zero_loss_trials"] = s.trials
+
+
+def median_trial(trials: list[dict]) -> dict:
+    """One trial, or the median of each figure over several (losses summed; the trials kept)."""
+    if len(trials) == 1:
+        return trials[0]
+    med = dict(trials[len(trials) // 2])
+    for key in ("p50_us", "p99_us", "cores", "cpu_us_per_packet", "machine_cores_less_generator"):
+        values = sorted(t[key] for t in trials if t[key] is not None)
+        med[key] = values[len(values) // 2] if values else None
+    for key in ("sent", "lost", "duplicated", "reordered"):
+        med[key] = sum(t[key] for t in trials)
+    med["trials"] = trials
+    return med
 
 
 def print_summary(out: dict) -> None:
