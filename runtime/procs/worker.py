@@ -67,6 +67,7 @@ from deft.runtime.procs.globalbatches import GlobalBatches
 from deft.runtime.procs.globals_client import GlobalClient
 from deft.runtime.procs.pairslot import SLOT_COUNTERS, PairSlot
 from deft.runtime.procs.remote_input import RemoteInput
+from deft.runtime.procs.role_plan import BeSecondary, Replicate, Retire, Serve, plan_roles
 from deft.runtime.params import endpoint_of
 from deft.runtime.procs.takeover import TAKEOVER_COUNTERS, TakeOver
 from deft.runtime.ring import Ring
@@ -241,34 +242,32 @@ class Worker:
         self.route_tables = routes
         if self.dup_inputs:   # copies do not ring the bell (unit.wake): a take-over below must see them all
             self.pull_duplicates()
-        me, rows = routes.self_node, routes.table[: routes.n_pairs].tolist()
+        rows = routes.table[: routes.n_pairs].tolist()
         n_pairs = len(rows)
         nodes = routes.nodes()
-        for p, (pn, pi, sn, si, decision, gen) in enumerate(rows):
-            unprocessed = []
-            if (pn, pi) == (me, self.index):
-                if p not in self.slots:
-                    if epoch == self.start_epoch and sn != NONE:
-                        continue  # see start_epoch
-                    self.slots[p] = self.take_over(p, decision, n_pairs) or self.new_slot(
-                        p, n_pairs, keep_inputs=self.secondaries is not None)
-                if self.secondaries is not None:  # keyed by node id: node numbers shift as nodes come and go
-                    self.replicate(self.slots[p], (sn, si, gen), nodes)
-            elif p in self.slots:
+        unprocessed: dict[int, list[np.ndarray]] = {}
+        for change in plan_roles(rows, routes.self_node, self.index, set(self.slots),
+                                 replicating=self.secondaries is not None,
+                                 skip_new_with_secondary=epoch == self.start_epoch):   # see start_epoch
+            p = change.pair
+            if isinstance(change, Serve):
+                self.slots[p] = self.take_over(p, change.decision, n_pairs) or self.new_slot(
+                    p, n_pairs, keep_inputs=self.secondaries is not None)
+            elif isinstance(change, Replicate):   # keyed by node id: node numbers shift as nodes come and go
+                self.replicate(self.slots[p], change.secondary, nodes)
+            elif isinstance(change, Retire):
                 slot = self.slots.pop(p)
-                unprocessed = self.retire(slot)
-                if (sn, si) == (me, self.index) and slot.frozen:   # a hand-over; this worker its next secondary
+                unprocessed[p] = self.retire(slot)
+                if change.secondary_here and slot.frozen:   # a hand-over; this worker its next secondary
                     self.shadows[p] = Shadow(slot.table, dict(slot.ordering.next_expected), time.monotonic_ns())
-            if self.secondaries is not None:
-                if (sn, si) == (me, self.index):
-                    self.secondaries.ensure(p, (nodes[pn][0], pi, gen), gen)
-                    if unprocessed and p in self.shadows:   # it forwarded them: a replica must have them
-                        self.secondaries.on_duplicates(p, copies_of(unprocessed))
-                else:
-                    self.secondaries.drop(p)
-                    self.shadows.pop(p, None)
-        for p in [p for p in self.slots if p >= n_pairs]:
-            self.retire(self.slots.pop(p))
+            elif isinstance(change, BeSecondary):
+                pn, pi, gen = change.primary
+                self.secondaries.ensure(p, (nodes[pn][0], pi, gen), gen)
+                if unprocessed.get(p) and p in self.shadows:   # it forwarded them: a replica must have them
+                    self.secondaries.on_duplicates(p, copies_of(unprocessed[p]))
+            else:
+                self.secondaries.drop(p)
+                self.shadows.pop(p, None)
         if self.mover is not None:
             self.mover.on_routes(routes.bucket_pair)
 
