@@ -14,7 +14,7 @@ request -> orjson reply, matched by ``id``), so both pay the same client overhea
 Errors: {"id", "err": "not_leader"} (neither side forwards; the client drives the leader).
 
 * deft: RaftCore + DiskStorage(fsync=--fsync) + RaftDriver (ZeroMQ, tick 10 ms,
-  election 10-20 ticks, heartbeat every 2 ticks, as ``runtime/globalstate.py``) +
+  election 10-20 ticks, heartbeat every 2 ticks, as ``runtime/node/globalstate.py``) +
   KVStateMachine; an ``incr`` is ``Command(client, seq, "incr", "bench", (1,))``.
   One thread: the client socket is watched by the driver's poll loop.
 * pysyncobj: a SyncObj with one ``@replicated`` counter, journalFile + fullDumpFile in

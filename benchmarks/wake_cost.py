@@ -46,7 +46,7 @@ from deft.runtime.dataplane.frames import build_frame, vxlan_wrap
 from deft.runtime.dataplane.packet import IPPROTO_TCP, IPPROTO_UDP
 from deft.runtime.dataplane.parse import records_from_datagrams
 from deft.runtime.dataplane.stamper import Stamper
-from deft.runtime.procs.pairslot import PairSlot
+from deft.runtime.worker.pairslot import PairSlot
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOWS = 64

@@ -125,7 +125,7 @@ class NfSection:
 
 @dataclasses.dataclass(frozen=True)
 class RaftSection:
-    """``[raft]``: this node's member of the global-state Raft (``runtime/globalstate.py``)."""
+    """``[raft]``: this node's member of the global-state Raft (``runtime/node/globalstate.py``)."""
     id: int
     members: dict[int, str]
     data_dir: str

@@ -72,4 +72,4 @@ def test_wheel_ships_only_the_deft_namespace(tmp_path):
     assert {t for t in tops if not t.endswith(".dist-info")} == {"deft"}
     for dotted in packages_on_disk():
         assert dotted.replace(".", "/") + "/__init__.py" in names, dotted
-    assert "deft/runtime/procs/worker.py" in names
+    assert "deft/runtime/worker/worker.py" in names

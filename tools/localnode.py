@@ -184,7 +184,7 @@ class LocalNode:
                 pass
         left = leftovers(self.node_id)
         cleanup_node(self.node_id)
-        from deft.runtime.globalstate import worker_endpoints  # a killed supervisor leaves its ipc files
+        from deft.runtime.node.globalstate import worker_endpoints  # a killed supervisor leaves its ipc files
 
         for endpoint in worker_endpoints(self.node_id):
             try:

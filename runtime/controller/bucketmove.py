@@ -2,7 +2,7 @@
 
 A move is done one *leg* per source pair A (the buckets asked for may be
 spread over several pairs), each in three steps (the workers' side and why it
-is safe: ``runtime/procs/bucketmove.py``):
+is safe: ``runtime/worker/bucketmove.py``):
 
 1. ``hold``: A's primary holds S and answers, once what it processed of S has
    left the node, with S's flows (rows and ``nextExpectedPktID``);
@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-LEASE_MS = 2000.0          # = runtime/procs/bucketmove.LEASE_NS
+LEASE_MS = 2000.0          # = runtime/worker/bucketmove.LEASE_NS
 PUSH_DEADLINE_MS = 500.0   # a route push's deadline (ctl.query_all)
 SWITCH_BY_MS = LEASE_MS - PUSH_DEADLINE_MS - 200.0
 ATTEMPTS = 5

@@ -6,7 +6,7 @@ here, between the controller's other work (its loop calls ``advance``):
 * a ``Secondary`` step changes the assignment; the route push that follows
   makes the primary Sync its new secondary;
 * a ``HandOver`` step first asks the primary's supervisor to freeze the pair
-  (``{"cmd": "freeze"}``, see ``runtime/procs/freeze.py``). Refused for a
+  (``{"cmd": "freeze"}``, see ``runtime/worker/freeze.py``). Refused for a
   reason worth waiting out (its secondary is still syncing), it is asked
   again ``RETRY_MS`` later; frozen, the assignment hands the pair to its
   secondary with the frozen primary's last released batch as the decision,

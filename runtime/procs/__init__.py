@@ -1,5 +1,8 @@
-"""The processes of one node besides the supervisor: ingress, stamping units, NF workers, egress.
+"""The entry of a node's child processes, and the io process.
 
-Each is started by the supervisor as ``python -m deft.runtime.procs ROLE --config PATH --index N``
-and attaches to the shared objects the supervisor made (see ``deft.runtime.topology``).
+Each child is started by the supervisor as ``python -m deft.runtime.procs ROLE --config PATH
+--index N`` (``ROLE``: ``io`` or ``worker``; the worker itself is ``deft.runtime.worker``) and
+attaches to the shared objects the supervisor made (see ``deft.runtime.topology``). The io is
+``io.py`` with its parts: ``ingress.py`` (sources), ``unit.py`` (stamping units and the switch),
+``egress.py`` (sinks, which workers use too) and ``standby.py`` (its hot standby).
 """

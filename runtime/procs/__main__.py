@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.role == "io":
             from deft.runtime.procs.io import run
         else:
-            from deft.runtime.procs.worker import run
+            from deft.runtime.worker.worker import run
         if args.standby:
             from deft.runtime.procs.standby import wait_for_takeover
 

@@ -1,4 +1,4 @@
-"""The pieces a bucket move rests on (runtime/procs/bucketmove.py): a flow's bucket kept in its table
+"""The pieces a bucket move rests on (runtime/worker/bucketmove.py): a flow's bucket kept in its table
 row and replicated with it, the ordering unit's guard for moved-in buckets and its per-bucket
 hand-back of waiting packets, the NAT's lent rows that keep a moved flow's port from being handed
 out twice (tests/unit/test_nat_ownership.py simulates many pairs), and the payloads' checks."""
@@ -12,7 +12,7 @@ from deft.nfs.base import FlowTable
 from deft.nfs.nat import LENT
 from deft.runtime.dataplane.ordering import OrderingUnit
 from deft.runtime.dataplane.packet import PACKET_DTYPE, empty_batch
-from deft.runtime.procs.bucketmove import bucket_mask, pack, unpack
+from deft.runtime.worker.bucketmove import bucket_mask, pack, unpack
 
 from .test_nf_nat import S, Flows, nat, out_pkts, run
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deft.runtime.procs import bucketmove
-from deft.runtime.procs.bucketmove import BAD_REQUEST, pack, serve, unpack
+from deft.runtime.worker import bucketmove
+from deft.runtime.worker.bucketmove import BAD_REQUEST, pack, serve, unpack
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
                            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,

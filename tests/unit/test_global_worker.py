@@ -29,13 +29,13 @@ from deft.runtime.dataplane.frames import build_frame, vxlan_wrap
 from deft.runtime.dataplane.packet import FORWARD, IPPROTO_UDP, PACKET_DTYPE
 from deft.runtime.dataplane.parse import records_from_datagrams
 from deft.runtime.config import RaftSection
-from deft.runtime.globalstate import MAGIC, GlobalState, LocalState, WorkerChannel, worker_endpoints
+from deft.runtime.node.globalstate import MAGIC, GlobalState, LocalState, WorkerChannel, worker_endpoints
 from deft.runtime.params import ipv4_to_int
-from deft.runtime.procs.pairslot import GLOBAL_WINDOW, session_of
-from deft.runtime.procs.globals_client import GLOBAL_RETRY_S
-from deft.runtime.procs.worker import Worker
+from deft.runtime.worker.pairslot import GLOBAL_WINDOW, session_of
+from deft.runtime.worker.globals_client import GLOBAL_RETRY_S
+from deft.runtime.worker.worker import Worker
 from deft.runtime.ring import Ring
-from deft.runtime.supervisor import Supervisor
+from deft.runtime.node.supervisor import Supervisor
 
 SCANNER, CLIENT, VICTIM = ipv4_to_int("192.0.2.66"), ipv4_to_int("10.0.0.7"), ipv4_to_int("10.0.0.5")
 

@@ -1,6 +1,6 @@
 """NAT ports move with their flows (nfs/nat.py, "Moved flows"): a seeded simulation of several pairs'
 NATs under random flows, idle expiry and bucket moves back and forth (export, ``movable``,
-``moved_out``, import, ``moved_in``, as runtime/procs/bucketmove.py does) checks after every step
+``moved_out``, import, ``moved_in``, as runtime/worker/bucketmove.py does) checks after every step
 that no port is held by two live flows, that no port is free at two pairs (or free at one and held
 at another), and, once every flow has ended, that no port is lost: each is free at exactly one pair."""
 

@@ -27,13 +27,13 @@ import pytest
 
 from deft.runtime.config import parse_config
 from deft.runtime.dataplane.packet import PACKET_DTYPE, empty_batch
-from deft.runtime.procs.replica import PrimaryRole
-from deft.runtime.procs.worker import Worker
+from deft.runtime.worker.replica import PrimaryRole
+from deft.runtime.worker.worker import Worker
 from deft.runtime.replication import PrimaryReplicator, SecondaryReplica
 from deft.runtime.replication.driver import Router, SecondaryLink
 from deft.runtime.replication.messages import stamps_of
 from deft.runtime.ring import Ring
-from deft.runtime.supervisor import Supervisor
+from deft.runtime.node.supervisor import Supervisor
 from deft.tools.localnode import consecutive_ports, free_port
 
 EPOCH = 3

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from deft.runtime.dataplane.routes import NONE
-from deft.runtime.procs.role_plan import BeSecondary, DropSecondary, Replicate, Retire, Serve, plan_roles
+from deft.runtime.worker.role_plan import BeSecondary, DropSecondary, Replicate, Retire, Serve, plan_roles
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -6,8 +6,8 @@ import numpy as np
 
 from deft.runtime.consensus.kv import KVStateMachine, batch_entry, fence_entry
 from deft.runtime.dataplane.packet import PACKET_DTYPE
-from deft.runtime.procs.pairslot import GLOBAL_WINDOW, session_of
-from deft.runtime.procs.takeover import AppliedBatch, batch_meta, before, parse_fence, split_out
+from deft.runtime.worker.pairslot import GLOBAL_WINDOW, session_of
+from deft.runtime.worker.takeover import AppliedBatch, batch_meta, before, parse_fence, split_out
 
 
 def records(stamps) -> np.ndarray:
@@ -61,7 +61,7 @@ class FakeWorker:
         import collections
         import logging
 
-        from deft.runtime.procs.globalbatches import GlobalBatches
+        from deft.runtime.worker.globalbatches import GlobalBatches
 
         self.count = collections.Counter()
         self.log = logging.getLogger("test")
@@ -86,7 +86,7 @@ def portscan_slot(threshold: int):
 
     from deft.nfs.base import GlobalOps
     from deft.runtime.config import parse_config
-    from deft.runtime.procs.pairslot import PairSlot
+    from deft.runtime.worker.pairslot import PairSlot
 
     cfg = parse_config({"node": {"id": "t"}, "nf": {"kind": "portscan", "instances": 1,
                                                     "params": {"threshold": threshold}}}, "t.toml")
@@ -95,7 +95,7 @@ def portscan_slot(threshold: int):
 
 
 def takeover_of(worker, slot):
-    from deft.runtime.procs.takeover import TakeOver
+    from deft.runtime.worker.takeover import TakeOver
 
     to = TakeOver(worker, 0, 7, 1)
     to.slot, to.old_sessions = slot, "pair0/n2.0/e3"

@@ -10,9 +10,9 @@ import pytest
 
 from deft.runtime.config import parse_config
 from deft.runtime.dataplane.packet import PACKET_DTYPE, empty_batch
-from deft.runtime.procs.worker import Worker
+from deft.runtime.worker.worker import Worker
 from deft.runtime.ring import Ring
-from deft.runtime.supervisor import Supervisor
+from deft.runtime.node.supervisor import Supervisor
 
 
 class NeverStop:

@@ -188,7 +188,7 @@ def _timeline(send_ns: np.ndarray, recv_ns: np.ndarray, latency_ns: np.ndarray, 
 # NF drop counters (deft-ctl status of --node)
 
 
-# Counters of `deft-ctl status` (runtime/status.py) that count packets lost inside the node:
+# Counters of `deft-ctl status` (runtime/node/status.py) that count packets lost inside the node:
 # ingress drops by parse reason and full stamping-unit rings, NF verdicts and overflowing
 # pending buffers in the workers, failed egress sends. ingress.counters.dropped is left out:
 # it is the sum of ingress.drops.*. When none of these paths is present (the status format

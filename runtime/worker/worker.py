@@ -63,13 +63,13 @@ from deft.runtime.dataplane.routes import NONE, Routes
 from deft.runtime.dataplane.stamper import bucket_of
 from deft.runtime.procs.egress import BURST as EGRESS_BURST
 from deft.runtime.procs.egress import UdpSink, send_ring
-from deft.runtime.procs.globalbatches import GlobalBatches
-from deft.runtime.procs.globals_client import GlobalClient
-from deft.runtime.procs.pairslot import SLOT_COUNTERS, PairSlot
-from deft.runtime.procs.remote_input import RemoteInput
-from deft.runtime.procs.role_plan import BeSecondary, Replicate, Retire, Serve, plan_roles
+from deft.runtime.worker.globalbatches import GlobalBatches
+from deft.runtime.worker.globals_client import GlobalClient
+from deft.runtime.worker.pairslot import SLOT_COUNTERS, PairSlot
+from deft.runtime.worker.remote_input import RemoteInput
+from deft.runtime.worker.role_plan import BeSecondary, Replicate, Retire, Serve, plan_roles
 from deft.runtime.params import endpoint_of
-from deft.runtime.procs.takeover import TAKEOVER_COUNTERS, TakeOver
+from deft.runtime.worker.takeover import TAKEOVER_COUNTERS, TakeOver
 from deft.runtime.ring import Ring
 from deft.runtime.ring.fdbell import FdBell
 from deft.runtime.sockets import close_context
@@ -158,9 +158,9 @@ class Worker:
         self.forwarder = None
         self.mover = None     # bucket moves (replicated only)
         if cfg.nf.replicate:
-            from deft.runtime.procs.bucketmove import MoveBox, Mover
-            from deft.runtime.procs.forward import Forwarder
-            from deft.runtime.procs.freeze import FreezeBox, Freezer
+            from deft.runtime.worker.bucketmove import MoveBox, Mover
+            from deft.runtime.worker.forward import Forwarder
+            from deft.runtime.worker.freeze import FreezeBox, Freezer
 
             self.freezer = Freezer(self, FreezeBox.attach(topo.stats(f"freeze.nf{index}")))
             self.forwarder = Forwarder(self)
@@ -197,7 +197,7 @@ class Worker:
         self.retired_nf: dict[str, int] = {}
         self.secondaries = None
         if cfg.nf.replicate:
-            from deft.runtime.procs.replica import SecondaryRoles
+            from deft.runtime.worker.replica import SecondaryRoles
             from deft.runtime.replication.codec import Codec
 
             self.codec = Codec(self.new_table().export_dtype())
@@ -273,7 +273,7 @@ class Worker:
 
     def replicate(self, slot: PairSlot, key: tuple, nodes) -> None:
         """Give ``slot`` the secondary the routes name (``key`` = node, instance, generation)."""
-        from deft.runtime.procs.replica import PrimaryRole
+        from deft.runtime.worker.replica import PrimaryRole
         from deft.runtime.replication.primary import PrimaryReplicator
 
         sn, si, gen = key
@@ -874,7 +874,7 @@ class Shadow:
 
 
 def copies_of(parts: list[np.ndarray]) -> np.ndarray:
-    from deft.runtime.procs.forward import as_packets
+    from deft.runtime.worker.forward import as_packets
 
     records = as_packets(parts)
     records["dup"] = 1

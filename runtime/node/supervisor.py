@@ -36,13 +36,14 @@ from deft.runtime.dataplane.sentlog import SentLog
 from deft.runtime.dataplane.routes import MAX_PAIRS, RouteError, Routes, RouteSet
 from deft.runtime.dataplane.packet import PACKET_DTYPE
 from deft.runtime.errors import DeftError
-from deft.runtime.heartbeat import Heartbeats
+from deft.runtime.node.heartbeat import Heartbeats
 from deft.runtime.params import split_host_port
-from deft.runtime.procs import io, standby, unit, worker
+from deft.runtime.procs import io, standby, unit
+from deft.runtime.worker import worker
 from deft.runtime.procs.egress import UdpSink, send_ring
-from deft.runtime.procs import bucketmove
-from deft.runtime.procs.bucketmove import MoveBox
-from deft.runtime.procs.freeze import FREEZE, REASONS, RETRY, FreezeBox, ask_and_wait
+from deft.runtime.worker import bucketmove
+from deft.runtime.worker.bucketmove import MoveBox
+from deft.runtime.worker.freeze import FREEZE, REASONS, RETRY, FreezeBox, ask_and_wait
 from deft.runtime.dataplane.stamper import StamperTable
 from deft.runtime.ring import Doorbell, Ring, cleanup_node
 from deft.runtime.ring.fdbell import FdBell
@@ -573,18 +574,18 @@ class Supervisor:
         return r
 
     def run(self) -> None:
-        from deft.runtime.status import node_status
+        from deft.runtime.node.status import node_status
 
         self.create_shared()
         try:
             self.check_ports()
             if self.config.raft is not None:
-                from deft.runtime.globalstate import GlobalState, WorkerChannel
+                from deft.runtime.node.globalstate import GlobalState, WorkerChannel
 
                 self.globalstate = GlobalState(self.config.raft, self.topo.node_id, self.zctx)
                 self.globals_channel = WorkerChannel(self.globalstate, self.zctx, self.topo.node_id)
             elif self.nf_uses_globals():  # no Raft: the node's workers share one in-process state
-                from deft.runtime.globalstate import LocalState, WorkerChannel
+                from deft.runtime.node.globalstate import LocalState, WorkerChannel
 
                 self.globals_channel = WorkerChannel(LocalState(), self.zctx, self.topo.node_id)
             try:

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.config}: ok")
         return 0
     from deft.runtime.procs.common import StopFlag, boost_priority, setup_logging
-    from deft.runtime.supervisor import Supervisor
+    from deft.runtime.node.supervisor import Supervisor
 
     from deft.runtime.sockets import use_keys
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 import time
 
 from deft.runtime.consensus.failpoints import failpoint
-from deft.runtime.procs.globals_client import GLOBAL_WAIT_S, STALE, GlobalClient
-from deft.runtime.procs.pairslot import PairSlot, PendingBatch, replay_prefix, session_of
-from deft.runtime.procs.takeover import batch_meta
+from deft.runtime.worker.globals_client import GLOBAL_WAIT_S, STALE, GlobalClient
+from deft.runtime.worker.pairslot import PairSlot, PendingBatch, replay_prefix, session_of
+from deft.runtime.worker.takeover import batch_meta
 
 
 class GlobalBatches:

@@ -129,7 +129,7 @@ class PairSlot:
         # takeover.py) or a move's source (bucketmove.py) may still forward what it held
         self.gap_grace_until = 0
         self.gap_grace_ns = TAKEOVER_GAP_NS
-        self.move_out = None       # a bucket move's hold on some of its buckets (procs/bucketmove.py)
+        self.move_out = None       # a bucket move's hold on some of its buckets (worker/bucketmove.py)
         # packets of buckets the routes give another pair go there (the worker's ``divert``: they came
         # late after a bucket move, or from a replica's buffer); None: no route set to judge by
         self.divert = None

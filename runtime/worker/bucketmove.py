@@ -45,8 +45,8 @@ import numpy as np
 
 from deft.runtime.consensus.failpoints import failpoint
 from deft.runtime.dataplane.stamper import bucket_of
-from deft.runtime.procs.freeze import RequestBox, await_answer
-from deft.runtime.procs.pairslot import TAKEOVER_GAP_NS
+from deft.runtime.worker.freeze import RequestBox, await_answer
+from deft.runtime.worker.pairslot import TAKEOVER_GAP_NS
 
 FIELDS = ["req_seq", "req_op", "req_move", "req_pair", "req_epoch", "ack_seq", "ack_status", "ack_move"]
 HOLD, IMPORT, CANCEL = 1, 2, 3

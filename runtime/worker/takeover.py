@@ -36,8 +36,8 @@ import numpy as np
 
 from deft.runtime.dataplane.packet import FORWARD, PACKET_DTYPE
 from deft.runtime.dataplane.routes import FRESH, UNKNOWN
-from deft.runtime.procs.globals_client import GLOBAL_WAIT_S, STALE
-from deft.runtime.procs.pairslot import GLOBAL_WINDOW, PairSlot, replay_prefix
+from deft.runtime.worker.globals_client import GLOBAL_WAIT_S, STALE
+from deft.runtime.worker.pairslot import GLOBAL_WINDOW, PairSlot, replay_prefix
 
 TAKEOVER_COUNTERS = ("takeovers", "takeover_failed", "replay_released", "takeover_fenced",
                      "takeover_fence_failed", "takeover_rebuilt", "takeover_rebuilt_missing",
@@ -151,7 +151,7 @@ class TakeOver:
             last_batch = t
         slot.table.take_changes()
         if self.decision != UNKNOWN:   # its old primary may be alive (a hand-over) and forward late packets
-            from deft.runtime.procs.pairslot import TAKEOVER_GAP_NS
+            from deft.runtime.worker.pairslot import TAKEOVER_GAP_NS
 
             slot.gap_grace_until = time.monotonic_ns() + TAKEOVER_GAP_NS
         w.record.reset_pair(pair, last_batch)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import time
 
-from deft.runtime.procs.pairslot import PendingBatch
+from deft.runtime.worker.pairslot import PendingBatch
 
 GLOBAL_WAIT_S = 10.0        # a synchronous wait (replay, role change) gives up after this: STALE results
 GLOBAL_RETRY_S = 0.25       # no answer for this long: propose the entry again (same session slot)
@@ -35,7 +35,7 @@ class GlobalClient:
         import orjson
         import zmq
 
-        from deft.runtime.globalstate import MAGIC, worker_endpoints
+        from deft.runtime.node.globalstate import MAGIC, worker_endpoints
         from deft.runtime.sockets import make_socket
 
         self.zmq, self.loads, self.magic = zmq, orjson.loads, MAGIC
