@@ -170,7 +170,7 @@ class FlowTable:
         self.live = np.zeros(capacity, dtype=bool)
         self.last_ns = np.zeros(capacity, dtype=np.uint64)  # newest packet timestamp per flow (runtime-kept)
         self.key_hash = np.zeros(capacity, dtype=np.uint32)  # the flow's 5-tuple hash: its bucket (runtime-kept)
-        self._changed = np.zeros(capacity, dtype=bool)
+        self._changed: set[int] = set()   # rows changed since take_changes: a set, so a batch costs what it touched, not the table's size
         self._removed: list[int] = []
         self._index: dict[int, int] = {}
         self._free: list[int] = list(range(capacity - 1, -1, -1))
@@ -199,9 +199,8 @@ class FlowTable:
                         row = self._insert(f)
                         new_rows.append(row)
                     rows[i] = row
-        out = np.array(rows, dtype=np.int64)
-        self._changed[out] = True
-        return out, np.array(sorted(new_rows), dtype=np.int64)
+        self._changed.update(rows)
+        return np.array(rows, dtype=np.int64), np.array(sorted(new_rows), dtype=np.int64)
 
     def _insert(self, flow_id: int) -> int:
         if not self._free:
@@ -216,7 +215,7 @@ class FlowTable:
     def _grow(self) -> None:
         old = len(self.state)
         new = old * 2
-        for name in ("state", "flow_ids", "live", "_changed", "last_ns", "key_hash"):
+        for name in ("state", "flow_ids", "live", "last_ns", "key_hash"):
             arr = getattr(self, name)
             grown = np.zeros(new, dtype=arr.dtype)
             grown[:old] = arr
@@ -224,7 +223,7 @@ class FlowTable:
         self._free.extend(range(new - 1, old - 1, -1))
 
     def mark_changed(self, rows: np.ndarray) -> None:
-        self._changed[rows] = True
+        self._changed.update(np.asarray(rows, dtype=np.int64).tolist())
 
     def idle_rows(self, now_ns: int, idle_ns: int) -> np.ndarray:
         """Live rows whose newest packet is older than ``idle_ns`` at ``now_ns`` (packet time)."""
@@ -240,15 +239,17 @@ class FlowTable:
             flow_id = int(self.flow_ids[row])
             del self._index[flow_id]
             self.live[row] = False
-            self._changed[row] = False
+            self._changed.discard(row)
             self.state[row] = np.zeros((), dtype=self.state_dtype)
             self._removed.append(flow_id)
             self._free.append(row)
 
     def take_changes(self) -> tuple[np.ndarray, np.ndarray]:
         """(changed flows as export records, removed flow ids) since the last call."""
-        rows = np.flatnonzero(self._changed & self.live)
-        self._changed[:] = False
+        rows = np.fromiter(self._changed, dtype=np.int64, count=len(self._changed))
+        rows.sort()
+        rows = rows[self.live[rows]]
+        self._changed = set()
         removed = np.array(self._removed, dtype=np.uint64)
         self._removed = []
         return self.export_rows(rows), removed
@@ -283,7 +284,7 @@ class FlowTable:
                 self.last_ns[rows] = records["last_ns"]
             if "key_hash" in records.dtype.names:
                 self.key_hash[rows] = records["key_hash"]
-            self._changed[rows] = False
+            self._changed.difference_update(rows.tolist())
 
     def live_rows(self) -> np.ndarray:
         return np.flatnonzero(self.live)

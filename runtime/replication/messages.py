@@ -67,9 +67,10 @@ class Delta:
     def capture(cls, table: Any, next_expected: dict[int, int], stamps: np.ndarray) -> Delta:
         """Take a FlowTable's changes since the last capture, plus next_expected of the batch's flows."""
         records, removed = table.take_changes()
-        flows = np.unique(stamps["flow_id"])
-        nxt = np.array([next_expected[f] for f in flows.tolist()], dtype=np.uint64)
-        return cls(records, removed.astype(np.uint64), flows.astype(np.uint64), nxt)
+        ids = stamps["flow_id"].tolist()
+        flows = sorted(set(ids)) if len(ids) <= _SMALL else np.unique(stamps["flow_id"]).tolist()
+        nxt = np.array([next_expected[f] for f in flows], dtype=np.uint64)
+        return cls(records, np.asarray(removed, dtype=np.uint64), np.array(flows, dtype=np.uint64), nxt)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
