@@ -211,7 +211,7 @@ def _records_reason(records: Any, export_dtype: np.dtype | None) -> str | None:
 def _ne_reason(flows: Any, nxt: Any) -> str | None:
     if not (_u8_vector(flows) and _u8_vector(nxt) and len(flows) == len(nxt)):
         return "next_expected is not two equally long uint64 vectors"
-    if np.any(nxt == 0):
+    if (0 in nxt.tolist()) if len(nxt) <= _SMALL else bool((nxt == 0).any()):
         return "next_expected of 0 (seqs start at 1)"
     return None
 
