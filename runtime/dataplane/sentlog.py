@@ -50,12 +50,13 @@ class SentLog:
         """Log ``records[index]`` (what is about to be sent), oldest overwritten."""
         index = index[-SLOTS:]
         start = int(self.words[0])
-        pos = (start + np.arange(len(index))) % SLOTS
-        first = min(len(index), SLOTS - start % SLOTS)
-        copy_records(self.records[start % SLOTS: start % SLOTS + first], records, index[:first])
+        at = start % SLOTS
+        first = min(len(index), SLOTS - at)   # up to the end of the log, then from its start
+        copy_records(self.records[at: at + first], records, index[:first])
+        self.sent_ns[at: at + first] = now_ns
         if first < len(index):
             copy_records(self.records[: len(index) - first], records, index[first:])
-        self.sent_ns[pos] = now_ns
+            self.sent_ns[: len(index) - first] = now_ns
         self.words[0] = start + len(index)  # last: a successor never resends a half-written record
 
     def recent(self, now_ns: int) -> np.ndarray:

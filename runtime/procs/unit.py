@@ -171,11 +171,18 @@ class Switch:
             return targets - self.self_base
         return self._dest_of_sorted[np.searchsorted(self._sorted, targets)]
 
-    def rooms(self, rings: list[Ring], socks: list[zmq.Socket]) -> list[int]:
-        """Room per destination: free ring slots here, a whole batch for a socket below its HWM."""
-        # EVENTS, not poll(0): one getsockopt instead of a Poller built per socket per batch
-        return [r.free() for r in rings] + [MAX_BATCH if s is not None and s.get(_EVENTS) & _POLLOUT else 0
-                                            for s in socks]
+    def rooms(self, rings: list[Ring], socks: list[zmq.Socket], only: set[int] | None = None) -> list[int]:
+        """Room per destination: free ring slots here, a whole batch for a socket below its HWM.
+        ``only``: the destinations to ask; the others get MAX_BATCH (nothing of the batch goes there)."""
+        out = []
+        for d, dest in enumerate([*rings, *socks]):
+            if only is not None and d not in only:
+                out.append(MAX_BATCH)
+            elif d < len(rings):
+                out.append(dest.free())
+            else:   # EVENTS, not poll(0): one getsockopt instead of a Poller built per call
+                out.append(MAX_BATCH if dest is not None and dest.get(_EVENTS) & _POLLOUT else 0)
+        return out
 
     def close(self) -> None:
         for sock in self.sockets.values():
@@ -220,7 +227,7 @@ class StampingUnit:
         buckets = bucket_of(view["key_hash"], sw.n_buckets)
         dest = sw.of_bucket[buckets]
         dest2 = sw.second_of_bucket[buckets] if self.io.replicate else None
-        picked, consumed = self.plan(dest, dest2, sw.rooms(self.io.in_rings, sw.originals_to))
+        picked, consumed = self.plan(dest, dest2)
         if consumed == 0:
             self._v[self._i["blocked"]] += 1
             return 0
@@ -250,17 +257,19 @@ class StampingUnit:
         self._v[self._i["stamped"]] += len(batch)
         return consumed
 
-    def plan(self, dest: np.ndarray, dest2: np.ndarray | None, rooms: list[int]) -> tuple[np.ndarray | None, int]:
+    def plan(self, dest: np.ndarray, dest2: np.ndarray | None) -> tuple[np.ndarray | None, int]:
         """(indices to take or None for the whole prefix, packets consumed from the unit's ring)."""
         n = len(dest)
+        sw = self.io.switch()
         if dest2 is not None:
             # the copies need room in the secondaries' dup rings (remote ones: their 2PC sockets,
             # always drained); no stall rule here yet: a stuck secondary pushes back on its
-            # primary, as 2PC would anyway
-            sw = self.io.switch()
-            rooms2 = sw.rooms(self.io.dup_rings, sw.copies_to)
+            # primary, as 2PC would anyway. Only the destinations the batch has are asked.
+            rooms = sw.rooms(self.io.in_rings, sw.originals_to, set(dest.tolist()))
+            rooms2 = sw.rooms(self.io.dup_rings, sw.copies_to, set(dest2.tolist()))
             copies_to = np.where(dest2 >= 0, dest2, len(rooms2))  # no secondary: an unbounded dummy
             return None, min(fitting_prefix(dest, rooms), fitting_prefix(copies_to, rooms2 + [n]))
+        rooms = sw.rooms(self.io.in_rings, sw.originals_to)   # every one: the stall rule watches them all
         if fitting_prefix(dest, rooms) == n:  # the common case: everything fits
             return None, n
         picked, consumed = plan_handoff(dest, rooms, self.watch.stuck(rooms, time.monotonic()))
