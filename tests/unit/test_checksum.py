@@ -215,7 +215,7 @@ def test_icmp_non_echo_keeps_identifier_and_checksum():
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from([IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP]), u32, u32, u16, u16,
                           st.binary(max_size=24), st.booleans(), st.sampled_from([0, 3, 8]), st.booleans()),
-                min_size=1, max_size=6),
+                min_size=1, max_size=10),
        st.data(), st.sampled_from(["src", "dst"]), st.booleans())
 def test_few_packets_path_writes_what_the_column_path_writes(pkts, data, side, icmp_ident):
     """``rewrite_endpoint`` takes a byte-by-byte path for up to FEW packets: both give the same records."""

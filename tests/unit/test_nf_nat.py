@@ -326,7 +326,7 @@ PROTOS = [IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPR
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.lists(st.tuples(st.integers(0, 5), st.booleans()), min_size=1, max_size=6), min_size=8, max_size=25),
+@given(st.lists(st.lists(st.tuples(st.integers(0, 5), st.booleans()), min_size=1, max_size=10), min_size=8, max_size=25),
        st.lists(st.sampled_from([0, 1000, S // 4, S // 2, 3 * S]), min_size=25, max_size=25))
 def test_few_packets_path_decides_as_the_batch_path(batches, gaps):
     """Batches of up to FEW packets of established flows take a path in Python integers: the same
