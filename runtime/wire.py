@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from deft.runtime.dataplane.packet import HEADER_SIZE, RECORD_SIZE
+from deft.runtime.dataplane.packet import HEADER_SIZE, PACKET_DTYPE, RECORD_SIZE
 from deft.runtime.errors import WireError
 
 FEW = 4   # up to this many records a PACKETS message is unpacked and checked without numpy calls
@@ -112,13 +112,46 @@ def encode_packets(epoch: int, instance: int, records: np.ndarray, index: np.nda
         lengths = records["frame_len"].tolist()
         width = HEADER_SIZE + max(lengths[i] for i in rows)
         src = memoryview(records.view(np.uint8))
-        raw = b"".join(src[i * RECORD_SIZE: i * RECORD_SIZE + width] for i in rows)
+        raw = bytearray(b"".join(src[i * RECORD_SIZE: i * RECORD_SIZE + width] for i in rows))
+        for i in range(n):
+            for start, end in HEADER_GAPS:
+                raw[i * width + start: i * width + end] = bytes(end - start)
     else:
         sel = records if index is None else records[index]
         width = HEADER_SIZE + int(sel["frame_len"].max())
-        raw = np.ascontiguousarray(sel.view(np.uint8).reshape(n, RECORD_SIZE)[:, :width])
+        raw = np.array(sel.view(np.uint8).reshape(n, RECORD_SIZE)[:, :width])   # a copy: its gaps are zeroed
+        for start, end in HEADER_GAPS:
+            raw[:, start:end] = 0
     header = {"epoch": epoch, "instance": instance, "n": n, "width": width}
     return [kind, orjson.dumps(header), raw]
+
+
+def _header_gaps() -> list[tuple[int, int]]:
+    """Byte ranges of a packet record's header that no field covers. A gather (``records[index]``)
+    leaves them as whatever memory held before, so they are zeroed before records leave the process."""
+    covered = bytearray(HEADER_SIZE)
+    for dtype, offset in (PACKET_DTYPE.fields[name][:2] for name in PACKET_DTYPE.names):
+        for b in range(offset, min(offset + dtype.itemsize, HEADER_SIZE)):
+            covered[b] = 1
+    gaps, start = [], None
+    for b in range(HEADER_SIZE + 1):
+        if b < HEADER_SIZE and not covered[b]:
+            start = b if start is None else start
+        elif start is not None:
+            gaps.append((start, b))
+            start = None
+    return gaps
+
+
+HEADER_GAPS = _header_gaps()
+
+
+def record_bytes(record: np.ndarray) -> bytes:
+    """One packet record's bytes (a 2PC payload) with its header gaps zeroed, as ``encode_packets``."""
+    raw = bytearray(record.tobytes())
+    for start, end in HEADER_GAPS:
+        raw[start:end] = bytes(end - start)
+    return bytes(raw)
 
 
 def decode_packets(frames: list[bytes], n_instances: int, out: np.ndarray) -> tuple[dict[str, Any], int]:

@@ -129,7 +129,7 @@ class PrimaryRole:
             return [b""] * len(stamps)
         row = {key: k for k, key in enumerate(zip(inputs["flow_id"].tolist(), inputs["seq"].tolist()))}
         wanted = zip(stamps["flow_id"].tolist(), stamps["seq"].tolist())
-        out = [b"" if (k := row.get(key)) is None else inputs[k].tobytes() for key in wanted]
+        out = [b"" if (k := row.get(key)) is None else wire.record_bytes(inputs[k]) for key in wanted]
         self.worker.count["repl_packets_unknown"] += sum(1 for x in out if not x)
         return out
 
