@@ -53,13 +53,14 @@ from typing import Any
 import orjson
 
 from deft.runtime.ring import cleanup_node
-from deft.tools.localnode import LocalController, LocalNode, free_port, to_toml
+from deft.tools.localnode import LocalController, LocalNode, consecutive_ports, free_port, to_toml
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 FLOWS, TCP_RATIO, SIZE = 500, 0.3, 128
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 RATES = (200, 1000, 3000, 10000)
+MAX_INSTANCES = 16   # ports kept free above each new tcp port (a node's workers bind base + i)
 
 
 # -- processes and CPU ---------------------------------------------------------------------------
@@ -146,14 +147,19 @@ def _proc_stat() -> tuple[int, int]:
 
 def _fresh_ports(config: dict, mapping: dict[int, int]) -> dict:
     """The config with every tcp/udp/http port replaced (the same old port -> the same new port): two
-    devices from the same example (--together) never bind the same port."""
+    devices from the same example (--together) never bind the same port.
+
+    A tcp port gets a block below the kernel's ephemeral range with its neighbours free: worker i
+    binds the fabric and 2PC base ports + i, and a bind(0) port's neighbour may be any connection's
+    by then (a worker once found base + 1 taken and restarted for ever: "Address already in use")."""
 
     def swap(value):
         if isinstance(value, str):
             def repl(m: re.Match) -> str:
                 old = int(m.group(2))
                 if old not in mapping:
-                    mapping[old] = free_port(socket.SOCK_STREAM if m.group(1) == "tcp" else socket.SOCK_DGRAM)
+                    mapping[old] = (consecutive_ports(MAX_INSTANCES) if m.group(1) in ("tcp", "http")
+                                    else free_port(socket.SOCK_DGRAM))
                 return f"{m.group(1)}://127.0.0.1:{mapping[old]}"
             return re.sub(r"(tcp|udp|http)://127\.0\.0\.1:(\d+)", repl, value)   # http: metrics
         if isinstance(value, dict):
@@ -163,24 +169,6 @@ def _fresh_ports(config: dict, mapping: dict[int, int]) -> dict:
         return value
 
     return swap(config)
-
-
-def _base_ports(config: dict, mapping: dict[int, int]) -> None:
-    """Worker i binds the fabric and replication base ports + i: new bases need neighbours free too."""
-    from deft.tools.localnode import consecutive_ports
-
-    node = config.get("node", {})
-    n = config.get("nf", {}).get("instances", 1)
-    for key in ("fabric", "replication"):
-        base = node.get(key)
-        if base:
-            old = int(base.rsplit(":", 1)[1])
-            new = consecutive_ports(n)
-            # new -> new too: _fresh_ports runs over this config next and would otherwise give the new
-            # base a bind(0) port from the ephemeral range (a worker then once found base + 1 taken by
-            # some connection and restarted for ever: "Address already in use")
-            mapping[old] = mapping[new] = new
-            node[key] = f"tcp://127.0.0.1:{new}"
 
 
 class Device:
@@ -252,7 +240,6 @@ class ExampleNodes(Device):
                 raw = tomllib.loads(f.read_text())
                 for (section, key), value in (overrides or {}).items():
                     raw.setdefault(section, {})[key] = value
-                _base_ports(raw, mapping)
                 cfg = _fresh_ports(raw, mapping)
                 cfg["node"]["id"] = f"{tag}{cfg['node']['id']}"
                 if secure:

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from deft.runtime.dataplane.packet import ETH_HLEN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PACKET_DTYPE, RECORD_SIZE
+from deft.runtime.dataplane.packet import (ETH_HLEN, HEADER_SIZE, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, RECORD_SIZE,
+                                          raw_records)
 
 # Offsets inside the inner Ethernet frame (the parser accepts untagged IPv4 only).
 IP_CSUM = ETH_HLEN + 10
@@ -159,9 +160,9 @@ def rewrite_endpoint(batch: np.ndarray, idx: np.ndarray, side: str, new_ip, new_
     k = len(idx)
     if k == 0:
         return
-    if k <= FEW and batch.flags.c_contiguous and batch.dtype.itemsize == RECORD_SIZE:
-        if _rewrite_few(batch, idx, side, new_ip, new_port, icmp_ident):
-            return
+    raw = raw_records(batch) if k <= FEW else None
+    if raw is not None and _rewrite_few(batch, raw, idx, side, new_ip, new_port, icmp_ident):
+        return
     frames = batch["frame"]
     l4 = batch["l4_off"][idx] >> 1                       # in words
     nw = int(l4.max()) + 9                              # words through the TCP checksum
@@ -225,7 +226,6 @@ def rewrite_endpoint(batch: np.ndarray, idx: np.ndarray, side: str, new_ip, new_
 # (ordering, NAT, output) of 4 / 8 / 12 / 16 packets cost 50 / 66 / 85 / 147 us this way, 91 / 91 / 100 /
 # 155 us with columns (hot; cold, numpy's share grows)
 FEW = 8
-_FRAME_AT = PACKET_DTYPE.fields["frame"][1]   # where the frame starts inside a record
 _L4_CSUM = {IPPROTO_TCP: 16, IPPROTO_UDP: 6, IPPROTO_ICMP: 2}
 
 
@@ -236,8 +236,9 @@ def _apply(csum: int, delta: int) -> int:
     return ((s & 0xFFFF) + (s >> 16)) ^ 0xFFFF
 
 
-def _rewrite_few(batch: np.ndarray, idx: np.ndarray, side: str, new_ip, new_port, icmp_ident: bool) -> bool:
-    """``rewrite_endpoint`` for a few packets of a contiguous batch, byte by byte, with the same
+def _rewrite_few(batch: np.ndarray, raw: memoryview, idx: np.ndarray, side: str, new_ip, new_port,
+                 icmp_ident: bool) -> bool:
+    """``rewrite_endpoint`` for a few packets of a contiguous batch (``raw``: its bytes), with the same
     result (``tests/unit/test_checksum.py`` compares the two). A quiet worker's batch is one or two
     packets; the column path then costs its fixed ~30 numpy calls, each several microseconds on
     the cold cache of a worker that just woke (``benchmarks/wake_cost.py``).
@@ -251,12 +252,11 @@ def _rewrite_few(batch: np.ndarray, idx: np.ndarray, side: str, new_ip, new_port
     l4s = batch["l4_off"][idx].tolist()
     ips = [int(new_ip)] * len(rows) if np.ndim(new_ip) == 0 else np.asarray(new_ip).tolist()
     ports = [int(new_port)] * len(rows) if np.ndim(new_port) == 0 else np.asarray(new_port).tolist()
-    raw = memoryview(batch.view(np.uint8))
     src = side == "src"
     ip_at, port_w = (IP_SRC, 0) if src else (IP_DST, 2)
     ip_field, port_field = batch["src_ip" if src else "dst_ip"], batch["src_port" if src else "dst_port"]
     for row, proto, l4, ip, port in zip(rows, protos, l4s, ips, ports):
-        f = row * RECORD_SIZE + _FRAME_AT
+        f = row * RECORD_SIZE + HEADER_SIZE   # the frame's first byte
 
         def word(off: int) -> int:
             return raw[f + off] << 8 | raw[f + off + 1]

@@ -77,15 +77,29 @@ def make_socket(ctx: zmq.Context, kind: int, *, bind: str | None = None, connect
     return sock
 
 
-def send_nowait(sock: zmq.Socket, frames: list[bytes]) -> bool:
+def send_nowait(sock: zmq.Socket, frames: list, copy: bool = True) -> bool:
     """Send ``frames`` without blocking; False if no peer takes them now (not connected, behind, or
     refused at the handshake: a refused PUSH or DEALER has no peer left, and a blocking send would
-    wait for ever)."""
+    wait for ever). ``copy=False``: pyzmq references large buffers instead of copying them."""
     try:
-        sock.send_multipart(frames, zmq.NOBLOCK)
+        sock.send_multipart(frames, _NOBLOCK, copy=copy)
     except zmq.Again:
         return False
     return True
+
+
+# plain ints: zmq's enum operations cost per call, and these run in every round of a busy process
+_EVENTS, _POLLIN, _POLLOUT, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.NOBLOCK)
+
+
+def readable(sock: zmq.Socket) -> bool:
+    """A message waits in ``sock`` now (one getsockopt: no Poller built, no zmq.Again raised)."""
+    return bool(sock.get(_EVENTS) & _POLLIN)
+
+
+def writable(sock: zmq.Socket) -> bool:
+    """``sock`` would take a message now (below its high-water mark, a peer connected)."""
+    return bool(sock.get(_EVENTS) & _POLLOUT)
 
 
 def _serve(ctx: zmq.Context, sock: zmq.Socket, keys: Keys, domain: str) -> None:

@@ -27,10 +27,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from deft.runtime.dataplane.packet import HEADER_SIZE, PACKET_DTYPE, RECORD_SIZE
+from deft.runtime.dataplane.packet import FEW, HEADER_GAPS, HEADER_SIZE, RECORD_SIZE, raw_records
 from deft.runtime.errors import WireError
 
-FEW = 4   # up to this many records a PACKETS message is unpacked and checked without numpy calls
 HEARTBEAT = b"H"
 FAILED = b"F"
 PACKETS = b"P"
@@ -106,16 +105,12 @@ def encode_packets(epoch: int, instance: int, records: np.ndarray, index: np.nda
                    kind: bytes = PACKETS) -> list:
     """PACKETS (or COPIES) frames for ``records`` (or ``records[index]``): only the bytes in use travel."""
     n = len(records) if index is None else len(index)
-    if n <= FEW and records.flags.c_contiguous and records.dtype.itemsize == RECORD_SIZE:
-        # a few records: their used bytes sliced out and joined, no gather and no strided copy
+    src = raw_records(records) if n <= FEW else None
+    if src is not None:   # a few records: their used bytes sliced out and joined, no gather
         rows = range(n) if index is None else index.tolist()
         lengths = records["frame_len"].tolist()
         width = HEADER_SIZE + max(lengths[i] for i in rows)
-        src = memoryview(records.view(np.uint8))
-        raw = bytearray(b"".join(src[i * RECORD_SIZE: i * RECORD_SIZE + width] for i in rows))
-        for i in range(n):
-            for start, end in HEADER_GAPS:
-                raw[i * width + start: i * width + end] = bytes(end - start)
+        raw = _gaps_cleared(b"".join(src[i * RECORD_SIZE: i * RECORD_SIZE + width] for i in rows), width)
     else:
         sel = records if index is None else records[index]
         width = HEADER_SIZE + int(sel["frame_len"].max())
@@ -126,32 +121,19 @@ def encode_packets(epoch: int, instance: int, records: np.ndarray, index: np.nda
     return [kind, orjson.dumps(header), raw]
 
 
-def _header_gaps() -> list[tuple[int, int]]:
-    """Byte ranges of a packet record's header that no field covers. A gather (``records[index]``)
-    leaves them as whatever memory held before, so they are zeroed before records leave the process."""
-    covered = bytearray(HEADER_SIZE)
-    for dtype, offset in (PACKET_DTYPE.fields[name][:2] for name in PACKET_DTYPE.names):
-        for b in range(offset, min(offset + dtype.itemsize, HEADER_SIZE)):
-            covered[b] = 1
-    gaps, start = [], None
-    for b in range(HEADER_SIZE + 1):
-        if b < HEADER_SIZE and not covered[b]:
-            start = b if start is None else start
-        elif start is not None:
-            gaps.append((start, b))
-            start = None
-    return gaps
-
-
-HEADER_GAPS = _header_gaps()
+def _gaps_cleared(data: bytes, width: int) -> bytearray:
+    """``data`` (records of ``width`` bytes each) with every record's header gaps zeroed: a gather
+    leaves them as whatever memory held before, and nothing but the fields leaves the process."""
+    raw = bytearray(data)
+    for at in range(0, len(raw), width):
+        for start, end in HEADER_GAPS:
+            raw[at + start: at + end] = bytes(end - start)
+    return raw
 
 
 def record_bytes(record: np.ndarray) -> bytes:
     """One packet record's bytes (a 2PC payload) with its header gaps zeroed, as ``encode_packets``."""
-    raw = bytearray(record.tobytes())
-    for start, end in HEADER_GAPS:
-        raw[start:end] = bytes(end - start)
-    return bytes(raw)
+    return bytes(_gaps_cleared(record.tobytes(), RECORD_SIZE))
 
 
 def decode_packets(frames: list[bytes], n_instances: int, out: np.ndarray) -> tuple[dict[str, Any], int]:
@@ -171,8 +153,9 @@ def decode_packets(frames: list[bytes], n_instances: int, out: np.ndarray) -> tu
     if len(data) != n * width:
         raise WireError(f"packets: {len(data)} bytes for {n} x {width}")
     rows = out[:n]
-    if n <= FEW:   # a quiet sender's message: slices and Python checks, not ~10 numpy calls
-        dst, src = memoryview(rows.view(np.uint8)), memoryview(data).cast("B")
+    dst = raw_records(rows) if n <= FEW else None
+    if dst is not None:   # a quiet sender's message: slices and Python checks, not ~10 numpy calls
+        src = memoryview(data).cast("B")
         for i in range(n):
             dst[i * RECORD_SIZE: i * RECORD_SIZE + width] = src[i * width: (i + 1) * width]
         longest, unstamped = max(rows["frame_len"].tolist()), 0 in rows["flow_id"].tolist()

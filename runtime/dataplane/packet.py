@@ -93,6 +93,37 @@ def empty_batch(n: int) -> np.ndarray:
     return np.zeros(n, dtype=PACKET_DTYPE)
 
 
+FEW = 4   # up to this many records, plain Python on their bytes beats numpy's fixed cost per call
+
+
+def raw_records(records: np.ndarray) -> memoryview | None:
+    """The bytes of ``records`` as one buffer (record i at ``i * RECORD_SIZE``), or None when they are
+    not laid out that way (a strided view, or a copy that dropped the dtype's padding)."""
+    if records.flags.c_contiguous and records.dtype.itemsize == RECORD_SIZE:
+        return memoryview(records.view(np.uint8))
+    return None
+
+
+def _header_gaps() -> list[tuple[int, int]]:
+    """Byte ranges of the header that no field covers. A gather (``records[index]``) leaves them as
+    whatever memory held before: what leaves the process has them zeroed (``wire``)."""
+    covered = bytearray(HEADER_SIZE)
+    for dtype, offset in (PACKET_DTYPE.fields[name][:2] for name in PACKET_DTYPE.names):
+        end = min(offset + dtype.itemsize, HEADER_SIZE)
+        covered[offset:end] = b"\1" * max(0, end - offset)
+    gaps, start = [], None
+    for b in range(HEADER_SIZE + 1):
+        if b < HEADER_SIZE and not covered[b]:
+            start = b if start is None else start
+        elif start is not None:
+            gaps.append((start, b))
+            start = None
+    return gaps
+
+
+HEADER_GAPS = _header_gaps()   # [(53, 54), (56, 64)]
+
+
 def copy_records(dst: np.ndarray, src: np.ndarray, index: np.ndarray | None = None) -> None:
     """``dst[:] = src`` (or ``src[index]``), moving only the frame bytes in use.
 
@@ -106,12 +137,11 @@ def copy_records(dst: np.ndarray, src: np.ndarray, index: np.ndarray | None = No
         return
     if len(dst) != n:
         raise ValueError(f"copy_records: dst has {len(dst)} slots, src has {n}")
-    if not (src.flags.c_contiguous and dst.flags.c_contiguous
-            and src.dtype.itemsize == RECORD_SIZE and dst.dtype.itemsize == RECORD_SIZE):
+    s_raw, d_raw = raw_records(src), raw_records(dst)
+    if s_raw is None or d_raw is None:
         dst[...] = src if index is None else src[index]  # e.g. np.concatenate drops the dtype's padding
         return
-    if n <= 4:  # a few records: memoryview slices beat numpy's fixed cost per call
-        s_raw, d_raw = memoryview(src.view(np.uint8)), memoryview(dst.view(np.uint8))
+    if n <= FEW:  # a few records: memoryview slices beat numpy's fixed cost per call
         rows = range(n) if index is None else index.tolist()
         lengths = src["frame_len"].tolist()
         for j, i in enumerate(rows):

@@ -27,11 +27,11 @@ import struct
 
 import numpy as np
 
-from deft.runtime.dataplane.packet import RECORD_SIZE
+from deft.runtime.dataplane.packet import FEW, RECORD_SIZE
 from deft.runtime.errors import DeftError
 
 UNIT_SHIFT = 40
-SMALL_BATCH = 4  # up to this many packets, a Python loop beats the fixed cost of the numpy path
+SMALL_BATCH = FEW  # up to this many packets, a Python loop beats the fixed cost of the numpy path
 MAX_BATCH = 256  # the journal holds the undo rows of one batch of at most this many packets
 
 SLOT_DTYPE = np.dtype([("k0", "<u8"), ("k1", "<u8"), ("flow_id", "<u8"), ("last_seq", "<u8"), ("last_ts", "<u8")])

@@ -43,7 +43,3 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

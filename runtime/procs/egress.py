@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from deft.runtime.dataplane.packet import MAX_FRAME, PACKET_DTYPE, RECORD_SIZE
+from deft.runtime.dataplane.packet import FEW, HEADER_SIZE, MAX_FRAME, PACKET_DTYPE, RECORD_SIZE, raw_records
 from deft.runtime.dataplane.udp_send import send_again
 from deft.runtime.params import split_host_port
 from deft.runtime.ring import Ring
@@ -25,8 +25,6 @@ from deft.runtime.topology import Topology
 BURST = 256
 VXLAN_HLEN = 8
 VXLAN_FLAGS = b"\x08\0\0\0"   # I flag, reserved; the VNI and a reserved byte follow
-FEW = 4          # up to this many datagrams, joined from bytes instead of staged as columns
-FRAME_AT = PACKET_DTYPE.fields["frame"][1]
 LATENCY_WINDOW = 4096  # node-internal latency (ingress receive -> egress send) of the last packets
 
 
@@ -74,11 +72,10 @@ class UdpSink:
         """
         n = len(records)
         lengths = records["frame_len"].tolist()
-        if n <= FEW and records.flags.c_contiguous and records.dtype.itemsize == RECORD_SIZE:
-            # a few datagrams (a quiet worker's batch): joined from bytes, no staging columns
-            raw = memoryview(records.view(np.uint8))
+        raw = raw_records(records) if n <= FEW else None
+        if raw is not None:   # a few datagrams (a quiet worker's batch): joined from bytes, no staging
             datagrams = [VXLAN_FLAGS + (vni & 0xFFFFFF).to_bytes(3, "big") + b"\0"
-                         + raw[i * RECORD_SIZE + FRAME_AT: i * RECORD_SIZE + FRAME_AT + length]
+                         + raw[i * RECORD_SIZE + HEADER_SIZE: i * RECORD_SIZE + HEADER_SIZE + length]
                          for i, (vni, length) in enumerate(zip(records["vni"].tolist(), lengths))]
         else:
             st = self.stage

@@ -26,13 +26,13 @@ import zmq
 from deft.runtime import wire
 from deft.runtime.dataplane.sentlog import SentLog
 from deft.runtime.dataplane.routes import NONE, TARGET_SCALE, RouteTables, Routes
-from deft.runtime.dataplane.packet import PACKET_DTYPE
+from deft.runtime.dataplane.packet import FEW, PACKET_DTYPE
 from deft.runtime.dataplane.stamper import Stamper, StamperTable, bucket_of
 from deft.runtime.params import endpoint_of
 from deft.runtime.ring import Ring
 from deft.runtime.ring.fdbell import FdBell
 from deft.runtime.ring.shm import attach_segment, release_segment
-from deft.runtime.sockets import make_socket
+from deft.runtime.sockets import make_socket, writable
 from deft.runtime.stats import CounterBlock
 from deft.runtime.topology import Topology
 
@@ -42,7 +42,6 @@ COPY_WAKE_AT = 256   # copies waiting in a secondary's dup ring before its bell 
 
 COUNTERS = ["ready", "owner", "received", "stamped", "duplicated", "sent_remote", "dropped_fabric", "resent", "blocked",
             "dropped_stalled", "table_full", "new_flows", "flows", "expired"]
-_EVENTS, _POLLOUT = int(zmq.EVENTS), int(zmq.POLLOUT)   # plain ints: enum operations cost per call
 STALL_S = 1.0  # an instance whose ring stays full this long is treated as stuck
 
 
@@ -80,7 +79,7 @@ def plan_handoff(instance: np.ndarray, rooms: list[int], stuck: set[int]) -> tup
 
 def split_by_instance(instance: np.ndarray, n_inst: int) -> list[tuple[int, np.ndarray]]:
     """(instance, indices of its packets in arrival order) for every instance the batch has packets for."""
-    if len(instance) <= 4:  # a few packets: a Python pass, and no array for the instances without any
+    if len(instance) <= FEW:  # a few packets: a Python pass, and no array for the instances without any
         parts: dict[int, list[int]] = {}
         for j, i in enumerate(instance.tolist()):
             parts.setdefault(i, []).append(j)
@@ -180,8 +179,8 @@ class Switch:
                 out.append(MAX_BATCH)
             elif d < len(rings):
                 out.append(dest.free())
-            else:   # EVENTS, not poll(0): one getsockopt instead of a Poller built per call
-                out.append(MAX_BATCH if dest is not None and dest.get(_EVENTS) & _POLLOUT else 0)
+            else:
+                out.append(MAX_BATCH if dest is not None and writable(dest) else 0)
         return out
 
     def close(self) -> None:
@@ -242,7 +241,7 @@ class StampingUnit:
             self._v[self._i["table_full"]] += int((~ok).sum())
             batch, dest, buckets = batch[ok], dest[ok], buckets[ok]
             dest2 = None if dest2 is None else dest2[ok]
-        if len(buckets) <= 4:   # np.add.at's fixed cost is a few plain additions many times over
+        if len(buckets) <= FEW:   # np.add.at's fixed cost is a few plain additions many times over
             load = self.io.bucket_load
             for b in buckets.tolist():
                 load[b] += 1.0

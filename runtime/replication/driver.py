@@ -48,7 +48,7 @@ from deft.runtime.replication.errors import ProtocolMisuse
 from deft.runtime.replication.messages import Delta, Message, Packets
 from deft.runtime.replication.primary import PrimaryReplicator
 from deft.runtime.replication.secondary import SecondaryReplica
-from deft.runtime.sockets import make_socket
+from deft.runtime.sockets import make_socket, readable, send_nowait
 from deft.runtime.wire import COPIES
 
 log = logging.getLogger(__name__)
@@ -203,7 +203,7 @@ class PrimaryLink(ReplicationLink):
         return [(frames, None) for frames in _drain(self.sock, timeout_ms)]
 
     def _transmit(self, frames: list[Any]) -> bool:
-        return _send_nowait(self.sock, frames)
+        return send_nowait(self.sock, frames, copy=False)   # the numpy buffers referenced, not copied
 
     def close(self) -> None:
         if not self.closed:
@@ -266,7 +266,7 @@ class Router:
                 link.inbox.append((body, identity))
 
     def send(self, identity: bytes, frames: list[Any]) -> bool:
-        return _send_nowait(self.sock, [identity, *frames])
+        return send_nowait(self.sock, [identity, *frames], copy=False)
 
     def close(self) -> None:
         self.sock.close(linger=0)
@@ -326,24 +326,13 @@ def _drain(sock: zmq.Socket, timeout_ms: int) -> list[list[zmq.Frame]]:
     if timeout_ms:
         if not sock.poll(timeout_ms, _POLLIN):
             return []
-    elif not sock.get(_EVENTS) & _POLLIN:   # the worker's own poll woke it: no Poller built per call
+    elif not readable(sock):   # the worker's own poll woke it: no Poller built per call
         return []
     out = []
-    # EVENTS says whether another message is there: cheaper than ending on a raised zmq.Again
-    while len(out) < MAX_DRAIN and sock.get(_EVENTS) & _POLLIN:
+    while len(out) < MAX_DRAIN and readable(sock):
         # copy=False: large array frames are decoded in place (np.frombuffer on the Frame).
         out.append(sock.recv_multipart(_NOBLOCK, copy=False))
     return out
 
 
-_POLLIN, _EVENTS, _NOBLOCK = int(zmq.POLLIN), int(zmq.EVENTS), int(zmq.NOBLOCK)  # plain ints: enum ops cost
-
-
-def _send_nowait(sock: zmq.Socket, frames: list[Any]) -> bool:
-    try:
-        # copy=False: pyzmq references the numpy buffers instead of copying
-        # them (it still copies frames below zmq.COPY_THRESHOLD, which is cheaper).
-        sock.send_multipart(frames, _NOBLOCK, copy=False)
-    except zmq.Again:
-        return False
-    return True
+_POLLIN, _NOBLOCK = int(zmq.POLLIN), int(zmq.NOBLOCK)  # plain ints: enum ops cost

@@ -68,7 +68,7 @@ class Delta:
         """Take a FlowTable's changes since the last capture, plus next_expected of the batch's flows."""
         records, removed = table.take_changes()
         ids = stamps["flow_id"].tolist()
-        flows = sorted(set(ids)) if len(ids) <= _SMALL else np.unique(stamps["flow_id"]).tolist()
+        flows = sorted(set(ids))
         nxt = np.array([next_expected[f] for f in flows], dtype=np.uint64)
         return cls(records, np.asarray(removed, dtype=np.uint64), np.array(flows, dtype=np.uint64), nxt)
 

@@ -20,11 +20,10 @@ import zmq
 from deft.runtime import wire
 from deft.runtime.dataplane.packet import PACKET_DTYPE
 from deft.runtime.errors import WireError
-from deft.runtime.sockets import make_socket
+from deft.runtime.sockets import make_socket, readable
 
 MAX_MESSAGE = 4096   # records per message: a sender's batch is at most 256
 HWM = 64             # messages queued here before the senders wait
-_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)   # plain ints: enum operations cost per call
 
 
 class RemoteInput:
@@ -46,7 +45,7 @@ class RemoteInput:
         """Packets ready now: what is buffered, else 1 if a message waits in the socket."""
         if self.pos < self.n:
             return self.n - self.pos
-        return 1 if self.sock.get(_EVENTS) & _POLLIN else 0
+        return 1 if readable(self.sock) else 0
 
     def peek(self, max_n: int) -> np.ndarray:
         if self.pos == self.n:
@@ -59,7 +58,7 @@ class RemoteInput:
     def _fill(self) -> None:
         """The next good message into the buffer (bad ones are counted and skipped)."""
         self.pos = self.n = 0
-        while self.sock.get(_EVENTS) & _POLLIN:   # cheaper than a recv that raises zmq.Again when empty
+        while readable(self.sock):   # cheaper than a recv that raises zmq.Again when empty
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:

@@ -35,7 +35,6 @@ def test_worker_base_ports_stay_below_the_ephemeral_range():
     seen = set()
     for k in (1, 2, 3):
         raw = tomllib.loads((BENCH.parent / "examples" / "cluster" / f"node{k}.toml").read_text())
-        eff._base_ports(raw, mapping)
         cfg = eff._fresh_ports(raw, mapping)
         n = cfg["nf"]["instances"]
         for key in ("fabric", "replication"):
