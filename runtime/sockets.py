@@ -37,6 +37,27 @@ def keys_in_use() -> Keys | None:
     return _keys
 
 
+class Socket(zmq.Socket):
+    """A ZeroMQ socket that knows whether it was used since ``readable`` last found it empty.
+
+    Its descriptor (``ZMQ_FD``) is edge-triggered, and every send or receive may take in the
+    commands that would have made it signal, so a ``stale`` socket can hold a message that
+    nothing signals: ``waitset.WaitSet`` asks such a socket before it sleeps, and only such.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.__dict__["stale"] = True   # pyzmq maps attribute writes to socket options
+
+    def send(self, data, flags=0, copy=True, track=False, **kwargs):
+        self.__dict__["stale"] = True
+        return super().send(data, flags, copy=copy, track=track, **kwargs)
+
+    def recv(self, flags=0, copy=True, track=False):
+        self.__dict__["stale"] = True
+        return super().recv(flags, copy=copy, track=track)
+
+
 def make_socket(ctx: zmq.Context, kind: int, *, bind: str | None = None, connect: str | None = None,
                 hwm: int = 10_000, identity: bytes | None = None, immediate: bool = False,
                 subscribe: bytes | None = None, serve: bool = False, domain: str = "cluster") -> zmq.Socket:
@@ -47,7 +68,7 @@ def make_socket(ctx: zmq.Context, kind: int, *, bind: str | None = None, connect
     ``serve`` marks a socket its caller binds later (CURVE server); ``domain``
     says who may connect to a serving socket ("control": operators too).
     """
-    sock = ctx.socket(kind)
+    sock = ctx.socket(kind, socket_class=Socket)
     sock.linger = 0  # an abandoned socket must never hang a process on exit
     sock.sndhwm = hwm
     sock.rcvhwm = hwm
@@ -94,12 +115,16 @@ _EVENTS, _POLLIN, _POLLOUT, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq
 
 def readable(sock: zmq.Socket) -> bool:
     """A message waits in ``sock`` now (one getsockopt: no Poller built, no zmq.Again raised)."""
-    return bool(sock.get(_EVENTS) & _POLLIN)
+    has = bool(sock.get(_EVENTS) & _POLLIN)
+    sock.__dict__["stale"] = has   # found empty: its descriptor signals the next message (Socket)
+    return has
 
 
 def writable(sock: zmq.Socket) -> bool:
     """``sock`` would take a message now (below its high-water mark, a peer connected)."""
-    return bool(sock.get(_EVENTS) & _POLLOUT)
+    events = sock.get(_EVENTS)
+    sock.__dict__["stale"] = bool(events & _POLLIN)
+    return bool(events & _POLLOUT)
 
 
 def _serve(ctx: zmq.Context, sock: zmq.Socket, keys: Keys, domain: str) -> None:

@@ -59,7 +59,8 @@ from deft.runtime.consensus.ready import Ready, ReadState
 from deft.runtime.consensus.role import Role
 from deft.runtime.consensus.storage_api import Storage
 from deft.runtime.errors import WireError
-from deft.runtime.sockets import make_socket
+from deft.runtime.sockets import make_socket, readable
+from deft.runtime.waitset import WaitSet
 
 
 class RaftDriver:
@@ -91,9 +92,9 @@ class RaftDriver:
         #: the bound address (with the real port when bind used ``:*``)
         self.endpoint: str = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.dealers: dict[int, zmq.Socket] = {}
-        self.poller = zmq.Poller()
-        self.poller.register(self.router, zmq.POLLIN)
-        self._watched: dict[zmq.Socket, Callable[[], None]] = {}
+        self.waits = WaitSet()   # not zmq.Poller: it asked every socket twice per sleep (waitset.py)
+        self.waits.add(self.router)
+        self._watched: dict[zmq.Socket | int, Callable[[], None]] = {}
         #: set while run_once runs the watched handlers: propose/read_index leave the
         #: drain to the end of run_once, so everything proposed in one wake-up shares
         #: one Ready (one storage write, one append per follower): group commit
@@ -122,9 +123,11 @@ class RaftDriver:
             self.dealers[nid] = make_socket(self.ctx, zmq.DEALER, connect=endpoint, hwm=1000,
                                             identity=str(self.core.id).encode(), immediate=True)
 
-    def watch(self, sock: zmq.Socket, handler: Callable[[], None]) -> None:
-        """Also poll ``sock`` in ``run_once`` and call ``handler`` when it is readable."""
-        self.poller.register(sock, zmq.POLLIN)
+    def watch(self, sock: zmq.Socket | int, handler: Callable[[], None]) -> None:
+        """Also poll ``sock`` (a socket or a descriptor) in ``run_once`` and call ``handler`` when it
+        is readable. The handler reads a socket until it is empty (a ``readable`` loop) or leaves it
+        stale (any receive does): the next ``run_once`` then looks at it first."""
+        self.waits.add(sock)
         self._watched[sock] = handler
 
     def propose(self, data: bytes) -> int:
@@ -154,7 +157,8 @@ class RaftDriver:
             wait = min(wait, max_wait)
         if self._held:
             wait = min(wait, max(0.0, self._held_until - now))
-        events = dict(self.poller.poll(math.ceil(wait * 1000)))  # rounded down, it would spin the last ms
+        socks, fds = self.waits.wait(math.ceil(wait * 1000))  # rounded down, it would spin the last ms
+        events = socks | fds
         self._defer_drain = True
         try:
             for sock, handler in self._watched.items():
@@ -165,12 +169,8 @@ class RaftDriver:
         if self._watched and self.core.has_ready():
             self._drain()  # proposals go out before the peers' backlog is read
         if self.router in events:
-            while True:
-                try:
-                    frames = self.router.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                self._on_frames(frames)
+            while readable(self.router):   # a zmq.Again raised cost more than the ask
+                self._on_frames(self.router.recv_multipart(zmq.NOBLOCK))
                 if self.core.log.committed > self.core.log.applied:
                     self._drain()  # apply (and answer) as soon as an entry commits
         now = self.clock()

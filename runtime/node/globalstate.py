@@ -58,7 +58,7 @@ from deft.runtime.consensus.membership import Membership
 from deft.runtime.consensus.role import Role
 from deft.runtime.consensus.storage import DiskStorage
 from deft.runtime.config import RaftSection
-from deft.runtime.sockets import make_socket
+from deft.runtime.sockets import make_socket, readable
 
 Respond = Callable[[dict[str, Any]], None]
 ADDR_PREFIX = "_raft/addr/"   # global key of a member added at run time: its endpoint
@@ -341,12 +341,8 @@ class WorkerChannel:
             pass
 
     def handle_all(self) -> None:
-        while True:
-            try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            self.handle(frames)
+        while readable(self.sock):   # asked, not a zmq.Again raised: cheaper, and it leaves the socket
+            self.handle(self.sock.recv_multipart(zmq.NOBLOCK))   # known empty (waitset.py)
 
     def handle(self, frames: list[bytes]) -> None:
         if len(frames) < 4 or frames[1] != MAGIC:

@@ -49,6 +49,7 @@ from deft.runtime.ring import Doorbell, Ring, cleanup_node
 from deft.runtime.ring.fdbell import FdBell
 from deft.runtime.ring.shm import create_segment, release_segment
 from deft.runtime.sockets import close_context
+from deft.runtime.waitset import WaitSet
 from deft.runtime.stats import CounterBlock
 from deft.runtime.topology import Topology
 
@@ -611,11 +612,11 @@ class Supervisor:
                 self.metrics = MetricsServer(self.config.node.metrics, self.metric_families, self.log,
                                              f"{self.config.source}: [node] metrics")
             child_died = self.child_death_pipe()
-            poller = zmq.Poller()
-            poller.register(self.control.sock, zmq.POLLIN)
-            poller.register(child_died, zmq.POLLIN)
+            waits = WaitSet()   # zmq.Poller asked every socket twice per sleep: four system calls each
+            waits.add(self.control.sock)
+            waits.add(child_died)
             if self.globals_channel and not self.globalstate:
-                poller.register(self.globals_channel.sock, zmq.POLLIN)
+                waits.add(self.globals_channel.sock)
             if self.globalstate:  # the Raft driver owns the poll loop; it watches the control socket
                 self.globalstate.driver.watch(self.control.sock, self.control.handle_all)
                 self.globalstate.driver.watch(self.globals_channel.sock, self.globals_channel.handle_all)
@@ -628,12 +629,12 @@ class Supervisor:
                     self.globalstate.driver.run_once(max_wait=wait_ms / 1000)
                     self.globalstate.maybe_compact()
                 else:
-                    events = dict(poller.poll(wait_ms))
+                    events, fds = waits.wait(wait_ms)
                     if self.control.sock in events:
                         self.control.handle_all()
                     if self.globals_channel and self.globals_channel.sock in events:
                         self.globals_channel.handle_all()
-                    if child_died in events:
+                    if child_died in fds:
                         drain_pipe(child_died)
                 self.reap_and_restart()
                 if self.heartbeats:   # after any FAILED notice is queued: a beat never runs ahead of it

@@ -301,8 +301,9 @@ class SecondaryLink(ReplicationLink):
         return self.execute(self.core.on_packets(stamps, payloads))
 
     def _receive(self, timeout_ms: int) -> list[tuple[list[Any], bytes | None]]:
-        # Another link's poll may have filled our inbox already: then do not wait.
-        self.router.pump(0 if self.inbox else timeout_ms)
+        # The owner's poll pumped the router into our inbox already: then no second look
+        if not self.inbox:
+            self.router.pump(timeout_ms)
         out: list[tuple[list[Any], bytes | None]] = []
         while self.inbox and len(out) < MAX_DRAIN:
             out.append(self.inbox.popleft())
@@ -323,12 +324,11 @@ class SecondaryLink(ReplicationLink):
 
 def _drain(sock: zmq.Socket, timeout_ms: int) -> list[list[zmq.Frame]]:
     """Up to MAX_DRAIN messages, waiting at most ``timeout_ms`` for the first one."""
-    if timeout_ms:
-        if not sock.poll(timeout_ms, _POLLIN):
-            return []
-    elif not readable(sock):   # the worker's own poll woke it: no Poller built per call
+    if timeout_ms and not sock.poll(timeout_ms, _POLLIN):
         return []
     out = []
+    # EVENTS, not a Poller built per call nor a recv raising zmq.Again: asked once per message
+    # and once more to find it empty (the worker's wait set relies on that last ask: sockets.Socket)
     while len(out) < MAX_DRAIN and readable(sock):
         # copy=False: large array frames are decoded in place (np.frombuffer on the Frame).
         out.append(sock.recv_multipart(_NOBLOCK, copy=False))

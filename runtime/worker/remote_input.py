@@ -45,7 +45,7 @@ class RemoteInput:
         """Packets ready now: what is buffered, else 1 if a message waits in the socket."""
         if self.pos < self.n:
             return self.n - self.pos
-        return 1 if readable(self.sock) else 0
+        return 1 if self.sock.stale and readable(self.sock) else 0
 
     def peek(self, max_n: int) -> np.ndarray:
         if self.pos == self.n:
@@ -58,7 +58,9 @@ class RemoteInput:
     def _fill(self) -> None:
         """The next good message into the buffer (bad ones are counted and skipped)."""
         self.pos = self.n = 0
-        while readable(self.sock):   # cheaper than a recv that raises zmq.Again when empty
+        # Not stale: found empty since it was last read, and what came since makes its descriptor
+        # signal: the worker's wait set wakes for it (asking costs two system calls in libzmq)
+        while self.sock.stale and readable(self.sock):   # cheaper than a recv raising zmq.Again
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:

@@ -75,8 +75,8 @@ from deft.runtime.ring.fdbell import FdBell
 from deft.runtime.sockets import close_context
 from deft.runtime.stats import CounterBlock
 from deft.runtime.topology import Topology
+from deft.runtime.waitset import WaitSet
 
-POLLIN = 1  # zmq.POLLIN, without importing zmq into a worker that does not replicate
 TICK_NS = 5_000_000        # 2PC retransmits and Missing requests count in these
 PUBLISH_NS = 50_000_000    # counters reach shared memory at most this often while busy
 PUBLISH_IDLE_NS = 100_000_000   # and at most this much later once the worker goes idle: a timer of its own
@@ -185,7 +185,7 @@ class Worker:
         self.next_publish = 0
         self.next_tick = 0
         self.dirty = True           # counters changed since they were last published
-        self._poller = None
+        self._waitset = None
         self._polled: list = []
         self._remote_armed = True
         self.flush_on_idle = cfg.nf.flush_on_idle
@@ -670,11 +670,11 @@ class Worker:
             if timeout_ms:
                 self.count_wake(self.bell.wait(timeout_ms / 1000), set())
             return set()
-        if socks != self._polled:  # roles changed: rebuild the poller (rare), not on every sleep
-            self._poller = self.zmq_poller()
-            self._poller.register(self.bell.fileno(), POLLIN)
+        if socks != self._polled:  # roles changed: a new wait set (rare), not one per sleep
+            self._waitset = WaitSet()
+            self._waitset.add(self.bell.fileno())
             for sock in socks:
-                self._poller.register(sock, POLLIN)
+                self._waitset.add(sock)
             self._polled = socks
             self._remote_armed = True
         if self.remote is not None:
@@ -682,17 +682,12 @@ class Worker:
             # socket (no room) must not make every poll return at once
             armed = self.remote.buffered == 0 and self.room() > 0
             if armed != self._remote_armed:
-                self._poller.register(self.remote.sock, POLLIN if armed else 0)
+                self._waitset.watch(self.remote.sock, armed)
                 self._remote_armed = armed
-        events = self._poller.poll(timeout_ms)
-        ready = set()
-        bell = False
-        for sock, _ in events:
-            if sock == self.bell.fileno():
-                self.bell.drain()
-                bell = True
-            else:
-                ready.add(sock)
+        ready, fds = self._waitset.wait(timeout_ms)
+        bell = bool(fds)
+        if bell:
+            self.bell.drain()
         if timeout_ms:
             self.count_wake(bell, ready)
         return ready
@@ -721,12 +716,6 @@ class Worker:
         if self.gclient is not None:
             socks += [self.gclient.sock, self.gclient.sub]
         return socks
-
-    @staticmethod
-    def zmq_poller():
-        import zmq
-
-        return zmq.Poller()
 
     def on_ready(self, ready: set) -> None:
         """Messages arrived: 2PC votes for the primary roles, Prepares and Commits for the replicas,
