@@ -20,6 +20,9 @@ Reference (defaults in brackets)::
     heartbeat_ms = 10                     # heartbeat interval
     fabric = ""                           # workers' packet sockets: worker i binds this port + i, e.g. tcp://127.0.0.1:7210
     replication = ""                      # workers' 2PC sockets: worker i binds this port + i, e.g. tcp://127.0.0.1:7300
+    copies = ""                           # workers' sockets for the copies other nodes send their replicas: worker i
+                                          # binds this port + i, e.g. tcp://127.0.0.1:7400 ("": they go to the
+                                          # 2PC socket, a wake-up each)
 
     [ingress]
     listen = "udp://127.0.0.1:4789"       # udp://HOST:PORT (VXLAN), shm://NAME (local ring), pcap://PATH,
@@ -77,6 +80,7 @@ class NodeSection:
     fabric: str          # base endpoint of the workers' packet sockets (from other nodes' io): worker i binds port + i
     replication: str     # base endpoint of the workers' replication sockets: worker i binds port + i
     metrics: str = ""    # http://HOST:PORT of the Prometheus endpoint ("" = none)
+    copies: str = ""     # base endpoint of the workers' copy sockets (replicas' input): worker i binds port + i
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,12 +183,15 @@ def parse_config(raw: dict, source: str = "<config>") -> NodeConfig:
     replication = p.str("replication", "")
     if replication:
         replication = p.url("replication", ("tcp",))
+    copies = p.str("copies", "")
+    if copies:
+        copies = p.url("copies", ("tcp",))
     metrics = p.str("metrics", "")
     if metrics:
         metrics = p.url("metrics", ("http",))
     node = NodeSection(id=node_id, control=p.url("control", ("tcp", "ipc"), "tcp://127.0.0.1:7101"),
                        controller=controller, heartbeat_ms=p.int("heartbeat_ms", 10, min=1, max=10_000),
-                       fabric=fabric, replication=replication, metrics=metrics)
+                       fabric=fabric, replication=replication, metrics=metrics, copies=copies)
     p.check_unknown()
 
     p = _section(raw, "ingress", source)

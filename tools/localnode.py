@@ -362,6 +362,7 @@ class LocalCluster:
             node["control"] = self.node_controls[n - 1]
         if st["replicate"]:
             node["replication"] = f"tcp://127.0.0.1:{consecutive_ports(st['instances'])}"
+            node["copies"] = f"tcp://127.0.0.1:{consecutive_ports(st['instances'])}"
         if st["metrics"]:
             node["metrics"] = self._metrics_url()
         # one public address for the cluster: a pair (and its port slice) moves between nodes on failover

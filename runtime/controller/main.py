@@ -445,7 +445,7 @@ class Controller:
             from deft.runtime.controller.placement import Assignment
 
             self.assignment = Assignment(members[0][3], fresh_grace_ms=self.cfg.fresh_grace_ms)
-            self.assignment.place({n: k for n, _, k, _, _ in members})
+            self.assignment.place({m[0]: m[2] for m in members})
             return True
         usable = self.usable()
         changed = False
@@ -528,7 +528,7 @@ class Controller:
             return
         members = tuple(m for m in self.view.membership() if m[1])
         self.routes_epoch = max(self.routes_epoch, self.view.max_routes_epoch()) + 1
-        endpoints = {n.id: (n.fabric, n.replication) for n in self.view.nodes.values()}
+        endpoints = {n.id: (n.fabric, n.replication, n.copies) for n in self.view.nodes.values()}
         request = self.assignment.request(self.routes_epoch, endpoints, {m[0] for m in members})
         request["controller_state"] = self.operations.persistent()   # a restarted controller reads it back
         request = self.fenced(request)

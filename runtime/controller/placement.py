@@ -183,10 +183,10 @@ class Assignment:
     def nodes_used(self) -> set[str]:
         return {inst[0] for p in self.pairs for inst in (p.primary, p.secondary) if inst is not None}
 
-    def request(self, epoch: int, endpoints: dict[str, tuple[str, str]], live: set[str] | None = None) -> dict[str, Any]:
+    def request(self, epoch: int, endpoints: dict[str, tuple[str, ...]], live: set[str] | None = None) -> dict[str, Any]:
         """A ``set_routes`` request naming the nodes in use and the ``live`` ones (default: all of ``endpoints``).
 
-        ``endpoints`` = {node id: (fabric, replication)}. Pairs changed since
+        ``endpoints`` = {node id: (fabric, replication, copies)}. Pairs changed since
         the last request get generation ``epoch``.
         """
         names = sorted((set(endpoints) if live is None else set(live)) | self.nodes_used())
@@ -198,13 +198,13 @@ class Assignment:
             sn, si = (index[pair.secondary[0]], pair.secondary[1]) if pair.secondary else (NONE, NONE)
             rows.append([index[pair.primary[0]], pair.primary[1], sn, si, pair.decision, pair.generation])
         return {"cmd": "set_routes", "epoch": epoch,
-                "nodes": [[n, *endpoints.get(n, ("", ""))] for n in names],
+                "nodes": [[n, *endpoints.get(n, ("", "", ""))] for n in names],
                 "pairs": rows, "buckets": list(self.buckets)}
 
 
 def place(nodes: list[tuple], n_buckets: int, epoch: int) -> dict[str, Any]:
-    """A first ``set_routes`` request for ``nodes`` = [(id, fabric, instances[, replication endpoint])]."""
-    nodes = [tuple(n) + ("",) * (4 - len(n)) for n in nodes]
+    """A first ``set_routes`` request for ``nodes`` = [(id, fabric, instances[, replication[, copies]])]."""
+    nodes = [tuple(n) + ("",) * (5 - len(n)) for n in nodes]
     assignment = Assignment(n_buckets)
     assignment.place({n[0]: n[2] for n in nodes})
-    return assignment.request(epoch, {n[0]: (n[1], n[3]) for n in nodes})
+    return assignment.request(epoch, {n[0]: (n[1], n[3], n[4]) for n in nodes})

@@ -47,6 +47,7 @@ class NodeInfo:
     fabric: str = ""
     buckets: int = 0
     replication: str = ""
+    copies: str = ""
     routes_epoch: int = 0
     state: str = "up"            # up | failed
     seq: int = 0
@@ -75,7 +76,7 @@ class ClusterView:
             if node is not None and node.pid != hb["pid"]:
                 self._event(now_ms, "node_restarted", node=hb["node"], old_pid=node.pid, pid=hb["pid"])
             node = self.nodes[hb["node"]] = NodeInfo(hb["node"], hb["pid"], hb["control"], hb["fabric"],
-                                                     hb["buckets"], hb["replication"])
+                                                     hb["buckets"], hb["replication"], str(hb.get("copies", "")))
             if news == "joined":
                 self._event(now_ms, "node_joined", node=node.id, pid=node.pid)
         elif news == "recovered":
@@ -173,7 +174,7 @@ class ClusterView:
 
     def membership(self) -> tuple:
         """What placement depends on: the live nodes, their fabric endpoints and instance counts."""
-        return tuple((n.id, n.fabric, len(n.instances), n.buckets, n.replication)
+        return tuple((n.id, n.fabric, len(n.instances), n.buckets, n.replication, n.copies)
                      for n in sorted(self.nodes.values(), key=lambda n: n.id) if n.state == "up")
 
     def max_routes_epoch(self) -> int:

@@ -11,7 +11,7 @@ Layout (little-endian int64 words, then the endpoint strings):
   pair of bucket b           n_buckets words
   pair p: primary node, primary instance, secondary node, secondary instance,
           take-over decision, generation                                     MAX_PAIRS x 6
-  node ids, fabric and replication endpoints: MAX_NODES x 3 x ENDPOINT_BYTES, zero padded ASCII
+  node ids, fabric, replication and copies endpoints: MAX_NODES x 4 x ENDPOINT_BYTES, zero padded ASCII
 
 The writer (the supervisor, on a ``set_routes`` from the controller or an
 operator) and the readers in other processes (the io's switch, the workers)
@@ -48,6 +48,7 @@ from deft.runtime.ring.shm import attach_segment, create_segment, release_segmen
 MAX_PAIRS = 256
 MAX_NODES = 32
 ENDPOINT_BYTES = 120
+NODE_NAMES = 4   # per node: its id, fabric, replication and copies endpoints
 HEADER = 6
 W_EPOCH, W_BUCKETS, W_PAIRS, W_NODES, W_SELF, W_SEQ = range(HEADER)
 NONE = -1
@@ -65,7 +66,7 @@ class RouteSet:
     """What a ``set_routes`` request carries, validated."""
 
     epoch: int
-    nodes: list[tuple[str, str, str]]              # (node id, fabric endpoint, replication base endpoint)
+    nodes: list[tuple[str, str, str, str]]         # (node id, fabric, replication and copies base endpoints)
     pairs: list[tuple[int, int, int, int]]          # primary node, instance, secondary node, instance
     buckets: np.ndarray                             # pair of each bucket
     decisions: list[int] | None = None              # per pair: FRESH, UNKNOWN or the released batch
@@ -82,11 +83,12 @@ class RouteSet:
 
     @classmethod
     def from_request(cls, req: dict[str, Any], n_buckets: int, n_instances_of: dict[str, int]) -> "RouteSet":
-        """From JSON: {"epoch", "nodes": [[id, fabric, replication?], ...],
+        """From JSON: {"epoch", "nodes": [[id, fabric, replication?, copies?], ...],
         "pairs": [[pn, pi, sn, si(, decision, generation)], ...], "buckets": [...]}."""
         try:
             epoch = int(req["epoch"])
-            nodes = [(str(n[0]), str(n[1]), str(n[2]) if len(n) > 2 else "") for n in req["nodes"]]
+            nodes = [(str(n[0]), str(n[1]), str(n[2]) if len(n) > 2 else "", str(n[3]) if len(n) > 3 else "")
+                     for n in req["nodes"]]
             full = [tuple(int(x) for x in p) for p in req["pairs"]]
             buckets = np.asarray(req["buckets"], dtype=np.int64)
         except (KeyError, TypeError, ValueError) as exc:
@@ -140,9 +142,9 @@ class RouteTables:
     def n_pairs(self) -> int:
         return int(self.words[W_PAIRS])
 
-    def nodes(self) -> list[tuple[str, str, str]]:
-        """(node id, fabric endpoint, replication base endpoint) of every node in the routes."""
-        return [tuple(bytes(self._names[k, j]).rstrip(b"\x00").decode() for j in (0, 1, 2))
+    def nodes(self) -> list[tuple[str, str, str, str]]:
+        """(node id, fabric, replication and copies base endpoints) of every node in the routes."""
+        return [tuple(bytes(self._names[k, j]).rstrip(b"\x00").decode() for j in range(NODE_NAMES))
                 for k in range(int(self.words[W_NODES]))]
 
     def primary_targets(self, buckets: np.ndarray) -> np.ndarray:
@@ -197,21 +199,21 @@ class Routes(RouteTables):
         self.bucket_pair = np.ndarray((n_buckets,), dtype=np.int64, buffer=mm, offset=8 * HEADER)
         self.table = np.ndarray((MAX_PAIRS, PAIR_WORDS), dtype=np.int64, buffer=mm, offset=8 * (HEADER + n_buckets))
         self.pairs = self.table[:, :4]
-        self._names = np.ndarray((MAX_NODES, 3, ENDPOINT_BYTES), dtype=np.uint8, buffer=mm,
+        self._names = np.ndarray((MAX_NODES, NODE_NAMES, ENDPOINT_BYTES), dtype=np.uint8, buffer=mm,
                                  offset=8 * (HEADER + n_buckets + PAIR_WORDS * MAX_PAIRS))
 
     @staticmethod
     def nbytes(n_buckets: int) -> int:
-        return 8 * (HEADER + n_buckets + PAIR_WORDS * MAX_PAIRS) + MAX_NODES * 3 * ENDPOINT_BYTES
+        return 8 * (HEADER + n_buckets + PAIR_WORDS * MAX_PAIRS) + MAX_NODES * NODE_NAMES * ENDPOINT_BYTES
 
     @classmethod
     def create(cls, name: str, n_buckets: int, node_id: str, fabric: str, n_instances: int,
-               replication: str = "") -> "Routes":
+               replication: str = "", copies: str = "") -> "Routes":
         """Routes of a node on its own: pair i = local instance i, buckets spread evenly."""
         mm = create_segment(name, cls.nbytes(n_buckets))
         np.ndarray((HEADER,), dtype=np.int64, buffer=mm)[W_BUCKETS] = n_buckets
         routes = cls(name, mm, owner=True)
-        routes.apply(RouteSet(1, [(node_id, fabric, replication)], [(0, i, NONE, NONE) for i in range(n_instances)],
+        routes.apply(RouteSet(1, [(node_id, fabric, replication, copies)], [(0, i, NONE, NONE) for i in range(n_instances)],
                               np.arange(n_buckets) % n_instances), self_node=0)
         return routes
 

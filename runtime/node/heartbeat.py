@@ -74,7 +74,8 @@ class Heartbeats:
         ]
         return {"node": sup.topo.node_id, "pid": os.getpid(), "seq": self.seq,
                 "control": sup.config.node.control, "fabric": sup.config.node.fabric,
-                "replication": sup.config.node.replication, "buckets": sup.config.ingress.buckets,
+                "replication": sup.config.node.replication, "copies": sup.config.node.copies,
+                "buckets": sup.config.ingress.buckets,
                 "routes_epoch": sup.routes.epoch, "instances": instances,
                 # the newest controller this node obeys: a deposed one learns it was (lease.py)
                 "controller_fence": list(sup.controller_lease.fence)}

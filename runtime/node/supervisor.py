@@ -163,7 +163,7 @@ class Supervisor:
         self.takeover_bells["io"] = Doorbell.create(topo.takeover_bell("io"))
         self.stats["io"] = CounterBlock.create(topo.stats("io"), io.COUNTERS)
         self.routes = Routes.create(topo.routes(), cfg.ingress.buckets, topo.node_id, cfg.node.fabric,
-                                    cfg.nf.instances, cfg.node.replication)
+                                    cfg.nf.instances, cfg.node.replication, cfg.node.copies)
         if cfg.ingress.listen.startswith("shm://"):
             self._ring(topo.shm_input(), 1 << 14)
         if cfg.egress.send_to.startswith("shm://"):

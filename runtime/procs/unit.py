@@ -109,9 +109,12 @@ class Switch:
     Destination d < n_local is local instance d (its input ring, or its dup ring for a copy);
     d >= n_local is an instance on another node, reached straight at its worker: originals
     on a PUSH to the worker's PULL (``[node] fabric`` base port + instance: back-pressured
-    by ZeroMQ's high-water mark), copies for a secondary on a DEALER to the worker's 2PC
-    ROUTER (``[node] replication`` base port + instance), which the worker always drains,
-    so a secondary's copies never wait behind its own node's full input.
+    by ZeroMQ's high-water mark), copies for a secondary on a PUSH to the worker's copies
+    PULL (``[node] copies`` base port + instance), which it drains every round without
+    waking for it (a copy is needed when its Prepare comes, and that wakes the worker), or
+    without ``[node] copies`` on a DEALER to its 2PC ROUTER (``[node] replication`` base port
+    + instance), a wake-up each. Either way a secondary's copies never wait behind its own
+    node's full input.
     Rebuilt whenever the routes' epoch changes; every stamping unit of the io uses it.
     """
 
@@ -139,9 +142,10 @@ class Switch:
         self.originals_to: list[zmq.Socket] = []
         self.copies_to: list[zmq.Socket] = []
         for node_index, inst in remote:
-            _, fabric, replication = nodes[node_index]
+            _, fabric, replication, copies = nodes[node_index]
+            copies_to = (endpoint_of(copies, inst), zmq.PUSH) if copies else (endpoint_of(replication, inst), zmq.DEALER)
             pair = []
-            for endpoint, kind in ((endpoint_of(fabric, inst), zmq.PUSH), (endpoint_of(replication, inst), zmq.DEALER)):
+            for endpoint, kind in ((endpoint_of(fabric, inst), zmq.PUSH), copies_to):
                 sock = reuse.pop(endpoint, None) or self.sockets.get(endpoint)
                 if sock is None and endpoint:
                     sock = make_socket(zctx, kind, connect=endpoint, hwm=64)

@@ -9,6 +9,11 @@ the worker does not take stays in the buffer, and the next message stays in
 the socket, where ZeroMQ's high-water mark pushes back on the sender (its
 stamping unit then holds the packets unstamped, as for a full local ring).
 
+The same reader takes the copies other nodes' io send for the pairs the worker
+is the secondary of (``[node] copies`` port + index), with ``watched=False``: the
+worker drains that socket every round but never sleeps on it, so it asks the
+socket each time instead of trusting the wait set to have seen it.
+
 A malformed message is counted (``bad_frames``) and dropped, never raised.
 """
 
@@ -27,8 +32,10 @@ HWM = 64             # messages queued here before the senders wait
 
 
 class RemoteInput:
-    def __init__(self, ctx: zmq.Context, endpoint: str, n_instances: int, log):
-        self.sock = make_socket(ctx, zmq.PULL, bind=endpoint, hwm=HWM)
+    def __init__(self, ctx: zmq.Context, endpoint: str, n_instances: int, log, *, hwm: int = HWM,
+                 watched: bool = True):
+        self.sock = make_socket(ctx, zmq.PULL, bind=endpoint, hwm=hwm)
+        self.watched = watched   # in the worker's wait set: a socket found empty since is signalled
         self.sock.maxmsgsize = MAX_MESSAGE * PACKET_DTYPE.itemsize + 4096
         self.endpoint = endpoint
         self.n_instances = n_instances
@@ -45,7 +52,7 @@ class RemoteInput:
         """Packets ready now: what is buffered, else 1 if a message waits in the socket."""
         if self.pos < self.n:
             return self.n - self.pos
-        return 1 if self.sock.stale and readable(self.sock) else 0
+        return 1 if self._maybe() and readable(self.sock) else 0
 
     def peek(self, max_n: int) -> np.ndarray:
         if self.pos == self.n:
@@ -58,9 +65,7 @@ class RemoteInput:
     def _fill(self) -> None:
         """The next good message into the buffer (bad ones are counted and skipped)."""
         self.pos = self.n = 0
-        # Not stale: found empty since it was last read, and what came since makes its descriptor
-        # signal: the worker's wait set wakes for it (asking costs two system calls in libzmq)
-        while self.sock.stale and readable(self.sock):   # cheaper than a recv raising zmq.Again
+        while self._maybe() and readable(self.sock):   # cheaper than a recv raising zmq.Again
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -76,6 +81,12 @@ class RemoteInput:
             self.messages += 1
             self.packets += n
             return
+
+    def _maybe(self) -> bool:
+        """Worth asking: not known empty. Watched and not stale, it was found empty since it was last
+        read, and anything that came since makes its descriptor signal: the wait set wakes the worker
+        for it (an ask costs two system calls inside libzmq)."""
+        return self.sock.stale or not self.watched
 
     def close(self) -> None:
         self.sock.close(linger=0)

@@ -216,7 +216,8 @@ class SecondaryRoles:
         return self.links.pop(pair, None)
 
     def on_copies(self, frames: list[bytes]) -> None:
-        """Copies another node's io sent (kind COPIES on the 2PC socket): to the worker, as from a ring."""
+        """Copies another node's io sent to the 2PC socket (kind COPIES: a node without ``[node] copies``,
+        and a hand-over's forwarded copies): to the worker, as from a ring."""
         try:
             _, n = wire.decode_packets(frames, self.worker.cfg.nf.instances, self.copy_buf)
         except WireError:

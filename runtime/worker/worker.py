@@ -80,6 +80,8 @@ from deft.runtime.waitset import WaitSet
 TICK_NS = 5_000_000        # 2PC retransmits and Missing requests count in these
 PUBLISH_NS = 50_000_000    # counters reach shared memory at most this often while busy
 PUBLISH_IDLE_NS = 100_000_000   # and at most this much later once the worker goes idle: a timer of its own
+COPIES_HWM = 1024   # copy messages queued here (one per io round and secondary: a packet each at low load)
+                    # before the io holds its batches; drained every round, so it bounds a stalled worker
                                 # at PUBLISH_NS was most of the timer wake-ups at 200 pps (20 a second each)
 
 COUNTERS = [
@@ -92,8 +94,9 @@ COUNTERS = [
     "rounds", "sleeps", "busy_ns", "woke_bell", "woke_packets", "woke_replica", "woke_votes", "woke_global", "woke_timer",
     # output sent by the worker itself (no replication: see Worker.direct)
     "egress_sent", "egress_send_errors", "egress_icmp_refused",
-    # packets from other nodes' io processes (the PULL at [node] fabric + index)
-    "remote_messages", "remote_packets", "remote_bad_frames",
+    # packets from other nodes' io processes (the PULL at [node] fabric + index), and copies for its
+    # replicas (the PULL at [node] copies + index)
+    "remote_messages", "remote_packets", "remote_bad_frames", "copies_messages", "copies_bad_frames",
     # replication ([nf] replicate): as primary, as secondary, take-overs
     "repl_committed", "repl_in_flight", "repl_staged", "repl_rtt_us", "replica_committed", "replica_flows", "replica_buffered", "replica_waited", "repl_packets_asked",
     "repl_packets_unknown", "replay_unusable",
@@ -137,9 +140,17 @@ class Worker:
         if cfg.node.fabric:
             self.remote = RemoteInput(self.zctx, endpoint_of(cfg.node.fabric, index), cfg.nf.instances, log)
             self.inputs.append(self.remote)
-        # copies for the pairs it is the secondary of: this node's io's ring (other nodes' io send them
-        # to the 2PC socket: SecondaryRoles)
-        self.dup_inputs = [Ring.attach(topo.dup_ring(index), PACKET_DTYPE)] if cfg.nf.replicate else []
+        # copies for the pairs it is the secondary of: this node's io's ring, and what other nodes' io
+        # send, on a PULL of its own ([node] copies; without it to the 2PC socket: SecondaryRoles). Both
+        # are drained every round and before a route change, and neither wakes the worker: a copy is
+        # needed when its Prepare comes, which does (a copy to the 2PC socket woke it: about 0.65 of a
+        # worker's 3.7 wake-ups per packet at 200 pps in examples/cluster)
+        self.dup_inputs: list = [Ring.attach(topo.dup_ring(index), PACKET_DTYPE)] if cfg.nf.replicate else []
+        self.copies: RemoteInput | None = None
+        if cfg.nf.replicate and cfg.node.copies:
+            self.copies = RemoteInput(self.zctx, endpoint_of(cfg.node.copies, index), cfg.nf.instances, log,
+                                      hwm=COPIES_HWM, watched=False)
+            self.dup_inputs.append(self.copies)
         self.bell = FdBell.attach(topo.nf_bell(index))  # pollable: see run()
         self.egress = Ring.attach(topo.egress_ring(index), PACKET_DTYPE)
         self.egress_bell = FdBell.attach(topo.egress_bell())
@@ -359,11 +370,11 @@ class Worker:
 
     # -- input -------------------------------------------------------------------------------------------
     def pull_duplicates(self) -> int:
-        """Buffer the copies for the pairs this worker is the secondary of (independent of its own output)."""
+        """Buffer every copy waiting for the pairs this worker is the secondary of (independent of its
+        own output: a take-over must see them all)."""
         taken = 0
         for ring in self.dup_inputs:
-            view = ring.peek(1024)
-            if len(view):
+            while len(view := ring.peek(1024)):   # a socket's reader gives one message per peek
                 self.on_duplicates(view)
                 ring.release(len(view))
                 taken += len(view)
@@ -380,9 +391,9 @@ class Worker:
             elif self.secondaries is not None:
                 self.secondaries.on_duplicates(p, part)
 
-    def pull(self) -> int:
-        """Move up to the output buffers' room from the input rings through the NF."""
-        taken = self.pull_duplicates() if self.dup_inputs else 0
+    def pull(self, duplicates: bool = True) -> int:
+        """Move up to the output buffers' room from the input rings through the NF (and the copies)."""
+        taken = self.pull_duplicates() if self.dup_inputs and duplicates else 0
         room = self.room()
         n_in = len(self.inputs)
         for k in range(n_in):
@@ -592,6 +603,8 @@ class Worker:
         if self.remote is not None:
             c["remote_messages"], c["remote_packets"] = self.remote.messages, self.remote.packets
             c["remote_bad_frames"] = self.remote.bad_frames
+        if self.copies is not None:
+            c["copies_messages"], c["copies_bad_frames"] = self.copies.messages, self.copies.bad_frames
         roles = [s.role for s in slots if s.role is not None]
         c["repl_committed"] = int(self.record.committed.max())
         c["repl_staged"] = sum(len(r.staged) for r in roles)
@@ -617,8 +630,9 @@ class Worker:
     def run(self) -> None:
         """Wait for work, then do all of it (NAPI-like: a busy worker polls, an idle one sleeps).
 
-        One ``zmq.Poller`` holds the input bell (a FIFO: see ``runtime/ring/fdbell.py``) and every
-        socket (2PC, global state), so a packet, a vote or a Raft result wakes the worker at once.
+        One wait set (``runtime/waitset.py``) holds the input bell (a FIFO: see ``runtime/ring/fdbell.py``)
+        and every socket but the copies' (2PC, global state, other nodes' packets), so a packet, a vote
+        or a Raft result wakes the worker at once.
         It sleeps until then or until the next timer that matters: a flush deadline, a gap, a 2PC
         tick (only while something is in flight), a global retry, housekeeping. Nothing is polled
         on a timer while idle, and no timer is below a millisecond (a poll's unit).
@@ -632,6 +646,8 @@ class Worker:
             ready = self.wait(timeout_ms)
             woke = now = time.monotonic_ns()
             self.refresh()
+            # copies first: a Prepare that came with them is applied at once, not staged to wait
+            moved = self.pull_duplicates() if self.dup_inputs else 0
             if ready:
                 self.on_ready(ready)
             for role in self.roles():
@@ -639,7 +655,7 @@ class Worker:
             if self.freezer is not None:
                 self.freezer.poll(now)
                 self.mover.poll(now)
-            moved = self.pull()
+            moved += self.pull(duplicates=False)
             now = time.monotonic_ns()
             released = False
             for slot in list(self.slots.values()):

@@ -48,9 +48,9 @@ def cluster(tmp_path_factory):
 @pytest.fixture(scope="module")
 def endpoints(cluster):
     cfg = cluster.configs[1].read_text()
-    base = {k: cfg.split(f'{k} = "')[1].split('"')[0] for k in ("fabric", "replication")}
+    base = {k: cfg.split(f'{k} = "')[1].split('"')[0] for k in ("fabric", "replication", "copies")}
     return {"node": cluster.nodes[1].control, "fabric": base["fabric"], "replication": base["replication"],
-            "controller": cluster.ctl.control, "heartbeats": cluster.ctl.heartbeats}
+            "copies": base["copies"], "controller": cluster.ctl.control, "heartbeats": cluster.ctl.heartbeats}
 
 
 def pids(cluster) -> list:
@@ -81,12 +81,12 @@ def test_a_nodes_control_socket_answers_anything(cluster, endpoints, before, cmd
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(where=st.sampled_from(["fabric", "replication", "heartbeats"]), msg=frames,
+@given(where=st.sampled_from(["fabric", "replication", "copies", "heartbeats"]), msg=frames,
        kind=st.sampled_from([zmq.PUSH, zmq.DEALER, zmq.PUB]))
 def test_data_sockets_drop_garbage(cluster, endpoints, before, where, msg, kind):
     if where == "heartbeats":
         kind = zmq.PUB
-    elif where == "fabric":
+    elif where in ("fabric", "copies"):
         kind = zmq.PUSH
     elif kind == zmq.PUB:
         kind = zmq.DEALER
@@ -110,7 +110,7 @@ def test_after_the_fuzz_nothing_changed_and_traffic_is_whole(cluster, before, tm
     assert st["controller"]["counters"]["bad_frames"] > 0       # the heartbeat garbage was counted
     node = cluster.nodes[1].status()
     counted = sum(i["counters"].get(k, 0) for i in node["instances"]
-                  for k in ("remote_bad_frames", "repl_bad_frames"))
+                  for k in ("remote_bad_frames", "repl_bad_frames", "copies_bad_frames"))
     assert counted > 0
     report = traffic_report(start_traffic(cluster, tmp_path / "report.json", 200, 1000, 2.0), tmp_path / "report.json")
     assert report["received"] > 1500

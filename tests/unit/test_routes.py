@@ -20,8 +20,10 @@ import pytest
 from deft.runtime.dataplane.routes import NONE, W_SEQ, RouteError, Routes, RouteSet
 
 N_BUCKETS, N_PAIRS = 4096, 6
-NODES_A = [("a0", "tcp://127.0.0.1:7210", "tcp://127.0.0.1:7310"), ("a1", "tcp://127.0.0.1:7220", "")]
-NODES_B = [("b0", "tcp://127.0.0.1:8210", "tcp://127.0.0.1:8310"), ("b1", "tcp://127.0.0.1:8220", "")]
+NODES_A = [("a0", "tcp://127.0.0.1:7210", "tcp://127.0.0.1:7310", "tcp://127.0.0.1:7510"),
+           ("a1", "tcp://127.0.0.1:7220", "", "")]
+NODES_B = [("b0", "tcp://127.0.0.1:8210", "tcp://127.0.0.1:8310", ""),
+           ("b1", "tcp://127.0.0.1:8220", "", "tcp://127.0.0.1:8520")]
 
 
 def route_set(epoch: int) -> RouteSet:
@@ -113,3 +115,20 @@ def test_snapshots_taken_while_another_process_writes_are_each_one_whole_route_s
     assert taken > 100 and refused > 0, (taken, refused)   # the reader raced the writer, both ways
     assert torn_snapshots == 0
     assert torn_naive > 0, "control: reads without the lock saw no mixture; the race was not exercised"
+
+
+def test_every_endpoint_travels_from_the_controllers_request_to_the_tables(routes):
+    """A node's fabric, replication and copies endpoints: from placement's request to what its io and
+    workers read (a request from an older controller, without copies, leaves them to the 2PC socket)."""
+    from deft.runtime.controller.placement import place
+
+    nodes = [("solo", "tcp://127.0.0.1:7000", 3, "tcp://127.0.0.1:7300", "tcp://127.0.0.1:7500"),
+             ("other", "tcp://127.0.0.1:7001", 3, "tcp://127.0.0.1:7301", "")]
+    req = place(nodes, N_BUCKETS, epoch=5)
+    routes.apply(RouteSet.from_request(req, N_BUCKETS, {"solo": 3, "other": 3}), self_node=1)
+    assert routes.nodes() == [("other", "tcp://127.0.0.1:7001", "tcp://127.0.0.1:7301", ""),
+                              ("solo", "tcp://127.0.0.1:7000", "tcp://127.0.0.1:7300", "tcp://127.0.0.1:7500")]
+    req["epoch"] = 6
+    req["nodes"] = [n[:3] for n in req["nodes"]]
+    routes.apply(RouteSet.from_request(req, N_BUCKETS, {"solo": 3, "other": 3}), self_node=1)
+    assert [n[3] for n in routes.nodes()] == ["", ""]
