@@ -47,6 +47,7 @@ from deft.runtime.consensus.failpoints import failpoint
 from deft.runtime.dataplane.stamper import bucket_of
 from deft.runtime.worker.freeze import RequestBox, await_answer
 from deft.runtime.worker.pairslot import TAKEOVER_GAP_NS
+from deft.runtime.worker.ports import MovePort
 
 FIELDS = ["req_seq", "req_op", "req_move", "req_pair", "req_epoch", "ack_seq", "ack_status", "ack_move"]
 HOLD, IMPORT, CANCEL = 1, 2, 3
@@ -144,7 +145,7 @@ class MoveOut:
 class Mover:
     """The worker's side: requests in, answers out, holds to finish or end."""
 
-    def __init__(self, worker, box: MoveBox, req_path: str, ack_path: str):
+    def __init__(self, worker: MovePort, box: MoveBox, req_path: str, ack_path: str):
         self.worker = worker
         self.box = box
         self.req_path, self.ack_path = req_path, ack_path

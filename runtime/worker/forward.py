@@ -23,12 +23,13 @@ from deft.runtime.dataplane.packet import empty_batch
 from deft.runtime.dataplane.routes import NONE
 from deft.runtime.params import endpoint_of
 from deft.runtime.sockets import make_socket
+from deft.runtime.worker.ports import ForwardPort
 
 HWM = 64
 
 
 class Forwarder:
-    def __init__(self, worker):
+    def __init__(self, worker: ForwardPort):
         self.worker = worker
         self.socks: dict[str, zmq.Socket] = {}
 

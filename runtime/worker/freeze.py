@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 
 from deft.runtime.stats import CounterBlock
+from deft.runtime.worker.ports import FreezePort
 
 FIELDS = ["req_seq", "req_pair", "req_op", "req_epoch", "ack_seq", "ack_status", "ack_batch"]
 FREEZE = 1   # the one request (its code travels in the box: anything else is a bad request)
@@ -98,7 +99,7 @@ class Freezer:
     commit record's last released batch, and nothing of the pair is released after it.
     """
 
-    def __init__(self, worker, box: FreezeBox):
+    def __init__(self, worker: FreezePort, box: FreezeBox):
         self.worker = worker
         self.box = box
         self.seen = box.get("req_seq")   # a request from before this worker started is not ours

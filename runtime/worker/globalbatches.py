@@ -24,13 +24,14 @@ import time
 from deft.runtime.consensus.failpoints import failpoint
 from deft.runtime.worker.globals_client import GLOBAL_WAIT_S, STALE, GlobalClient
 from deft.runtime.worker.pairslot import PairSlot, PendingBatch, replay_prefix, session_of
+from deft.runtime.worker.ports import GlobalsPort
 from deft.runtime.worker.takeover import batch_meta
 
 
 class GlobalBatches:
     """The held batches of one worker (``worker``: its slots, counters, release) over ``client``."""
 
-    def __init__(self, worker, client: GlobalClient):
+    def __init__(self, worker: GlobalsPort, client: GlobalClient):
         self.w, self.client = worker, client
         self.count, self.log = worker.count, worker.log
 

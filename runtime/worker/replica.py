@@ -39,6 +39,7 @@ from deft.runtime.replication.driver import PrimaryLink, Router, SecondaryLink
 from deft.runtime.replication.messages import STAMP_DTYPE, Delta, stamps_of
 from deft.runtime.replication.primary import PrimaryReplicator
 from deft.runtime.replication.secondary import SecondaryReplica
+from deft.runtime.worker.ports import ReplicationPort
 
 TICK_NS = 5_000_000  # retransmits and Missing requests count in these (ticks run only while needed)
 COMMIT_QUIET_NS = 250_000_000  # a pair quiet this long tells its secondary what is committed (else the
@@ -51,7 +52,7 @@ COMMIT_QUIET_NS = 250_000_000  # a pair quiet this long tells its secondary what
 class PrimaryRole:
     """The primary's side of one pair: 2PC per output batch, release through the commit record."""
 
-    def __init__(self, worker, slot, core: PrimaryReplicator, endpoint: str, key: tuple):
+    def __init__(self, worker: ReplicationPort, slot, core: PrimaryReplicator, endpoint: str, key: tuple):
         self.worker = worker
         self.slot = slot
         self.core = core
@@ -183,7 +184,7 @@ class PrimaryRole:
 class SecondaryRoles:
     """The replicas this worker keeps for the pairs it is the secondary of."""
 
-    def __init__(self, worker, endpoint: str):
+    def __init__(self, worker: ReplicationPort, endpoint: str):
         self.worker = worker
         self.router = Router(worker.zctx, endpoint)
         self.router.on_copies = self.on_copies

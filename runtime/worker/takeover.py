@@ -38,6 +38,7 @@ from deft.runtime.dataplane.packet import FORWARD, PACKET_DTYPE
 from deft.runtime.dataplane.routes import FRESH, UNKNOWN
 from deft.runtime.worker.globals_client import GLOBAL_WAIT_S, STALE
 from deft.runtime.worker.pairslot import GLOBAL_WINDOW, PairSlot, replay_prefix
+from deft.runtime.worker.ports import TakeOverPort
 
 TAKEOVER_COUNTERS = ("takeovers", "takeover_failed", "replay_released", "takeover_fenced",
                      "takeover_fence_failed", "takeover_rebuilt", "takeover_rebuilt_missing",
@@ -110,7 +111,7 @@ def before(rest: np.ndarray, batch: np.ndarray) -> np.ndarray:
 class TakeOver:
     """One take-over of ``pair`` by ``worker`` (a ``Worker``); ``run`` returns the new slot or None."""
 
-    def __init__(self, worker, pair: int, decision: int, n_pairs: int):
+    def __init__(self, worker: TakeOverPort, pair: int, decision: int, n_pairs: int):
         self.w, self.pair, self.decision, self.n_pairs = worker, pair, decision, n_pairs
         self.count, self.log = worker.count, worker.log
 
