@@ -100,7 +100,9 @@ def raw_records(records: np.ndarray) -> memoryview | None:
     """The bytes of ``records`` as one buffer (record i at ``i * RECORD_SIZE``), or None when they are
     not laid out that way (a strided view, or a copy that dropped the dtype's padding)."""
     if records.flags.c_contiguous and records.dtype.itemsize == RECORD_SIZE:
-        return memoryview(records.view(np.uint8))
+        # through the buffer protocol, not .view(np.uint8): a structured view runs numpy's Python-level
+        # safety check (1.3 against 3 us, and the io asks about ten times a round)
+        return memoryview(np.ndarray((records.nbytes,), np.uint8, records))
     return None
 
 
