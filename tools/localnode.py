@@ -336,13 +336,14 @@ class LocalCluster:
             cfg2["controller"].update(peers=[cfg["controller"]["control"]], witnesses=self.node_controls)
             cfgs.append(cfg2)
         self.controllers: list[LocalController] = []
+        self._heartbeats = [c["controller"]["heartbeats"] for c in cfgs]
         self._ctl_files = []
         for k, c in enumerate(cfgs):
             name = f"{tag}-controller{k + 1 if k else ''}"
             files = (tmp / f"{name}.toml", tmp / f"{name}.log" if logs else None)
             files[0].write_text(to_toml(c))
-            self.controllers.append(LocalController.start(*files))
             self._ctl_files.append(files)
+        self.controllers.append(LocalController.start(*self._ctl_files[0]))
         self.egress = f"udp://127.0.0.1:{free_port()}"
         self.nodes: list[LocalNode] = []
         self.members = {str(n): f"tcp://127.0.0.1:{free_port(socket.SOCK_STREAM)}" for n in range(1, n_nodes + 1)}
@@ -352,11 +353,21 @@ class LocalCluster:
                              replicate=replicate, nf=nf, logs=logs, metrics=metrics)
         for n in range(1, n_nodes + 1):
             self.nodes.append(self._start_node(n, (env or {}).get(n)))
+        if standby:
+            # The standby only lets the other ask first: with nodes (the witnesses) slow to come up it
+            # can win the first lease, and the tests name controller1 the active one. So it starts
+            # once controller1 holds the lease (from itself and two nodes)
+            try:
+                self.active_controller(30)
+            except BaseException:
+                self.stop()   # the caller gets no cluster to stop
+                raise
+            self.controllers.append(LocalController.start(*self._ctl_files[1]))
 
     def _start_node(self, n: int, env: dict | None = None, nf: dict | None = None) -> LocalNode:
         st = self.settings
         node_id = f"{st['tag']}{os.getpid()}n{n}"
-        node = {"controller": [c.heartbeats for c in self.controllers],
+        node = {"controller": list(self._heartbeats),   # every controller's, the standby's too
                 "fabric": f"tcp://127.0.0.1:{consecutive_ports(st['instances'])}"}
         if n <= len(self.node_controls):
             node["control"] = self.node_controls[n - 1]
@@ -434,8 +445,12 @@ class LocalCluster:
         """Every process serving and routes pushed over all the nodes."""
         for node in self.nodes:
             node.wait_ready()
-        self.active_controller(20).wait_for(lambda st: any(e["event"] == "routes_pushed" and e["ok"]
-                                         and len(e["nodes"]) == len(self.nodes) for e in st["events"]))
+        active = self.active_controller(20)
+        active.wait_for(lambda st: any(e["event"] == "routes_pushed" and e["ok"]
+                                       and len(e["nodes"]) == len(self.nodes) for e in st["events"]))
+        for standby in self.controllers:   # and a standby knows which one is active (its first ask tells it)
+            if standby is not active and standby.proc.poll() is None:
+                standby.wait_for(lambda st: (st["controller"].get("active") or {}).get("control") == active.control)
         return self
 
     @property
