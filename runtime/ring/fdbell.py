@@ -5,8 +5,8 @@ only sleep on it alone. A worker that replicates also waits for 2PC messages
 on ZeroMQ sockets; sleeping on the semaphore meant waking every millisecond
 to look at them, a millisecond added to every 2PC round trip on each side.
 ``FdBell`` has the same ``ring``/``wait`` interface plus ``fileno()``, so the
-worker can ``zmq.Poller.register(bell.fileno(), zmq.POLLIN)`` next to its
-sockets and sleep until either has something.
+worker puts ``bell.fileno()`` in its wait set (``runtime/waitset.py``) next to
+its sockets and sleeps until either has something.
 
 Both ends open the FIFO read-write and non-blocking (on Linux that never
 blocks and never fails for want of the other end, so a producer can ring a
