@@ -377,6 +377,33 @@ class ZeroLossSearch:
             self.bad = rate
 
 
+def where_lost(device: Device) -> dict[str, int]:
+    """Drop counters a lost packet can show up in, cumulative: the kernel's for the device's ingress
+    socket (/proc/net/udp) and, for DEFT, every io and worker counter named after a drop. (A loss in
+    none of them happened after the device: the generator's sink, which shares the cores.)"""
+    out: dict[str, int] = {}
+    port = int(device.ingress.rsplit(":", 1)[1]) if device.ingress.startswith("udp://") else None
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if port is not None and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                out["ingress_socket_drops"] = out.get("ingress_socket_drops", 0) + int(fields[-1])
+    for node in getattr(device, "nodes", []):
+        try:
+            st = node.status(1000)
+        except Exception:   # a node that does not answer now: its counters are not part of this look
+            continue
+        for proc in [st.get("io") or {}, *st.get("instances", [])]:
+            for name, value in (proc.get("counters") or {}).items():
+                if isinstance(value, int) and any(w in name for w in ("drop", "full", "overflow", "stall")):
+                    out[name] = out.get(name, 0) + value
+    return out
+
+
 # -- the run -------------------------------------------------------------------------------------
 
 TARGETS = """targets (issue 11): cluster p50 <= 1.5 ms at 200 / 1,000 / 10,000 pps, p99 <= 10 ms at 10 kpps,
@@ -493,8 +520,13 @@ def measure_devices(devices: dict[str, Device], out: dict, rates: list[int], sec
             s = searches[name]
             if not s.done:
                 rate = s.next_rate()
+                before = where_lost(dev)
                 report, _ = run_traffic(dev, tmp, rate, int(rate * (1.5 if args.quick else 3.0)))
                 s.record(rate, report)
+                if not s.trials[-1]["ok"]:   # where the loss shows, for whoever reads a failed trial
+                    after = where_lost(dev)
+                    s.trials[-1]["where"] = {k: v - before.get(k, 0) for k, v in after.items()
+                                             if v - before.get(k, 0)}
                 print(f"{name:9s} zero-loss trial {rate:>7} pps: {'ok' if s.trials[-1]['ok'] else 'FAIL'} "
                       f"{s.trials[-1]}", flush=True)
     for name, s in searches.items():
