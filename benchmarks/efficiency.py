@@ -299,22 +299,28 @@ def clean(report: dict) -> bool:
             and not report.get("remapped_flows") and lat.get("p99", 1e9) <= 50_000)
 
 
+def process_counters(device: Device) -> list[tuple[str, dict[str, Any]]]:
+    """(role, counters) of every io and worker of the device's nodes (the reference NAT and the older
+    layout: none)."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for node in getattr(device, "nodes", []):
+        status = node.status()
+        if "io" not in status:
+            return []
+        out += [("io", status["io"]["counters"]), *(("worker", p["counters"]) for p in status["instances"])]
+    return out
+
+
 def loop_wakeups(device: Device) -> dict[str, int]:
     """Rounds that began after a sleep, per role, summed over the device's nodes: each is a wake-up
     of that process (the reference NAT and the older layout report none)."""
     woke: dict[str, int] = {}
-    for node in getattr(device, "nodes", []):
-        status = node.status()
-        if "io" not in status:
-            return {}
-        for role, procs in (("io", [status["io"]]), ("worker", status["instances"])):
-            for p in procs:
-                woke[role] = woke.get(role, 0) + int(p["counters"].get("sleeps", 0))
-        for p in status["instances"]:   # what woke the workers, and their rounds (a wake-up and the
-            for name, value in p["counters"].items():   # rounds that found more work right after)
+    for role, counters in process_counters(device):
+        woke[role] = woke.get(role, 0) + int(counters.get("sleeps", 0))
+        if role == "worker":   # what woke the workers, and their rounds (a wake-up and the rounds
+            for name, value in counters.items():   # that found more work right after)
                 if name.startswith("woke_") or name == "rounds":
-                    key = "worker_" + name
-                    woke[key] = woke.get(key, 0) + int(value)
+                    woke["worker_" + name] = woke.get("worker_" + name, 0) + int(value)
     return woke
 
 
@@ -382,25 +388,20 @@ def where_lost(device: Device) -> dict[str, int]:
     socket (/proc/net/udp) and, for DEFT, every io and worker counter named after a drop. (A loss in
     none of them happened after the device: the generator's sink, which shares the cores.)"""
     out: dict[str, int] = {}
-    port = int(device.ingress.rsplit(":", 1)[1]) if device.ingress.startswith("udp://") else None
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            rows = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            fields = row.split()
-            if port is not None and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                out["ingress_socket_drops"] = out.get("ingress_socket_drops", 0) + int(fields[-1])
-    for node in getattr(device, "nodes", []):
-        try:
-            st = node.status(1000)
-        except Exception:   # a node that does not answer now: its counters are not part of this look
-            continue
-        for proc in [st.get("io") or {}, *st.get("instances", [])]:
-            for name, value in (proc.get("counters") or {}).items():
-                if isinstance(value, int) and any(w in name for w in ("drop", "full", "overflow", "stall")):
-                    out[name] = out.get(name, 0) + value
+    if device.ingress.startswith("udp://"):
+        port = int(device.ingress.rsplit(":", 1)[1])
+        for table in ("/proc/net/udp", "/proc/net/udp6"):
+            try:
+                rows = Path(table).read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for fields in map(str.split, rows):
+                if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    out["ingress_socket_drops"] = out.get("ingress_socket_drops", 0) + int(fields[-1])
+    for _, counters in process_counters(device):
+        for name, value in counters.items():
+            if isinstance(value, int) and any(w in name for w in ("drop", "full", "overflow", "stall")):
+                out[name] = out.get(name, 0) + value
     return out
 
 

@@ -34,31 +34,33 @@ class WaitSet:
         self._poll = select.poll()
         self._socks: dict[int, zmq.Socket] = {}   # ZMQ_FD -> socket
         self._fd_of: dict[zmq.Socket, int] = {}
-        self._fds: set[int] = set()
+        self._untracked: set[int] = set()         # sockets whose use nothing records: asked every time
         self._off: set[int] = set()               # registered but not watched now (``watch``)
 
     def add(self, item: zmq.Socket | int) -> None:
         """A descriptor, or a socket (one not made by ``sockets.make_socket``, e.g. a monitor, is
         asked before every sleep: nothing tells when it was used)."""
         if isinstance(item, int):
-            self._fds.add(item)
             self._poll.register(item, _IN)
         else:
             fd = self._fd_of[item] = item.get(zmq.FD)
             self._socks[fd] = item
+            if not isinstance(item, Socket):
+                self._untracked.add(fd)
             self._poll.register(fd, _IN)
 
     def remove(self, item: zmq.Socket | int) -> None:
         fd = item if isinstance(item, int) else self._fd_of.pop(item)
         self._socks.pop(fd, None)
-        self._fds.discard(fd)
+        self._untracked.discard(fd)
         if fd in self._off:
             self._off.discard(fd)
         else:
             self._poll.unregister(fd)
 
     def watch(self, sock: zmq.Socket, on: bool) -> None:
-        """Wake for ``sock`` or not (a socket whose messages the owner cannot take now)."""
+        """Wake for ``sock`` or not (a socket whose messages the owner cannot take now); saying the same
+        again costs nothing."""
         fd = self._fd_of[sock]
         if on and fd in self._off:
             self._off.discard(fd)
@@ -72,7 +74,7 @@ class WaitSet:
         descriptor; the sockets and descriptors that have something."""
         socks: set = set()
         for fd, sock in self._socks.items():
-            if fd not in self._off and (sock.stale if type(sock) is Socket else True) and readable(sock):
+            if fd not in self._off and (fd in self._untracked or sock.stale) and readable(sock):
                 socks.add(sock)
         deadline = time.monotonic_ns() + timeout_ms * 1_000_000
         while True:

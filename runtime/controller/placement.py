@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from deft.runtime.dataplane.routes import FRESH, NONE, UNKNOWN  # the route set's own codes
+from deft.runtime.dataplane.routes import FRESH, NONE, UNKNOWN, node_names  # the route set's own codes
 
 Instance = tuple[str, int]  # (node id, instance index)
 
@@ -198,13 +198,12 @@ class Assignment:
             sn, si = (index[pair.secondary[0]], pair.secondary[1]) if pair.secondary else (NONE, NONE)
             rows.append([index[pair.primary[0]], pair.primary[1], sn, si, pair.decision, pair.generation])
         return {"cmd": "set_routes", "epoch": epoch,
-                "nodes": [[n, *endpoints.get(n, ("", "", ""))] for n in names],
+                "nodes": [list(node_names([n, *endpoints.get(n, ("",))])) for n in names],
                 "pairs": rows, "buckets": list(self.buckets)}
 
 
 def place(nodes: list[tuple], n_buckets: int, epoch: int) -> dict[str, Any]:
     """A first ``set_routes`` request for ``nodes`` = [(id, fabric, instances[, replication[, copies]])]."""
-    nodes = [tuple(n) + ("",) * (5 - len(n)) for n in nodes]
     assignment = Assignment(n_buckets)
     assignment.place({n[0]: n[2] for n in nodes})
-    return assignment.request(epoch, {n[0]: (n[1], n[3], n[4]) for n in nodes})
+    return assignment.request(epoch, {n[0]: (n[1], *n[3:]) for n in nodes})

@@ -61,6 +61,14 @@ class RouteError(DeftError, ValueError):
     """A route set is inconsistent or stale; the message says what."""
 
 
+def node_names(entry: Any) -> tuple[str, ...]:
+    """A node of a ``set_routes`` request, [id, fabric, replication?, copies?], as NODE_NAMES strings
+    (an endpoint left out is "": an older controller's request names fewer)."""
+    if not isinstance(entry, (list, tuple)) or not 2 <= len(entry) <= NODE_NAMES:
+        raise TypeError(f"a node is [id, fabric, replication?, copies?], got {entry!r:.80}")
+    return tuple(str(x) for x in entry) + ("",) * (NODE_NAMES - len(entry))
+
+
 @dataclasses.dataclass(frozen=True)
 class RouteSet:
     """What a ``set_routes`` request carries, validated."""
@@ -87,8 +95,7 @@ class RouteSet:
         "pairs": [[pn, pi, sn, si(, decision, generation)], ...], "buckets": [...]}."""
         try:
             epoch = int(req["epoch"])
-            nodes = [(str(n[0]), str(n[1]), str(n[2]) if len(n) > 2 else "", str(n[3]) if len(n) > 3 else "")
-                     for n in req["nodes"]]
+            nodes = [node_names(n) for n in req["nodes"]]
             full = [tuple(int(x) for x in p) for p in req["pairs"]]
             buckets = np.asarray(req["buckets"], dtype=np.int64)
         except (KeyError, TypeError, ValueError) as exc:

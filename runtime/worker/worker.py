@@ -80,9 +80,9 @@ from deft.runtime.waitset import WaitSet
 TICK_NS = 5_000_000        # 2PC retransmits and Missing requests count in these
 PUBLISH_NS = 50_000_000    # counters reach shared memory at most this often while busy
 PUBLISH_IDLE_NS = 100_000_000   # and at most this much later once the worker goes idle: a timer of its own
+                                # at PUBLISH_NS was most of the timer wake-ups at 200 pps (20 a second each)
 COPIES_HWM = 1024   # copy messages queued here (one per io round and secondary: a packet each at low load)
                     # before the io holds its batches; drained every round, so it bounds a stalled worker
-                                # at PUBLISH_NS was most of the timer wake-ups at 200 pps (20 a second each)
 
 COUNTERS = [
     "ready", "received", "processed", "released", "dropped_by_nf", "stale", "duplicate",
@@ -198,7 +198,6 @@ class Worker:
         self.dirty = True           # counters changed since they were last published
         self._waitset = None
         self._polled: list = []
-        self._remote_armed = True
         self.flush_on_idle = cfg.nf.flush_on_idle
         self.flush_ns = cfg.nf.flush_us * 1000
         self._next_input = 0
@@ -692,14 +691,10 @@ class Worker:
             for sock in socks:
                 self._waitset.add(sock)
             self._polled = socks
-            self._remote_armed = True
         if self.remote is not None:
             # other nodes' packets wake us only when we would take them: a message left in the
             # socket (no room) must not make every poll return at once
-            armed = self.remote.buffered == 0 and self.room() > 0
-            if armed != self._remote_armed:
-                self._waitset.watch(self.remote.sock, armed)
-                self._remote_armed = armed
+            self._waitset.watch(self.remote.sock, self.remote.buffered == 0 and self.room() > 0)
         ready, fds = self._waitset.wait(timeout_ms)
         bell = bool(fds)
         if bell:
