@@ -32,7 +32,7 @@ from deft.runtime.params import endpoint_of
 from deft.runtime.ring import Ring
 from deft.runtime.ring.fdbell import FdBell
 from deft.runtime.ring.shm import attach_segment, release_segment
-from deft.runtime.sockets import make_socket, writable
+from deft.runtime.sockets import make_socket, send_frames, writable
 from deft.runtime.stats import CounterBlock
 from deft.runtime.topology import Topology
 
@@ -323,9 +323,9 @@ class StampingUnit:
             instance = sw.remote[k - sw.n_local][1]
             self.sent_log.append(batch, part, time.monotonic_ns())  # before the send: see sentlog.py
             try:
-                socks[k - sw.n_local].send_multipart(
-                    wire.encode_packets(sw.epoch, instance, batch, part, wire.COPIES if copies else wire.PACKETS),
-                    copy=False)
+                send_frames(socks[k - sw.n_local],
+                            wire.encode_packets(sw.epoch, instance, batch, part, wire.COPIES if copies else wire.PACKETS),
+                            copy=False)
             except zmq.Again:
                 # full for FABRIC_SEND_TIMEOUT_MS although the room check saw space: the node is
                 # gone (its packets have copies at their secondaries); waiting longer would stop

@@ -48,7 +48,7 @@ from deft.runtime.replication.errors import ProtocolMisuse
 from deft.runtime.replication.messages import Delta, Message, Packets
 from deft.runtime.replication.primary import PrimaryReplicator
 from deft.runtime.replication.secondary import SecondaryReplica
-from deft.runtime.sockets import make_socket, readable, send_nowait
+from deft.runtime.sockets import make_socket, readable, recv_frames, send_nowait
 from deft.runtime.wire import COPIES
 
 log = logging.getLogger(__name__)
@@ -331,7 +331,7 @@ def _drain(sock: zmq.Socket, timeout_ms: int) -> list[list[zmq.Frame]]:
     # and once more to find it empty (the worker's wait set relies on that last ask: sockets.Socket)
     while len(out) < MAX_DRAIN and readable(sock):
         # copy=False: large array frames are decoded in place (np.frombuffer on the Frame).
-        out.append(sock.recv_multipart(_NOBLOCK, copy=False))
+        out.append(recv_frames(sock, _NOBLOCK))
     return out
 
 

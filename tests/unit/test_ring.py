@@ -119,6 +119,32 @@ def test_attach_checks_layout(node_id):
         ring.close()
 
 
+def test_a_ring_the_shared_memory_cannot_hold_fails_at_creation(node_id):
+    """Its memory is allocated when it is made: too little /dev/shm is an error then, naming the segment
+    and the size, and nothing is left behind (not a SIGBUS for whoever first touches a missing page)."""
+    from deft.runtime.ring.shm import SHM_DIR
+
+    vfs = os.statvfs(SHM_DIR)
+    slots = 1 << ((vfs.f_blocks * vfs.f_frsize) // PACKET_DTYPE.itemsize).bit_length()   # more than it holds
+    name = shm_name(node_id, "huge")
+    with pytest.raises(RingError, match=r"cannot allocate \d+ bytes of shared memory for /deft\..*huge"):
+        Ring.create(name, PACKET_DTYPE, slots)
+    assert not os.path.exists(os.path.join(SHM_DIR, name.lstrip("/")))
+
+
+def test_a_ring_is_in_memory_when_made(node_id):
+    """Every page of a new ring is allocated (not a hole the data path would fault in)."""
+    from deft.runtime.ring.shm import SHM_DIR
+
+    name = shm_name(node_id, "full")
+    ring = Ring.create(name, PACKET_DTYPE, 64)
+    try:
+        st = os.stat(os.path.join(SHM_DIR, name.lstrip("/")))
+        assert st.st_blocks * 512 >= st.st_size >= 64 * PACKET_DTYPE.itemsize
+    finally:
+        ring.close()
+
+
 def _consumer(name: str, bell_name: str, total: int, result) -> None:
     ring = Ring.attach(name, PACKET_DTYPE)
     bell = Doorbell.attach(bell_name)
