@@ -695,6 +695,12 @@ class Worker:
             # other nodes' packets wake us only when we would take them: a message left in the
             # socket (no room) must not make every poll return at once
             self._waitset.watch(self.remote.sock, self.remote.buffered == 0 and self.room() > 0)
+        if self.gclient is not None:
+            # the replica's updates (every entry any worker of the cluster commits) wake us only while
+            # none of our own entries is in flight: then they come in with its answer. Woken for each,
+            # the workers of a 3-node cluster at 1 kpps spent their CPU on them (global_updates.py: p50
+            # 19.0 -> 15.0 ms at 1 kpps, 35.5 -> 27.7 ms at 10 kpps)
+            self._waitset.watch(self.gclient.sub, not self.gclient.requests)
         ready, fds = self._waitset.wait(timeout_ms)
         bell = bool(fds)
         if bell:

@@ -300,6 +300,30 @@ def test_garbage_on_the_channel_is_counted_and_ignored_and_the_replica_follows_t
         slot.ctx.globals.replica["k"] = 8  # read-only for the NF
 
 
+def test_replica_updates_wake_an_idle_worker_and_ride_with_the_answers_of_a_busy_one(node):
+    """The PUB of applied changes: a worker with an entry in flight does not wake for them (they come in
+    with its answer); one without sleeps on them, so its replica never falls behind for long."""
+    worker, feed, out, slot, sup = node(batch_size=8)
+    deadline = time.monotonic() + 2
+    while slot.ctx.globals.local("k") != 1:        # idle: the update wakes it (the SUB may still be joining)
+        assert time.monotonic() < deadline, "an idle worker never heard the replica's update"
+        sup.pub.send(orjson.dumps({"k": 1}))
+        if worker.gclient.sub in worker.wait(50):
+            worker.on_ready({worker.gclient.sub})
+    feed.push_some(scan(Flows(), [1]))
+    worker.pull()
+    worker.release(slot)
+    (req,) = sup.requests()
+    sup.pub.send(orjson.dumps({"k": 2}))
+    time.sleep(0.05)
+    t0 = time.monotonic()
+    assert worker.gclient.sub not in worker.wait(100)  # busy: slept through it
+    assert time.monotonic() - t0 >= 0.09 and slot.ctx.globals.local("k") == 1
+    sup.answer(req)
+    settle(worker, lambda: slot.waiting is None)       # the answer's round takes the update too
+    assert slot.ctx.globals.local("k") == 2
+
+
 def test_a_replay_re_proposes_the_original_session_slot_and_gets_the_first_results():
     """The claim behind take-over replays: batch t's entry is (prefix/t%W, t//W+1); proposed again
     after the batches in flight with it (t+1 .. t+W-1) were applied, it returns its first results and
