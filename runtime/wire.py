@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from deft.runtime.dataplane.packet import FEW, HEADER_GAPS, HEADER_SIZE, RECORD_SIZE, raw_records
+from deft.runtime.dataplane.packet import FEW, HEADER_GAPS, HEADER_SIZE, RECORD_SIZE, raw_records, record_payloads
 from deft.runtime.errors import WireError
 
 HEARTBEAT = b"H"
@@ -131,9 +131,11 @@ def _gaps_cleared(data: bytes, width: int) -> bytearray:
     return raw
 
 
-def record_bytes(record: np.ndarray) -> bytes:
-    """One packet record's bytes (a 2PC payload) with its header gaps zeroed, as ``encode_packets``."""
-    return bytes(_gaps_cleared(record.tobytes(), RECORD_SIZE))
+def payload_bytes(record: np.ndarray) -> bytes:
+    """One packet record (a 1-record array) as a 2PC payload (``packet.record_payloads``: header and the
+    frame bytes in use) with its header gaps zeroed, as ``encode_packets``: it leaves the process."""
+    payload = record_payloads(record)[0]
+    return bytes(_gaps_cleared(payload, len(payload)))
 
 
 def decode_packets(frames: list[bytes], n_instances: int, out: np.ndarray) -> tuple[dict[str, Any], int]:

@@ -160,3 +160,39 @@ def copy_records(dst: np.ndarray, src: np.ndarray, index: np.ndarray | None = No
     else:
         width = HEADER_SIZE + int(src["frame_len"][index].max())
         dst_bytes[:, :width] = src_bytes[index, :width]
+
+
+_FRAME_LEN = PACKET_DTYPE.fields["frame_len"][1]   # byte offset of frame_len in a record
+
+
+def record_payloads(records: np.ndarray) -> list[bytes]:
+    """Each record as the bytes a secondary buffers: its header and the frame bytes in use (about
+    200 bytes for a small packet, not the 1,600-byte slot), copied (ring slots are reused).
+    ``records_from_payloads`` makes records of them again."""
+    raw = raw_records(records)
+    if raw is None:
+        records = np.ascontiguousarray(records)
+        raw = raw_records(records)
+    out, at = [], 0
+    for length in records["frame_len"].tolist():
+        out.append(raw[at: at + HEADER_SIZE + min(length, MAX_FRAME)].tobytes())
+        at += RECORD_SIZE
+    return out
+
+
+def records_from_payloads(payloads) -> tuple[np.ndarray, int]:
+    """Packet records from buffered payloads (``record_payloads``, or whole records), in order, and how
+    many were unusable: empty (a packet the primary had no copy of), shorter than a header, longer than
+    a record, or shorter than the frame its header declares."""
+    good = []
+    for p in payloads:
+        if p is None or not HEADER_SIZE <= len(p) <= RECORD_SIZE:
+            continue
+        if HEADER_SIZE + int.from_bytes(p[_FRAME_LEN: _FRAME_LEN + 2], "little") > len(p):
+            continue
+        good.append(p)
+    records = np.zeros(len(good), dtype=PACKET_DTYPE)
+    raw = raw_records(records)
+    for i, p in enumerate(good):
+        raw[i * RECORD_SIZE: i * RECORD_SIZE + len(p)] = p
+    return records, len(payloads) - len(good)

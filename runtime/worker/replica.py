@@ -32,7 +32,7 @@ import numpy as np
 import zmq
 
 from deft.runtime import wire
-from deft.runtime.dataplane.packet import PACKET_DTYPE
+from deft.runtime.dataplane.packet import PACKET_DTYPE, record_payloads
 from deft.runtime.errors import WireError
 from deft.runtime.replication.actions import Refused, Release, WriteDecision
 from deft.runtime.replication.driver import PrimaryLink, Router, SecondaryLink
@@ -130,7 +130,7 @@ class PrimaryRole:
             return [b""] * len(stamps)
         row = {key: k for k, key in enumerate(zip(inputs["flow_id"].tolist(), inputs["seq"].tolist()))}
         wanted = zip(stamps["flow_id"].tolist(), stamps["seq"].tolist())
-        out = [b"" if (k := row.get(key)) is None else wire.record_bytes(inputs[k]) for key in wanted]
+        out = [b"" if (k := row.get(key)) is None else wire.payload_bytes(inputs[k: k + 1]) for key in wanted]
         self.worker.count["repl_packets_unknown"] += sum(1 for x in out if not x)
         return out
 
@@ -231,7 +231,7 @@ class SecondaryRoles:
         if link is None:
             self.unknown_duplicates += len(records)
             return
-        self._execute(link.on_packets(stamps_of(records), [r.tobytes() for r in records]))  # copies, not views
+        self._execute(link.on_packets(stamps_of(records), record_payloads(records)))
 
     def poll(self) -> None:
         """The router had something: route it to the links, then step each link that got mail."""

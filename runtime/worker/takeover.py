@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from deft.runtime.dataplane.packet import FORWARD, PACKET_DTYPE
+from deft.runtime.dataplane.packet import FORWARD, PACKET_DTYPE, records_from_payloads
 from deft.runtime.dataplane.routes import FRESH, UNKNOWN
 from deft.runtime.worker.globals_client import GLOBAL_WAIT_S, STALE
 from deft.runtime.worker.pairslot import GLOBAL_WINDOW, PairSlot, replay_prefix
@@ -80,12 +80,10 @@ def parse_fence(result: Any) -> dict[int, AppliedBatch]:
 
 
 def records_of(payloads, count: dict | None = None) -> np.ndarray:
-    """Packet records from buffered duplicates (each the bytes of one record), as input again."""
-    whole = [p for p in payloads if p is not None and len(p) == PACKET_DTYPE.itemsize]
+    """Packet records from buffered duplicates (``packet.record_payloads``), as input again."""
+    records, unusable = records_from_payloads(payloads)
     if count is not None:  # an empty payload: the primary had no copy to send when asked (a lost packet)
-        count["replay_unusable"] += len(payloads) - len(whole)
-    records = np.frombuffer(b"".join(whole), dtype=PACKET_DTYPE).copy() if whole else \
-        np.zeros(0, dtype=PACKET_DTYPE)
+        count["replay_unusable"] += unusable
     records["dup"] = 0
     return records
 

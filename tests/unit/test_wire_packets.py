@@ -100,9 +100,32 @@ def test_a_few_records_encode_as_the_column_path_encodes_them(n, data):
 
 def test_a_payload_leaves_with_its_header_gaps_zeroed():
     recs = stamped(1)
-    recs.view(np.uint8)[: wire.HEADER_SIZE] = 0xAA
-    raw = wire.record_bytes(recs[0])
-    assert len(raw) == PACKET_DTYPE.itemsize and raw[wire.HEADER_SIZE:] == recs[0].tobytes()[wire.HEADER_SIZE:]
+    length = int(recs["frame_len"][0])
+    recs.view(np.uint8)[: 40] = 0xAA       # stamp, time, hash, vni, addresses: garbage is fine here
+    for start, end in wire.HEADER_GAPS:
+        recs.view(np.uint8)[start:end] = 0xAA
+    raw = wire.payload_bytes(recs[:1])
+    assert len(raw) == wire.HEADER_SIZE + length
+    assert raw[wire.HEADER_SIZE:] == recs[0].tobytes()[wire.HEADER_SIZE: wire.HEADER_SIZE + length]
     for start, end in wire.HEADER_GAPS:
         assert raw[start:end] == bytes(end - start)
     assert raw[:8] == b"\xaa" * 8   # the fields are as they were
+
+
+def test_payloads_hold_the_header_and_the_frame_in_use_and_make_the_same_records_again():
+    from deft.runtime.dataplane.packet import MAX_FRAME, record_payloads, records_from_payloads
+
+    recs = stamped(6)
+    recs["frame_len"] = [60, 128, 1, MAX_FRAME, 0, 300]
+    recs["frame"][:, :] = np.arange(MAX_FRAME, dtype=np.uint16).astype(np.uint8)
+    payloads = record_payloads(recs[::2])  # a strided view too
+    assert [len(p) for p in payloads] == [wire.HEADER_SIZE + n for n in (60, 1, 0)]
+    back, unusable = records_from_payloads(record_payloads(recs) + [recs[1].tobytes()])  # a whole record too
+    assert unusable == 0 and len(back) == 7
+    for k, (got, want) in enumerate(zip(back, [*recs, recs[1]])):
+        n = int(want["frame_len"])
+        assert got.tobytes()[: wire.HEADER_SIZE + n] == want.tobytes()[: wire.HEADER_SIZE + n]
+        assert k == 6 or not got["frame"][n:].any()   # past the frame: zeros (the whole record: as it was)
+    short = record_payloads(recs[1:2])[0][:-1]      # one byte less than its frame_len says
+    _, unusable = records_from_payloads([b"", None, b"x" * 10, b"y" * 1601, short, *record_payloads(recs[:1])])
+    assert unusable == 5
