@@ -93,6 +93,7 @@ COUNTERS = [
     # each sleep: the bell (its rings), other nodes' packets, the 2PC socket of its replicas, votes
     # for its primary roles, global state, or a timer (each is a wake-up: benchmarks/efficiency.py)
     "rounds", "sleeps", "busy_ns", "woke_bell", "woke_packets", "woke_replica", "woke_votes", "woke_global", "woke_timer",
+    "woke_copies",
     # output sent by the worker itself (no replication: see Worker.direct)
     "egress_sent", "egress_send_errors", "egress_icmp_refused",
     # packets from other nodes' io processes (the PULL at [node] fabric + index), and copies for its
@@ -145,7 +146,8 @@ class Worker:
         # send, on a PULL of its own ([node] copies; without it to the 2PC socket: SecondaryRoles). Both
         # are drained every round and before a route change, and neither wakes the worker: a copy is
         # needed when its Prepare comes, which does (a copy to the 2PC socket woke it: about 0.65 of a
-        # worker's 3.7 wake-ups per packet at 200 pps in examples/cluster)
+        # worker's 3.7 wake-ups per packet at 200 pps in examples/cluster); only while a Prepare that
+        # came first waits for its copies does the PULL wake it (``wait``)
         self.dup_inputs: list = [Ring.attach(topo.dup_ring(index), PACKET_DTYPE)] if cfg.nf.replicate else []
         self.copies: RemoteInput | None = None
         if cfg.nf.replicate and cfg.node.copies:
@@ -702,6 +704,10 @@ class Worker:
             # the workers of a 3-node cluster at 1 kpps spent their CPU on them (global_updates.py: p50
             # 19.0 -> 15.0 ms at 1 kpps, 35.5 -> 27.7 ms at 10 kpps)
             self._waitset.watch(self.gclient.sub, not self.gclient.requests)
+        if self.copies is not None:
+            # copies wake us only while a Prepare waits for some (it came first: 1-2 % of batches at
+            # 1-3 kpps); else the Prepare that needs them does, and the round drains them first
+            self._waitset.watch(self.copies.sock, self.secondaries is not None and self.secondaries.needs_tick())
         ready, fds = self._waitset.wait(timeout_ms)
         bell = bool(fds)
         if bell:
@@ -721,6 +727,8 @@ class Worker:
             c["woke_packets"] += 1
         elif self.secondaries is not None and self.secondaries.router.sock in ready:
             c["woke_replica"] += 1
+        elif self.copies is not None and self.copies.sock in ready:
+            c["woke_copies"] += 1
         elif any(r.link.sock in ready for r in self.roles()):
             c["woke_votes"] += 1
         else:
@@ -731,6 +739,8 @@ class Worker:
         if self.secondaries is not None:
             socks.append(self.secondaries.router.sock)
             socks += [r.link.sock for r in self.roles()]
+        if self.copies is not None:
+            socks.append(self.copies.sock)
         if self.gclient is not None:
             socks += [self.gclient.sock, self.gclient.sub]
         return socks

@@ -210,3 +210,45 @@ def test_unreplicated_output_is_sent_by_the_worker(node_id):
             worker.close()
             sup.zctx.term()
             sup.close_shared()
+
+
+def test_copies_wake_a_secondary_only_while_a_prepare_waits_for_them(node_id):
+    """Copies from other nodes come to a PULL the worker drains every round but does not sleep on (the
+    Prepare that needs them wakes it), except while a Prepare that came before them waits: then the
+    copy ends the sleep at once, not the next 2PC tick."""
+    import zmq
+
+    from deft.runtime import wire
+    from deft.tools.localnode import consecutive_ports
+
+    ports = {name: consecutive_ports(1) for name in ("fabric", "replication", "copies")}
+    raw = {"node": {"id": node_id, **{k: f"tcp://127.0.0.1:{p}" for k, p in ports.items()}},
+           "egress": {"send_to": "shm://out"}, "nf": {"kind": "flowcounter", "instances": 1, "replicate": True}}
+    sup = Supervisor(parse_config(raw, "test.toml"), "test.toml", NeverStop(), logging.getLogger("t"))
+    sup.create_shared()
+    worker = Worker(sup.topo, 0, NeverStop(), logging.getLogger("t"), restarted=False)
+    push = sup.zctx.socket(zmq.PUSH)
+    push.linger = 0
+    try:
+        push.connect(f"tcp://127.0.0.1:{ports['copies']}")
+        copy = packets([(1, 1)])
+        copy["dup"] = 1
+        waiting = [False]
+        worker.secondaries.needs_tick = lambda: waiting[0]
+        for held in (False, True):
+            waiting[0] = held
+            worker.pull_duplicates()                      # drained: the socket is known empty
+            push.send_multipart(wire.encode_packets(1, 0, copy, kind=wire.COPIES))
+            t0 = time.monotonic()
+            ready = worker.wait(300)
+            slept = time.monotonic() - t0
+            if held:
+                assert worker.copies.sock in ready and slept < 0.25 and worker.count["woke_copies"] == 1
+            else:
+                assert worker.copies.sock not in ready and slept >= 0.25 and worker.count["woke_copies"] == 0
+            assert worker.pull_duplicates() == 1          # the round takes it either way
+    finally:
+        push.close()
+        worker.close()
+        sup.zctx.term()
+        sup.close_shared()
