@@ -303,20 +303,12 @@ class NetworkFunction:
       state_dtype   numpy dtype of one flow's state (replicated as is)
       counters      names of the NF's own counters (drops by reason, translations...)
       uses_globals  queues global ops in ``process``; implements ``on_global_results``
-      pipelined_globals
-                    ``on_global_results`` writes no per-flow state and ``process`` does not
-                    need the results of an earlier batch's ops: without replication, up to
-                    ``GLOBAL_WINDOW`` batches of a pair may wait for their results together
-                    while the pair processes on (released in order). False: the pair
-                    pauses while a batch waits (what ``on_global_results`` writes belongs
-                    to that batch and must not mix with the next one's)
     """
 
     name: ClassVar[str] = ""
     state_dtype: ClassVar[np.dtype] = np.dtype([("unused", "u1")])
     counters: ClassVar[tuple[str, ...]] = ()
     uses_globals: ClassVar[bool] = False
-    pipelined_globals: ClassVar[bool] = False
 
     def __init__(self, params: Params, ctx: Context):
         self.ctx = ctx

@@ -37,7 +37,6 @@ class FlowCounter(NetworkFunction):
     name = "flowcounter"
     state_dtype = np.dtype([("packets", "<u8"), ("bytes", "<u8")])
     counters = ("packets", "new_flows")
-    pipelined_globals = True   # on_global_results forwards everything and writes nothing
 
     def __init__(self, params: Params, ctx: Context):
         super().__init__(params, ctx)

@@ -44,14 +44,10 @@ class GlobalBatches:
         return slot.session_name, slot.next_serial(), -1
 
     def hold(self, slot: PairSlot) -> None:
-        """Take the output buffer as a batch waiting for its global results; send its entry (a pipelined
-        batch that queued no ops only waits for its turn)."""
+        """Take the output buffer as a batch waiting for its global results; send its entry."""
         from deft.runtime.consensus.kv import BadCommand, batch_entry
 
         pending = slot.hold()
-        if not pending.ops:
-            pending.results = []
-            return
         prefix, t, pending.batch_id = self.session(slot)
         pending.client, pending.seq = session_of(prefix, t)
         # a replayable batch carries its stamps and NF calls: a take-over rebuilds it from them if the
@@ -68,37 +64,27 @@ class GlobalBatches:
 
     def finish(self, slot: PairSlot) -> None:
         """The waiting batch's results are in: final verdicts, release, then what arrived meanwhile."""
-        self.release(slot, slot.waiting)
-        slot.resume()
-
-    def release_ready(self, slot: PairSlot) -> None:
-        """Release the pipelined batches whose results are in, oldest first, up to one still waiting."""
-        while slot.in_flight and slot.in_flight[0].results is not None:
-            self.release(slot, slot.in_flight.popleft())
-
-    def release(self, slot: PairSlot, pending) -> None:
-        """Final verdicts from ``pending``'s results, then out like any batch (state clock, 2PC, egress)."""
+        pending = slot.waiting
         results = self.results_of(pending.results, len(pending.ops))
         slot.apply_results(pending.records, pending.segments, results)
-        if pending.ops:
-            self.count["global_batches"] += 1
-            self.count["global_ops"] += len(pending.ops)
-            self.count["global_ns"] = time.monotonic_ns() - pending.sent_ns if pending.sent_ns else 0
+        self.count["global_batches"] += 1
+        self.count["global_ops"] += len(pending.ops)
+        self.count["global_ns"] = time.monotonic_ns() - pending.sent_ns if pending.sent_ns else 0
         if pending.batch_id >= 0 and (slot.role is None or slot.role.core.next_batch != pending.batch_id):
             self.log.warning("pair %d: batch committed its global ops as batch %d but goes out as %s", slot.pair,
                              pending.batch_id, slot.role.core.next_batch if slot.role else "unreplicated")
         failpoint("worker_global_applied")  # tests: die with the entry applied, the batch unknown to the secondary
         self.w.release_batch(slot, pending.records, pending.inputs)
         failpoint("worker_global_submitted")  # tests: die with the batch's prepare sent (or queued)
+        slot.resume()
 
     def finish_now(self, slot: PairSlot) -> None:
-        """Wait here for the waiting batches' results and release them (role changes: rare, short)."""
-        for pending in slot.pending():
-            if pending.results is None:
-                self.client.wait(pending, GLOBAL_WAIT_S)
-        self.release_ready(slot)
-        if slot.waiting is not None:
-            self.finish(slot)
+        """Wait here for the waiting batch's results and release it (role changes: rare, short)."""
+        if slot.waiting is None:
+            return
+        if slot.waiting.results is None:
+            self.client.wait(slot.waiting, GLOBAL_WAIT_S)
+        self.finish(slot)
 
     def commit_now(self, client_prefix: str, t: int, ops: list) -> list:
         """Commit ``ops`` as batch ``t``'s entry and wait for the results (the take-over's replay path)."""
@@ -136,7 +122,5 @@ class GlobalBatches:
         self.client.poll()
         self.client.tick(time.monotonic())
         for slot in list(self.w.slots.values()):
-            if slot.in_flight:
-                self.release_ready(slot)
-            elif slot.waiting is not None and slot.waiting.results is not None:
+            if slot.waiting is not None and slot.waiting.results is not None:
                 self.finish(slot)

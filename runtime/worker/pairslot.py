@@ -16,10 +16,6 @@ one entry and, once the results are in, calls ``apply_results`` (the NF's
 waits the slot processes nothing: packets that arrive for it are ``held``
 (so the state clock captured at release covers exactly that batch, and later
 batches cannot overtake it) and go through the ordering unit on ``resume``.
-An NF whose ``on_global_results`` writes no per-flow state
-(``pipelined_globals``) does not pause an unreplicated pair: its batches go
-to ``in_flight`` (up to ``GLOBAL_WINDOW``, each with its entry, or none if it
-queued no ops) and leave in that order as their results come in.
 
 The NF's context is the pair's, not the worker's: ``instance_index`` = the
 pair, ``instance_count`` = the number of pairs, seed = the pair. So a NAT's
@@ -30,7 +26,6 @@ the pair's packets draws the same random numbers as its primary did.
 from __future__ import annotations
 
 import time
-from collections import deque
 
 import numpy as np
 
@@ -127,9 +122,6 @@ class PairSlot:
         self.ops: list = []                                   # ... and the ops, in order
         self.last_ops: list = []                              # the ops of the last apply_nf
         self.waiting: PendingBatch | None = None              # the batch waiting for its results
-        # pipelined (see the module doc): no 2PC state clock to keep apart, results that write nothing
-        self.pipelined = bool(self.uses_globals and self.nf.pipelined_globals and not cfg.nf.replicate)
-        self.in_flight: deque[PendingBatch] = deque()         # its batches waiting, oldest first
         self.held: list[np.ndarray] = []                      # what arrived meanwhile
         self.held_n = 0
         self.frozen_until = 0   # monotonic ns a hand-over's freeze lapses (freeze.py); 0: not frozen
@@ -204,24 +196,12 @@ class PairSlot:
         return bool(self.ops)
 
     def hold(self) -> PendingBatch:
-        """Take the output buffer as a batch that waits for its global results: the slot pauses, or,
-        pipelined, goes on processing with the batch queued behind those in flight."""
+        """Take the output buffer as a batch that waits for its global results; the slot pauses."""
         segments, ops = self.segments, self.ops
         batch, inputs = self.take_output()
         pending = PendingBatch(batch.copy(), None if inputs is None else inputs.copy(), segments, ops)
-        if self.pipelined:
-            self.in_flight.append(pending)
-        else:
-            self.waiting = pending
+        self.waiting = pending
         return pending
-
-    def window_full(self) -> bool:
-        """As many pipelined batches wait as have session slots (``session_of``): the next one waits."""
-        return len(self.in_flight) >= GLOBAL_WINDOW
-
-    def pending(self) -> list[PendingBatch]:
-        """Every batch of this slot waiting for its results, oldest first."""
-        return [*self.in_flight, *([] if self.waiting is None else [self.waiting])]
 
     def take_output(self) -> tuple[np.ndarray, np.ndarray | None]:
         """The output batch and, replicating, its packets as they arrived (views, valid until the next append)."""

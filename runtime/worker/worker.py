@@ -356,11 +356,11 @@ class Worker:
             self.mover.forget(slot.pair)
         if slot.role is not None:
             slot.role.close()
-        for pending in slot.pending():
+        if slot.waiting is not None:
             if self.gclient is not None:
-                self.gclient.forget(pending)
+                self.gclient.forget(slot.waiting)
             self.log.warning("pair %d moved away with a batch of %d packets waiting for its global results; "
-                             "dropped", slot.pair, len(pending.records))
+                             "dropped", slot.pair, len(slot.waiting.records))
         for name in SLOT_COUNTERS:
             self.retired[name] += slot.count[name]
         for name, attr in ORDERING_COUNTERS.items():
@@ -494,8 +494,8 @@ class Worker:
 
     # -- output ------------------------------------------------------------------------------------------
     def release(self, slot: PairSlot) -> None:
-        if self.globals is not None and (slot.has_global_ops() or slot.in_flight):
-            self.globals.hold(slot)   # its results first (behind those of the batches in flight)
+        if slot.has_global_ops() and self.globals is not None:
+            self.globals.hold(slot)
             return
         batch, inputs = slot.take_output()
         self.release_batch(slot, batch, inputs)
@@ -598,7 +598,7 @@ class Worker:
         for name, attr in ORDERING_COUNTERS.items():
             c[name] = self.retired[name] + sum(getattr(s.ordering, attr) for s in slots)
         c["pending"] = sum(s.ordering.pending_count for s in slots)
-        c["global_waiting"] = sum(len(s.pending()) for s in slots)   # batches waiting for their results
+        c["global_waiting"] = sum(s.waiting is not None for s in slots)
         c["global_held"] = sum(s.held_n for s in slots)
         c["flows"] = sum(len(s.table) for s in slots)
         c["pairs"] = len(slots)
@@ -779,8 +779,7 @@ class Worker:
         for slot in self.slots.values():
             # a flush deadline matters only if the batch could go then: while the 2PC window is
             # closed the Vote that opens it wakes us (a timer would wake us every ms until then)
-            if slot.out.n and slot.waiting is None and not slot.window_full() \
-                    and (slot.role is None or slot.role.window_open()):
+            if slot.out.n and slot.waiting is None and (slot.role is None or slot.role.window_open()):
                 due = min(due, slot.out.deadline)
             if slot.ordering.waiting_since:  # a gap may time out before anything arrives
                 due = min(due, self.next_gap_check)
@@ -839,7 +838,7 @@ class Worker:
         committed the next one keeps filling (group commit), so a 2PC round trip
         carries as many packets as arrived during it.
         """
-        if slot.out.n == 0 or slot.waiting is not None or slot.window_full():
+        if slot.out.n == 0 or slot.waiting is not None:
             return False
         if slot.frozen:
             # frozen for a hand-over: what it processed goes out at once, then nothing more

@@ -86,10 +86,10 @@ class FakeSupervisor:
 def node(node_id, tmp_path):
     made, workers, rings, fakes = [], [], [], []
 
-    def make(raft=True, params=None, **nf):
+    def make(raft=True, **nf):
         raw = {"node": {"id": node_id}, "egress": {"send_to": "shm://out"},   # output stays in the ring
                "nf": {"kind": "portscan", "instances": 1, "flush_on_idle": False, "flush_us": 10_000_000, **nf,
-                      "params": {"threshold": 3} if params is None else params}}
+                      "params": {"threshold": 3}}}
         if raft:
             raw["raft"] = {"id": 1, "members": {"1": "tcp://127.0.0.1:1"}, "data_dir": str(tmp_path / "r")}
         sup = Supervisor(parse_config(raw, "test.toml"), "test.toml", NeverStop(), logging.getLogger("t"))
@@ -183,63 +183,6 @@ def test_a_batch_with_global_ops_waits_for_its_results_and_later_input_waits_beh
     settle(worker, lambda: slot.waiting is None)
     assert len(out) == 0 and worker.count["dropped_by_nf"] == 2
     assert sup.kv.data["portscan/192.0.2.66"].keys() == {f"10.0.0.5:{p}" for p in range(1, 6)}
-
-
-def test_pipelined_batches_wait_together_and_leave_in_order_whatever_order_their_results_come_in(node):
-    """An NF whose results write no per-flow state (flowcounter), unreplicated: the pair processes on
-    while its batches wait, up to GLOBAL_WINDOW of them, each under its own session slot; they leave
-    in the order they were made (one that queued no ops waits its turn), never before their results."""
-    worker, feed, out, slot, sup = node(kind="flowcounter", params={"global_updates_per_batch": 1}, batch_size=8)
-    assert slot.pipelined
-    flows = Flows()
-    made = []
-    for k, n in enumerate((2, 1, 3)):
-        batch = flows.batch([(CLIENT, 5000 + k * 10 + i, VICTIM, 80) for i in range(n)])
-        made.append(batch["flow_id"].tolist())
-        feed.push_some(batch)
-        worker.pull()
-        worker.release(slot)
-        assert slot.waiting is None and slot.held_n == 0 and slot.out.n == 0   # not paused: processed on
-    requests = sup.requests(3)
-    assert [(r[4].decode(), int(r[5])) for r in requests] == [session_of(slot.session_name, t) for t in range(3)]
-    slot.nf._keys = []                        # a call that queues no ops: it waits behind the others, no entry
-    feed.push_some(flows.batch([(CLIENT, 6000, VICTIM, 80)]))
-    worker.pull()
-    worker.release(slot)
-    assert len(slot.in_flight) == 4 and slot.window_full() and not sup.requests(1, timeout=0.1)
-    feed.push_some(flows.batch([(CLIENT, 6001, VICTIM, 80)]))
-    worker.pull()                             # processed, but no fifth batch while the window is full
-    assert slot.out.n == 1 and not worker.should_release(slot, time.monotonic_ns() + 10**12)
-    worker.publish()                          # (counters out: no publish timer either)
-    worker.next_expiry = worker.next_gap_check = time.monotonic_ns() + 10**9
-    assert worker.next_timeout_ms(time.monotonic_ns()) > 100   # no flush deadline to wake for every ms
-    sup.answer(requests[2])
-    sup.answer(requests[1])                   # answered out of order: nothing may overtake the first batch
-    time.sleep(0.05)
-    worker.globals.poll()
-    assert len(out) == 0 and len(slot.in_flight) == 4
-    sup.answer(requests[0])
-    settle(worker, lambda: not slot.in_flight)
-    got = out.pop(16)["flow_id"].tolist()
-    assert got == made[0] + made[1] + made[2] + [7]
-    assert worker.count["global_batches"] == 3 and worker.count["global_ops"] == 3
-    worker.release(slot)                      # the window is open again: no ops now, nothing in flight
-    assert out.pop(4)["flow_id"].tolist() == [8]
-
-
-@pytest.mark.parametrize("kind, params, replicate, pipelined", [
-    ("flowcounter", {"global_updates_per_batch": 1}, False, True),
-    ("flowcounter", {"global_updates_per_batch": 1}, True, False),   # a 2PC state clock per batch
-    ("flowcounter", {}, False, False),                               # no global ops at all
-    ("portscan", {"threshold": 3}, False, False),                    # its results block sources
-])
-def test_only_unreplicated_pairs_whose_results_write_no_state_pipeline(kind, params, replicate, pipelined):
-    from deft.runtime.worker.pairslot import PairSlot
-
-    node = {"id": "n1", "replication": "tcp://127.0.0.1:1", "fabric": "tcp://127.0.0.1:2"}
-    cfg = parse_config({"node": node, "nf": {"kind": kind, "replicate": replicate, "params": params}}, "t.toml")
-    slot = PairSlot(cfg, 0, 1, logging.getLogger("t"))
-    assert slot.pipelined is pipelined
 
 
 def test_no_answer_is_retried_with_the_same_session_slot_and_applied_once(node):
