@@ -701,8 +701,8 @@ class Worker:
         if self.gclient is not None:
             # the replica's updates (every entry any worker of the cluster commits) wake us only while
             # none of our own entries is in flight: then they come in with its answer. Woken for each,
-            # the workers of a 3-node cluster at 1 kpps spent their CPU on them (global_updates.py: p50
-            # 19.0 -> 15.0 ms at 1 kpps, 35.5 -> 27.7 ms at 10 kpps)
+            # the six workers of a 3-node cluster at 1 kpps and 1 update per call used 0.58-0.60 cores,
+            # 0.52 since (side by side, alternating; the latency did not move: the Raft path is CPU-bound)
             self._waitset.watch(self.gclient.sub, not self.gclient.requests)
         if self.copies is not None:
             # copies wake us only while a Prepare waits for some (it came first: 1-2 % of batches at
