@@ -18,6 +18,7 @@ supervisor takes its node down whole; the next start cleans the leftovers.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import signal
 import socket
@@ -625,6 +626,9 @@ class Supervisor:
                 wait_ms = self.next_restart_ms()   # the beats have a thread of their own
                 if self.pending_kill:
                     wait_ms = min(wait_ms, 10)
+                due = self.globals_channel.flush_due_ms() if self.globals_channel else None
+                if due is not None:   # merged replica updates go out then (WorkerChannel.publish)
+                    wait_ms = min(wait_ms, max(1, math.ceil(due)))
                 if self.globalstate:
                     self.globalstate.driver.run_once(max_wait=wait_ms / 1000)
                     self.globalstate.maybe_compact()
@@ -636,6 +640,8 @@ class Supervisor:
                         self.globals_channel.handle_all()
                     if child_died in fds:
                         drain_pipe(child_died)
+                if self.globals_channel:
+                    self.globals_channel.flush()
                 self.reap_and_restart()
                 if self.heartbeats:   # after any FAILED notice is queued: a beat never runs ahead of it
                     self.heartbeats.update()

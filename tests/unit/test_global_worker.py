@@ -267,6 +267,37 @@ def test_replica_updates_wake_an_idle_worker_and_ride_with_the_answers_of_a_busy
     assert slot.ctx.globals.local("k") == 2
 
 
+def test_replica_updates_go_out_at_once_after_a_quiet_spell_and_merged_while_entries_keep_coming(node_id):
+    """The supervisor's PUB of applied changes: the first after a quiet spell at once, the ones within
+    PUBLISH_EVERY_NS of it merged (the newest value of each key) into one message when it has passed."""
+    from deft.runtime.node.globalstate import PUBLISH_EVERY_NS
+
+    zctx = zmq.Context()
+    channel = WorkerChannel(LocalState(), zctx, node_id)
+    sub = zctx.socket(zmq.SUB)
+    sub.linger = 0
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(channel.endpoints[1])
+    try:
+        time.sleep(0.1)                                   # the subscription reaches the PUB
+        assert channel.flush_due_ms() is None
+        channel.publish({"a": 1})
+        assert sub.poll(1000) and orjson.loads(sub.recv()) == {"a": 1}
+        channel.publish({"a": 2, "b": 1})
+        channel.publish({"a": 3})
+        assert not sub.poll(0) and 0 < channel.flush_due_ms() <= PUBLISH_EVERY_NS / 1e6
+        channel.flush()                                   # not due yet: nothing
+        assert not sub.poll(10)                           # nor later, until someone flushes
+        time.sleep(channel.flush_due_ms() / 1000)
+        channel.flush()
+        assert sub.poll(1000) and orjson.loads(sub.recv()) == {"a": 3, "b": 1}
+        assert channel.flush_due_ms() is None and channel.counts["published"] == 2
+    finally:
+        sub.close(0)
+        channel.close()
+        zctx.term()
+
+
 def test_a_replay_re_proposes_the_original_session_slot_and_gets_the_first_results():
     """The claim behind take-over replays: batch t's entry is (prefix/t%W, t//W+1); proposed again
     after the batches in flight with it (t+1 .. t+W-1) were applied, it returns its first results and
