@@ -56,6 +56,8 @@ from deft.runtime.topology import Topology
 
 RESTART_BACKOFF_S = 0.2     # first restart delay; doubles while a child keeps dying young
 IDLE_WAKE_MS = 1000         # with nothing due, look at the children this often anyway
+REAP_EVERY_S = 0.1          # and at most this long after the last look while busy, signal or not (a lost
+                            # wake-up byte; the pipe holds them, so only if it were ever full)
 RESTART_BACKOFF_MAX_S = 5.0
 HEALTHY_AFTER_S = 10.0      # a child that ran this long starts again from the first delay
 STOP_GRACE_S = 3.0
@@ -90,6 +92,26 @@ class Child:
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+class ChildLook:
+    """When the supervisor's loop looks at its children (``reap_and_restart``): only when one may have
+    changed, i.e. a signal came (SIGCHLD, through the wake-up pipe), a dead one waits for its restart,
+    or REAP_EVERY_S passed. Every turn, a poll() of each child and each standby (a waitpid each) was
+    about a tenth of a Raft member's loop, which turns per message."""
+
+    def __init__(self) -> None:
+        self._signalled = True
+        self._next = 0.0
+
+    def signalled(self) -> None:
+        self._signalled = True
+
+    def due(self, now: float, children) -> bool:
+        if not (self._signalled or now >= self._next or any(c.died_at for c in children)):
+            return False
+        self._signalled, self._next = False, now + REAP_EVERY_S
+        return True
 
 
 class Supervisor:
@@ -613,6 +635,11 @@ class Supervisor:
                 self.metrics = MetricsServer(self.config.node.metrics, self.metric_families, self.log,
                                              f"{self.config.source}: [node] metrics")
             child_died = self.child_death_pipe()
+            look = ChildLook()
+
+            def on_signal() -> None:
+                drain_pipe(child_died)
+                look.signalled()
             waits = WaitSet()   # zmq.Poller asked every socket twice per sleep: four system calls each
             waits.add(self.control.sock)
             waits.add(child_died)
@@ -621,7 +648,7 @@ class Supervisor:
             if self.globalstate:  # the Raft driver owns the poll loop; it watches the control socket
                 self.globalstate.driver.watch(self.control.sock, self.control.handle_all)
                 self.globalstate.driver.watch(self.globals_channel.sock, self.globals_channel.handle_all)
-                self.globalstate.driver.watch(child_died, lambda: drain_pipe(child_died))
+                self.globalstate.driver.watch(child_died, on_signal)
             while not self.stop:
                 wait_ms = self.next_restart_ms()   # the beats have a thread of their own
                 if self.pending_kill:
@@ -639,12 +666,13 @@ class Supervisor:
                     if self.globals_channel and self.globals_channel.sock in events:
                         self.globals_channel.handle_all()
                     if child_died in fds:
-                        drain_pipe(child_died)
+                        on_signal()
                 if self.globals_channel:
                     self.globals_channel.flush()
-                self.reap_and_restart()
-                if self.heartbeats:   # after any FAILED notice is queued: a beat never runs ahead of it
-                    self.heartbeats.update()
+                if look.due(time.monotonic(), self.children):
+                    self.reap_and_restart()
+                    if self.heartbeats:   # after any FAILED notice is queued: a beat never runs ahead of it
+                        self.heartbeats.update()
                 if self.pending_kill and time.monotonic() >= self.pending_kill[1]:
                     self.drill_kill(self.pending_kill[0])
         finally:
