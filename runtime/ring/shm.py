@@ -51,14 +51,12 @@ def create_segment(name: str, size: int) -> mmap.mmap:
         try:
             os.posix_fallocate(shm.fd, 0, size)
         except OSError as exc:
-            shm.close_fd()
             unlink_segment(name)
             raise RingError(f"cannot allocate {size} bytes of shared memory for {name} in {SHM_DIR}: "
                             f"{exc.strerror or exc}") from exc
         return mmap.mmap(shm.fd, size, flags=_POPULATE)
     finally:
-        if shm.fd >= 0:
-            shm.close_fd()
+        shm.close_fd()
 
 
 def attach_segment(name: str) -> mmap.mmap:

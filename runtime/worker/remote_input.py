@@ -11,8 +11,9 @@ stamping unit then holds the packets unstamped, as for a full local ring).
 
 The same reader takes the copies other nodes' io send for the pairs the worker
 is the secondary of (``[node] copies`` port + index), with ``watched=False``: the
-worker drains that socket every round but never sleeps on it, so it asks the
-socket each time instead of trusting the wait set to have seen it.
+worker drains that socket every round but sleeps on it only while a Prepare
+waits for copies (``Worker.wait``), so it asks the socket each time instead of
+trusting the wait set to have seen it.
 
 A malformed message is counted (``bad_frames``) and dropped, never raised.
 """
@@ -35,7 +36,7 @@ class RemoteInput:
     def __init__(self, ctx: zmq.Context, endpoint: str, n_instances: int, log, *, hwm: int = HWM,
                  watched: bool = True):
         self.sock = make_socket(ctx, zmq.PULL, bind=endpoint, hwm=hwm)
-        self.watched = watched   # in the worker's wait set: a socket found empty since is signalled
+        self.watched = watched   # always in the worker's wait set: a socket found empty since is signalled
         self.sock.maxmsgsize = MAX_MESSAGE * PACKET_DTYPE.itemsize + 4096
         self.endpoint = endpoint
         self.n_instances = n_instances

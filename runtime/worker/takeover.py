@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from deft.runtime.dataplane.packet import FORWARD, PACKET_DTYPE, records_from_payloads
+from deft.runtime.dataplane.packet import FORWARD, records_from_payloads
 from deft.runtime.dataplane.routes import FRESH, UNKNOWN
 from deft.runtime.worker.globals_client import GLOBAL_WAIT_S, STALE
 from deft.runtime.worker.pairslot import GLOBAL_WINDOW, PairSlot, replay_prefix
