@@ -168,8 +168,10 @@ class LocalNode:
         raise RuntimeError(f"deft-node {self.node_id} not ready within {timeout:.0f} s\n{self.log()}")
 
     def stop(self, learn_pids: bool = True) -> list[str]:
-        """Stop the node and everything it started; return the shm objects that had to be removed.
-        (``learn_pids`` False: the caller asked for the latest child pids already.)"""
+        """Stop the node and everything it started; return the shm objects that had to be removed and
+        the supervisor's lines about children it had to kill because SIGTERM did not stop them (a stop
+        is clean when the list is empty). (``learn_pids`` False: the caller asked for the latest child
+        pids already.)"""
         if self.proc.poll() is None:
             if learn_pids:
                 try:
@@ -177,6 +179,7 @@ class LocalNode:
                 except NoAnswer:
                     pass
             stop_process(self.proc)
+        killed = [line for line in self.log().splitlines() if "did not stop within" in line]
         for pid in self.known_pids:  # children die with the supervisor (PDEATHSIG); make sure of it
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -191,7 +194,7 @@ class LocalNode:
                 os.unlink(endpoint[len("ipc://"):])
             except FileNotFoundError:
                 pass
-        return left
+        return left + killed
 
 
 def controller_config(heartbeat_ms: int = 10, miss_limit: int = 3, expect_nodes: int = 1) -> dict[str, dict]:

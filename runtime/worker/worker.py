@@ -865,6 +865,11 @@ class Worker:
             self.gclient.close()
         for r in self.inputs + self.dup_inputs:
             r.close()
+        if self.forwarder is not None:
+            self.forwarder.close()
+        # every socket is closed by now: a context terminated with one still open waits for it for ever
+        # (the forwarder's, closed after this, hung every worker that had handed a pair over until the
+        # supervisor killed it 3 s into its stop)
         close_context(self.zctx)
         self.egress.close()
         if self.direct is not None:
@@ -872,8 +877,6 @@ class Worker:
         if self.freezer is not None:
             self.freezer.box.close()
             self.mover.box.close()
-        if self.forwarder is not None:
-            self.forwarder.close()
         self.record.close()
         self.routes.close()
         self.stats.close()

@@ -212,13 +212,8 @@ def test_unreplicated_output_is_sent_by_the_worker(node_id):
             sup.close_shared()
 
 
-def test_copies_wake_a_secondary_only_while_a_prepare_waits_for_them(node_id):
-    """Copies from other nodes come to a PULL the worker drains every round but does not sleep on (the
-    Prepare that needs them wakes it), except while a Prepare that came before them waits: then the
-    copy ends the sleep at once, not the next 2PC tick."""
-    import zmq
-
-    from deft.runtime import wire
+def replicating_worker(node_id: str):
+    """(supervisor, worker 0, its ports) of a replicating one-worker node on loopback, no child processes."""
     from deft.tools.localnode import consecutive_ports
 
     ports = {name: consecutive_ports(1) for name in ("fabric", "replication", "copies")}
@@ -226,7 +221,18 @@ def test_copies_wake_a_secondary_only_while_a_prepare_waits_for_them(node_id):
            "egress": {"send_to": "shm://out"}, "nf": {"kind": "flowcounter", "instances": 1, "replicate": True}}
     sup = Supervisor(parse_config(raw, "test.toml"), "test.toml", NeverStop(), logging.getLogger("t"))
     sup.create_shared()
-    worker = Worker(sup.topo, 0, NeverStop(), logging.getLogger("t"), restarted=False)
+    return sup, Worker(sup.topo, 0, NeverStop(), logging.getLogger("t"), restarted=False), ports
+
+
+def test_copies_wake_a_secondary_only_while_a_prepare_waits_for_them(node_id):
+    """Copies from other nodes come to a PULL the worker drains every round but does not sleep on (the
+    Prepare that needs them wakes it), except while a Prepare that came before them waits: then the
+    copy ends the sleep at once, not the next 2PC tick."""
+    import zmq
+
+    from deft.runtime import wire
+
+    sup, worker, ports = replicating_worker(node_id)
     push = sup.zctx.socket(zmq.PUSH)
     push.linger = 0
     try:
@@ -250,5 +256,30 @@ def test_copies_wake_a_secondary_only_while_a_prepare_waits_for_them(node_id):
     finally:
         push.close()
         worker.close()
+        sup.zctx.term()
+        sup.close_shared()
+
+
+def test_a_worker_that_forwarded_packets_closes_at_once(node_id):
+    """A worker that handed a pair over has forwarder sockets (forward.py); closing it must not wait on
+    them. Its context was terminated before they were closed, and a terminated context waits for every
+    socket: the worker hung on SIGTERM until its supervisor killed it 3 s later."""
+    import threading
+
+    import zmq
+
+    from deft.runtime import wire
+    from deft.tools.localnode import consecutive_ports
+
+    sup, worker, _ = replicating_worker(node_id)
+    try:
+        nobody = f"tcp://127.0.0.1:{consecutive_ports(1)}"   # a node that is gone: the packets stay queued
+        worker.forwarder.send(nobody, zmq.PUSH, wire.PACKETS, 1, 0, packets([(1, 1)]))
+        assert worker.forwarder.socks
+        closing = threading.Thread(target=worker.close, daemon=True)
+        closing.start()
+        closing.join(3)
+        assert not closing.is_alive(), "Worker.close() hangs on the forwarder's sockets"
+    finally:
         sup.zctx.term()
         sup.close_shared()
