@@ -161,6 +161,9 @@ class Controller:
         self.routes_epoch = 0
         self.routes_due = False
         self.next_push_ms = 0.0
+        # the assignment is looked at again when the view changed, a request came, the role changed, or
+        # LOOK_EVERY_MS passed (its grace timers); per beat it cost a fifth of an idle controller's CPU
+        self.look_now, self.looked_at, self.next_look_ms = True, -1, 0.0
         from deft.runtime.controller.placement import Assignment
 
         self.assignment = Assignment(0)  # placed once expect_nodes nodes are up
@@ -202,6 +205,8 @@ class Controller:
     def check_role(self, now: float) -> None:
         """Take charge when the lease is ours, step down when it lapsed."""
         active = self.lease.active()
+        if active != self.is_active:
+            self.look_now = True
         if active and not self.is_active:
             self.take_charge(now)
         elif not active and self.is_active:
@@ -516,9 +521,17 @@ class Controller:
         self.view.record(now, "assignment_recovered", epoch=newest["epoch"])
         return True
 
+    def look_due(self, now: float) -> bool:
+        """Whether the assignment must be looked at now (and, if so, the look is recorded)."""
+        if self.assignment.placed and not (self.look_now or self.view.changes != self.looked_at
+                                           or now >= self.next_look_ms):
+            return False
+        self.look_now, self.looked_at, self.next_look_ms = False, self.view.changes, now + LOOK_EVERY_MS
+        return True
+
     def maybe_push_routes(self) -> None:
         """Push a new route set when the assignment changed (or the last push failed), with a new epoch."""
-        if self.update_assignment():
+        if self.look_due(now_ms()) and self.update_assignment():
             self.routes_due = True
         if not self.routes_due or now_ms() < self.next_push_ms:
             return
@@ -613,6 +626,7 @@ class Controller:
         waits.add(self.control.sock)
         own = {self.sub, self.control.sock}
         next_tick = now_ms()
+        watched_at = -1
         self.log.info("controller up: control %s, heartbeats %s (%d ms x %d)", self.cfg.control,
                       self.cfg.heartbeats, self.cfg.heartbeat_ms, self.cfg.miss_limit)
         try:
@@ -628,12 +642,15 @@ class Controller:
                         self.on_message(self.sub.recv_multipart(zmq.NOBLOCK))
                 if self.control.sock in events:
                     self.control.handle_one()
+                    self.look_now = True   # a drain, an undrain, a failure reported by an operator
                 if any(sock not in own for sock in events):
                     self.on_lost(events)
                 self.check_role(now_ms())
                 if self.recovering_since is None and self.view.nodes:   # a standby's view is warm at take-over
                     self.recovering_since = now_ms()
-                self.watch_nodes(waits)
+                if self.view.changes != watched_at:   # a node joined, restarted (a new endpoint) or failed
+                    watched_at = self.view.changes
+                    self.watch_nodes(waits)
                 if now_ms() >= next_tick:
                     for node in self.view.tick(now_ms()):
                         self.log.warning("node %s failed (no heartbeat for %d x %d ms)", node,
@@ -664,6 +681,7 @@ class Controller:
 METRICS_EVERY_MS = 250.0
 RECOVER_BEATS = 4   # a restarted controller hears every live node (4 beats) before it takes the routes back
 AUTOSCALE_EVERY_MS = 250.0
+LOOK_EVERY_MS = 50.0   # the assignment's grace timers (placement.py) are checked this often at least
 
 
 def main(argv: list[str] | None = None) -> int:

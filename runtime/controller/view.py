@@ -63,9 +63,13 @@ class ClusterView:
         self.false_suspicions = 0
         self.pairs: list[dict[str, Any]] = []  # from the last route set pushed
         self.load = LoadMeter()                 # per instance and pair, from the beats' counters
+        # bumped by everything placement can depend on (an event; an instance new, restarted, or ready or
+        # not): the controller looks at its assignment again only then (or on a timer), not per beat
+        self.changes = 0
 
     def _event(self, now_ms: float, what: str, **details: Any) -> None:
         self.events.append({"t_ms": round(now_ms, 3), "event": what, **details})
+        self.changes += 1
 
     record = _event  # the controller driver records its own actions (route pushes) beside the view's
 
@@ -94,14 +98,17 @@ class ClusterView:
         info = node.instances.get(inst["id"])
         if info is None:
             info = node.instances[inst["id"]] = InstanceInfo(inst["id"], node.id, inst["index"], inst["pid"])
+            self.changes += 1
         if inst["alive"] and info.state == "failed":
             took = None if info.failed_at_ms is None else round(now_ms - info.failed_at_ms, 3)
             self._event(now_ms, "instance_recovered", instance=info.id, pid=inst["pid"], recovery_ms=took)
             info.state, info.failed_at_ms = "up", None
         elif not inst["alive"] and info.state == "up":
             self._mark_failed(info, now_ms, "reported dead by its node")
-        info.pid, info.restarts = inst["pid"], inst["restarts"]
-        info.ready = bool(inst.get("ready", inst["alive"]))
+        ready = bool(inst.get("ready", inst["alive"]))
+        if (info.pid, info.restarts, info.ready) != (inst["pid"], inst["restarts"], ready):
+            self.changes += 1
+        info.pid, info.restarts, info.ready = inst["pid"], inst["restarts"], ready
         info.lag = int(inst.get("lag", 0))
         self.load.observe(info.id, now_ms, inst)
 

@@ -104,3 +104,37 @@ def test_a_closed_connection_fails_the_node_at_once_and_a_beat_brings_it_back():
     assert v.tick(100) == []                                   # not failed a second time by silence
     v.on_heartbeat(beat(seq=2), 120)                           # same supervisor pid: it never died
     assert v.status(120)["nodes"][0]["state"] == "up" and v.false_suspicions == 1
+
+
+def test_the_change_count_moves_with_what_placement_reads_and_not_with_every_beat():
+    """The controller looks at its assignment again only when ``changes`` moved (or on a timer): a beat
+    that says what the last one said must not move it; a join, a new, restarted, readied or failed
+    instance, a failed or returning node must."""
+    v = ClusterView(10, 3)
+    seen = [v.changes]
+
+    def moved() -> bool:
+        seen.append(v.changes)
+        return seen[-1] != seen[-2]
+
+    def starting(seq: int) -> dict:
+        b = beat(seq=seq)
+        for inst in b["instances"]:
+            inst["ready"] = False
+        return b
+
+    v.on_heartbeat(starting(1), 0)
+    assert moved()                                            # joined, two new instances
+    for seq in range(2, 6):
+        v.on_heartbeat(starting(seq), seq)
+        assert not moved()                                    # the same beat again: nothing to look at
+    v.on_heartbeat(beat(seq=6), 6)
+    assert moved()                                            # ready now: they can take roles
+    v.on_heartbeat(beat(seq=7, pids=(11, 13)), 7)
+    assert moved()                                            # restarted as another process
+    v.on_failed({"node": "n1", "process": "nf0", "pid": 11, "exit": -9}, 8)
+    assert moved()
+    v.tick(100)
+    assert moved()                                            # silent: the node failed
+    v.on_heartbeat(beat(seq=8, pids=(11, 13)), 101)
+    assert moved()                                            # back (a false suspicion)
