@@ -45,15 +45,29 @@ def normal_priority() -> None:
 
 
 class StopFlag:
-    """Set by SIGTERM or SIGINT; loops check it between batches."""
+    """Set by SIGTERM or SIGINT; loops check it between batches.
+
+    A loop asleep when the signal comes would sleep on to its timeout (Python retries an interrupted
+    poll): ``on_stop`` names what wakes it (its bell's ``ring``), called from the handler. A worker's
+    sleep is up to a second: every node's stop took that long before.
+    """
 
     def __init__(self) -> None:
         self.stopping = False
+        self._wakes: list = []
         signal.signal(signal.SIGTERM, self._set)
         signal.signal(signal.SIGINT, self._set)
 
+    def on_stop(self, wake) -> None:
+        self._wakes.append(wake)
+
     def _set(self, signum, frame) -> None:
         self.stopping = True
+        for wake in self._wakes:
+            try:
+                wake()
+            except OSError:   # closed already (FdBell.close): nothing sleeps on it any more
+                pass
 
     def __bool__(self) -> bool:
         return self.stopping

@@ -221,6 +221,8 @@ class IoProcess:
             pass
 
     def run(self, stop) -> None:
+        if hasattr(stop, "on_stop"):   # a SIGTERM ends the sleep at once (procs/common.py)
+            stop.on_stop(self.egress_bell.ring)
         timeout_s = 0.0
         while not stop:
             now = time.monotonic_ns()

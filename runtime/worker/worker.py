@@ -155,6 +155,8 @@ class Worker:
                                       hwm=COPIES_HWM, watched=False)
             self.dup_inputs.append(self.copies)
         self.bell = FdBell.attach(topo.nf_bell(index))  # pollable: see run()
+        if hasattr(stop, "on_stop"):   # a SIGTERM ends the sleep at once (procs/common.py)
+            stop.on_stop(self.bell.ring)
         self.egress = Ring.attach(topo.egress_ring(index), PACKET_DTYPE)
         self.egress_bell = FdBell.attach(topo.egress_bell())
         # The worker sends its own output (one process hop and the io's wake-up less per batch). Without
