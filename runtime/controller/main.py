@@ -193,6 +193,7 @@ class Controller:
             self.zctx.destroy(linger=0)
             raise DeftError(f"{cfg.source}: [controller] cannot bind: {exc}") from None
         self.started = time.time()
+        self.started_ms = now_ms()
         # (a standby lets the others go first)
         self.lease = LeaseKeeper(self.zctx, self.holder, cfg.control, list(cfg.peers), list(cfg.witnesses),
                                  cfg.lease_ms, now_ms() + (cfg.lease_ms if cfg.standby else 0.0), now_ms)
@@ -474,15 +475,17 @@ class Controller:
 
     recovering_since: float | None = None
     recovery_done = False
+    recover_again_ms = 0.0
 
     def recover(self) -> bool | None:
         """A controller (re)started beside nodes that already hold routes takes its assignment back
         from them instead of placing afresh (which would undo every failover and move since, and
         restart the pairs' state): the newest route set any live node holds, with the drained nodes
         and the running operation that ride on it. It waits ``RECOVER_BEATS`` heartbeats after the
-        first node beat, so every live node is heard from; a node the route set uses that has not beaten by
-        then is taken as failed (its pairs fail over, as for a node that died while no controller
-        watched). True: recovered; False: nothing to take back (a new cluster: place it); None: wait."""
+        first node beat, so every live node is heard from; a node the route set uses that has not beaten
+        by then, nor within ``silent_grace_ms`` of this controller's start, is taken as failed (its pairs
+        fail over, as for a node that died while no controller watched). True: recovered; False:
+        nothing to take back (a new cluster: place it); None: wait."""
         if self.recovery_done:
             return False
         if not self.view.nodes:
@@ -490,7 +493,8 @@ class Controller:
         now = now_ms()
         if self.recovering_since is None:
             self.recovering_since = now
-        if now - self.recovering_since < max(100.0, RECOVER_BEATS * self.cfg.heartbeat_ms):
+        if now - self.recovering_since < max(100.0, RECOVER_BEATS * self.cfg.heartbeat_ms) \
+                or now < self.recover_again_ms:
             return None
         from deft.runtime.control import query_all
         from deft.runtime.controller.placement import Assignment
@@ -498,15 +502,24 @@ class Controller:
         up = {n.id: n.control for n in self.view.nodes.values() if n.state == "up"}
         replies = query_all(up, {"cmd": "get_routes"}, 500)
         held = [r["routes"] for r in replies.values() if r and r.get("ok") and r.get("routes")]
-        self.recovery_done = True
         if not held:
+            self.recovery_done = True
             return False
         newest = max(held, key=lambda r: r["epoch"])
         try:
             assignment = Assignment.from_request(newest, self.cfg.fresh_grace_ms)
         except (KeyError, IndexError, TypeError, ValueError) as exc:
+            self.recovery_done = True
             self.log.error("cannot take the assignment back from the nodes' routes (%s); placing afresh", exc)
             return False
+        if assignment.nodes_used() - set(up) and now < self.started_ms + self.silent_grace_ms():
+            # A node of the route set not heard from yet may only not have reconnected: ZeroMQ retries a
+            # connection to a restarted controller every 100 ms, so one node's first beat can come 100 ms
+            # after another's (seen: two live nodes taken as failed 110 ms after the first beat, every
+            # pair failed over and back, 86 NAT mappings lost). Ask again a beat later
+            self.recover_again_ms = now + self.cfg.heartbeat_ms
+            return None
+        self.recovery_done = True
         self.assignment = assignment
         self.routes_epoch = max(self.routes_epoch, int(newest["epoch"]))
         usable = self.usable()
@@ -528,6 +541,11 @@ class Controller:
             return False
         self.look_now, self.looked_at, self.next_look_ms = False, self.view.changes, now + LOOK_EVERY_MS
         return True
+
+    def silent_grace_ms(self) -> float:
+        """How long after its start a controller waits for a node of the routes it took back before it
+        takes it as failed: ZeroMQ's reconnect interval (100 ms by default), then the detection time."""
+        return ZMQ_RECONNECT_MS + self.cfg.heartbeat_ms * self.cfg.miss_limit
 
     def maybe_push_routes(self) -> None:
         """Push a new route set when the assignment changed (or the last push failed), with a new epoch."""
@@ -680,6 +698,7 @@ class Controller:
 
 METRICS_EVERY_MS = 250.0
 RECOVER_BEATS = 4   # a restarted controller hears every live node (4 beats) before it takes the routes back
+ZMQ_RECONNECT_MS = 100.0   # ZMQ_RECONNECT_IVL's default: how often a node's beat socket tries a dead controller
 AUTOSCALE_EVERY_MS = 250.0
 LOOK_EVERY_MS = 50.0   # the assignment's grace timers (placement.py) are checked this often at least
 

@@ -15,7 +15,10 @@ from .test_failover import assert_no_harm
 
 pytestmark = pytest.mark.slow
 
-AUTOSCALE = {"autoscale": True, "autoscale_high": 0.5, "autoscale_dwell_ms": 1000,
+# the hot pairs' primaries measured 0.5-0.6 busy, the cool ones 0.2: the threshold sits between them (at
+# 0.5 a faster or quieter machine kept the hot pairs under it, and nothing moved within the test's 4 s)
+HIGH = 0.4
+AUTOSCALE = {"autoscale": True, "autoscale_high": HIGH, "autoscale_dwell_ms": 1000,
              "autoscale_cooldown_ms": 4000, "autoscale_min_gain": 0.15}
 
 
@@ -45,7 +48,7 @@ def test_skewed_load_moves_hot_buckets_to_a_cool_pair_within_seconds(tmp_path):
     assert st["autoscale"]["moves"] >= 1 and st["autoscale"]["last_move"] is not None
     assert moves[0]["move"]["buckets"] >= 1
     last = st["autoscale"]["last_move"]      # from a hot pair to a cooler one, by at least the gain asked
-    assert last["busy_from"] > 0.5 and last["busy_from"] - last["busy_to"] >= 0.15, last
+    assert last["busy_from"] > HIGH and last["busy_from"] - last["busy_to"] >= 0.15, last
 
 
 @pytest.mark.long   # the autoscaler core is held to noisy even traces in tests/unit/test_autoscale.py
