@@ -38,6 +38,7 @@ CHECKOUT --together --repeat 7 --quick --no-search``: the medians are reported.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import signal
@@ -385,11 +386,14 @@ class ZeroLossSearch:
 
 def where_lost(device: Device) -> dict[str, int]:
     """Drop counters a lost packet can show up in, cumulative: the kernel's for the device's ingress
-    socket (/proc/net/udp) and, for DEFT, every io and worker counter named after a drop. (A loss in
-    none of them happened after the device: the generator's sink, which shares the cores.)"""
+    socket (/proc/net/udp; ``ingress_socket_missing`` if it is gone) and, for DEFT, every io and worker
+    counter named after a drop, a refusal or an error (egress sends the sink refused, packets for pairs
+    not served here, stale ones). (A loss in none of them happened after the device: the generator's
+    sink, which shares the cores.)"""
     out: dict[str, int] = {}
     if device.ingress.startswith("udp://"):
         port = int(device.ingress.rsplit(":", 1)[1])
+        out["ingress_socket_missing"] = 1   # until found: a device whose ingress socket is gone drops all
         for table in ("/proc/net/udp", "/proc/net/udp6"):
             try:
                 rows = Path(table).read_text().splitlines()[1:]
@@ -397,10 +401,12 @@ def where_lost(device: Device) -> dict[str, int]:
                 continue
             for fields in map(str.split, rows):
                 if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    out.pop("ingress_socket_missing", None)
                     out["ingress_socket_drops"] = out.get("ingress_socket_drops", 0) + int(fields[-1])
     for _, counters in process_counters(device):
         for name, value in counters.items():
-            if isinstance(value, int) and any(w in name for w in ("drop", "full", "overflow", "stall")):
+            if isinstance(value, int) and any(w in name for w in ("drop", "full", "overflow", "stall", "refused",
+                                                                   "error", "not_mine", "stale")):
                 out[name] = out.get(name, 0) + value
     return out
 
@@ -469,6 +475,9 @@ def main(argv: list[str] | None = None) -> int:
                          "reported (with --together: a side-by-side comparison that survives a noisy machine)")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a key in every node config (experiments), e.g. nf.instances=1")
+    ap.add_argument("--keep", type=Path, metavar="DIR",
+                    help="write the devices' configs, logs and reports here and keep them (default: a "
+                         "temporary folder, removed at the end)")
     args = ap.parse_args(argv)
     overrides = {}
     for item in args.set:
@@ -481,8 +490,9 @@ def main(argv: list[str] | None = None) -> int:
                            "devices": {}}
     names = args.only.split(",")
     groups = [names] if args.together else [[name] for name in names]
-    with tempfile.TemporaryDirectory() as tmp_name:
+    with contextlib.nullcontext(str(args.keep)) if args.keep else tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
+        tmp.mkdir(parents=True, exist_ok=True)
         for group in groups:
             devices = start_devices(group, tmp, overrides, args.before)
             try:
