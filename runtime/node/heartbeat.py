@@ -39,6 +39,7 @@ class Heartbeats:
         self.endpoints = sup.config.node.controller   # every controller: the active one and its standbys
         self.seq = 0
         self.sent = 0
+        self.bad_beats = 0   # beats that could not be built (logged, skipped: the next one goes on time)
         self._notices: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
         self._instances: list[dict[str, Any]] = []
@@ -120,7 +121,13 @@ class Heartbeats:
                 # decision: its last batch in doubt and replayed, a packet out twice, in about 1 of 8
                 # runs of a bucket-move kill test)
                 next_beat = time.monotonic() + self.interval_s
-                beat = self._beat()
+                try:
+                    beat = self._beat()
+                except Exception:   # noqa: BLE001 - a thread that dies here fails its whole node falsely
+                    self.bad_beats += 1
+                    if self.bad_beats <= 3:
+                        self.sup.log.exception("a heartbeat could not be built; the next one is tried")
+                    continue
                 self._send_queued(sock)
                 self._send(sock, wire.HEARTBEAT, beat)
             self._send_queued(sock)   # notices raised while stopping still go out

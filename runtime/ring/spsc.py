@@ -84,7 +84,12 @@ class Ring:
     # -- state --------------------------------------------------------------
     def __len__(self) -> int:
         w = self._words
-        return w[layout.W_TAIL] - w[layout.W_HEAD]
+        # head first: a reader in a third process (the supervisor's beat) that read the tail first could
+        # see the consumer pop past it meanwhile, a negative length (it killed a node's beat thread). Read
+        # this way the producer and the consumer see what they did before; a third process may see more
+        # than the ring holds, and a CPU that reorders loads anything: hence the bounds
+        head = w[layout.W_HEAD]
+        return max(0, min(w[layout.W_TAIL] - head, self.n_slots))
 
     def free(self) -> int:
         return self.n_slots - len(self)

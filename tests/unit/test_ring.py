@@ -229,3 +229,31 @@ def test_crashed_creator_leftovers_are_removed_on_next_start(node_id):
     assert leftovers(node_id) == [f"deft.{node_id}.in", f"sem.deft.{node_id}.bell"]
     assert sorted(cleanup_node(node_id)) == [f"deft.{node_id}.in", f"sem.deft.{node_id}.bell"]
     assert leftovers(node_id) == []
+
+
+def test_a_third_process_reading_the_length_never_sees_it_negative(ring_pair, node_id):
+    """The supervisor's beat reads a worker's input ring from a third process: if the consumer pops past
+    the tail it read, between its two reads, the length must not come out negative (it raised in the
+    beat thread, which died, and the controller failed the live node)."""
+    p, c = ring_pair
+    observer = Ring.attach(shm_name(node_id, "r"), PACKET_DTYPE)
+    words = observer._words
+    fired = []
+
+    class Racing:   # the observer's first read of a counter lets the other two processes move on
+        def __getitem__(self, i):
+            value = words[i]
+            if not fired:
+                fired.append(i)
+                p.push_some(batch(0, 3))
+                c.pop_nowait(3)
+            return value
+
+    p.push_some(batch(0, 2))
+    c.pop_nowait(2)
+    observer._words = Racing()
+    try:
+        assert 0 <= len(observer) <= observer.n_slots
+    finally:
+        observer._words = words
+        observer.close()
