@@ -161,8 +161,9 @@ class Controller:
         self.routes_epoch = 0
         self.routes_due = False
         self.next_push_ms = 0.0
-        # the assignment is looked at again when the view changed, a request came, the role changed, or
-        # LOOK_EVERY_MS passed (its grace timers); per beat it cost a fifth of an idle controller's CPU
+        # the assignment is looked at again when the view changed, a request came, or LOOK_EVERY_MS passed
+        # (its grace timers), and always until placed (take_charge starts unplaced); per beat it cost a
+        # fifth of an idle controller's CPU
         self.look_now, self.looked_at, self.next_look_ms = True, -1, 0.0
         from deft.runtime.controller.placement import Assignment
 
@@ -206,8 +207,6 @@ class Controller:
     def check_role(self, now: float) -> None:
         """Take charge when the lease is ours, step down when it lapsed."""
         active = self.lease.active()
-        if active != self.is_active:
-            self.look_now = True
         if active and not self.is_active:
             self.take_charge(now)
         elif not active and self.is_active:

@@ -87,7 +87,7 @@ class Heartbeats:
         packets per pair, cumulative, and its input ring's occupancy now."""
         values = instance["load"].values
         pairs = {str(p): int(values[p]) for p in values.nonzero()[0].tolist()}
-        return {"busy_ns": instance["stats"].get("busy_ns"), "pairs": pairs, "in_ring": len(instance["ring"])}
+        return {"busy_ns": instance["stats"].get("busy_ns"), "pairs": pairs, "in_ring": instance["ring"].occupancy()}
 
     @staticmethod
     def lag(stats) -> int:

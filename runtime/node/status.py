@@ -10,7 +10,7 @@ from deft.runtime.dataplane.parse import DROP_REASONS
 
 def _ring_info(sup, name: str) -> dict:
     ring = sup.rings[name]
-    return {"name": name, "occupancy": len(ring), "slots": ring.n_slots, "pushed": ring.pushed}
+    return {"name": name, "occupancy": ring.occupancy(), "slots": ring.n_slots, "pushed": ring.pushed}
 
 
 def node_status(sup) -> dict:

@@ -525,7 +525,7 @@ class Supervisor:
         per_pair = CounterMetricFamily("deft_pair_processed", "packets a worker processed as a pair's primary",
                                        labels=["node", "instance", "pair"])
         for i in workers:
-            ring.add_metric([node, f"nf{i}"], float(len(self.rings[self.topo.nf_ring(i)])))
+            ring.add_metric([node, f"nf{i}"], float(self.rings[self.topo.nf_ring(i)].occupancy()))
             values = self.load_blocks[i].values
             for p in values.nonzero()[0].tolist():
                 per_pair.add_metric([node, f"nf{i}", str(p)], float(values[p]))

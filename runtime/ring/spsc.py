@@ -84,12 +84,17 @@ class Ring:
     # -- state --------------------------------------------------------------
     def __len__(self) -> int:
         w = self._words
-        # head first: a reader in a third process (the supervisor's beat) that read the tail first could
-        # see the consumer pop past it meanwhile, a negative length (it killed a node's beat thread). Read
-        # this way the producer and the consumer see what they did before; a third process may see more
-        # than the ring holds, and a CPU that reorders loads anything: hence the bounds
+        # head first: read after the tail, a consumer's pop past that tail made the length negative in a
+        # third process (the supervisor's beat; it killed the beat thread). Producer and consumer see
+        # what they did before either way; a third process asks ``occupancy``
         head = w[layout.W_HEAD]
-        return max(0, min(w[layout.W_TAIL] - head, self.n_slots))
+        return w[layout.W_TAIL] - head
+
+    def occupancy(self) -> int:
+        """``len`` for a process that neither pushes nor pops (status, beats, metrics): between its two
+        reads both sides may move, so it may see more than the ring holds (or, on a CPU that reorders
+        loads, anything); bounded to [0, n_slots]. Kept off ``len``, which the data path calls per round."""
+        return max(0, min(len(self), self.n_slots))
 
     def free(self) -> int:
         return self.n_slots - len(self)

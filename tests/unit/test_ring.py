@@ -254,6 +254,7 @@ def test_a_third_process_reading_the_length_never_sees_it_negative(ring_pair, no
     observer._words = Racing()
     try:
         assert 0 <= len(observer) <= observer.n_slots
+        assert 0 <= observer.occupancy() <= observer.n_slots
     finally:
         observer._words = words
         observer.close()
