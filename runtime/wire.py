@@ -7,7 +7,8 @@ what is wrong, so a receiver counts and ignores garbage instead of crashing.
 Kinds:
   HEARTBEAT  node supervisor -> controller, every heartbeat_ms:
              {node, pid, seq, control, fabric, replication, buckets, routes_epoch,
-              instances: [{id, index, pid, alive, restarts, ready?, lag?}]}
+              instances: [{id, index, pid, alive, restarts, ready?, lag?}], late_ms?}
+             (late_ms: how long after its time the beat went, by the node's clock)
   FAILED     node supervisor -> controller, at once when a child dies:
              {node, process, pid, exit, decisions?}; for an NF worker, ``decisions``
              maps each pair it replicated to the last batch it released (its commit

@@ -597,7 +597,13 @@ class Controller:
     def _on_message(self, kind: bytes, header: dict) -> None:
         if kind == wire.HEARTBEAT:
             self.counters["heartbeats"] += 1
+            suspicions = self.view.false_suspicions
             self.view.on_heartbeat(header, now_ms())
+            if self.view.false_suspicions != suspicions:
+                event = next(e for e in reversed(self.view.events) if e["event"] == "node_recovered")
+                self.log.warning("node %s was failed but beats again (its pid unchanged): silent %s ms, %s beats "
+                                 "missing, this one sent %s ms late by its clock", event["node"], event["silent_ms"],
+                                 event["beats_missing"], event["late_ms"])
             fence = header.get("controller_fence")   # the newest controller this node obeys
             if isinstance(fence, list) and len(fence) == 2 and isinstance(fence[0], int) \
                     and isinstance(fence[1], (str, type(None))):

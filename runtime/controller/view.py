@@ -74,6 +74,8 @@ class ClusterView:
     record = _event  # the controller driver records its own actions (route pushes) beside the view's
 
     def on_heartbeat(self, hb: dict[str, Any], now_ms: float) -> None:
+        heard = self.fdu.members.get(hb["node"])
+        silent_ms = None if heard is None else round(now_ms - heard.last_ms, 1)
         news = self.fdu.observe(hb["node"], now_ms)
         node = self.nodes.get(hb["node"])
         if node is None or node.pid != hb["pid"]:
@@ -85,8 +87,13 @@ class ClusterView:
                 self._event(now_ms, "node_joined", node=node.id, pid=node.pid)
         elif news == "recovered":
             # same supervisor pid: it was never gone, only late (a false suspicion)
+            # what made it: beats sent late (the node's own late_ms), beats lost on the way (a gap in
+            # seq), or beats late on the way (neither)
             self.false_suspicions += 1
-            self._event(now_ms, "node_recovered", node=node.id)
+            late = hb.get("late_ms")
+            self._event(now_ms, "node_recovered", node=node.id, silent_ms=silent_ms,
+                        beats_missing=max(0, hb["seq"] - node.seq - 1),
+                        late_ms=late if isinstance(late, (int, float)) else None)
         if hb["seq"] <= node.seq and news is None:
             return  # a late or duplicated beat: nothing new in it
         node.state, node.seq, node.beats = "up", max(node.seq, hb["seq"]), node.beats + 1

@@ -40,6 +40,11 @@ class Heartbeats:
         self.seq = 0
         self.sent = 0
         self.bad_beats = 0   # beats that could not be built (logged, skipped: the next one goes on time)
+        # Beats that went out more than one interval after their time, and the latest of them: a node
+        # whose beats are late enough is failed over while it runs (a false suspicion). Each beat says
+        # how late it is, so the controller can tell a late sender from a lost beat or a slow network
+        self.late = 0
+        self.late_max_ms = 0.0
         self._notices: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
         self._instances: list[dict[str, Any]] = []
@@ -120,9 +125,12 @@ class Heartbeats:
                 # that heard of the death from a beat failed the pair over without the dead worker's
                 # decision: its last batch in doubt and replayed, a packet out twice, in about 1 of 8
                 # runs of a bucket-move kill test)
-                next_beat = time.monotonic() + self.interval_s
+                late_s = time.monotonic() - next_beat
+                next_beat += late_s + self.interval_s
+                self.note_lateness(late_s)
                 try:
                     beat = self._beat()
+                    beat["late_ms"] = round(late_s * 1000, 1)
                 except Exception:   # noqa: BLE001 - a thread that dies here fails its whole node falsely
                     self.bad_beats += 1
                     if self.bad_beats <= 3:
@@ -133,6 +141,15 @@ class Heartbeats:
             self._send_queued(sock)   # notices raised while stopping still go out
         finally:
             sock.close()
+
+    def note_lateness(self, late_s: float) -> None:
+        late_ms = late_s * 1000
+        self.late_max_ms = max(self.late_max_ms, late_ms)
+        if late_s > self.interval_s:
+            self.late += 1
+            if self.late <= 5 or self.late % 100 == 0:
+                self.sup.log.warning("heartbeat %.0f ms late (due every %.0f ms; %d late so far): the beat thread "
+                                     "waited for a core or for the GIL", late_ms, self.interval_s * 1000, self.late)
 
     def _send_queued(self, sock: zmq.Socket) -> None:
         while True:

@@ -59,6 +59,9 @@ def node_status(sup) -> dict:
             "control": cfg.node.control,
             "control_bad_requests": sup.control.bad_requests if sup.control else 0,
             "heartbeats_sent": sup.heartbeats.sent if sup.heartbeats else 0,
+            # beats sent more than an interval after their time, and the latest (false suspicions)
+            "heartbeats_late": sup.heartbeats.late if sup.heartbeats else 0,
+            "heartbeat_late_max_ms": round(sup.heartbeats.late_max_ms, 1) if sup.heartbeats else 0.0,
         },
         # one process does the ingress, the stamping units and the egress (runtime/procs/io.py)
         "io": {**io_proc, "counters": {k: io[k] for k in ("ready", "owner", "rounds", "sleeps")}},
