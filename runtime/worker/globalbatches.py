@@ -4,8 +4,9 @@ An output batch whose NF calls queued global operations is held (``hold``):
 its operations go to the node's Raft member as one entry under a session
 slot (``session``), the pair pauses, and when the results are in (``poll``)
 the NF turns them into final verdicts and the batch is released like any
-other (state clock, 2PC, egress; ``finish``). Role changes and take-overs
-wait for results in place (``finish_now``, ``commit_now``).
+other (state clock, 2PC, egress; ``finish``). Role changes, and a take-over's
+replay whose fence failed, wait for results in place (``finish_now``,
+``commit_now``); a take-over's fence does not (``propose``: see ``takeover``).
 
 Session names. A batch a secondary may replay (prepared under the 2PC epoch
 this primary started with its Sync) is named after this primary and that
@@ -80,7 +81,7 @@ class GlobalBatches:
 
     def finish_now(self, slot: PairSlot) -> None:
         """Wait here for the waiting batch's results and release it (role changes: rare, short)."""
-        if slot.waiting is None:
+        if slot.waiting is None or slot.pair in self.w.fencing:   # a take-over's fence: not a batch
             return
         if slot.waiting.results is None:
             self.client.wait(slot.waiting, GLOBAL_WAIT_S)
@@ -97,11 +98,22 @@ class GlobalBatches:
             return [STALE] * len(ops)
         return self.results_of(self.propose_now(client, seq, entry), len(ops))
 
-    def propose_now(self, client: str, seq: int, entry: bytes):
-        """Propose ``entry`` under (client, seq) and wait for its result (STALE after ``GLOBAL_WAIT_S``)."""
+    def propose(self, client: str, seq: int, entry: bytes) -> PendingBatch:
+        """Propose ``entry`` under (client, seq); its ``results`` are set once applied (``poll``), and it
+        is proposed again until then (same session slot: applied once)."""
         pending = PendingBatch(None, None, [], [])
         pending.client, pending.seq, pending.entry = client, seq, entry
         self.client.submit(pending)
+        return pending
+
+    def give_up(self, pending: PendingBatch) -> None:
+        """No more retries of ``pending`` (its answer, if one comes, is ignored)."""
+        self.count["global_timeouts"] += 1
+        self.client.forget(pending)
+
+    def propose_now(self, client: str, seq: int, entry: bytes):
+        """Propose ``entry`` under (client, seq) and wait for its result (STALE after ``GLOBAL_WAIT_S``)."""
+        pending = self.propose(client, seq, entry)
         self.client.wait(pending, GLOBAL_WAIT_S)
         return pending.results
 
@@ -122,5 +134,5 @@ class GlobalBatches:
         self.client.poll()
         self.client.tick(time.monotonic())
         for slot in list(self.w.slots.values()):
-            if slot.waiting is not None and slot.waiting.results is not None:
+            if slot.waiting is not None and slot.waiting.results is not None and slot.pair not in self.w.fencing:
                 self.finish(slot)

@@ -63,8 +63,11 @@ class TakeOverPort(_Counted, Protocol):
     globals: Any          # globalbatches.GlobalBatches or None
     record: CommitRecord
     first_release_of: int
+    fencing: dict[int, Any]   # pair -> its TakeOver while the fence is out
 
     def new_slot(self, pair: int, n_pairs: int, **kw: Any) -> PairSlot: ...
+
+    def replicate(self, slot: PairSlot, key: tuple, nodes: Any) -> None: ...
 
     def release_committed(self, pair: int, batch_id: int, records: np.ndarray,
                           index: np.ndarray | None) -> None: ...
@@ -76,6 +79,7 @@ class GlobalsPort(_Counted, Protocol):
     cfg: NodeConfig
     index: int
     slots: dict[int, PairSlot]
+    fencing: dict[int, Any]   # pairs whose slot waits for a take-over's fence, not for a batch
 
     def release_batch(self, slot: PairSlot, batch: np.ndarray, inputs: np.ndarray | None) -> None: ...
 

@@ -13,7 +13,12 @@ sessions (``kv.fence_entry``) and waits for it to be applied. The fence's
 result says what each of those sessions applied last, with the batch's meta
 (its packets' stamps and the split into NF calls, written by
 ``GlobalBatches.hold``); and nothing the dead primary still had in flight
-can take effect after it. Then:
+can take effect after it. The fence is proposed without waiting for it
+(``begin_fence``): the pair holds what arrives for it, and the worker goes on
+with its other duties (the votes of its replicas, which other primaries'
+releases wait for; decided batches of its own pairs) until the fence answers
+(``poll_fence``; a Raft election when the leader died with the primary) and
+the take-over goes on from there (``finish``). Then:
 
 * a replayed batch whose entry the fence reports runs its original NF calls
   and takes the recorded results (without the fence: it re-proposes the same
@@ -122,7 +127,6 @@ class TakeOver:
         if link is None:
             return None
         from deft.runtime.replication.errors import ReplicationError
-        from deft.runtime.replication.primary import PrimaryReplicator
 
         self.count["takeover_ns"], self.count["takeover_release_ns"] = time.monotonic_ns(), 0
         w.first_release_of = pair
@@ -133,9 +137,17 @@ class TakeOver:
         link.close()
         slot = w.new_slot(pair, self.n_pairs, adopt_unknown=False, table=plan.table,
                           next_expected=plan.next_expected, keep_inputs=True)
-        self.slot = slot
+        self.slot, self.plan, self.epoch = slot, plan, link.core.epoch
         self.old_sessions = replay_prefix(pair, primary[0], primary[1], link.core.epoch) if primary else None
-        applied = self.fence() if slot.uses_globals else {}
+        if slot.uses_globals and w.globals is not None and self.old_sessions is not None:
+            self.begin_fence()   # the rest when it answers (poll_fence); the worker serves on meanwhile
+        else:
+            self.finish({})
+        return slot
+
+    def finish(self, applied: dict[int, AppliedBatch]) -> None:
+        """The take-over from the replica's plan, knowing what the dead primary's sessions applied."""
+        w, pair, slot, plan = self.w, self.pair, self.slot, self.plan
         for replay in plan.replays:
             records = self.rerun(records_of(replay.payloads, self.count), replay.batch,
                                  applied.pop(replay.batch, None))
@@ -154,7 +166,9 @@ class TakeOver:
 
             slot.gap_grace_until = time.monotonic_ns() + TAKEOVER_GAP_NS
         w.record.reset_pair(pair, last_batch)
-        slot.taken_core = PrimaryReplicator(link.core.epoch, pair, has_secondary=False, last_batch=last_batch)
+        from deft.runtime.replication.primary import PrimaryReplicator
+
+        slot.taken_core = PrimaryReplicator(self.epoch, pair, has_secondary=False, last_batch=last_batch)
         if rest is not None and len(rest):
             slot.process(rest)
         self.count["takeovers"] += 1
@@ -162,7 +176,6 @@ class TakeOver:
                          "%d packets after", pair, "unknown" if self.decision == UNKNOWN else self.decision,
                          len(plan.replays), len(plan.in_doubt), last_batch - plan.last_batch,
                          0 if rest is None else len(rest))
-        return slot
 
     def fresh(self, link, exc: Exception) -> PairSlot:
         """No replica to take over (the primary died before its sync here was decided: two failures
@@ -195,17 +208,39 @@ class TakeOver:
         return slot
 
     # -- global operations ------------------------------------------------------------------------------
-    def fence(self) -> dict[int, AppliedBatch]:
-        """Close the dead primary's sessions in the Raft log; what they applied, by batch id."""
-        w = self.w
-        if w.globals is None or self.old_sessions is None:
-            return {}
+    def begin_fence(self) -> None:
+        """Propose the fence on the dead primary's sessions; until it answers the pair holds its input
+        (``slot.waiting``) and its route changes wait (``Worker.fencing``)."""
         from deft.runtime.consensus.kv import fence_entry
 
         client = f"{self.slot.session_name}/fence"
-        # no leader (it died with the primary): this waits for an election
-        result = w.globals.propose_now(client, 1, fence_entry(client, 1, self.old_sessions))
-        if not isinstance(result, dict):
+        self.fence_pending = self.w.globals.propose(client, 1, fence_entry(client, 1, self.old_sessions))
+        self.fence_sent = time.monotonic()
+        self.fence_deadline = self.fence_sent + GLOBAL_WAIT_S   # no leader for this long: go on without
+        self.then_replicate: tuple | None = None   # a secondary the routes gave the pair meanwhile
+        self.slot.waiting = self.fence_pending
+        self.w.fencing[self.pair] = self
+
+    def poll_fence(self, now: float) -> bool:
+        """Go on with the take-over if the fence answered (or ``GLOBAL_WAIT_S`` passed); True if done."""
+        w, pending = self.w, self.fence_pending
+        if pending.results is None and now < self.fence_deadline:
+            return False
+        del w.fencing[self.pair]
+        self.slot.waiting = None
+        self.log.info("pair %d: the fence on %s answered after %.1f ms", self.pair, self.old_sessions,
+                      (now - self.fence_sent) * 1000)
+        if pending.results is None:
+            w.globals.give_up(pending)
+        self.finish(self.applied(pending.results))
+        self.slot.process_held()   # what arrived for the pair while the fence was out, after the replays
+        if self.then_replicate is not None:
+            w.replicate(self.slot, *self.then_replicate)
+        return True
+
+    def applied(self, result: Any) -> dict[int, AppliedBatch]:
+        """What the dead primary's sessions applied, by batch id, from the fence's result."""
+        if not isinstance(result, dict):   # no answer (no leader for GLOBAL_WAIT_S), or stale
             self.count["takeover_fence_failed"] += 1
             self.log.error("pair %d: the fence on %s got no answer in %.0f s; replays re-propose, and a "
                            "batch applied but never prepared may count twice", self.pair, self.old_sessions,

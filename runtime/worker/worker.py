@@ -188,6 +188,11 @@ class Worker:
         # pairs handed over from here to their secondary, this worker their next secondary: the state
         # as it was at the hand-over, until the new primary's sync here is decided (takeover.fresh)
         self.shadows: dict[int, Shadow] = {}
+        # take-overs whose fence on the dead primary's global sessions is out (takeover.py), by pair.
+        # Meanwhile the worker serves its replicas (their primaries' releases wait for its votes) and
+        # its pairs' decided batches, but takes no new input and no new routes: it acts as if the
+        # take-over had not begun, as it did when the fence blocked its loop
+        self.fencing: dict[int, TakeOver] = {}
         self.first_release_of = -1  # the pair just taken over, until its first packet leaves
         self.last_release_end = 0   # egress ring position after the newest committed release
         self.epoch = 0
@@ -248,7 +253,7 @@ class Worker:
     # -- roles ----------------------------------------------------------------------------------------
     def refresh(self) -> None:
         """Take up the roles of a new routes epoch: primary slots, replication, replicas."""
-        if self.routes.epoch == self.epoch:
+        if self.routes.epoch == self.epoch or self.fencing:   # new routes once every take-over has gone on
             return
         routes = self.routes.snapshot()   # one whole route set (None while the supervisor writes one)
         if routes is None:
@@ -291,6 +296,9 @@ class Worker:
         from deft.runtime.worker.replica import PrimaryRole
         from deft.runtime.replication.primary import PrimaryReplicator
 
+        if slot.pair in self.fencing:   # taken over, its fence still out: the sync follows the replays
+            self.fencing[slot.pair].then_replicate = (key, nodes)
+            return
         sn, si, gen = key
         key = (nodes[sn][0] if sn != NONE else None, si, gen)  # node numbers shift as nodes come and go
         role = slot.role
@@ -656,10 +664,11 @@ class Worker:
                 self.on_ready(ready)
             for role in self.roles():
                 role.note_sent(self.egress.popped)
-            if self.freezer is not None:
+            if self.freezer is not None and not self.fencing:
                 self.freezer.poll(now)
                 self.mover.poll(now)
-            moved += self.pull(duplicates=False)
+            if not self.fencing:
+                moved += self.pull(duplicates=False)
             now = time.monotonic_ns()
             released = False
             for slot in list(self.slots.values()):
@@ -671,7 +680,7 @@ class Worker:
                 self.dirty = True
             if moved or released:
                 self.dirty = True
-            if (moved or released) and self.room() > 0 and not self.inputs_empty():
+            if (moved or released) and self.room() > 0 and not self.fencing and not self.inputs_empty():
                 timeout_ms = 0   # input left that there is room for now: take it before sleeping
             else:
                 # anything new rings the bell or a polled socket, so the poll returns at once for it
@@ -699,7 +708,7 @@ class Worker:
         if self.remote is not None:
             # other nodes' packets wake us only when we would take them: a message left in the
             # socket (no room) must not make every poll return at once
-            self._waitset.watch(self.remote.sock, self.remote.buffered == 0 and self.room() > 0)
+            self._waitset.watch(self.remote.sock, self.remote.buffered == 0 and self.room() > 0 and not self.fencing)
         if self.gclient is not None:
             # the replica's updates (every entry any worker of the cluster commits) wake us only while
             # none of our own entries is in flight: then they come in with its answer. Woken for each,
@@ -771,6 +780,9 @@ class Worker:
             role.maybe_commit(now)
         if self.globals is not None and self.gclient.requests:
             self.globals.poll()
+        for takeover in list(self.fencing.values()):
+            if takeover.poll_fence(time.monotonic()):
+                self.dirty = True
         self.housekeeping(now)
         if now >= self.next_publish and self.dirty:
             self.publish()

@@ -138,3 +138,98 @@ def test_a_rebuilt_batch_with_packets_missing_here_is_counted_and_judged_on_what
     assert len(left) == 0 and worker.count["takeover_rebuilt_missing"] == 1
     (t, stamps, _forwarded), = worker.released
     assert (t, stamps) == (9, [(1, 1), (2, 1)])
+
+
+# -- the fence, proposed without waiting for it -----------------------------------------------------------
+
+class FencingWorker(FakeWorker):
+    """A ``FakeWorker`` whose global client only records what is proposed; the test answers."""
+
+    def __init__(self):
+        import types
+
+        super().__init__()
+        self.fencing: dict = {}
+        self.replicated: list = []
+        self.record = types.SimpleNamespace(reset_pair=lambda pair, t: self.count.update({"reset_to": t}))
+        worker = self
+
+        class Client:
+            def submit(self, pending):
+                worker.submitted.append(pending)
+
+            def forget(self, pending):
+                worker.forgotten.append(pending)
+
+        self.submitted, self.forgotten = [], []
+        self.globals.client = Client()
+
+    def replicate(self, slot, key, nodes):
+        self.replicated.append((slot.pair, key, nodes, self.count["takeovers"]))
+
+
+def fencing_takeover(worker, slot, rest):
+    import types
+
+    from deft.runtime.dataplane.packet import record_payloads
+
+    laid_out = np.zeros(len(rest), dtype=PACKET_DTYPE)   # np.concatenate drops the records' padding
+    for name in PACKET_DTYPE.names:
+        laid_out[name] = rest[name]
+    to = takeover_of(worker, slot)
+    to.plan = types.SimpleNamespace(replays=[], rest_payloads=record_payloads(laid_out), last_batch=8,
+                                    in_doubt=[])
+    to.epoch = 3
+    return to
+
+
+def fence_result(applied_batch: int):
+    """What the Raft member answers the fence with: the dead primary applied ``applied_batch``."""
+    sm, prefix = KVStateMachine(), "pair0/n2.0/e3"
+    meta = {"calls": [[2, 2], [4, 3]], "flows": [1, 2, 3, 4], "seqs": [1, 1, 2, 1]}
+    client, seq = session_of(prefix, applied_batch)
+    sm.apply(batch_entry(client, seq, [("add_to_window", "x", (1,))], meta), index=1)
+    sm.apply(batch_entry(client, seq, [("add_to_window", "x", (1,))], meta), index=2)   # a retry: once
+    return sm.apply(fence_entry("new/fence", 1, prefix), index=3)
+
+
+def test_a_take_over_goes_on_when_its_fence_answers_and_the_pair_holds_its_input_until_then():
+    """The fence is proposed and the worker's loop goes on (other pairs, its replicas' votes): the pair
+    holds what arrives, and its route changes wait. When the answer comes, the batch the dead primary
+    applied and never prepared is rebuilt and released, then what arrived meanwhile goes through, then
+    the secondary the routes gave the pair meanwhile gets its sync."""
+    worker, slot = FencingWorker(), portscan_slot(threshold=2)
+    records = scan_records()
+    to = fencing_takeover(worker, slot, records)
+    to.begin_fence()
+    (fence,) = worker.submitted
+    assert worker.fencing == {0: to} and slot.waiting is fence and fence.client == "pair0/local/fence"
+    late = records[:1].copy()
+    late["seq"] = 2                                      # flow 1's next packet arrives meanwhile: held
+    slot.process(late)
+    to.then_replicate = ("node3-key", "nodes")           # Worker.replicate defers a sync to here
+    assert slot.held_n == 1 and slot.out.n == 0
+    assert not to.poll_fence(0.0) and worker.fencing == {0: to} and worker.released == []
+    fence.results = fence_result(9)
+    assert to.poll_fence(0.0)
+    assert worker.fencing == {} and slot.waiting is None and slot.held_n == 0
+    assert [(t, stamps) for t, stamps, _ in worker.released] == [(9, [(3, 1)]), (9, [(1, 1), (2, 1), (3, 2), (4, 1)])]
+    assert worker.count["takeover_fenced"] == 1 and worker.count["reset_to"] == 9 and slot.taken_core is not None
+    assert slot.ordering.next_expected[1] == 3           # the held packet went through after the rebuild
+    assert worker.replicated == [(0, "node3-key", "nodes", 1)]   # after the take-over finished
+    assert worker.forgotten == []
+
+
+def test_a_fence_without_an_answer_gives_up_after_the_global_wait_and_the_take_over_goes_on(monkeypatch):
+    from deft.runtime.worker import takeover as takeover_module
+
+    worker, slot = FencingWorker(), portscan_slot(threshold=2)
+    now = [100.0]
+    monkeypatch.setattr(takeover_module.time, "monotonic", lambda: now[0])
+    to = fencing_takeover(worker, slot, scan_records()[:2])
+    to.begin_fence()
+    assert not to.poll_fence(now[0] + takeover_module.GLOBAL_WAIT_S - 1)
+    assert to.poll_fence(now[0] + takeover_module.GLOBAL_WAIT_S)
+    assert worker.forgotten == worker.submitted and worker.count["global_timeouts"] == 1
+    assert worker.count["takeover_fence_failed"] == 1 and worker.count["takeovers"] == 1
+    assert worker.fencing == {} and slot.waiting is None and slot.out.n == 2   # the buffered packets, as input
