@@ -1,6 +1,11 @@
 """Where a replicated packet's CPU goes: py-spy on one worker and the io of examples/cluster's node1.
 
     .venv/bin/python benchmarks/profile_cluster.py [--rate 1000] [--seconds 10] [--out DIR]
+    .venv/bin/python benchmarks/profile_cluster.py --round-costs [--rate 1000] [--seconds 10]
+
+``--round-costs``: no py-spy; every worker of the cluster times the phases of its rounds in CPU
+(``runtime/worker/roundcost.py``), and the table printed is rounds and CPU per round by what woke
+the round and by phase, summed over the six workers, for the whole run at ``--rate``.
 
 Starts examples/cluster as ``benchmarks/efficiency.py`` does (fresh ports, one
 device alone), warms it up, runs the generator at ``--rate`` and meanwhile
@@ -65,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=int, default=1000)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--out", type=Path, default=Path("profile-out"))
+    ap.add_argument("--round-costs", action="store_true", help="CPU per worker round by cause and phase")
     args = ap.parse_args(argv)
+    if args.round_costs:
+        return round_costs(args.rate, args.seconds)
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -89,6 +97,35 @@ def main(argv: list[str] | None = None) -> int:
             dev.stop()
     for kind, loop in LOOPS.items():
         breakdown(args.out / f"{kind}-{args.rate}pps.txt", loop)
+    return 0
+
+
+def round_costs(rate: int, seconds: int) -> int:
+    import os
+
+    from deft.runtime.worker.roundcost import ENV, table
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        costs = tmp / "costs"
+        costs.mkdir()
+        os.environ[ENV] = str(costs)   # inherited by the nodes, their supervisors and workers
+        try:
+            dev = eff.start_devices(["cluster"], tmp)["cluster"]
+        finally:
+            del os.environ[ENV]
+        try:
+            # warm-up: every flow created once (its rounds are in the table too: the workers write
+            # their costs only when they stop)
+            eff.run_traffic(dev, tmp, 2000, eff.FLOWS)
+            report, _ = eff.run_traffic(dev, tmp, rate, rate * seconds)
+        finally:
+            dev.stop()   # each worker writes its file as it stops
+        print(f"examples/cluster at {rate} pps for {seconds} s after a warm-up of {eff.FLOWS} packets (in the "
+              f"table too): {report['received']} packets out, latency p50 {report['latency_us']['p50'] / 1000:.2f} ms")
+        print("CPU of the workers' main threads per round, by what woke the round and by phase (us):")
+        for line in table(sorted(str(p) for p in costs.iterdir())):
+            print("  " + line)
     return 0
 
 

@@ -68,6 +68,7 @@ from deft.runtime.worker.globals_client import GlobalClient
 from deft.runtime.worker.pairslot import SLOT_COUNTERS, PairSlot
 from deft.runtime.worker.remote_input import RemoteInput
 from deft.runtime.worker.role_plan import BeSecondary, Replicate, Retire, Serve, plan_roles
+from deft.runtime.worker.roundcost import round_costs
 from deft.runtime.params import endpoint_of
 from deft.runtime.worker.takeover import TAKEOVER_COUNTERS, TakeOver
 from deft.runtime.ring import Ring
@@ -78,6 +79,7 @@ from deft.runtime.topology import Topology
 from deft.runtime.waitset import WaitSet
 
 TICK_NS = 5_000_000        # 2PC retransmits and Missing requests count in these
+_WOKE = {why: f"woke_{why}" for why in ("bell", "timer", "packets", "replica", "copies", "votes", "global")}
 PUBLISH_NS = 200_000_000   # counters reach shared memory at most this often while busy (a publish sums every
                            # slot's and replica's counters: at 50 ms it was half of the timers' cost at 200 pps)
 PUBLISH_IDLE_NS = 100_000_000   # and at most this much later once the worker goes idle: a timer of its own
@@ -193,6 +195,8 @@ class Worker:
         # its pairs' decided batches, but takes no new input and no new routes: it acts as if the
         # take-over had not begun, as it did when the fence blocked its loop
         self.fencing: dict[int, TakeOver] = {}
+        self.woke_by = "busy"   # what ended the last sleep (count_wake)
+        self.costs = round_costs(f"{topo.node_id}.worker{index}")
         self.first_release_of = -1  # the pair just taken over, until its first packet leaves
         self.last_release_end = 0   # egress ring position after the newest committed release
         self.epoch = 0
@@ -651,15 +655,20 @@ class Worker:
         """
         timeout_ms = 0
         count = self.count
+        costs = self.costs   # what each phase of a round costs, by what woke it (DEFT_ROUND_COSTS; else no-ops)
         while not self.stop:
             count["rounds"] += 1
             if timeout_ms:
                 count["sleeps"] += 1
+            costs.begin()
             ready = self.wait(timeout_ms)
+            costs.woke(self.woke_by if timeout_ms else "busy")
             woke = now = time.monotonic_ns()
             self.refresh()
+            costs.mark("routes")
             # copies first: a Prepare that came with them is applied at once, not staged to wait
             moved = self.pull_duplicates() if self.dup_inputs else 0
+            costs.mark("copies")
             if ready:
                 self.on_ready(ready)
             for role in self.roles():
@@ -667,15 +676,19 @@ class Worker:
             if self.freezer is not None and not self.fencing:
                 self.freezer.poll(now)
                 self.mover.poll(now)
+            costs.mark("messages")
             if not self.fencing:
                 moved += self.pull(duplicates=False)
+            costs.mark("input")
             now = time.monotonic_ns()
             released = False
             for slot in list(self.slots.values()):
                 if self.should_release(slot, now):
                     self.release(slot)
                     released = True
+            costs.mark("release")
             self.timers(now)
+            costs.mark("timers")
             if ready:
                 self.dirty = True
             if moved or released:
@@ -687,6 +700,7 @@ class Worker:
                 # (a round to find that out was a quarter of the rounds at 200 pps). A publish of dirty
                 # counters is one of the timers
                 timeout_ms = self.next_timeout_ms(now)
+            costs.mark("plan")
             count["busy_ns"] += time.monotonic_ns() - woke   # the load the controller sees (controller/load.py)
 
     def roles(self) -> list:
@@ -728,22 +742,23 @@ class Worker:
         return ready
 
     def count_wake(self, bell: bool, ready: set) -> None:
-        """Why a sleep ended (the first reason that applies)."""
-        c = self.count
+        """Why a sleep ended (the first reason that applies): counted, and kept in ``woke_by``."""
         if bell:
-            c["woke_bell"] += 1
+            why = "bell"
         elif not ready:
-            c["woke_timer"] += 1
+            why = "timer"
         elif self.remote is not None and self.remote.sock in ready:
-            c["woke_packets"] += 1
+            why = "packets"
         elif self.secondaries is not None and self.secondaries.router.sock in ready:
-            c["woke_replica"] += 1
+            why = "replica"
         elif self.copies is not None and self.copies.sock in ready:
-            c["woke_copies"] += 1
+            why = "copies"
         elif any(r.link.sock in ready for r in self.roles()):
-            c["woke_votes"] += 1
+            why = "votes"
         else:
-            c["woke_global"] += 1
+            why = "global"
+        self.count[_WOKE[why]] += 1
+        self.woke_by = why
 
     def watched_sockets(self) -> list:
         socks = [] if self.remote is None else [self.remote.sock]
@@ -870,6 +885,7 @@ class Worker:
         return all(len(r) == 0 for r in self.inputs)
 
     def close(self) -> None:
+        self.costs.dump()
         for slot in self.slots.values():
             if slot.role is not None:
                 slot.role.close()
