@@ -82,7 +82,8 @@ def drain_step(assignment: Assignment, node: str, usable: list[Instance]) -> Ste
 
 def rebalance_step(assignment: Assignment, usable: list[Instance]) -> Step | None:
     """The next step towards primaries, then secondaries, spread evenly over the nodes of ``usable``
-    (in proportion to their instances); None when no move makes it more even.
+    (in proportion to their instances; a pair leaves its node's busiest instance and goes to the
+    destination's least busy one); None when no move makes it more even.
 
     A move of one role from node A to node B is taken only if it lowers sum(n**2 / capacity) over the
     nodes (n: the node's pairs in that role), so the steps end: a hand-over lowers it for primaries,
@@ -103,8 +104,10 @@ def _balance(assignment: Assignment, usable: list[Instance], secondaries: bool) 
         capacity[u[0]] = capacity.get(u[0], 0) + 1
     count = loads(assignment, usable, secondaries)
     per_node = dict.fromkeys(capacity, 0)
+    fewest = {}   # the fewest pairs in this role of an instance of each node
     for u, n in count.items():
         per_node[u[0]] += n
+        fewest[u[0]] = min(fewest.get(u[0], n), n)
     best = None
     for k, pair in enumerate(assignment.pairs):
         inst = pair.secondary if secondaries else pair.primary
@@ -117,8 +120,14 @@ def _balance(assignment: Assignment, usable: list[Instance], secondaries: bool) 
             gain = (2 * per_node[src] - 1) / capacity[src] - (2 * per_node[dst] + 1) / capacity[dst]
             if gain <= 1e-9:
                 continue
-            one_step = secondaries or (pair.secondary is not None and pair.secondary[0] == dst)
-            key = (-gain, not one_step, k, dst)
+            # A hand-over makes the pair's secondary its primary: one step, if that instance is among the
+            # least loaded of its node; else the pair first gets a secondary on the least loaded one. And
+            # the pair leaves the busiest instance of its node. Per node alone, a dead worker's pair,
+            # taken over by its secondary, went back to the restarted worker's node but to its other
+            # worker (the pair's secondary there), and one worker kept two pairs' traffic
+            one_step = secondaries or (pair.secondary is not None and pair.secondary[0] == dst
+                                       and count.get(pair.secondary, 0) <= fewest[dst])
+            key = (-gain, -count[inst], not one_step, k, dst)
             if best is None or key < best[0]:
                 best = (key, k, dst, one_step)
     if best is None:

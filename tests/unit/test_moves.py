@@ -102,3 +102,25 @@ def test_random_clusters_drain_and_rebalance_to_an_end(seed):
     run(a, lambda: rebalance_step(a, left))
     if len({u[0] for u in left}) > 1:
         assert all(p.secondary is not None for p in a.pairs)
+
+
+def primaries_per_instance(a: Assignment, usable: list) -> dict:
+    count = {u: 0 for u in usable}
+    for p in a.pairs:
+        count[p.primary] += 1
+    return count
+
+
+@pytest.mark.parametrize("victim", [("n1", 0), ("n1", 1), ("n2", 0), ("n3", 1)])
+def test_a_restarted_worker_gets_a_primary_back_from_a_rebalance(victim):
+    """A worker dies: its pair goes to its secondary's worker (on another node), which now serves two.
+    Back and ready, the worker has no primary; a rebalance gives it one, not to its node's other
+    worker (it evened primaries per node only, and the pair's secondary on the node was that one)."""
+    a, usable = cluster({"n1": 2, "n2": 2, "n3": 2})
+    left = [u for u in usable if u != victim]
+    a.instance_failed(victim, {p: 7 for p in range(len(a.pairs))}, left)
+    a.fill(left)
+    assert max(primaries_per_instance(a, left).values()) == 2
+    a.fill(usable)                       # back: the controller gives it secondaries
+    run(a, lambda: rebalance_step(a, usable))
+    assert primaries_per_instance(a, usable) == {u: 1 for u in usable}
