@@ -17,6 +17,9 @@
     witnesses = ["tcp://127.0.0.1:7101", ...]  # node control endpoints that vote on who is active
     lease_ms = 500                        # an active controller holds its lease this long per renewal
     standby = false                       # true: let the others take the lease first at start
+    rebalance_after_ms = 0                # > 0: rebalance this long after an instance can take roles again
+                                          # (a restarted worker, a node back): a failover leaves the dead
+                                          # one's pairs on their secondaries' workers (0: only on request)
 
 With peers, one controller is active at a time (``lease.py``): it holds the
 lease from a majority of the voters (the controllers and the witnesses) and
@@ -97,6 +100,7 @@ class ControllerConfig:
     lease_ms: int = 500
     standby: bool = False
     keys: str = ""             # [security] keys: the CURVE key directory ("" = plain sockets)
+    rebalance_after_ms: int = 0   # 0: rebalance only on request
 
 
 def load_controller_config(path: str | Path) -> ControllerConfig:
@@ -129,6 +133,7 @@ def load_controller_config(path: str | Path) -> ControllerConfig:
         id=p.str("id", ""), peers=p.urls("peers", ("tcp", "ipc")), witnesses=p.urls("witnesses", ("tcp", "ipc")),
         lease_ms=p.int("lease_ms", 500, min=20, max=60_000), standby=p.bool("standby", False),
         keys=keys_from_config(raw, str(path)),
+        rebalance_after_ms=p.int("rebalance_after_ms", 0, min=0, max=3_600_000),
     )
     p.check_unknown()
     if cfg.peers and not cfg.witnesses:
@@ -176,6 +181,9 @@ class Controller:
         self.operations = Operations(self, self.freeze_pair, log, ask=self.ask_node, clock=now_ms)
         self.autoscaler = Autoscaler(cfg.autoscale)
         self.next_autoscale_ms = 0.0
+        # rebalance_after_ms: when an instance became usable again, and when the rebalance is due
+        self.usable_seen: set[tuple[str, int]] = set()
+        self.rebalance_due_ms: float | None = None
         # the lease (lease.py): active while a majority of the voters (itself, its peers, the witness
         # nodes) grant it; one incarnation is one holder, so a restarted controller is a new one
         self.holder = f"{cfg.id or cfg.control}#{os.getpid()}"
@@ -453,6 +461,7 @@ class Controller:
             self.assignment.place({m[0]: m[2] for m in members})
             return True
         usable = self.usable()
+        self.note_usable(usable, now_ms())
         changed = False
         for node in sorted(self.view.nodes.values(), key=lambda n: n.id):
             if node.state == "failed":
@@ -471,6 +480,35 @@ class Controller:
                     self.handled_instances.discard(info.id)
         changed |= bool(self.assignment.fill(usable, now_ms(), self.view.survivors()))
         return changed or members != self.placed
+
+    def note_usable(self, usable: list[tuple[str, int]], now: float) -> None:
+        """With ``rebalance_after_ms``, a rebalance is due that long after an instance can take roles
+        again (a restarted worker, a node back, one that joined): a failover leaves the dead one's pairs
+        on the workers of their secondaries, and nothing else moves them back, so after a worker's
+        restart one worker serves two pairs' traffic while the restarted one stands by (at 6 kpps on
+        examples/cluster its backlog grew to 800 packets in 3 s)."""
+        now_usable = set(usable)
+        if now_usable - self.usable_seen and self.cfg.rebalance_after_ms > 0:
+            self.rebalance_due_ms = now + self.cfg.rebalance_after_ms
+        self.usable_seen = now_usable
+
+    def maybe_rebalance(self, now: float) -> None:
+        """Start the rebalance that ``note_usable`` made due, once nothing else runs and the routes are
+        pushed; none if the pairs are spread already."""
+        if self.rebalance_due_ms is None or now < self.rebalance_due_ms:
+            return
+        if self.operations.current is not None or self.routes_due:
+            self.rebalance_due_ms = now + LOOK_EVERY_MS   # after what runs now
+            return
+        self.rebalance_due_ms = None
+        from deft.runtime.controller.moves import rebalance_step
+
+        if rebalance_step(self.assignment, self.usable()) is None:
+            return
+        op = self.operations.start("rebalance", None, now)
+        self.log.warning("operation %d: rebalance, %.0f ms after an instance could take roles again", op.id,
+                         self.cfg.rebalance_after_ms)
+        self.view.record(now, "rebalance_started", operation=op.id, why="an instance can take roles again")
 
     recovering_since: float | None = None
     recovery_done = False
@@ -682,6 +720,7 @@ class Controller:
                 if self.cfg.manage_routes and self.is_active:
                     self.maybe_push_routes()
                     self.operations.advance(now_ms())
+                    self.maybe_rebalance(now_ms())
                     if now_ms() >= self.next_autoscale_ms:
                         self.next_autoscale_ms = now_ms() + AUTOSCALE_EVERY_MS
                         self.autoscale(now_ms())

@@ -164,3 +164,30 @@ def test_a_new_primary_dying_before_it_synced_its_secondary_loses_no_state(clust
                 totals[name] = totals.get(name, 0) + inst["counters"].get(name, 0)
     assert totals.get("takeover_failed", 0) == 0, totals
     assert totals.get("takeover_from_shadow", 0) >= 1, totals     # the window was hit
+
+
+def test_a_restarted_worker_gets_its_share_back_by_itself(tmp_path):
+    """``rebalance_after_ms``: a worker SIGKILLed under traffic fails over to its secondaries' workers;
+    once its restart is ready the controller rebalances by itself, and the restarted worker is a
+    primary again, with nothing lost, reordered or remapped (a worker's death leaves nothing in doubt)."""
+    from deft.tools.drills import kill_primary_worker
+
+    cluster = LocalCluster(tmp_path, "ra", n_nodes=3, replicate=True, controller={"rebalance_after_ms": 300})
+    try:
+        cluster.wait_ready()
+        gen = start_traffic(cluster, tmp_path / "report.json", FLOWS, RATE, 5.0)
+        try:
+            time.sleep(1.0)
+            failover = kill_primary_worker(cluster, 0)
+            st = wait_for(cluster, lambda st: any(e["event"] == "rebalance_started" for e in st["events"])
+                          and all(op["state"] == "done" for op in st["operations"]), timeout=15)
+        finally:
+            report = traffic_report(gen, tmp_path / "report.json")
+        assert_no_harm(report, cluster)
+        started = next(e for e in st["events"] if e["event"] == "rebalance_started")
+        recovered = next(e for e in st["events"] if e["event"] == "instance_recovered")
+        assert started["t_ms"] >= recovered["t_ms"] + 300
+        assert failover.victim in {p["primary"] for p in st["pairs"]}, st["pairs"]   # a primary again
+    finally:
+        left = cluster.stop()
+        assert not any(left.values()), left
