@@ -138,16 +138,26 @@ def describe_operation(op: dict) -> str:
     return text
 
 
-def ask(endpoint: str, request: dict, timeout_ms: int) -> tuple[str, dict | None]:
+BUSY = "is still running"   # the controller's refusal of an operation while another one runs
+
+
+def ask(endpoint: str, request: dict, timeout_ms: int, busy_wait_s: float = 0.0) -> tuple[str, dict | None]:
     """The endpoint that answered and its reply, or None after printing why there is none (no answer,
-    or an error reply). A standby controller names the active one: the request goes there."""
+    or an error reply). A standby controller names the active one: the request goes there.
+    ``busy_wait_s``: an operation refused because another one runs (one the controller started by
+    itself, a rebalance after a restart) is asked again until it starts or this much time passed."""
+    deadline = time.monotonic() + busy_wait_s
     try:
-        reply = query(endpoint, request, timeout_ms)
-        if not reply.get("ok") and isinstance(reply.get("active"), str) and reply["active"] != endpoint:
-            print(f"deft-ctl: {endpoint} is a standby controller; asking the active one at {reply['active']}",
-                  file=sys.stderr)
-            endpoint = reply["active"]
+        while True:
             reply = query(endpoint, request, timeout_ms)
+            if not reply.get("ok") and isinstance(reply.get("active"), str) and reply["active"] != endpoint:
+                print(f"deft-ctl: {endpoint} is a standby controller; asking the active one at {reply['active']}",
+                      file=sys.stderr)
+                endpoint = reply["active"]
+                reply = query(endpoint, request, timeout_ms)
+            if reply.get("ok") or BUSY not in str(reply.get("error")) or time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
     except NoAnswer as exc:
         print(f"deft-ctl: {exc}", file=sys.stderr)
         return endpoint, None
@@ -287,10 +297,11 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             parser.error(f"global {args.op}: bad value {args.value!r} (incr takes an integer, put JSON)")
         request = {"cmd": "global_op", "op": args.op, "key": args.key, "args": value}
-    endpoint, reply = ask(endpoint, request, args.timeout_ms)
+    operation = args.cmd in ("rebalance", "drain", "move")
+    endpoint, reply = ask(endpoint, request, args.timeout_ms, args.wait_s if operation and args.wait else 0.0)
     if reply is None:
         return 1
-    if args.cmd in ("rebalance", "drain", "move"):
+    if operation:
         return report_operation(endpoint, reply, args)
     if args.cmd == "undrain":
         print(f"undrained {args.node}; draining now: {', '.join(reply['draining']) or 'none'}")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import orjson
 
-from deft.tools.ctl import NoAnswer, query
+from deft.tools.ctl import BUSY, NoAnswer, query
 from deft.tools.localnode import LocalCluster, LocalNode
 
 
@@ -66,11 +66,13 @@ def traffic_report(gen: subprocess.Popen, report: Path, timeout: float = 90) -> 
 def run_operation(cluster: LocalCluster, request: dict, timeout: float = 60.0) -> dict:
     """Start a planned operation on the controller (``rebalance``, ``drain``) and poll it until it
     ends or ``timeout`` passes, as ``deft-ctl ... --wait`` does; its last report (``state`` says how
-    it ended; still ``running`` after the timeout). An error reply raises RuntimeError."""
-    op = query(cluster.ctl.control, request, 3000)
-    if not op.get("ok"):
-        raise RuntimeError(f"{request}: {op.get('error')}")
+    it ended; still ``running`` after the timeout); one that another operation holds up starts after
+    it, as with ``--wait``. An error reply raises RuntimeError."""
     deadline = time.monotonic() + timeout
+    while not (op := query(cluster.ctl.control, request, 3000)).get("ok"):
+        if BUSY not in str(op.get("error")) or time.monotonic() >= deadline:
+            raise RuntimeError(f"{request}: {op.get('error')}")
+        time.sleep(0.05)
     while op["state"] == "running" and time.monotonic() < deadline:
         time.sleep(0.02)
         op = query(cluster.ctl.control, {"cmd": "operation", "id": op["id"]}, 3000)

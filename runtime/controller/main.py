@@ -17,9 +17,9 @@
     witnesses = ["tcp://127.0.0.1:7101", ...]  # node control endpoints that vote on who is active
     lease_ms = 500                        # an active controller holds its lease this long per renewal
     standby = false                       # true: let the others take the lease first at start
-    rebalance_after_ms = 0                # > 0: rebalance this long after an instance can take roles again
-                                          # (a restarted worker, a node back): a failover leaves the dead
-                                          # one's pairs on their secondaries' workers (0: only on request)
+    rebalance_after_ms = 0                # > 0: rebalance this long after an instance that failed can take
+                                          # roles again (a restarted worker, a node back): a failover leaves
+                                          # the dead one's pairs on their secondaries' workers (0: on request)
 
 With peers, one controller is active at a time (``lease.py``): it holds the
 lease from a majority of the voters (the controllers and the witnesses) and
@@ -181,8 +181,9 @@ class Controller:
         self.operations = Operations(self, self.freeze_pair, log, ask=self.ask_node, clock=now_ms)
         self.autoscaler = Autoscaler(cfg.autoscale)
         self.next_autoscale_ms = 0.0
-        # rebalance_after_ms: when an instance became usable again, and when the rebalance is due
-        self.usable_seen: set[tuple[str, int]] = set()
+        # rebalance_after_ms: instances that failed (until they can take roles again), and when the
+        # rebalance their return makes due is
+        self.failed_seen: set[tuple[str, int]] = set()
         self.rebalance_due_ms: float | None = None
         # the lease (lease.py): active while a majority of the voters (itself, its peers, the witness
         # nodes) grant it; one incarnation is one holder, so a restarted controller is a new one
@@ -283,6 +284,9 @@ class Controller:
         """Spread primaries, then secondaries, evenly over the live nodes that are not draining."""
         if not self.assignment.placed:
             raise ValueError("no pairs placed yet")
+        running = self.operations.current
+        if running is not None and running.kind == "rebalance":   # one started by itself: the same ask
+            return running.report()
         return self.operations.start("rebalance", None, now_ms()).report()
 
     def drain(self, request: dict) -> dict:
@@ -482,15 +486,21 @@ class Controller:
         return changed or members != self.placed
 
     def note_usable(self, usable: list[tuple[str, int]], now: float) -> None:
-        """With ``rebalance_after_ms``, a rebalance is due that long after an instance can take roles
-        again (a restarted worker, a node back, one that joined): a failover leaves the dead one's pairs
-        on the workers of their secondaries, and nothing else moves them back, so after a worker's
+        """With ``rebalance_after_ms``, a rebalance is due that long after an instance that failed can
+        take roles again (a restarted worker, a node back): a failover leaves the dead one's pairs on
+        the workers of their secondaries, and nothing else moves them back, so after a worker's
         restart one worker serves two pairs' traffic while the restarted one stands by (at 6 kpps on
-        examples/cluster its backlog grew to 800 packets in 3 s)."""
-        now_usable = set(usable)
-        if now_usable - self.usable_seen and self.cfg.rebalance_after_ms > 0:
-            self.rebalance_due_ms = now + self.cfg.rebalance_after_ms
-        self.usable_seen = now_usable
+        examples/cluster its backlog grew to 800 packets in 3 s). A node that joins or is undrained
+        waits for the operator's ``rebalance``, as before (the README's scaling steps)."""
+        for node in self.view.nodes.values():
+            for info in node.instances.values():
+                if node.state == "failed" or info.state == "failed":
+                    self.failed_seen.add((node.id, info.index))
+        back = self.failed_seen & set(usable)
+        if back:
+            self.failed_seen -= back
+            if self.cfg.rebalance_after_ms > 0:
+                self.rebalance_due_ms = now + self.cfg.rebalance_after_ms
 
     def maybe_rebalance(self, now: float) -> None:
         """Start the rebalance that ``note_usable`` made due, once nothing else runs and the routes are

@@ -85,3 +85,24 @@ def test_without_the_setting_nothing_moves_by_itself(controller):
     fail_and_restart_n1_worker(c, clock)
     c.maybe_rebalance(clock[0] + 60_000)
     assert c.operations.current is None and primaries(c) == {"n1": 1, "n2": 3}
+
+
+def test_a_joining_node_waits_for_the_operators_rebalance_and_an_ask_joins_a_running_one(controller):
+    """The README's scaling steps stay the operator's: a node that joins moves nothing by itself (its
+    ``rebalance --wait`` and the ``drain`` after it would meet a running operation). A ``rebalance``
+    asked while one the controller started runs gets that one."""
+    c, clock = controller(rebalance_after_ms=500)
+    c.maybe_rebalance(clock[0] + 10_000)
+    c.view.on_heartbeat(beat("n3", 1), clock[0])          # n3 joins: it can take roles, never failed
+    c.update_assignment()
+    c.maybe_rebalance(clock[0] + 10_000)
+    assert c.operations.current is None
+    clock[0] += 10
+    c.view.on_heartbeat(beat("n1", 2, dead=0), clock[0])   # a worker dies and comes back: that moves
+    c.update_assignment()
+    c.view.on_heartbeat(beat("n1", 3, pid0=80), clock[0] + 300)
+    c.update_assignment()
+    c.maybe_rebalance(clock[0] + 1000)
+    op = c.operations.current
+    assert op is not None and op.kind == "rebalance"
+    assert c.rebalance({})["id"] == op.id
