@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/profile_cluster.py [--rate 1000] [--seconds 10] [--out DIR]
     .venv/bin/python benchmarks/profile_cluster.py --round-costs [--rate 1000] [--seconds 10]
 
-``--round-costs``: no py-spy; every worker of the cluster times the phases of its rounds in CPU
-(``runtime/worker/roundcost.py``), and the table printed is rounds and CPU per round by what woke
-the round and by phase, summed over the six workers, for the whole run at ``--rate``.
+``--round-costs``: no py-spy; every worker and io of the cluster times the phases of its rounds in
+CPU (``runtime/roundcost.py``), and the tables printed are rounds and CPU per round by what woke
+the round and by phase, summed over the six workers and over the three io processes, for the whole
+run at ``--rate``.
 
 Starts examples/cluster as ``benchmarks/efficiency.py`` does (fresh ports, one
 device alone), warms it up, runs the generator at ``--rate`` and meanwhile
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 def round_costs(rate: int, seconds: int) -> int:
     import os
 
-    from deft.runtime.worker.roundcost import ENV, table
+    from deft.runtime.roundcost import ENV, table
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -123,9 +124,10 @@ def round_costs(rate: int, seconds: int) -> int:
             dev.stop()   # each worker writes its file as it stops
         print(f"examples/cluster at {rate} pps for {seconds} s after a warm-up of {eff.FLOWS} packets (in the "
               f"table too): {report['received']} packets out, latency p50 {report['latency_us']['p50'] / 1000:.2f} ms")
-        print("CPU of the workers' main threads per round, by what woke the round and by phase (us):")
-        for line in table(sorted(str(p) for p in costs.iterdir())):
-            print("  " + line)
+        for role, title in (("worker", "the workers' main threads"), ("io", "the io processes")):
+            print(f"CPU of {title} per round, by what woke the round and by phase (us):")
+            for line in table(sorted(str(p) for p in costs.iterdir() if f".{role}" in p.name)):
+                print("  " + line)
     return 0
 
 

@@ -48,6 +48,7 @@ from deft.runtime.procs.ingress import BURST, open_source
 from deft.runtime.procs.unit import IoShared, StampingUnit
 from deft.runtime.ring import Ring
 from deft.runtime.ring.fdbell import FdBell
+from deft.runtime.roundcost import round_costs
 from deft.runtime.sockets import close_context
 from deft.runtime.stats import CounterBlock
 from deft.runtime.topology import Topology
@@ -175,6 +176,7 @@ class IoProcess:
         self.egress_bell = FdBell.attach(topo.egress_bell())
         self.ingress_fd = self.ingress.fileno() if self.ingress is not None else None
         self.coalesce_ns = topo.config.ingress.coalesce_us * 1000
+        self.costs = round_costs(f"{topo.node_id}.io")
         self.next_read_ns = 0   # coalescing: the socket is not read before this
         self.next_expiry = time.monotonic_ns() + EXPIRY_NS
         self.v = self.stats.values
@@ -187,9 +189,13 @@ class IoProcess:
     def round(self, read: bool = True) -> tuple[int, bool, int]:
         """One round of every job; (packets moved, a unit was blocked by a full destination,
         datagrams read). ``read`` False: leave the ingress for a later round (coalescing)."""
+        costs = self.costs   # what each phase costs (DEFT_ROUND_COSTS; else no-ops)
+        costs.begin()
         got = self.ingress.read() if self.ingress is not None and read else 0
+        costs.woke("datagrams" if got else "nothing", "read")
         moved = got
         self.shared.refresh()   # a new routes epoch takes effect between batches, never inside one
+        costs.mark("routes")
         blocked = False
         for unit in self.units:
             while True:
@@ -200,9 +206,12 @@ class IoProcess:
                     break
                 if len(unit.in_ring) == 0:
                     break
+        costs.mark("units")
         self.shared.ring_bells()
+        costs.mark("bells")
         self.egress_bell.drain()   # before looking at the rings: a ring that comes later wakes us
         moved += self.egress.send()
+        costs.mark("egress")
         self.v[self.i_rounds] += 1
         return moved, blocked, got
 
@@ -248,6 +257,7 @@ class IoProcess:
                 timeout_s = max(0.001, (self.next_expiry - now) / 1e9)
 
     def close(self) -> None:
+        self.costs.dump()
         for unit in self.units:
             unit.close()
         if self.ingress is not None:

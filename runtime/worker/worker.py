@@ -68,7 +68,7 @@ from deft.runtime.worker.globals_client import GlobalClient
 from deft.runtime.worker.pairslot import SLOT_COUNTERS, PairSlot
 from deft.runtime.worker.remote_input import RemoteInput
 from deft.runtime.worker.role_plan import BeSecondary, Replicate, Retire, Serve, plan_roles
-from deft.runtime.worker.roundcost import round_costs
+from deft.runtime.roundcost import round_costs
 from deft.runtime.params import endpoint_of
 from deft.runtime.worker.takeover import TAKEOVER_COUNTERS, TakeOver
 from deft.runtime.ring import Ring

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from deft.runtime.worker import roundcost
-from deft.runtime.worker.roundcost import NO_COSTS, RoundCosts, round_costs, table
+from deft.runtime import roundcost
+from deft.runtime.roundcost import NO_COSTS, RoundCosts, round_costs, table
 
 
 def test_without_the_variable_a_worker_records_nothing(monkeypatch):
@@ -34,3 +34,15 @@ def test_each_phase_is_charged_to_the_cause_of_its_round_and_the_files_sum(tmp_p
     assert got["votes"][1:4] == ["3", "3", "75.0%"] and got["replica"][1:4] == ["1", "3", "25.0%"]
     phases = dict(zip(header.split()[5:], got["votes"][4:]))   # wait routes copies messages input release ...
     assert {k: float(v) for k, v in phases.items() if float(v)} == {"wait": 1, "messages": 1, "release": 1}
+
+
+def test_an_io_round_names_its_first_phase_and_its_table_has_its_own_phases(tmp_path):
+    costs = RoundCosts(str(tmp_path / "n.io.1.json"))
+    clock = iter(range(0, 10_000, 1000))
+    costs.clock = lambda: next(clock)
+    costs.begin()
+    costs.woke("datagrams", "read")
+    costs.mark("units")
+    costs.dump()
+    header, row = table([costs.path])
+    assert header.split()[5:] == ["read", "units"] and row.split()[:2] == ["datagrams", "1"]

@@ -1,16 +1,19 @@
-"""What a worker's round costs, by what woke it and by phase: CPU of its main thread (diagnostics).
+"""What a round of a worker or an io costs, by what woke it and by phase: CPU of its main thread
+(diagnostics).
 
-``DEFT_ROUND_COSTS=DIR`` in a worker's environment (its supervisor's is inherited) makes the worker
-time each phase of each round with ``time.thread_time_ns`` (CPU, not wall time: a round that waits
-for a core costs nothing here) and write ``DIR/<node>.worker<i>.<pid>.json`` when it stops:
-rounds and nanoseconds per (what woke it, phase). ``benchmarks/profile_cluster.py --round-costs``
-runs ``examples/cluster`` with it and prints the table. Without the variable the worker gets
-``NO_COSTS``, whose calls do nothing (a few tens of nanoseconds a round).
+``DEFT_ROUND_COSTS=DIR`` in a process's environment (its supervisor's is inherited) makes every
+worker and io time each phase of each round with ``time.thread_time_ns`` (CPU, not wall time: a
+round that waits for a core costs nothing here) and write ``DIR/<node>.<role>.<pid>.json`` when it
+stops: rounds and nanoseconds per (what woke it, phase). ``benchmarks/profile_cluster.py
+--round-costs`` runs ``examples/cluster`` with it and prints a table per role. Without the variable
+a process gets ``NO_COSTS``, whose calls do nothing (a few tens of nanoseconds a round).
 
-What woke a round is the first reason of ``Worker.count_wake`` (bell, packets, replica, copies,
-votes, global, timer), or ``busy`` for a round that did not sleep. The phases are the loop's own
-(``Worker.run``): wait (the wait set, before and after the sleep), routes, copies, messages,
-input, release, timers, plan (the next sleep).
+A worker's round is named by the first reason of ``Worker.count_wake`` (bell, packets, replica,
+copies, votes, global, timer), or ``busy`` for a round that did not sleep; its phases are its loop's
+(``Worker.run``): wait (the wait set, before and after the sleep), routes, copies, messages, input,
+release, timers, plan (the next sleep). An io's round is ``datagrams`` or ``nothing`` (what its read
+found); its phases: read, routes, units (stamping, switch, hand-on to rings and sockets), bells,
+egress (``IoProcess.round``).
 """
 
 from __future__ import annotations
@@ -36,11 +39,12 @@ class RoundCosts:
     def begin(self) -> None:
         self.t = self.clock()
 
-    def woke(self, kind: str) -> None:
-        """The round's cause, known once the wait returned; the wait's CPU goes to it."""
+    def woke(self, kind: str, phase: str = "wait") -> None:
+        """The round's cause, known once ``phase`` (the wait, the io's read) ended; that phase's CPU is
+        the first charged to it."""
         self.kind = kind
         self.rounds[kind] += 1
-        self.mark("wait")
+        self.mark(phase)
 
     def mark(self, phase: str) -> None:
         t = self.clock()
@@ -56,7 +60,7 @@ class _NoCosts:
     def begin(self) -> None:
         pass
 
-    def woke(self, kind: str) -> None:
+    def woke(self, kind: str, phase: str = "wait") -> None:
         pass
 
     def mark(self, phase: str) -> None:
@@ -78,15 +82,17 @@ def round_costs(name: str) -> RoundCosts | _NoCosts:
 
 
 def table(files: list[str]) -> list[str]:
-    """Lines of the summed recordings: per cause, rounds and CPU per round by phase (microseconds)."""
+    """Lines of the summed recordings (of one role): per cause, rounds and CPU per round by phase
+    (microseconds), the phases in the order they were recorded."""
     rounds: collections.Counter = collections.Counter()
     ns: collections.Counter = collections.Counter()
+    phases: dict[str, None] = {}
     for path in files:
         with open(path, "rb") as f:
             data = orjson.loads(f.read())
         rounds.update(data["rounds"])
         ns.update(data["ns"])
-    phases = ("wait", "routes", "copies", "messages", "input", "release", "timers", "plan")
+        phases.update(dict.fromkeys(key.split(".", 1)[1] for key in data["ns"]))
     total = sum(ns.values()) or 1
     lines = [f"{'woken by':9s} {'rounds':>7s} {'us/round':>8s} {'share':>6s}  " + " ".join(f"{p:>8s}" for p in phases)]
     for kind, n in rounds.most_common():
