@@ -228,10 +228,11 @@ class TakeOver:
             return False
         del w.fencing[self.pair]
         self.slot.waiting = None
-        self.log.info("pair %d: the fence on %s answered after %.1f ms", self.pair, self.old_sessions,
-                      (now - self.fence_sent) * 1000)
         if pending.results is None:
             w.globals.give_up(pending)
+        else:
+            self.log.info("pair %d: the fence on %s answered after %.1f ms", self.pair, self.old_sessions,
+                          (now - self.fence_sent) * 1000)
         self.finish(self.applied(pending.results))
         self.slot.process_held()   # what arrived for the pair while the fence was out, after the replays
         if self.then_replicate is not None:
