@@ -465,12 +465,12 @@ class Controller:
             self.assignment.place({m[0]: m[2] for m in members})
             return True
         usable = self.usable()
-        self.note_usable(usable, now_ms())
         changed = False
         for node in sorted(self.view.nodes.values(), key=lambda n: n.id):
             if node.state == "failed":
                 if node.id not in self.handled_nodes:
                     self.handled_nodes.add(node.id)
+                    self.failed_seen.update((node.id, info.index) for info in node.instances.values())
                     silent = self.view.fdu.members[node.id].last_ms if node.id in self.view.fdu.members else None
                     changed |= bool(self.assignment.node_failed(node.id, usable, now_ms(), silent))
                 continue
@@ -478,24 +478,23 @@ class Controller:
             for info in node.instances.values():
                 if info.state == "failed" and info.id not in self.handled_instances:
                     self.handled_instances.add(info.id)
+                    self.failed_seen.add((node.id, info.index))
                     decisions = self.decisions.pop(info.id, None)  # None: no FAILED notice came
                     changed |= bool(self.assignment.instance_failed((node.id, info.index), decisions, usable))
                 elif info.state == "up":
                     self.handled_instances.discard(info.id)
         changed |= bool(self.assignment.fill(usable, now_ms(), self.view.survivors()))
+        self.note_back(usable, now_ms())
         return changed or members != self.placed
 
-    def note_usable(self, usable: list[tuple[str, int]], now: float) -> None:
-        """With ``rebalance_after_ms``, a rebalance is due that long after an instance that failed can
-        take roles again (a restarted worker, a node back): a failover leaves the dead one's pairs on
-        the workers of their secondaries, and nothing else moves them back, so after a worker's
-        restart one worker serves two pairs' traffic while the restarted one stands by (at 6 kpps on
-        examples/cluster its backlog grew to 800 packets in 3 s). A node that joins or is undrained
-        waits for the operator's ``rebalance``, as before (the README's scaling steps)."""
-        for node in self.view.nodes.values():
-            for info in node.instances.values():
-                if node.state == "failed" or info.state == "failed":
-                    self.failed_seen.add((node.id, info.index))
+    def note_back(self, usable: list[tuple[str, int]], now: float) -> None:
+        """With ``rebalance_after_ms``, a rebalance is due that long after an instance that failed
+        (``failed_seen``, kept as ``update_assignment`` handles failures) can take roles again (a
+        restarted worker, a node back): a failover leaves the dead one's pairs on the workers of their
+        secondaries, and nothing else moves them back, so after a worker's restart one worker serves
+        two pairs' traffic while the restarted one stands by (at 6 kpps on examples/cluster its
+        backlog grew to 800 packets in 3 s). A node that joins or is undrained waits for the
+        operator's ``rebalance``, as before (the README's scaling steps)."""
         back = self.failed_seen & set(usable)
         if back:
             self.failed_seen -= back
@@ -503,7 +502,7 @@ class Controller:
                 self.rebalance_due_ms = now + self.cfg.rebalance_after_ms
 
     def maybe_rebalance(self, now: float) -> None:
-        """Start the rebalance that ``note_usable`` made due, once nothing else runs and the routes are
+        """Start the rebalance that ``note_back`` made due, once nothing else runs and the routes are
         pushed; none if the pairs are spread already."""
         if self.rebalance_due_ms is None or now < self.rebalance_due_ms:
             return
@@ -645,10 +644,8 @@ class Controller:
     def _on_message(self, kind: bytes, header: dict) -> None:
         if kind == wire.HEARTBEAT:
             self.counters["heartbeats"] += 1
-            suspicions = self.view.false_suspicions
-            self.view.on_heartbeat(header, now_ms())
-            if self.view.false_suspicions != suspicions:
-                event = next(e for e in reversed(self.view.events) if e["event"] == "node_recovered")
+            event = self.view.on_heartbeat(header, now_ms())
+            if event is not None:   # failed by silence, beating again: what made it
                 self.log.warning("node %s was failed but beats again (its pid unchanged): silent %s ms, %s beats "
                                  "missing, this one sent %s ms late by its clock", event["node"], event["silent_ms"],
                                  event["beats_missing"], event["late_ms"])

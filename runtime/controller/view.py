@@ -67,13 +67,17 @@ class ClusterView:
         # not): the controller looks at its assignment again only then (or on a timer), not per beat
         self.changes = 0
 
-    def _event(self, now_ms: float, what: str, **details: Any) -> None:
-        self.events.append({"t_ms": round(now_ms, 3), "event": what, **details})
+    def _event(self, now_ms: float, what: str, **details: Any) -> dict[str, Any]:
+        event = {"t_ms": round(now_ms, 3), "event": what, **details}
+        self.events.append(event)
         self.changes += 1
+        return event
 
     record = _event  # the controller driver records its own actions (route pushes) beside the view's
 
-    def on_heartbeat(self, hb: dict[str, Any], now_ms: float) -> None:
+    def on_heartbeat(self, hb: dict[str, Any], now_ms: float) -> dict[str, Any] | None:
+        """Take a beat in; the ``node_recovered`` event if it ends a false suspicion, else None."""
+        recovered = None
         heard = self.fdu.members.get(hb["node"])
         silent_ms = None if heard is None else round(now_ms - heard.last_ms, 1)
         news = self.fdu.observe(hb["node"], now_ms)
@@ -91,15 +95,16 @@ class ClusterView:
             # seq), or beats late on the way (neither)
             self.false_suspicions += 1
             late = hb.get("late_ms")
-            self._event(now_ms, "node_recovered", node=node.id, silent_ms=silent_ms,
+            recovered = self._event(now_ms, "node_recovered", node=node.id, silent_ms=silent_ms,
                         beats_missing=max(0, hb["seq"] - node.seq - 1),
                         late_ms=late if isinstance(late, (int, float)) else None)
         if hb["seq"] <= node.seq and news is None:
-            return  # a late or duplicated beat: nothing new in it
+            return None  # a late or duplicated beat: nothing new in it
         node.state, node.seq, node.beats = "up", max(node.seq, hb["seq"]), node.beats + 1
         node.routes_epoch = max(node.routes_epoch, hb["routes_epoch"])
         for inst in hb["instances"]:
             self._update_instance(node, inst, now_ms)
+        return recovered
 
     def _update_instance(self, node: NodeInfo, inst: dict[str, Any], now_ms: float) -> None:
         info = node.instances.get(inst["id"])

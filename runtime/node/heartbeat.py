@@ -125,8 +125,8 @@ class Heartbeats:
                 # that heard of the death from a beat failed the pair over without the dead worker's
                 # decision: its last batch in doubt and replayed, a packet out twice, in about 1 of 8
                 # runs of a bucket-move kill test)
-                late_s = time.monotonic() - next_beat
-                next_beat += late_s + self.interval_s
+                now = time.monotonic()
+                late_s, next_beat = now - next_beat, now + self.interval_s
                 self.note_lateness(late_s)
                 try:
                     beat = self._beat()

@@ -795,9 +795,9 @@ class Worker:
             role.maybe_commit(now)
         if self.globals is not None and self.gclient.requests:
             self.globals.poll()
-        for takeover in list(self.fencing.values()):
-            if takeover.poll_fence(time.monotonic()):
-                self.dirty = True
+        if self.fencing:   # a take-over goes on once its fence answered
+            for takeover in list(self.fencing.values()):
+                self.dirty |= takeover.poll_fence(time.monotonic())
         self.housekeeping(now)
         if now >= self.next_publish and self.dirty:
             self.publish()

@@ -66,7 +66,8 @@ def test_a_late_node_that_comes_back_is_counted_as_a_false_suspicion():
     v = ClusterView(10, 3)
     v.on_heartbeat(beat(seq=1), 0)
     v.tick(50)
-    v.on_heartbeat({**beat(seq=4), "late_ms": 41.5}, 55)
+    back = v.on_heartbeat({**beat(seq=4), "late_ms": 41.5}, 55)
+    assert back is not None and back["event"] == "node_recovered"   # what the controller logs
     assert v.status(55)["false_suspicions"] == 1 and v.status(55)["nodes"][0]["state"] == "up"
     # what made it: silent 55 ms, two beats lost on the way, this one sent 41.5 ms late by the node's clock
     back = [e for e in v.events if e["event"] == "node_recovered"]
